@@ -1,0 +1,52 @@
+//! Every outcome of the data plane, one per-CPU counter each.
+
+macro_rules! counters {
+    ($($variant:ident => $name:literal, $help:literal;)*) => {
+        /// Index into the per-CPU `COUNTERS` array.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum Counter { $($variant,)* }
+
+        impl Counter {
+            /// Every counter, in index order.
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)*];
+
+            /// Stable snake_case name, used in metrics and test output.
+            pub const fn name(self) -> &'static str {
+                match self { $(Counter::$variant => $name,)* }
+            }
+
+            /// One line for a human: what the counter counts.
+            pub const fn help(self) -> &'static str {
+                match self { $(Counter::$variant => $help,)* }
+            }
+        }
+    };
+}
+
+counters! {
+    PassNotIpv4 => "pass_not_ipv4", "Non-IPv4 frames passed to the kernel untouched";
+    PassIpOptions => "pass_ip_options", "IPv4 with options passed untouched";
+    PassFragment => "pass_fragment", "IPv4 fragments passed untouched";
+    PassNotUdp => "pass_not_udp", "Non-UDP IPv4 passed untouched";
+    PassNotOurs => "pass_not_ours", "UDP that is neither to a frontend nor a shard reply";
+    PassQuery => "pass_query", "SA:MP queries to a frontend, left to the host to answer";
+    PassTtl => "pass_ttl", "Packets with TTL <= 1, left to the kernel (ICMP time exceeded)";
+    PassReplyLocal => "pass_reply_local", "Shard replies to a local socket (health probes), untouched";
+    IngressRedirect => "ingress_redirect", "Player packets rewritten to their shard and redirected";
+    IngressPassNeigh => "ingress_pass_neigh", "Player packets rewritten, kernel resolves the next hop";
+    ReturnRedirect => "return_redirect", "Shard replies rewritten to come from the VIP and redirected";
+    ReturnPassNeigh => "return_pass_neigh", "Shard replies rewritten, kernel resolves the next hop";
+    SessionPlaced => "session_placed", "New players placed on a shard (pending table)";
+    SessionPromoted => "session_promoted", "Pending sessions promoted to established on the shard's first answer";
+    DropMalformed => "drop_malformed", "Frames too short for their headers, or with inconsistent IPv4/UDP lengths";
+    DropNotHandshake => "drop_not_handshake", "Unknown sources whose datagram is not a valid handshake";
+    DropNoShard => "drop_no_shard", "New players with no shard to place them on";
+    DropNoBackend => "drop_no_backend", "Sessions whose group points at no shard";
+    DropUnroutable => "drop_unroutable", "Packets the FIB has no route for (blackhole, unreachable, prohibited)";
+    DropMoving => "drop_moving", "Game packets of a session being moved, until it handshakes again";
+    DropMapFull => "drop_map_full", "New players refused because the session table could not take them";
+}
+
+/// Number of counters; the size of the `COUNTERS` map.
+pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;

@@ -1,0 +1,147 @@
+//! Plain `#[repr(C)]` types shared by the XDP program and the agent.
+//!
+//! Byte order: every address and port stored in a map is in NETWORK order,
+//! exactly as the bytes stand in the packet (`u32::from_ne_bytes(octets)`,
+//! `u16::from_ne_bytes(port.to_be_bytes())`), so the fast path never swaps
+//! bytes. [`net`] has the conversions for the user side.
+#![no_std]
+
+pub mod counters;
+pub mod csum;
+pub mod net;
+pub mod samp;
+
+pub use counters::Counter;
+
+/// Frontends (VIP:port pairs) one data plane can serve.
+pub const MAX_FRONTENDS: u32 = 16;
+/// Slots in each frontend's placement table (prime, Maglev-style).
+pub const PLACEMENT_SLOTS: u32 = 4093;
+/// Group ids are `1..MAX_GROUPS`; 0 means "no group" so a zeroed slot never routes.
+pub const MAX_GROUPS: u32 = 4096;
+/// Backend ids are `1..MAX_BACKENDS`; 0 means "no backend".
+pub const MAX_BACKENDS: u32 = 1024;
+/// Established sessions (players whose shard has answered them).
+pub const MAX_SESSIONS: u32 = 262_144;
+/// Pending sessions (admitted handshakes not yet answered): an LRU, so a flood
+/// of spoofed handshakes churns only this table.
+pub const MAX_PENDING: u32 = 16_384;
+
+/// Map names, shared so the agent and the tests cannot drift from the program.
+pub mod maps {
+    pub const FRONTENDS: &str = "FRONTENDS";
+    pub const PLACEMENT: &str = "PLACEMENT";
+    pub const GROUPS: &str = "GROUPS";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const REVERSE: &str = "REVERSE";
+    pub const SESSIONS: &str = "SESSIONS";
+    pub const PENDING: &str = "PENDING";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+}
+
+/// Program names in the object.
+pub mod programs {
+    /// The data plane: ingress DNAT and the stateless return rewrite.
+    pub const PROXY: &str = "samp_proxy";
+    /// A bare XDP_PASS, the baseline the benchmarks measure against.
+    pub const PASS_BASELINE: &str = "xdp_pass_baseline";
+}
+
+/// Key of `FRONTENDS`: the public address players connect to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FrontendKey {
+    pub vip: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Value of `FRONTENDS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Frontend {
+    /// `0..MAX_FRONTENDS`; selects the frontend's row of `PLACEMENT`.
+    pub id: u32,
+    pub _pad: u32,
+}
+
+/// Key of `SESSIONS` and `PENDING`: one player's UDP flow to one frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SessionKey {
+    pub client_addr: u32,
+    pub client_port: u16,
+    pub frontend: u16,
+}
+
+/// The session is being moved: drop its game packets until the client sends a
+/// fresh handshake (ID_OPEN_CONNECTION_REQUEST), then route it to `group`.
+pub const SESSION_MOVING: u32 = 1;
+
+/// Value of `SESSIONS` and `PENDING`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Session {
+    /// Group the player belongs to (`GROUPS[group]` is its backend).
+    pub group: u32,
+    /// `SESSION_*` bits.
+    pub flags: u32,
+    /// `bpf_ktime_get_coarse_ns` of the last client packet, refreshed at most
+    /// every [`LAST_SEEN_GRANULARITY_NS`] so the hit path rarely writes.
+    pub last_seen_ns: u64,
+}
+
+/// How stale `Session::last_seen_ns` may get before the data plane rewrites it.
+pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
+
+/// Value of `BACKENDS`: a shard.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Backend {
+    /// Shard IPv4, network order. 0 = unused slot: never routes.
+    pub addr: u32,
+    pub _pad: u32,
+}
+
+/// Value of `REVERSE` (keyed by a shard's IPv4, network order): what the shard's
+/// replies must look like to the client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Reverse {
+    pub vip: u32,
+    pub port: u16,
+    pub frontend: u16,
+    /// The shard's backend id, for per-shard counters.
+    pub backend: u32,
+}
+
+/// Value of `BACKEND_STATS` (per CPU, indexed by backend id).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendStats {
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    pub packets_out: u64,
+    pub bytes_out: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: each type is #[repr(C)], Copy, made of integers only, with explicit
+    // padding fields, so every bit pattern is valid and there are no hidden bytes.
+    unsafe impl aya::Pod for FrontendKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Frontend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SessionKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Session {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Backend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Reverse {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for BackendStats {}
+}

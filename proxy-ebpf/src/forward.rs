@@ -1,0 +1,133 @@
+//! Sending a rewritten packet on: `bpf_fib_lookup` gives the egress interface
+//! and MAC addresses; we fill them in, decrement the TTL like any router, and
+//! redirect. When the kernel must first resolve the neighbour we pass the
+//! (already rewritten) packet up and the kernel forwards it.
+
+use core::mem;
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_NOT_FWDED,
+        BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+    },
+    helpers::generated::{bpf_fib_lookup, bpf_redirect},
+    programs::XdpContext,
+};
+use proxy_common::csum;
+
+use crate::parse::Packet;
+
+const AF_INET: u8 = 2;
+const IPPROTO_UDP: u8 = 17;
+
+/// What the FIB said about the packet's destination.
+pub enum Route {
+    /// Forward out of `ifindex` with these MACs.
+    Via { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    /// Routable, but the neighbour is not resolved yet: let the kernel do it.
+    NoNeighbour,
+    /// The destination is this host (or forwarding is off): not ours to rewrite.
+    Local,
+    /// Blackhole, unreachable, prohibited or unsupported.
+    Unroutable,
+}
+
+/// Looks up the route for the packet as it will be after the rewrite:
+/// `src`/`dst` are the new addresses.
+#[inline(always)]
+pub fn route(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32) -> Route {
+    // SAFETY: FibParams is plain old data; all-zero is a valid request.
+    let mut p: FibParams = unsafe { mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = IPPROTO_UDP;
+    p.sport = pkt.src_port();
+    p.dport = pkt.dst_port();
+    p.__bindgen_anon_1.tot_len = pkt.ip_len();
+    // SAFETY: `ip` was bounds-checked when parsed.
+    p.__bindgen_anon_2.tos = unsafe { (*pkt.ip).tos };
+    p.__bindgen_anon_3.ipv4_src = src;
+    p.__bindgen_anon_4.ipv4_dst = dst;
+    // SAFETY: the context pointer is valid for the program's run.
+    p.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    // SAFETY: `p` is a valid, initialised parameter block of the right size.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.ctx as *mut _,
+            &mut p as *mut _,
+            mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    match rc as u32 {
+        BPF_FIB_LKUP_RET_SUCCESS => Route::Via { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac },
+        BPF_FIB_LKUP_RET_NO_NEIGH => Route::NoNeighbour,
+        BPF_FIB_LKUP_RET_NOT_FWDED => Route::Local,
+        _ => Route::Unroutable,
+    }
+}
+
+/// Sets the MACs, decrements the TTL and redirects. The caller has checked
+/// the TTL is above 1.
+#[inline(always)]
+pub fn redirect(pkt: &Packet, ifindex: u32, smac: [u8; 6], dmac: [u8; 6]) -> u32 {
+    // SAFETY: `eth` and `ip` were bounds-checked when parsed.
+    unsafe {
+        (*pkt.eth).src_addr = smac;
+        (*pkt.eth).dst_addr = dmac;
+        let ip = &mut *pkt.ip;
+        let old = u16::from_ne_bytes([ip.ttl, ip.proto]);
+        ip.ttl -= 1;
+        let new = u16::from_ne_bytes([ip.ttl, ip.proto]);
+        let check = csum::replace2(u16::from_ne_bytes(ip.check), old, new);
+        ip.check = check.to_ne_bytes();
+    }
+    // SAFETY: a plain helper call; an invalid ifindex makes it return XDP_ABORTED.
+    unsafe { bpf_redirect(ifindex, 0) as u32 }
+}
+
+/// TTL <= 1 must not be forwarded by us: the kernel answers with ICMP.
+#[inline(always)]
+pub fn ttl_expiring(pkt: &Packet) -> bool {
+    // SAFETY: `ip` was bounds-checked when parsed.
+    unsafe { (*pkt.ip).ttl <= 1 }
+}
+
+/// Rewrites one IPv4 address of the packet (`dst` or `src`), fixing the IP
+/// and UDP checksums incrementally. The port is never touched (SA:MP rule 1).
+#[inline(always)]
+pub fn rewrite_addr(pkt: &Packet, which: Addr, new: u32) {
+    // SAFETY: `ip` and `udp` were bounds-checked when parsed.
+    unsafe {
+        let ip = &mut *pkt.ip;
+        let field = match which {
+            Addr::Src => &mut ip.src_addr,
+            Addr::Dst => &mut ip.dst_addr,
+        };
+        let old = u32::from_ne_bytes(*field);
+        *field = new.to_ne_bytes();
+        ip.check = csum::replace4(u16::from_ne_bytes(ip.check), old, new).to_ne_bytes();
+        let udp = &mut *pkt.udp;
+        udp.check = csum::udp_replace4(u16::from_ne_bytes(udp.check), old, new).to_ne_bytes();
+    }
+}
+
+pub enum Addr {
+    Src,
+    Dst,
+}
+
+/// What became of a rewritten packet.
+pub enum Sent {
+    Redirected(u32),
+    Passed,
+    Unroutable,
+}
+
+#[inline(always)]
+pub fn send(pkt: &Packet, route: Route) -> Sent {
+    match route {
+        Route::Via { ifindex, smac, dmac } => Sent::Redirected(redirect(pkt, ifindex, smac, dmac)),
+        Route::NoNeighbour | Route::Local => Sent::Passed,
+        Route::Unroutable => Sent::Unroutable,
+    }
+}

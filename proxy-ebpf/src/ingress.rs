@@ -1,0 +1,121 @@
+//! Player -> shard: find (or make) the player's session, follow its group to a
+//! shard, rewrite the destination IP only and send the packet on.
+
+use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_log_ebpf::{debug, warn};
+use proxy_common::{
+    net::client_hash, samp, Counter, Frontend, Session, SessionKey, LAST_SEEN_GRANULARITY_NS,
+    PLACEMENT_SLOTS, SESSION_MOVING,
+};
+
+use crate::{
+    forward::{self, Addr, Route, Sent},
+    maps::{self, PENDING, SESSIONS},
+    parse::{ptr_at, Packet, PAYLOAD_OFF},
+    stats::{self, verdict, Direction},
+};
+
+/// What the first bytes of the payload say about the datagram.
+enum Kind {
+    Query,
+    Handshake,
+    Other,
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext, pkt: &Packet) -> Kind {
+    let Some(head) = ptr_at::<[u8; 4]>(ctx, PAYLOAD_OFF) else {
+        return Kind::Other;
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let head = unsafe { *head };
+    if pkt.payload_len >= samp::QUERY_HEADER_LEN && head == samp::QUERY_MAGIC {
+        return Kind::Query;
+    }
+    if pkt.payload_len == samp::HANDSHAKE_WIRE_LEN && samp::is_handshake_request(head, u16::from_be(pkt.dst_port())) {
+        return Kind::Handshake;
+    }
+    Kind::Other
+}
+
+#[inline(always)]
+pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
+    let kind = classify(ctx, pkt);
+    if let Kind::Query = kind {
+        // Queries are answered for the whole cluster by the host, never by one shard.
+        return verdict(Counter::PassQuery, xdp_action::XDP_PASS);
+    }
+    let key = SessionKey {
+        client_addr: pkt.src_addr(),
+        client_port: pkt.src_port(),
+        frontend: frontend.id as u16,
+    };
+    // SAFETY: coarse clock helper, no arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let session = SESSIONS.get_ptr_mut(&key).or_else(|| PENDING.get_ptr_mut(&key));
+    let group = match session {
+        Some(s) => {
+            // SAFETY: a live map value; concurrent writers only store whole
+            // fields, so a torn read can at worst delay a refresh.
+            let s = unsafe { &mut *s };
+            if s.flags & SESSION_MOVING != 0 {
+                if !matches!(kind, Kind::Handshake) {
+                    return verdict(Counter::DropMoving, xdp_action::XDP_DROP);
+                }
+                // The client lost its old shard and handshakes again: from this
+                // packet on it belongs to its new group.
+                s.flags &= !SESSION_MOVING;
+            }
+            if now.wrapping_sub(s.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
+                s.last_seen_ns = now;
+            }
+            s.group
+        }
+        None => match place(ctx, pkt, &key, kind, now) {
+            Ok(group) => group,
+            Err(counter) => return verdict(counter, xdp_action::XDP_DROP),
+        },
+    };
+    let backend_id = maps::group_backend(group);
+    let Some(backend) = maps::backend(backend_id) else {
+        return verdict(Counter::DropNoBackend, xdp_action::XDP_DROP);
+    };
+    if forward::ttl_expiring(pkt) {
+        return verdict(Counter::PassTtl, xdp_action::XDP_PASS);
+    }
+    let route = forward::route(ctx, pkt, pkt.src_addr(), backend.addr);
+    if let Route::Local = route {
+        // A shard address that is local to this node cannot be forwarded to.
+        return verdict(Counter::DropUnroutable, xdp_action::XDP_DROP);
+    }
+    forward::rewrite_addr(pkt, Addr::Dst, backend.addr);
+    stats::backend_packet(backend_id, pkt.ip_len() as u64, Direction::ToShard);
+    match forward::send(pkt, route) {
+        Sent::Redirected(action) => verdict(Counter::IngressRedirect, action),
+        Sent::Passed => verdict(Counter::IngressPassNeigh, xdp_action::XDP_PASS),
+        Sent::Unroutable => verdict(Counter::DropUnroutable, xdp_action::XDP_DROP),
+    }
+}
+
+/// Admits a new player: only a valid handshake costs a table entry. The
+/// client is hashed into the frontend's placement table (weighted by free
+/// slots) and recorded as pending until its shard answers.
+#[inline(always)]
+fn place(ctx: &XdpContext, pkt: &Packet, key: &SessionKey, kind: Kind, now: u64) -> Result<u32, Counter> {
+    if !matches!(kind, Kind::Handshake) {
+        return Err(Counter::DropNotHandshake);
+    }
+    let slot = client_hash(key.client_addr, key.client_port) % PLACEMENT_SLOTS;
+    let group = maps::placement(key.frontend as u32, slot);
+    if group == 0 {
+        return Err(Counter::DropNoShard);
+    }
+    let session = Session { group, flags: 0, last_seen_ns: now };
+    if PENDING.insert(key, &session, 0).is_err() {
+        warn!(ctx, "pending table refused {:i}:{}", u32::from_be(key.client_addr), u16::from_be(key.client_port));
+        return Err(Counter::DropMapFull);
+    }
+    stats::count(Counter::SessionPlaced);
+    debug!(ctx, "placed {:i}:{} in group {}", u32::from_be(pkt.src_addr()), u16::from_be(pkt.src_port()), group);
+    Ok(group)
+}

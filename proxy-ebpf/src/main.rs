@@ -1,0 +1,55 @@
+//! The XDP data plane of the SA:MP cluster proxy.
+//!
+//! One program, attached to every interface the agent names, handles both
+//! directions: UDP to a frontend (VIP:port) is steered to the player's shard by
+//! rewriting the destination IP only; UDP from a shard's IP and the frontend
+//! port is rewritten to come from the VIP. Everything else passes untouched.
+//! Module map: `parse` (headers), `ingress` (player -> shard), `reply`
+//! (shard -> player), `forward` (FIB + redirect), `stats` (counters), `maps`.
+#![no_std]
+#![no_main]
+
+mod forward;
+mod ingress;
+mod maps;
+mod parse;
+mod reply;
+mod stats;
+
+use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use proxy_common::{Counter, FrontendKey};
+
+use crate::parse::Parsed;
+
+#[xdp]
+pub fn samp_proxy(ctx: XdpContext) -> u32 {
+    let pkt = match parse::parse(&ctx) {
+        Parsed::Udp(pkt) => pkt,
+        Parsed::Pass(counter) => return stats::verdict(counter, xdp_action::XDP_PASS),
+        Parsed::Drop(counter) => return stats::verdict(counter, xdp_action::XDP_DROP),
+    };
+    let fe_key = FrontendKey { vip: pkt.dst_addr(), port: pkt.dst_port(), _pad: 0 };
+    if let Some(frontend) = maps::frontend(&fe_key) {
+        return ingress::handle(&ctx, &pkt, frontend);
+    }
+    if let Some(rev) = maps::reverse(pkt.src_addr()) {
+        return reply::handle(&ctx, &pkt, rev);
+    }
+    stats::verdict(Counter::PassNotOurs, xdp_action::XDP_PASS)
+}
+
+/// The baseline for benchmarks: the cheapest possible XDP program.
+#[xdp]
+pub fn xdp_pass_baseline(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,79 @@
+//! The maps, and typed look-ups over them. State maps are pinned by name so an
+//! agent restart or upgrade keeps every session.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use proxy_common::{
+    counters::COUNTER_COUNT, Backend, BackendStats, Frontend, FrontendKey, Reverse, Session,
+    SessionKey, MAX_BACKENDS, MAX_FRONTENDS, MAX_GROUPS, MAX_PENDING, MAX_SESSIONS,
+    PLACEMENT_SLOTS,
+};
+
+#[map]
+pub static FRONTENDS: HashMap<FrontendKey, Frontend> = HashMap::pinned(MAX_FRONTENDS, 0);
+
+/// `PLACEMENT[frontend.id * PLACEMENT_SLOTS + hash % PLACEMENT_SLOTS]` = group id.
+#[map]
+pub static PLACEMENT: Array<u32> = Array::pinned(MAX_FRONTENDS * PLACEMENT_SLOTS, 0);
+
+/// `GROUPS[group]` = backend id. Repointing one entry moves a whole group.
+#[map]
+pub static GROUPS: Array<u32> = Array::pinned(MAX_GROUPS, 0);
+
+#[map]
+pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
+
+/// Shard IPv4 -> how its replies must look to the client.
+#[map]
+pub static REVERSE: HashMap<u32, Reverse> = HashMap::pinned(MAX_BACKENDS, 0);
+
+/// Established sessions: a plain hash, never evicted by traffic; the agent
+/// expires idle ones.
+#[map]
+pub static SESSIONS: HashMap<SessionKey, Session> = HashMap::pinned(MAX_SESSIONS, 0);
+
+/// Admitted handshakes not yet answered by their shard.
+#[map]
+pub static PENDING: LruHashMap<SessionKey, Session> = LruHashMap::pinned(MAX_PENDING, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
+
+#[map]
+pub static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::pinned(MAX_BACKENDS, 0);
+
+#[inline(always)]
+pub fn frontend(key: &FrontendKey) -> Option<Frontend> {
+    // SAFETY: the value is copied out at once; FRONTENDS is preallocated and
+    // only written by the agent with whole-value updates.
+    unsafe { FRONTENDS.get(key).copied() }
+}
+
+#[inline(always)]
+pub fn reverse(shard_addr: u32) -> Option<Reverse> {
+    // SAFETY: as for `frontend`.
+    unsafe { REVERSE.get(&shard_addr).copied() }
+}
+
+/// The backend id a group points at, 0 when none.
+#[inline(always)]
+pub fn group_backend(group: u32) -> u32 {
+    GROUPS.get(group).copied().unwrap_or(0)
+}
+
+/// The shard behind a backend id; `None` for id 0 or an unused slot.
+#[inline(always)]
+pub fn backend(id: u32) -> Option<Backend> {
+    match BACKENDS.get(id) {
+        Some(b) if id != 0 && b.addr != 0 => Some(*b),
+        _ => None,
+    }
+}
+
+/// The group at a frontend's placement slot, 0 when the slot is empty.
+#[inline(always)]
+pub fn placement(frontend_id: u32, slot: u32) -> u32 {
+    PLACEMENT.get(frontend_id * PLACEMENT_SLOTS + slot).copied().unwrap_or(0)
+}

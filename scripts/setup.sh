@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Installs what building and testing the proxy needs, skipping what is present.
+# Safe to run again: every step checks before it acts. Prints which path it took.
+#
+#   scripts/setup.sh            # install everything
+#   scripts/setup.sh --print-env  # only print the env lines for the chosen toolchain
+#
+# The eBPF crate needs a Rust toolchain with rust-src and a bpf-linker built
+# against THAT toolchain's own libLLVM (a bpf-linker only runs under the
+# toolchain whose LLVM it links). We prefer a preinstalled nightly; without one
+# we use stable with RUSTC_BOOTSTRAP=1, which every machine of this kind has.
+set -euo pipefail
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+need_debs=()
+for pair in ip:iproute2 ethtool:ethtool nft:nftables tcpdump:tcpdump bpftool:bpftool; do
+    cmd=${pair%%:*}; pkg=${pair#*:}
+    command -v "$cmd" >/dev/null 2>&1 || need_debs+=("$pkg")
+done
+if [ "${1:-}" != "--print-env" ] && [ ${#need_debs[@]} -gt 0 ]; then
+    log "installing Debian packages: ${need_debs[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need_debs[@]}" >/dev/null
+else
+    [ "${1:-}" = "--print-env" ] || log "Debian packages present"
+fi
+
+# Choose the toolchain for the kernel object.
+if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    tc=nightly; bootstrap=0
+else
+    tc=stable; bootstrap=1
+fi
+sysroot=$(rustc +"$tc" --print sysroot)
+tc_version=$(rustc +"$tc" --version | tr -cs 'A-Za-z0-9.' '-' | sed 's/-$//')
+tools_root="${SAMP_PROXY_TOOLS:-$HOME/.cache/samp-cluster-proxy}/bpf-linker-${tc_version}"
+
+if [ "${1:-}" = "--print-env" ]; then
+    echo "EBPF_TOOLCHAIN=$tc"
+    echo "EBPF_RUSTC_BOOTSTRAP=$bootstrap"
+    echo "EBPF_LINKER_DIR=$tools_root/bin"
+    exit 0
+fi
+log "eBPF toolchain: $tc ($(rustc +"$tc" --version)); RUSTC_BOOTSTRAP=$bootstrap"
+
+if rustup component list --toolchain "$tc" --installed | grep -q '^rust-src'; then
+    log "rust-src present for $tc"
+else
+    log "adding rust-src to $tc"
+    rustup component add rust-src --toolchain "$tc"
+fi
+
+if [ -x "$tools_root/bin/bpf-linker" ] && \
+   RUSTUP_TOOLCHAIN="$tc" "$tools_root/bin/bpf-linker" --version >/dev/null 2>&1; then
+    log "bpf-linker present: $tools_root/bin/bpf-linker"
+else
+    llvm=$(ls "$sysroot"/lib/libLLVM.so.22.1-* 2>/dev/null | head -n1 || true)
+    if [ -z "$llvm" ]; then
+        log "no libLLVM.so.22.1-* in $sysroot/lib: cannot build bpf-linker for $tc"
+        exit 1
+    fi
+    prefix="$tools_root/llvm-prefix"
+    mkdir -p "$prefix/lib"
+    ln -sf "$llvm" "$prefix/lib/libLLVM.so"
+    log "building bpf-linker against $llvm (about a minute)"
+    LLVM_PREFIX="$prefix" cargo +"$tc" install bpf-linker \
+        --no-default-features --features llvm-22 --root "$tools_root" 2>&1 | tail -n 3 >&2
+    log "bpf-linker built: $tools_root/bin/bpf-linker"
+fi
