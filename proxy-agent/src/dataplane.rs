@@ -1,0 +1,160 @@
+//! Loading the XDP object, pinning its maps, attaching it to interfaces.
+
+use std::{
+    ffi::CString,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use aya::{
+    programs::{xdp::XdpLinkId, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use proxy_common::programs;
+
+use crate::{config::XdpModeName, ebpf_object, tables::Tables};
+
+/// The loaded data plane. Dropping it detaches every interface; the pinned
+/// maps (and so every session) stay for the next agent.
+pub struct Dataplane {
+    ebpf: Ebpf,
+    pub tables: Tables,
+    links: Vec<(String, XdpLinkId)>,
+    pin_dir: PathBuf,
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// Makes sure `dir` is a folder on a bpf filesystem, mounting bpffs on
+/// /sys/fs/bpf when nothing is mounted there (a fresh node or container).
+pub fn prepare_pin_dir(dir: &Path) -> Result<()> {
+    let parent = dir.parent().context("the bpffs folder needs a parent")?;
+    if !is_bpffs(parent)? {
+        if parent.starts_with("/sys/fs/bpf") && !is_bpffs(Path::new("/sys/fs/bpf"))? {
+            mount_bpffs(Path::new("/sys/fs/bpf"))?;
+        }
+        if !is_bpffs(parent)? {
+            bail!("{} is not on a bpf filesystem; mount one (`mount -t bpf bpf /sys/fs/bpf`) or set `bpffs:` to a folder under /sys/fs/bpf", parent.display());
+        }
+    }
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> Result<bool> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())?;
+    // SAFETY: statfs is plain old data; zeroed is a valid initial value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `st` a valid out-pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Ok(false);
+    }
+    Ok(st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+fn mount_bpffs(target: &Path) -> Result<()> {
+    let target_c = CString::new(target.as_os_str().as_encoded_bytes())?;
+    let fstype = CString::new("bpf")?;
+    // SAFETY: valid C strings; a null data pointer is allowed for bpffs.
+    let rc = unsafe { libc::mount(fstype.as_ptr(), target_c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        bail!("mounting bpffs on {}: {}", target.display(), std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Dataplane {
+    /// Loads the programs and opens (or creates) the maps pinned in `pin_dir`.
+    pub fn load(pin_dir: &Path) -> Result<Self> {
+        prepare_pin_dir(pin_dir)?;
+        let object = ebpf_object::bytes()?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(object)
+            .with_context(|| format!("loading the XDP object (maps pinned in {}); if a pinned map has a different layout after an upgrade, remove the folder to start afresh", pin_dir.display()))?;
+        for name in [programs::PROXY, programs::PASS_BASELINE] {
+            let prog: &mut Xdp = ebpf
+                .program_mut(name)
+                .with_context(|| format!("the object has no program {name}"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("the kernel refused program {name}"))?;
+        }
+        let tables = Tables::take(&mut ebpf)?;
+        Ok(Self { ebpf, tables, links: Vec::new(), pin_dir: pin_dir.to_path_buf() })
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The data-plane program, for attaching or test runs.
+    pub fn program(&self) -> &Xdp {
+        self.xdp(programs::PROXY)
+    }
+
+    /// The bare XDP_PASS program benchmarks compare against.
+    pub fn baseline(&self) -> &Xdp {
+        self.xdp(programs::PASS_BASELINE)
+    }
+
+    fn xdp(&self, name: &str) -> &Xdp {
+        let prog = self.ebpf.program(name).expect("checked at load");
+        prog.try_into().expect("checked at load")
+    }
+
+    /// Starts forwarding kernel-side log records to the agent's log.
+    pub fn take_logger(&mut self) -> Result<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init(&mut self.ebpf).context("starting the kernel log reader")
+    }
+
+    /// Attaches to every interface, or to none: on any failure, what was
+    /// attached is detached again and the error names the interface.
+    pub fn attach(&mut self, interfaces: &[String], mode: XdpModeName) -> Result<()> {
+        for name in interfaces {
+            if !Path::new("/sys/class/net").join(name).exists() {
+                bail!("interface `{name}` does not exist (config `interfaces`); `ip link` lists the interfaces of this host");
+            }
+        }
+        let mode = match mode {
+            XdpModeName::Driver => XdpMode::Driver,
+            XdpModeName::Skb => XdpMode::Skb,
+        };
+        for name in interfaces {
+            let prog: &mut Xdp = self.ebpf.program_mut(programs::PROXY).expect("checked at load").try_into()?;
+            match prog.attach(name, mode) {
+                Ok(link) => self.links.push((name.clone(), link)),
+                Err(e) => {
+                    self.detach();
+                    let hint = if mode == XdpMode::Driver {
+                        "; if the driver has no native XDP, set `xdp_mode: skb`"
+                    } else {
+                        ""
+                    };
+                    bail!("attaching XDP to `{name}` failed: {e}{hint}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Detaches from every interface. Maps stay pinned.
+    pub fn detach(&mut self) {
+        let prog: &mut Xdp = self.ebpf.program_mut(programs::PROXY).expect("checked at load").try_into().expect("checked at load");
+        for (name, link) in self.links.drain(..) {
+            if let Err(e) = prog.detach(link) {
+                log::warn!("detaching from {name}: {e}");
+            }
+        }
+    }
+
+    pub fn attached(&self) -> Vec<String> {
+        self.links.iter().map(|(n, _)| n.clone()).collect()
+    }
+}
+
+impl Drop for Dataplane {
+    fn drop(&mut self) {
+        self.detach();
+    }
+}

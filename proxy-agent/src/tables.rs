@@ -1,0 +1,142 @@
+//! Typed handles on the data plane's maps, and the writes the agent makes.
+//! Each write is a single map update: the data path never sees a half-written
+//! value (Katran's rule), and a group move is one write.
+
+use std::collections::HashSet;
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    Ebpf,
+};
+use proxy_common::{
+    maps as names, Backend, BackendStats, Counter, Frontend, FrontendKey, Reverse, Session,
+    SessionKey, MAX_BACKENDS, MAX_GROUPS, PLACEMENT_SLOTS,
+};
+
+use crate::plan::RoutingPlan;
+
+pub struct Tables {
+    pub frontends: HashMap<MapData, FrontendKey, Frontend>,
+    pub placement: Array<MapData, u32>,
+    pub groups: Array<MapData, u32>,
+    pub backends: Array<MapData, Backend>,
+    pub reverse: HashMap<MapData, u32, Reverse>,
+    pub sessions: HashMap<MapData, SessionKey, Session>,
+    pub pending: HashMap<MapData, SessionKey, Session>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub backend_stats: PerCpuArray<MapData, BackendStats>,
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).with_context(|| format!("the eBPF object has no map {name}"))?;
+    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+impl Tables {
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            frontends: take(ebpf, names::FRONTENDS)?,
+            placement: take(ebpf, names::PLACEMENT)?,
+            groups: take(ebpf, names::GROUPS)?,
+            backends: take(ebpf, names::BACKENDS)?,
+            reverse: take(ebpf, names::REVERSE)?,
+            sessions: take(ebpf, names::SESSIONS)?,
+            pending: take(ebpf, names::PENDING)?,
+            counters: take(ebpf, names::COUNTERS)?,
+            backend_stats: take(ebpf, names::BACKEND_STATS)?,
+        })
+    }
+
+    /// Writes a plan: new and changed entries first, then removes what the plan
+    /// no longer has. Sessions are never touched.
+    pub fn apply(&mut self, plan: &RoutingPlan) -> Result<()> {
+        for (id, backend) in &plan.backends {
+            self.backends.set(*id, backend, 0).context("writing BACKENDS")?;
+        }
+        for (group, backend) in &plan.groups {
+            self.groups.set(*group, backend, 0).context("writing GROUPS")?;
+        }
+        for (addr, rev) in &plan.reverse {
+            self.reverse.insert(addr, rev, 0).context("writing REVERSE")?;
+        }
+        for (fe_id, table) in &plan.placement {
+            self.write_placement(*fe_id, table)?;
+        }
+        for (key, fe) in &plan.frontends {
+            self.frontends.insert(key, fe, 0).context("writing FRONTENDS")?;
+        }
+        // Remove what the plan dropped.
+        let keep: HashSet<FrontendKey> = plan.frontends.iter().map(|(k, _)| *k).collect();
+        let stale: Vec<FrontendKey> = self.frontends.keys().filter_map(Result::ok).filter(|k| !keep.contains(k)).collect();
+        for key in stale {
+            self.frontends.remove(&key).context("removing a stale frontend")?;
+        }
+        let keep: HashSet<u32> = plan.reverse.iter().map(|(k, _)| *k).collect();
+        let stale: Vec<u32> = self.reverse.keys().filter_map(Result::ok).filter(|k| !keep.contains(k)).collect();
+        for key in stale {
+            self.reverse.remove(&key).context("removing a stale shard reply mapping")?;
+        }
+        let live_backends: HashSet<u32> = plan.backends.iter().map(|(id, _)| *id).collect();
+        for id in 1..MAX_BACKENDS {
+            if !live_backends.contains(&id) && self.backends.get(&id, 0).map(|b| b.addr != 0).unwrap_or(false) {
+                self.backends.set(id, Backend::default(), 0).context("clearing a stale backend")?;
+            }
+        }
+        let live_groups: HashSet<u32> = plan.groups.iter().map(|(g, _)| *g).collect();
+        for group in 1..MAX_GROUPS {
+            if !live_groups.contains(&group) && self.groups.get(&group, 0).map(|b| b != 0).unwrap_or(false) {
+                self.groups.set(group, 0, 0).context("clearing a stale group")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes one frontend's placement row, slot by slot (each a single update;
+    /// a new player landing mid-write gets an old or a new slot, both valid).
+    pub fn write_placement(&mut self, frontend_id: u32, table: &[u32]) -> Result<()> {
+        let base = frontend_id * PLACEMENT_SLOTS;
+        for (slot, group) in table.iter().enumerate() {
+            let index = base + slot as u32;
+            if self.placement.get(&index, 0).ok() != Some(*group) {
+                self.placement.set(index, group, 0).context("writing PLACEMENT")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One counter summed over CPUs.
+    pub fn counter(&self, counter: Counter) -> Result<u64> {
+        let values = self.counters.get(&(counter as u32), 0).context("reading COUNTERS")?;
+        Ok(values.iter().sum())
+    }
+
+    /// Every counter, summed over CPUs.
+    pub fn all_counters(&self) -> Result<Vec<(Counter, u64)>> {
+        Counter::ALL.iter().map(|&c| Ok((c, self.counter(c)?))).collect()
+    }
+
+    pub fn backend_stats(&self, backend: u32) -> Result<BackendStats> {
+        let values = self.backend_stats.get(&backend, 0).context("reading BACKEND_STATS")?;
+        Ok(values.iter().fold(BackendStats::default(), |mut acc, s| {
+            acc.packets_in += s.packets_in;
+            acc.bytes_in += s.bytes_in;
+            acc.packets_out += s.packets_out;
+            acc.bytes_out += s.bytes_out;
+            acc
+        }))
+    }
+
+    /// All established sessions.
+    pub fn sessions(&self) -> Vec<(SessionKey, Session)> {
+        self.sessions.iter().filter_map(Result::ok).collect()
+    }
+
+    /// All pending sessions.
+    pub fn pending_sessions(&self) -> Vec<(SessionKey, Session)> {
+        self.pending.iter().filter_map(Result::ok).collect()
+    }
+}
