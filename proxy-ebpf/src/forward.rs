@@ -120,14 +120,14 @@ pub enum Addr {
 pub enum Sent {
     Redirected(u32),
     Passed,
-    Unroutable,
 }
 
 #[inline(always)]
 pub fn send(pkt: &Packet, route: Route) -> Sent {
     match route {
         Route::Via { ifindex, smac, dmac } => Sent::Redirected(redirect(pkt, ifindex, smac, dmac)),
-        Route::NoNeighbour | Route::Local => Sent::Passed,
-        Route::Unroutable => Sent::Unroutable,
+        // Local and Unroutable were handled by the caller before rewriting;
+        // passing them up is the safe default should that ever change.
+        Route::NoNeighbour | Route::Local | Route::Unroutable => Sent::Passed,
     }
 }

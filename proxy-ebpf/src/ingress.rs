@@ -84,8 +84,9 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
         return verdict(Counter::PassTtl, xdp_action::XDP_PASS);
     }
     let route = forward::route(ctx, pkt, pkt.src_addr(), backend.addr);
-    if let Route::Local = route {
-        // A shard address that is local to this node cannot be forwarded to.
+    if let Route::Local | Route::Unroutable = route {
+        // No route to the shard (or it is an address of this node): drop
+        // before touching the packet.
         return verdict(Counter::DropUnroutable, xdp_action::XDP_DROP);
     }
     forward::rewrite_addr(pkt, Addr::Dst, backend.addr);
@@ -93,7 +94,6 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
     match forward::send(pkt, route) {
         Sent::Redirected(action) => verdict(Counter::IngressRedirect, action),
         Sent::Passed => verdict(Counter::IngressPassNeigh, xdp_action::XDP_PASS),
-        Sent::Unroutable => verdict(Counter::DropUnroutable, xdp_action::XDP_DROP),
     }
 }
 

@@ -21,9 +21,11 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, rev: Reverse) -> u32 {
         return verdict(Counter::PassTtl, xdp_action::XDP_PASS);
     }
     let route = forward::route(ctx, pkt, rev.vip, pkt.dst_addr());
-    if let Route::Local = route {
+    match route {
         // A reply to a socket on this host (the agent's health probe): leave it be.
-        return verdict(Counter::PassReplyLocal, xdp_action::XDP_PASS);
+        Route::Local => return verdict(Counter::PassReplyLocal, xdp_action::XDP_PASS),
+        Route::Unroutable => return verdict(Counter::DropUnroutable, xdp_action::XDP_DROP),
+        _ => {}
     }
     promote(pkt, rev.frontend);
     forward::rewrite_addr(pkt, Addr::Src, rev.vip);
@@ -31,7 +33,6 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, rev: Reverse) -> u32 {
     match forward::send(pkt, route) {
         Sent::Redirected(action) => verdict(Counter::ReturnRedirect, action),
         Sent::Passed => verdict(Counter::ReturnPassNeigh, xdp_action::XDP_PASS),
-        Sent::Unroutable => verdict(Counter::DropUnroutable, xdp_action::XDP_DROP),
     }
 }
 

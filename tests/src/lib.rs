@@ -1,1 +1,7 @@
+//! Test harness for the SA:MP cluster proxy: network namespaces, packet
+//! builders, SA:MP simulators (players and shards), the agent as a process.
+//! Used by the integration tests in `tests/`, the demo and the benchmarks.
 
+pub mod netns;
+pub mod packet;
+pub mod pins;

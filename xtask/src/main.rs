@@ -1,1 +1,130 @@
-fn main(){}
+//! `cargo xtask`: everything that is not a plain `cargo build`.
+//!
+//!   cargo xtask build-ebpf        build the XDP object (kernel side)
+//!   cargo xtask build             the object, then the agent and the simulators
+//!   cargo xtask test              build, then every test (needs root)
+//!   cargo xtask demo [ARGS]       build, then the namespace demo
+//!   cargo xtask bench fastpath    build, then a benchmark
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn fail(msg: impl std::fmt::Display) -> ExitCode {
+    eprintln!("xtask: {msg}");
+    ExitCode::FAILURE
+}
+
+/// Runs a command, returning an error message naming it when it fails.
+fn run(cmd: &mut Command) -> Result<(), String> {
+    let shown = format!("{cmd:?}");
+    let status = cmd.status().map_err(|e| format!("cannot start {shown}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed with {status}"))
+    }
+}
+
+/// The eBPF toolchain setup chose, as `scripts/setup.sh --print-env` reports it.
+struct EbpfToolchain {
+    toolchain: String,
+    bootstrap: bool,
+    linker_dir: String,
+}
+
+fn ebpf_toolchain() -> Result<EbpfToolchain, String> {
+    let out = Command::new("bash")
+        .arg(root().join("scripts/setup.sh"))
+        .arg("--print-env")
+        .output()
+        .map_err(|e| format!("running scripts/setup.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("scripts/setup.sh --print-env failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+            .map(str::to_string)
+            .ok_or_else(|| format!("scripts/setup.sh did not print {key}"))
+    };
+    Ok(EbpfToolchain {
+        toolchain: get("EBPF_TOOLCHAIN")?,
+        bootstrap: get("EBPF_RUSTC_BOOTSTRAP")? == "1",
+        linker_dir: get("EBPF_LINKER_DIR")?,
+    })
+}
+
+fn build_ebpf() -> Result<(), String> {
+    let tc = ebpf_toolchain()?;
+    let linker = Path::new(&tc.linker_dir).join("bpf-linker");
+    if !linker.exists() {
+        return Err(format!("{} is missing: run `bash scripts/setup.sh` first", linker.display()));
+    }
+    let path = format!("{}:{}", tc.linker_dir, std::env::var("PATH").unwrap_or_default());
+    let mut cmd = Command::new("rustup");
+    cmd.args(["run", &tc.toolchain, "cargo", "build", "--release"])
+        .current_dir(root().join("proxy-ebpf"))
+        .env("PATH", path)
+        // The outer cargo's settings must not leak into the BPF build.
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WRAPPER")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET");
+    if tc.bootstrap {
+        cmd.env("RUSTC_BOOTSTRAP", "1");
+    }
+    eprintln!("xtask: building the XDP object with {} (RUSTC_BOOTSTRAP={})", tc.toolchain, tc.bootstrap as u8);
+    run(&mut cmd)
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(root());
+    cmd
+}
+
+fn build_user() -> Result<(), String> {
+    run(cargo().args(["build", "--release", "-p", "proxy-agent", "-p", "tests", "--bins"]))
+}
+
+fn bin(name: &str) -> PathBuf {
+    root().join("target/release").join(name)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(task) = args.first() else {
+        return fail("usage: cargo xtask build-ebpf | build | test | demo [--seconds N --players N] | bench fastpath");
+    };
+    let rest = &args[1..];
+    let result = match task.as_str() {
+        "build-ebpf" => build_ebpf(),
+        "build" => build_ebpf().and_then(|_| build_user()),
+        "test" => build_ebpf().and_then(|_| build_user()).and_then(|_| {
+            run(cargo()
+                .args(["test", "--release", "--workspace"])
+                .args(rest)
+                .env("PROXY_AGENT_BIN", bin("proxy-agent")))
+        }),
+        "demo" => build_ebpf().and_then(|_| build_user()).and_then(|_| {
+            run(Command::new(bin("demo")).args(rest).env("PROXY_AGENT_BIN", bin("proxy-agent")))
+        }),
+        "bench" => build_ebpf().and_then(|_| build_user()).and_then(|_| {
+            run(Command::new(bin("bench")).args(rest).env("PROXY_AGENT_BIN", bin("proxy-agent")))
+        }),
+        other => Err(format!("unknown task `{other}`; tasks: build-ebpf, build, test, demo, bench")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
