@@ -14,7 +14,7 @@ set -euo pipefail
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 need_debs=()
-for pair in ip:iproute2 ethtool:ethtool nft:nftables tcpdump:tcpdump bpftool:bpftool; do
+for pair in ip:iproute2 ethtool:ethtool ping:iputils-ping nft:nftables tcpdump:tcpdump bpftool:bpftool; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need_debs+=("$pkg")
 done
@@ -53,7 +53,7 @@ else
 fi
 
 if [ -x "$tools_root/bin/bpf-linker" ] && \
-   RUSTUP_TOOLCHAIN="$tc" "$tools_root/bin/bpf-linker" --version >/dev/null 2>&1; then
+   rustup run "$tc" "$tools_root/bin/bpf-linker" --version >/dev/null 2>&1; then
     log "bpf-linker present: $tools_root/bin/bpf-linker"
 else
     llvm=$(ls "$sysroot"/lib/libLLVM.so.22.1-* 2>/dev/null | head -n1 || true)

@@ -64,6 +64,13 @@ fn mount_bpffs(target: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Asks the kernel (not sysfs, which may belong to another namespace).
+fn interface_exists(name: &str) -> bool {
+    let Ok(c) = CString::new(name) else { return false };
+    // SAFETY: `c` is a valid C string.
+    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+}
+
 impl Dataplane {
     /// Loads the programs and opens (or creates) the maps pinned in `pin_dir`.
     pub fn load(pin_dir: &Path) -> Result<Self> {
@@ -112,7 +119,7 @@ impl Dataplane {
     /// attached is detached again and the error names the interface.
     pub fn attach(&mut self, interfaces: &[String], mode: XdpModeName) -> Result<()> {
         for name in interfaces {
-            if !Path::new("/sys/class/net").join(name).exists() {
+            if !interface_exists(name) {
                 bail!("interface `{name}` does not exist (config `interfaces`); `ip link` lists the interfaces of this host");
             }
         }

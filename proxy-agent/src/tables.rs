@@ -2,7 +2,7 @@
 //! Each write is a single map update: the data path never sees a half-written
 //! value (Katran's rule), and a group move is one write.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, path::Path};
 
 use anyhow::{Context, Result};
 use aya::{
@@ -36,7 +36,32 @@ where
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
+fn open<T>(dir: &Path, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}; is the agent running with this bpffs folder?", path.display()))?;
+    let map = aya::maps::Map::from_map_data(data)?;
+    T::try_from(map).with_context(|| format!("pinned map {} has an unexpected type", path.display()))
+}
+
 impl Tables {
+    /// Opens the maps a running (or stopped) agent pinned in `dir`.
+    pub fn open_pinned(dir: &Path) -> Result<Self> {
+        Ok(Self {
+            frontends: open(dir, names::FRONTENDS)?,
+            placement: open(dir, names::PLACEMENT)?,
+            groups: open(dir, names::GROUPS)?,
+            backends: open(dir, names::BACKENDS)?,
+            reverse: open(dir, names::REVERSE)?,
+            sessions: open(dir, names::SESSIONS)?,
+            pending: open(dir, names::PENDING)?,
+            counters: open(dir, names::COUNTERS)?,
+            backend_stats: open(dir, names::BACKEND_STATS)?,
+        })
+    }
+
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
             frontends: take(ebpf, names::FRONTENDS)?,

@@ -5,3 +5,6 @@
 pub mod netns;
 pub mod packet;
 pub mod pins;
+pub mod sim;
+pub mod agent;
+pub mod topology;

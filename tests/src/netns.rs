@@ -59,6 +59,27 @@ impl NetNs {
         cmd
     }
 
+    /// A command that enters the namespace (network only) just before exec.
+    /// Unlike `ip netns exec`, it keeps the mount namespace, so what the
+    /// program pins in bpffs is visible to the tests.
+    pub fn spawn_command(&self, program: &std::path::Path) -> Result<Command> {
+        use std::os::unix::process::CommandExt;
+        let file = File::open(format!("/run/netns/{}", self.name))
+            .with_context(|| format!("opening namespace {}", self.name))?;
+        let mut cmd = Command::new(program);
+        // SAFETY: the closure only calls setns (async-signal-safe) on an fd
+        // that the moved File keeps open until exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+
     /// Runs a program inside the namespace and returns its stdout.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<String> {
         let out = sh(self.command(program).args(args))?;

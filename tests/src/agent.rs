@@ -1,0 +1,130 @@
+//! The agent as a real process in the proxy namespace, stopped with SIGTERM.
+
+use std::{
+    io::{BufRead, BufReader},
+    path::PathBuf,
+    process::{Child, Stdio},
+    sync::{mpsc, Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use proxy_agent::tables::Tables;
+
+use crate::{netns::NetNs, pins::PinDir};
+
+pub struct Agent {
+    child: Option<Child>,
+    pub pins: PinDir,
+    pub config_path: PathBuf,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// The agent binary: `PROXY_AGENT_BIN`, else `target/<profile>/proxy-agent`
+/// beside the running test binary.
+pub fn agent_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PROXY_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe.parent().expect("exe dir");
+    let dir = if dir.ends_with("deps") { dir.parent().expect("profile dir") } else { dir };
+    dir.join("proxy-agent")
+}
+
+impl Agent {
+    /// Writes `yaml` (plus a private bpffs folder) to a file and runs the
+    /// agent with it in `ns`, waiting up to 30 s for it to report READY.
+    pub fn start(ns: &NetNs, yaml: &str) -> Result<Agent> {
+        let pins = PinDir::new("agent")?;
+        let config_path = std::env::temp_dir().join(format!("{}.yaml", pins.path.file_name().unwrap().to_string_lossy()));
+        std::fs::write(&config_path, format!("{yaml}\nbpffs: {}\n", pins.path.display()))?;
+        let bin = agent_bin();
+        let mut child = ns
+            .spawn_command(&bin)?
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                    if line == "READY" {
+                        let _ = ready_tx.send(());
+                    }
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    logs.lock().unwrap().push(line);
+                }
+            });
+        }
+        let mut agent = Agent { child: Some(child), pins, config_path, logs };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if ready_rx.recv_timeout(Duration::from_millis(100)).is_ok() {
+                return Ok(agent);
+            }
+            if let Some(status) = agent.child.as_mut().unwrap().try_wait()? {
+                std::thread::sleep(Duration::from_millis(100));
+                bail!("agent exited with {status} before READY:\n{}", agent.log_text());
+            }
+            if Instant::now() > deadline {
+                bail!("agent not READY after 30 s:\n{}", agent.log_text());
+            }
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        self.logs.lock().unwrap().join("\n")
+    }
+
+    /// The agent's maps, opened from their pins.
+    pub fn tables(&self) -> Result<Tables> {
+        Tables::open_pinned(&self.pins.path)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// SIGTERM, then wait up to 10 s (SIGKILL after). Returns the exit status.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("agent already stopped")?;
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let status = child.wait()?;
+                bail!("agent ignored SIGTERM for 10 s (killed: {status})");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+        let _ = std::fs::remove_file(&self.config_path);
+    }
+}
