@@ -8,3 +8,4 @@ pub mod pins;
 pub mod sim;
 pub mod agent;
 pub mod topology;
+pub mod bed;

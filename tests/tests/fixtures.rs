@@ -3,9 +3,8 @@
 //! updates incrementally is checked against a fresh computation), and the
 //! counter that must count the outcome.
 //!
-//! The test runs happen inside a namespace with known routes and neighbours
-//! (veth pairs stand in for NICs: this kernel has no dummy driver),
-//! so `bpf_fib_lookup` gives deterministic answers:
+//! The runs happen in `tests::bed`, whose routes and neighbours make
+//! `bpf_fib_lookup` answer deterministically:
 //!   fwd0 02:00:00:00:50:01 198.18.50.1/24 — shard A 198.18.50.2 (neighbour
 //!        known, 02:00:00:00:50:02), shard B 198.18.50.3 (no neighbour)
 //!   cli0 02:00:00:00:60:01 198.18.60.1/24 — client 198.18.60.2 (neighbour
@@ -15,154 +14,23 @@
 use std::net::Ipv4Addr;
 
 use aya::programs::{TestRun, TestRunOptions};
-use proxy_agent::{config, dataplane::Dataplane, plan};
-use proxy_common::{
-    net::{addr_to_map, port_to_map},
-    samp, Counter, Session, SessionKey, PLACEMENT_SLOTS, SESSION_MOVING,
-};
+use proxy_common::{Counter, Session, SESSION_MOVING};
 use tests::{
-    netns::NetNs,
+    bed::*,
     packet::{ipv4_checksum_ok, udp_checksum_ok, Udp, ETH_LEN, HEADERS, IP_LEN},
-    pins::PinDir,
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_REDIRECT: u32 = 4;
-
-const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
-const PORT: u16 = 7777;
-const SHARD_A: Ipv4Addr = Ipv4Addr::new(198, 18, 50, 2);
-const SHARD_B: Ipv4Addr = Ipv4Addr::new(198, 18, 50, 3);
-const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 18, 60, 2);
-const CLIENT_NO_NEIGH: Ipv4Addr = Ipv4Addr::new(198, 18, 60, 9);
-const LOCAL: Ipv4Addr = Ipv4Addr::new(198, 18, 60, 1);
-const FWD0_MAC: [u8; 6] = [2, 0, 0, 0, 0x50, 1];
-const SHARD_A_MAC: [u8; 6] = [2, 0, 0, 0, 0x50, 2];
-const CLI0_MAC: [u8; 6] = [2, 0, 0, 0, 0x60, 1];
-const CLIENT_MAC: [u8; 6] = [2, 0, 0, 0, 0x60, 2];
-
-// Groups are the shards' home groups, in config order.
-const GROUP_A: u32 = 1;
-const GROUP_B: u32 = 2;
-const GROUP_C: u32 = 3;
-const GROUP_NONE: u32 = 4;
-
-const CONFIG: &str = "
-interfaces: [lo]
-frontends:
-  - name: play
-    address: 198.18.100.1:7777
-shards:
-  - name: a
-    address: 198.18.50.2
-    capacity: 100
-  - name: b
-    address: 198.18.50.3
-    capacity: 100
-  - name: c
-    address: 198.18.70.2
-    capacity: 100
-";
-
-fn handshake(cookie: u16) -> Vec<u8> {
-    let mut wire = [0u8; 4];
-    let [lo, hi] = cookie.to_le_bytes();
-    samp::scramble(&[samp::ID_OPEN_CONNECTION_REQUEST, lo, hi], PORT, &mut wire);
-    wire.to_vec()
-}
-
-fn game_packet() -> Vec<u8> {
-    // An unreliable player-sync datagram, scrambled as the client does.
-    let plain: Vec<u8> = [207u8].into_iter().chain((0..40).map(|i| i as u8 * 7)).collect();
-    let mut wire = vec![0u8; plain.len() + 1];
-    samp::scramble(&plain, PORT, &mut wire);
-    wire
-}
-
-fn query() -> Vec<u8> {
-    let mut q = b"SAMP".to_vec();
-    q.extend_from_slice(&VIP.octets());
-    q.extend_from_slice(&PORT.to_le_bytes());
-    q.push(b'i');
-    q
-}
-
-fn key(client: Ipv4Addr, port: u16) -> SessionKey {
-    SessionKey { client_addr: addr_to_map(client.octets()), client_port: port_to_map(port), frontend: 0 }
-}
-
-struct Bed {
-    ns: NetNs,
-    dp: Dataplane,
-    _pins: PinDir,
-}
 
 fn bed() -> Bed {
-    let ns = NetNs::new("fix").unwrap();
-    for cmd in [
-        "link add fwd0 address 02:00:00:00:50:01 type veth peer name fwd0p",
-        "link set fwd0 up",
-        "link set fwd0p up",
-        "addr add 198.18.50.1/24 dev fwd0",
-        "neigh add 198.18.50.2 lladdr 02:00:00:00:50:02 dev fwd0 nud permanent",
-        "link add cli0 address 02:00:00:00:60:01 type veth peer name cli0p",
-        "link set cli0 up",
-        "link set cli0p up",
-        "addr add 198.18.60.1/24 dev cli0",
-        "neigh add 198.18.60.2 lladdr 02:00:00:00:60:02 dev cli0 nud permanent",
-        "route add blackhole 198.18.70.0/24",
-    ] {
-        ns.ip(&cmd.split(' ').collect::<Vec<_>>()).unwrap();
-    }
-    ns.sysctl("net.ipv4.conf.all.forwarding", "1").unwrap();
-    let pins = PinDir::new("fix").unwrap();
-    let mut dp = Dataplane::load(pins.path()).unwrap();
-    let cfg = config::parse("fixture", CONFIG).unwrap();
-    dp.tables.apply(&plan::build(&cfg, |i| cfg.shards[i].capacity)).unwrap();
-    // A group whose backend is unset, for the "no backend" path.
-    dp.tables.groups.set(GROUP_NONE, 0, 0).unwrap();
-    Bed { ns, dp, _pins: pins }
+    Bed::new().expect("test bed")
 }
 
-impl Bed {
-    /// Runs one frame through the program inside the namespace.
-    fn run(&self, input: &[u8]) -> (u32, Vec<u8>) {
-        let prog = self.dp.program();
-        self.ns
-            .run(|| {
-                let mut out = vec![0u8; input.len() + 256];
-                let mut opts = TestRunOptions::default();
-                opts.data_in = Some(input);
-                opts.data_out = Some(&mut out);
-                let r = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
-                out.truncate(r.data_size_out as usize);
-                (r.return_value, out)
-            })
-            .unwrap()
-    }
-
-    fn counter(&self, c: Counter) -> u64 {
-        self.dp.tables.counter(c).unwrap()
-    }
-
-    fn session(&mut self, client: Ipv4Addr, port: u16, group: u32, flags: u32) {
-        let s = Session { group, flags, last_seen_ns: 0 };
-        self.dp.tables.sessions.insert(key(client, port), s, 0).unwrap();
-    }
-
-    fn place_all_on(&mut self, group: u32) {
-        self.dp.tables.write_placement(0, &vec![group; PLACEMENT_SLOTS as usize]).unwrap();
-    }
-
-    /// Runs a fixture and checks verdict, output and the counter.
-    fn check(&self, name: &str, input: &[u8], verdict: u32, expected: &[u8], counter: Counter) {
-        let before = self.counter(counter);
-        let (got_verdict, out) = self.run(input);
-        assert_eq!(got_verdict, verdict, "{name}: verdict");
-        assert_eq!(hex(&out), hex(expected), "{name}: output bytes");
-        assert_eq!(self.counter(counter), before + 1, "{name}: counter {}", counter.name());
-    }
+/// Runs a fixture and checks verdict, output bytes and the counter.
+fn check(bed: &Bed, name: &str, input: &[u8], verdict: u32, expected: &[u8], counter: Counter) {
+    let before = bed.counter(counter);
+    let (got_verdict, out) = bed.run(input);
+    assert_eq!(got_verdict, verdict, "{name}: verdict");
+    assert_eq!(hex(&out), hex(expected), "{name}: output bytes");
+    assert_eq!(bed.counter(counter), before + 1, "{name}: counter {}", counter.name());
 }
 
 fn hex(b: &[u8]) -> String {
@@ -201,30 +69,30 @@ fn ingress_paths() {
 
     let p = to_vip(CLIENT, 50000, &game_packet());
     let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
-    bed.check("established hit, neighbour known", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
+    check(&bed, "established hit, neighbour known", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
     assert!(ipv4_checksum_ok(&want) && udp_checksum_ok(&want));
 
     let mut p = to_vip(CLIENT, 50000, &game_packet());
     p.zero_udp_checksum = true;
     let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
     assert_eq!(&want[ETH_LEN + IP_LEN + 6..ETH_LEN + IP_LEN + 8], &[0, 0]);
-    bed.check("zero UDP checksum stays zero", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
+    check(&bed, "zero UDP checksum stays zero", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
 
     let p = to_vip(CLIENT, 50001, &game_packet());
-    bed.check("established, neighbour unresolved: rewritten and passed", &p.frame(), XDP_PASS, &rewritten(p.clone(), CLIENT, SHARD_B), Counter::IngressPassNeigh);
+    check(&bed, "established, neighbour unresolved: rewritten and passed", &p.frame(), XDP_PASS, &rewritten(p.clone(), CLIENT, SHARD_B), Counter::IngressPassNeigh);
 
     let p = to_vip(CLIENT, 50002, &game_packet());
-    bed.check("group without a backend", &p.frame(), XDP_DROP, &p.frame(), Counter::DropNoBackend);
+    check(&bed, "group without a backend", &p.frame(), XDP_DROP, &p.frame(), Counter::DropNoBackend);
 
     let p = to_vip(CLIENT, 50003, &game_packet());
-    bed.check("shard behind a blackhole route", &p.frame(), XDP_DROP, &p.frame(), Counter::DropUnroutable);
+    check(&bed, "shard behind a blackhole route", &p.frame(), XDP_DROP, &p.frame(), Counter::DropUnroutable);
 
     let mut p = to_vip(CLIENT, 50000, &game_packet());
     p.ttl = 1;
-    bed.check("TTL 1 left to the kernel", &p.frame(), XDP_PASS, &p.frame(), Counter::PassTtl);
+    check(&bed, "TTL 1 left to the kernel", &p.frame(), XDP_PASS, &p.frame(), Counter::PassTtl);
 
     let p = to_vip(CLIENT, 50000, &query());
-    bed.check("query from a known player goes to the host", &p.frame(), XDP_PASS, &p.frame(), Counter::PassQuery);
+    check(&bed, "query from a known player goes to the host", &p.frame(), XDP_PASS, &p.frame(), Counter::PassQuery);
 }
 
 #[test]
@@ -233,24 +101,24 @@ fn new_players_are_admitted_only_by_a_valid_handshake() {
     bed.place_all_on(GROUP_A);
 
     let p = to_vip(CLIENT, 40000, &game_packet());
-    bed.check("unknown source, game packet", &p.frame(), XDP_DROP, &p.frame(), Counter::DropNotHandshake);
+    check(&bed, "unknown source, game packet", &p.frame(), XDP_DROP, &p.frame(), Counter::DropNotHandshake);
 
     let mut bad = handshake(0);
     bad[0] ^= 0x02;
     let p = to_vip(CLIENT, 40000, &bad);
-    bed.check("handshake with a bad checksum", &p.frame(), XDP_DROP, &p.frame(), Counter::DropNotHandshake);
+    check(&bed, "handshake with a bad checksum", &p.frame(), XDP_DROP, &p.frame(), Counter::DropNotHandshake);
 
     let p = to_vip(CLIENT, 40000, &handshake(0)[..3]);
-    bed.check("3-byte datagram", &p.frame(), XDP_DROP, &p.frame(), Counter::DropNotHandshake);
+    check(&bed, "3-byte datagram", &p.frame(), XDP_DROP, &p.frame(), Counter::DropNotHandshake);
 
     let p = to_vip(CLIENT, 40000, &query());
-    bed.check("query from an unknown source", &p.frame(), XDP_PASS, &p.frame(), Counter::PassQuery);
+    check(&bed, "query from an unknown source", &p.frame(), XDP_PASS, &p.frame(), Counter::PassQuery);
     assert!(bed.dp.tables.pending_sessions().is_empty(), "nothing admitted yet");
 
     let placed = bed.counter(Counter::SessionPlaced);
     let p = to_vip(CLIENT, 40000, &handshake(0));
     let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
-    bed.check("valid handshake is placed", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
+    check(&bed, "valid handshake is placed", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
     assert_eq!(bed.counter(Counter::SessionPlaced), placed + 1);
     let pending = bed.dp.tables.pending_sessions();
     assert_eq!(pending.len(), 1);
@@ -265,11 +133,11 @@ fn new_players_are_admitted_only_by_a_valid_handshake() {
     padded.resize(60, 0);
     let mut want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
     want.resize(60, 0);
-    bed.check("padded handshake is placed", &padded, XDP_REDIRECT, &want, Counter::IngressRedirect);
+    check(&bed, "padded handshake is placed", &padded, XDP_REDIRECT, &want, Counter::IngressRedirect);
 
     bed.place_all_on(0);
     let p = to_vip(CLIENT, 40002, &handshake(0));
-    bed.check("no shard to place on", &p.frame(), XDP_DROP, &p.frame(), Counter::DropNoShard);
+    check(&bed, "no shard to place on", &p.frame(), XDP_DROP, &p.frame(), Counter::DropNoShard);
 }
 
 #[test]
@@ -277,15 +145,15 @@ fn moving_sessions_wait_for_a_fresh_handshake() {
     let mut bed = bed();
     bed.session(CLIENT, 50010, GROUP_A, SESSION_MOVING);
     let p = to_vip(CLIENT, 50010, &game_packet());
-    bed.check("game packet while moving", &p.frame(), XDP_DROP, &p.frame(), Counter::DropMoving);
+    check(&bed, "game packet while moving", &p.frame(), XDP_DROP, &p.frame(), Counter::DropMoving);
     let p = to_vip(CLIENT, 50010, &handshake(7));
     let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
-    bed.check("fresh handshake goes to the new shard", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
+    check(&bed, "fresh handshake goes to the new shard", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
     let s = bed.dp.tables.sessions.get(&key(CLIENT, 50010), 0).unwrap();
     assert_eq!(s.flags & SESSION_MOVING, 0, "moving flag cleared by the handshake");
     let p = to_vip(CLIENT, 50010, &game_packet());
     let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
-    bed.check("then game packets flow", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
+    check(&bed, "then game packets flow", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
 }
 
 #[test]
@@ -299,7 +167,7 @@ fn return_paths() {
     let p = reply(CLIENT, 40000, PORT);
     let want = forwarded(p.clone(), VIP, CLIENT, CLI0_MAC, CLIENT_MAC);
     let promoted = bed.counter(Counter::SessionPromoted);
-    bed.check("reply rewritten to come from the VIP", &p.frame(), XDP_REDIRECT, &want, Counter::ReturnRedirect);
+    check(&bed, "reply rewritten to come from the VIP", &p.frame(), XDP_REDIRECT, &want, Counter::ReturnRedirect);
     assert!(ipv4_checksum_ok(&want) && udp_checksum_ok(&want));
     assert_eq!(bed.counter(Counter::SessionPromoted), promoted + 1);
     assert_eq!(bed.dp.tables.sessions.get(&key(CLIENT, 40000), 0).unwrap().group, GROUP_A);
@@ -308,22 +176,22 @@ fn return_paths() {
     let mut p = reply(CLIENT, 40000, PORT);
     p.zero_udp_checksum = true;
     let want = forwarded(p.clone(), VIP, CLIENT, CLI0_MAC, CLIENT_MAC);
-    bed.check("reply with zero UDP checksum", &p.frame(), XDP_REDIRECT, &want, Counter::ReturnRedirect);
+    check(&bed, "reply with zero UDP checksum", &p.frame(), XDP_REDIRECT, &want, Counter::ReturnRedirect);
 
     let p = reply(CLIENT_NO_NEIGH, 40000, PORT);
-    bed.check("reply, client neighbour unresolved", &p.frame(), XDP_PASS, &rewritten(p.clone(), VIP, CLIENT_NO_NEIGH), Counter::ReturnPassNeigh);
+    check(&bed, "reply, client neighbour unresolved", &p.frame(), XDP_PASS, &rewritten(p.clone(), VIP, CLIENT_NO_NEIGH), Counter::ReturnPassNeigh);
 
     let p = reply(LOCAL, 40000, PORT);
-    bed.check("reply to a local socket (health probe)", &p.frame(), XDP_PASS, &p.frame(), Counter::PassReplyLocal);
+    check(&bed, "reply to a local socket (health probe)", &p.frame(), XDP_PASS, &p.frame(), Counter::PassReplyLocal);
 
     let p = reply(Ipv4Addr::new(198, 18, 70, 5), 40000, PORT);
-    bed.check("reply to a blackholed client", &p.frame(), XDP_DROP, &p.frame(), Counter::DropUnroutable);
+    check(&bed, "reply to a blackholed client", &p.frame(), XDP_DROP, &p.frame(), Counter::DropUnroutable);
 
     let p = reply(CLIENT, 40000, 7778);
-    bed.check("shard traffic from another port", &p.frame(), XDP_PASS, &p.frame(), Counter::PassNotOurs);
+    check(&bed, "shard traffic from another port", &p.frame(), XDP_PASS, &p.frame(), Counter::PassNotOurs);
 
     let p = Udp::new(Ipv4Addr::new(198, 18, 60, 7), 7777, CLIENT, 40000, &[1, 2, 3]);
-    bed.check("UDP from a stranger", &p.frame(), XDP_PASS, &p.frame(), Counter::PassNotOurs);
+    check(&bed, "UDP from a stranger", &p.frame(), XDP_PASS, &p.frame(), Counter::PassNotOurs);
     let _ = &mut bed;
 }
 
@@ -335,35 +203,35 @@ fn everything_else_is_untouched() {
 
     let mut arp = base.clone();
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    bed.check("ARP", &arp, XDP_PASS, &arp, Counter::PassNotIpv4);
+    check(&bed, "ARP", &arp, XDP_PASS, &arp, Counter::PassNotIpv4);
     let mut v6 = base.clone();
     v6[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
-    bed.check("IPv6", &v6, XDP_PASS, &v6, Counter::PassNotIpv4);
+    check(&bed, "IPv6", &v6, XDP_PASS, &v6, Counter::PassNotIpv4);
 
     // IPv4 with 4 bytes of options (IHL 6): the header grows, the rest shifts.
     let mut opts = base[..ETH_LEN + IP_LEN].to_vec();
     opts[ETH_LEN] = 0x46;
     opts.extend_from_slice(&[1, 1, 1, 0]);
     opts.extend_from_slice(&base[ETH_LEN + IP_LEN..]);
-    bed.check("IPv4 options", &opts, XDP_PASS, &opts, Counter::PassIpOptions);
+    check(&bed, "IPv4 options", &opts, XDP_PASS, &opts, Counter::PassIpOptions);
 
     let mut mf = base.clone();
     mf[ETH_LEN + 6] = 0x20; // more fragments
-    bed.check("first fragment", &mf, XDP_PASS, &mf, Counter::PassFragment);
+    check(&bed, "first fragment", &mf, XDP_PASS, &mf, Counter::PassFragment);
     let mut later = base.clone();
     later[ETH_LEN + 6..ETH_LEN + 8].copy_from_slice(&[0x00, 0x10]); // offset 128
-    bed.check("later fragment", &later, XDP_PASS, &later, Counter::PassFragment);
+    check(&bed, "later fragment", &later, XDP_PASS, &later, Counter::PassFragment);
 
     for (proto, name) in [(6u8, "TCP"), (1, "ICMP")] {
         let mut f = base.clone();
         f[ETH_LEN + 9] = proto;
-        bed.check(name, &f, XDP_PASS, &f, Counter::PassNotUdp);
+        check(&bed, name, &f, XDP_PASS, &f, Counter::PassNotUdp);
     }
 
     let other_port = Udp::new(CLIENT, 50000, VIP, 7778, &game_packet()).frame();
-    bed.check("other port on the VIP", &other_port, XDP_PASS, &other_port, Counter::PassNotOurs);
+    check(&bed, "other port on the VIP", &other_port, XDP_PASS, &other_port, Counter::PassNotOurs);
     let elsewhere = Udp::new(CLIENT, 50000, Ipv4Addr::new(198, 18, 100, 2), PORT, &game_packet()).frame();
-    bed.check("same port, other address", &elsewhere, XDP_PASS, &elsewhere, Counter::PassNotOurs);
+    check(&bed, "same port, other address", &elsewhere, XDP_PASS, &elsewhere, Counter::PassNotOurs);
     let _ = &mut bed;
 }
 
@@ -376,7 +244,7 @@ fn malformed_frames_are_dropped() {
     // Every truncation inside the headers. The kernel itself refuses test
     // frames shorter than an Ethernet header (no NIC delivers them either).
     for len in ETH_LEN..HEADERS {
-        bed.check(&format!("truncated at {len} bytes"), &base[..len], XDP_DROP, &base[..len], Counter::DropMalformed);
+        check(&bed, &format!("truncated at {len} bytes"), &base[..len], XDP_DROP, &base[..len], Counter::DropMalformed);
     }
     assert!(bed.ns.run(|| {
         let mut opts = TestRunOptions::default();
@@ -387,21 +255,21 @@ fn malformed_frames_are_dropped() {
     let set16 = |f: &mut Vec<u8>, at: usize, v: u16| f[at..at + 2].copy_from_slice(&v.to_be_bytes());
     let mut long_ip = base.clone();
     set16(&mut long_ip, ETH_LEN + 2, (base.len() - ETH_LEN + 1) as u16);
-    bed.check("IPv4 length past the frame", &long_ip, XDP_DROP, &long_ip, Counter::DropMalformed);
+    check(&bed, "IPv4 length past the frame", &long_ip, XDP_DROP, &long_ip, Counter::DropMalformed);
     let mut short_ip = base.clone();
     set16(&mut short_ip, ETH_LEN + 2, 20);
-    bed.check("IPv4 length shorter than the UDP header", &short_ip, XDP_DROP, &short_ip, Counter::DropMalformed);
+    check(&bed, "IPv4 length shorter than the UDP header", &short_ip, XDP_DROP, &short_ip, Counter::DropMalformed);
     let mut long_udp = base.clone();
     set16(&mut long_udp, ETH_LEN + IP_LEN + 4, (base.len() - ETH_LEN - IP_LEN + 1) as u16);
-    bed.check("UDP length past the IPv4 packet", &long_udp, XDP_DROP, &long_udp, Counter::DropMalformed);
+    check(&bed, "UDP length past the IPv4 packet", &long_udp, XDP_DROP, &long_udp, Counter::DropMalformed);
     let mut tiny_udp = base.clone();
     set16(&mut tiny_udp, ETH_LEN + IP_LEN + 4, 7);
-    bed.check("UDP length below its header", &tiny_udp, XDP_DROP, &tiny_udp, Counter::DropMalformed);
+    check(&bed, "UDP length below its header", &tiny_udp, XDP_DROP, &tiny_udp, Counter::DropMalformed);
     let mut ihl4 = base.clone();
     ihl4[ETH_LEN] = 0x44;
-    bed.check("IHL below 5", &ihl4, XDP_DROP, &ihl4, Counter::DropMalformed);
+    check(&bed, "IHL below 5", &ihl4, XDP_DROP, &ihl4, Counter::DropMalformed);
     let mut v6_in_v4 = base.clone();
     v6_in_v4[ETH_LEN] = 0x65;
-    bed.check("IP version 6 in an IPv4 frame", &v6_in_v4, XDP_DROP, &v6_in_v4, Counter::DropMalformed);
+    check(&bed, "IP version 6 in an IPv4 frame", &v6_in_v4, XDP_DROP, &v6_in_v4, Counter::DropMalformed);
     let _ = &mut bed;
 }
