@@ -3,7 +3,7 @@
 
 use proxy_common::{
     net::{addr_to_map, port_to_map},
-    Backend, Frontend, FrontendKey, Reverse, PLACEMENT_SLOTS,
+    Backend, Frontend, FrontendKey, PortEntry, Reverse, PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED,
 };
 
 use crate::{
@@ -14,6 +14,8 @@ use crate::{
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoutingPlan {
     pub frontends: Vec<(FrontendKey, Frontend)>,
+    /// (UDP port in header byte order, hint)
+    pub ports: Vec<(u16, PortEntry)>,
     /// (backend id, shard)
     pub backends: Vec<(u32, Backend)>,
     /// (group id, backend id)
@@ -45,7 +47,15 @@ pub fn build(cfg: &Validated, free_slots: impl Fn(usize) -> u32) -> RoutingPlan 
             let key = FrontendKey { vip: addr_to_map(f.address.ip().octets()), port: port_to_map(f.address.port()), _pad: 0 };
             (key, Frontend { id: id as u32, _pad: 0 })
         })
-        .collect();
+        .collect::<Vec<(FrontendKey, Frontend)>>();
+    let mut ports: Vec<(u16, PortEntry)> = Vec::new();
+    for (key, fe) in &frontends {
+        match ports.iter_mut().find(|(p, _)| *p == key.port) {
+            // Several VIPs on one port: the data plane must use the hash.
+            Some((_, entry)) => *entry = PortEntry { vip: 0, frontend: 0, flags: PORT_FRONTEND | PORT_SHARED },
+            None => ports.push((key.port, PortEntry { vip: key.vip, frontend: fe.id as u16, flags: PORT_FRONTEND })),
+        }
+    }
     let backends = cfg
         .shards
         .iter()
@@ -84,5 +94,5 @@ pub fn build(cfg: &Validated, free_slots: impl Fn(usize) -> u32) -> RoutingPlan 
             (fe as u32, placement::fill(&candidates, PLACEMENT_SLOTS as usize))
         })
         .collect();
-    RoutingPlan { frontends, backends, groups, reverse, placement }
+    RoutingPlan { frontends, ports, backends, groups, reverse, placement }
 }

@@ -10,7 +10,7 @@ use aya::{
     Ebpf,
 };
 use proxy_common::{
-    maps as names, Backend, BackendStats, Counter, Frontend, FrontendKey, Reverse, Session,
+    maps as names, Backend, BackendStats, Counter, Frontend, FrontendKey, PortEntry, Reverse, Session,
     SessionKey, MAX_BACKENDS, MAX_GROUPS, PLACEMENT_SLOTS,
 };
 
@@ -18,6 +18,7 @@ use crate::plan::RoutingPlan;
 
 pub struct Tables {
     pub frontends: HashMap<MapData, FrontendKey, Frontend>,
+    pub ports: Array<MapData, PortEntry>,
     pub placement: Array<MapData, u32>,
     pub groups: Array<MapData, u32>,
     pub backends: Array<MapData, Backend>,
@@ -51,6 +52,7 @@ impl Tables {
     pub fn open_pinned(dir: &Path) -> Result<Self> {
         Ok(Self {
             frontends: open(dir, names::FRONTENDS)?,
+            ports: open(dir, names::PORTS)?,
             placement: open(dir, names::PLACEMENT)?,
             groups: open(dir, names::GROUPS)?,
             backends: open(dir, names::BACKENDS)?,
@@ -65,6 +67,7 @@ impl Tables {
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
         Ok(Self {
             frontends: take(ebpf, names::FRONTENDS)?,
+            ports: take(ebpf, names::PORTS)?,
             placement: take(ebpf, names::PLACEMENT)?,
             groups: take(ebpf, names::GROUPS)?,
             backends: take(ebpf, names::BACKENDS)?,
@@ -94,10 +97,16 @@ impl Tables {
         for (key, fe) in &plan.frontends {
             self.frontends.insert(key, fe, 0).context("writing FRONTENDS")?;
         }
+        for (port, entry) in &plan.ports {
+            self.ports.set(*port as u32, entry, 0).context("writing PORTS")?;
+        }
         // Remove what the plan dropped.
         let keep: HashSet<FrontendKey> = plan.frontends.iter().map(|(k, _)| *k).collect();
         let stale: Vec<FrontendKey> = self.frontends.keys().filter_map(Result::ok).filter(|k| !keep.contains(k)).collect();
         for key in stale {
+            if !plan.ports.iter().any(|(p, _)| *p == key.port) {
+                self.ports.set(key.port as u32, PortEntry::default(), 0).context("clearing a stale port")?;
+            }
             self.frontends.remove(&key).context("removing a stale frontend")?;
         }
         let keep: HashSet<u32> = plan.reverse.iter().map(|(k, _)| *k).collect();

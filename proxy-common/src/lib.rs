@@ -27,6 +27,12 @@ pub const MAX_SESSIONS: u32 = 262_144;
 /// of spoofed handshakes churns only this table.
 pub const MAX_PENDING: u32 = 16_384;
 
+/// How long the data plane trusts a cached next hop before asking the FIB
+/// again: a route or neighbour change takes effect within this time.
+pub const NEXTHOP_TTL_NS: u64 = 500_000_000;
+/// Client addresses whose next hop the return path caches.
+pub const MAX_CLIENT_NEXTHOPS: u32 = 65_536;
+
 /// Map names, shared so the agent and the tests cannot drift from the program.
 pub mod maps {
     pub const FRONTENDS: &str = "FRONTENDS";
@@ -38,6 +44,7 @@ pub mod maps {
     pub const PENDING: &str = "PENDING";
     pub const COUNTERS: &str = "COUNTERS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const PORTS: &str = "PORTS";
 }
 
 /// Program names in the object.
@@ -78,6 +85,34 @@ pub struct SessionKey {
 /// The session is being moved: drop its game packets until the client sends a
 /// fresh handshake (ID_OPEN_CONNECTION_REQUEST), then route it to `group`.
 pub const SESSION_MOVING: u32 = 1;
+
+/// `PortEntry::flags`: some frontend listens on this port.
+pub const PORT_FRONTEND: u16 = 1;
+/// `PortEntry::flags`: several frontends share this port: look the VIP up in
+/// `FRONTENDS` instead of trusting `PortEntry::vip`.
+pub const PORT_SHARED: u16 = 2;
+
+/// Value of `PORTS`, indexed by the UDP port as it stands in the header: a
+/// cheap array test that rejects most foreign traffic and, for the usual one
+/// frontend per port, resolves the frontend without a hash lookup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PortEntry {
+    pub vip: u32,
+    pub frontend: u16,
+    pub flags: u16,
+}
+
+/// A cached FIB answer: where to send packets for one destination.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct NextHop {
+    pub ifindex: u32,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    /// Coarse-clock time after which the FIB is asked again; 0 = empty.
+    pub expires_ns: u64,
+}
 
 /// Value of `SESSIONS` and `PENDING`.
 #[repr(C)]
@@ -144,4 +179,8 @@ mod pod {
     unsafe impl aya::Pod for Reverse {}
     // SAFETY: as above.
     unsafe impl aya::Pod for BackendStats {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PortEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for NextHop {}
 }

@@ -13,9 +13,12 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
 };
-use proxy_common::csum;
+use proxy_common::{csum, NextHop, NEXTHOP_TTL_NS};
 
-use crate::parse::Packet;
+use crate::{
+    maps::{BACKEND_NEXTHOP, CLIENT_NEXTHOP},
+    parse::Packet,
+};
 
 const AF_INET: u8 = 2;
 const IPPROTO_UDP: u8 = 17;
@@ -64,6 +67,56 @@ pub fn route(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32) -> Route {
         BPF_FIB_LKUP_RET_NOT_FWDED => Route::Local,
         _ => Route::Unroutable,
     }
+}
+
+/// A fresh cached answer, else the FIB's (cached again when it is a route).
+/// The cache is keyed by destination only: policy routing by source is not
+/// supported, and a route or neighbour change takes up to NEXTHOP_TTL_NS.
+#[inline(always)]
+fn cached(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32, now: u64, slot: Option<*mut NextHop>) -> (Route, bool) {
+    if let Some(nh) = slot {
+        // SAFETY: a per-CPU map value; XDP is not preempted on this CPU.
+        let nh = unsafe { &*nh };
+        if nh.ifindex != 0 && nh.expires_ns > now {
+            return (Route::Via { ifindex: nh.ifindex, smac: nh.smac, dmac: nh.dmac }, false);
+        }
+    }
+    (route(ctx, pkt, src, dst), true)
+}
+
+fn to_cache(route: &Route, now: u64) -> Option<NextHop> {
+    match *route {
+        Route::Via { ifindex, smac, dmac } => Some(NextHop { ifindex, smac, dmac, expires_ns: now + NEXTHOP_TTL_NS }),
+        _ => None,
+    }
+}
+
+/// The route to a backend's shard, through the per-CPU per-backend cache.
+#[inline(always)]
+pub fn route_to_backend(ctx: &XdpContext, pkt: &Packet, backend_id: u32, dst: u32, now: u64) -> Route {
+    let slot = BACKEND_NEXTHOP.get_ptr_mut(backend_id);
+    let (route, fresh) = cached(ctx, pkt, pkt.src_addr(), dst, now, slot);
+    if fresh {
+        if let (Some(slot), Some(nh)) = (slot, to_cache(&route, now)) {
+            // SAFETY: as in `cached`.
+            unsafe { *slot = nh };
+        }
+    }
+    route
+}
+
+/// The route back to a client, through the per-CPU LRU cache.
+#[inline(always)]
+pub fn route_to_client(ctx: &XdpContext, pkt: &Packet, src: u32, now: u64) -> Route {
+    let dst = pkt.dst_addr();
+    let slot = CLIENT_NEXTHOP.get_ptr_mut(&dst);
+    let (route, fresh) = cached(ctx, pkt, src, dst, now, slot);
+    if fresh {
+        if let Some(nh) = to_cache(&route, now) {
+            let _ = CLIENT_NEXTHOP.insert(&dst, &nh, 0);
+        }
+    }
+    route
 }
 
 /// Sets the MACs, decrements the TTL and redirects. The caller has checked

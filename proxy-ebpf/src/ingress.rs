@@ -83,7 +83,7 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
     if forward::ttl_expiring(pkt) {
         return verdict(Counter::PassTtl, xdp_action::XDP_PASS);
     }
-    let route = forward::route(ctx, pkt, pkt.src_addr(), backend.addr);
+    let route = forward::route_to_backend(ctx, pkt, backend_id, backend.addr, now);
     if let Route::Local | Route::Unroutable = route {
         // No route to the shard (or it is an address of this node): drop
         // before touching the packet.

@@ -17,7 +17,7 @@ mod reply;
 mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
-use proxy_common::{Counter, FrontendKey};
+use proxy_common::Counter;
 
 use crate::parse::Parsed;
 
@@ -28,12 +28,13 @@ pub fn samp_proxy(ctx: XdpContext) -> u32 {
         Parsed::Pass(counter) => return stats::verdict(counter, xdp_action::XDP_PASS),
         Parsed::Drop(counter) => return stats::verdict(counter, xdp_action::XDP_DROP),
     };
-    let fe_key = FrontendKey { vip: pkt.dst_addr(), port: pkt.dst_port(), _pad: 0 };
-    if let Some(frontend) = maps::frontend(&fe_key) {
+    if let Some(frontend) = maps::frontend_for(pkt.dst_addr(), pkt.dst_port()) {
         return ingress::handle(&ctx, &pkt, frontend);
     }
-    if let Some(rev) = maps::reverse(pkt.src_addr()) {
-        return reply::handle(&ctx, &pkt, rev);
+    if maps::is_frontend_port(pkt.src_port()) {
+        if let Some(rev) = maps::reverse(pkt.src_addr()) {
+            return reply::handle(&ctx, &pkt, rev);
+        }
     }
     stats::verdict(Counter::PassNotOurs, xdp_action::XDP_PASS)
 }

@@ -3,13 +3,26 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
 use proxy_common::{
-    counters::COUNTER_COUNT, Backend, BackendStats, Frontend, FrontendKey, Reverse, Session,
-    SessionKey, MAX_BACKENDS, MAX_FRONTENDS, MAX_GROUPS, MAX_PENDING, MAX_SESSIONS,
-    PLACEMENT_SLOTS,
+    counters::COUNTER_COUNT, Backend, BackendStats, Frontend, FrontendKey, NextHop, PortEntry,
+    Reverse, Session, SessionKey, MAX_BACKENDS, MAX_CLIENT_NEXTHOPS, MAX_FRONTENDS, MAX_GROUPS,
+    MAX_PENDING, MAX_SESSIONS, PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED,
 };
+
+/// UDP port (header byte order) -> frontend hint; see `PortEntry`.
+#[map]
+pub static PORTS: Array<PortEntry> = Array::pinned(65_536, 0);
+
+/// Next hop per backend, per CPU: the hit path skips the FIB while fresh.
+/// A cache, rebuilt from the FIB on demand, so never pinned.
+#[map]
+pub static BACKEND_NEXTHOP: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// Next hop per client address for the return path, per CPU (a cache too).
+#[map]
+pub static CLIENT_NEXTHOP: LruPerCpuHashMap<u32, NextHop> = LruPerCpuHashMap::with_max_entries(MAX_CLIENT_NEXTHOPS, 0);
 
 #[map]
 pub static FRONTENDS: HashMap<FrontendKey, Frontend> = HashMap::pinned(MAX_FRONTENDS, 0);
@@ -43,6 +56,27 @@ pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
 
 #[map]
 pub static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::pinned(MAX_BACKENDS, 0);
+
+/// The frontend a packet to `vip:port` is for, if any. One array read for
+/// the common case; the hash only when several frontends share the port.
+#[inline(always)]
+pub fn frontend_for(vip: u32, port: u16) -> Option<Frontend> {
+    let entry = PORTS.get(port as u32)?;
+    if entry.flags & PORT_FRONTEND == 0 {
+        return None;
+    }
+    if entry.flags & PORT_SHARED == 0 {
+        return (entry.vip == vip).then_some(Frontend { id: entry.frontend as u32, _pad: 0 });
+    }
+    frontend(&FrontendKey { vip, port, _pad: 0 })
+}
+
+/// True when some frontend uses `port`: only then can a packet from that
+/// port be a shard reply.
+#[inline(always)]
+pub fn is_frontend_port(port: u16) -> bool {
+    PORTS.get(port as u32).map(|e| e.flags & PORT_FRONTEND != 0).unwrap_or(false)
+}
 
 #[inline(always)]
 pub fn frontend(key: &FrontendKey) -> Option<Frontend> {

@@ -2,13 +2,13 @@
 //! is rewritten to come from the VIP (source IP only) and sent on; on the way
 //! it promotes the player's pending session to established.
 
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use proxy_common::{Counter, Reverse, SessionKey};
+use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use proxy_common::{samp, Counter, Reverse, SessionKey};
 
 use crate::{
     forward::{self, Addr, Route, Sent},
     maps::{PENDING, SESSIONS},
-    parse::Packet,
+    parse::{ptr_at, Packet, PAYLOAD_OFF},
     stats::{self, verdict, Direction},
 };
 
@@ -20,20 +20,40 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, rev: Reverse) -> u32 {
     if forward::ttl_expiring(pkt) {
         return verdict(Counter::PassTtl, xdp_action::XDP_PASS);
     }
-    let route = forward::route(ctx, pkt, rev.vip, pkt.dst_addr());
+    // SAFETY: coarse clock helper, no arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let route = forward::route_to_client(ctx, pkt, rev.vip, now);
     match route {
         // A reply to a socket on this host (the agent's health probe): leave it be.
         Route::Local => return verdict(Counter::PassReplyLocal, xdp_action::XDP_PASS),
         Route::Unroutable => return verdict(Counter::DropUnroutable, xdp_action::XDP_DROP),
         _ => {}
     }
-    promote(pkt, rev.frontend);
+    if answers_handshake(ctx, pkt) {
+        promote(pkt, rev.frontend);
+    }
     forward::rewrite_addr(pkt, Addr::Src, rev.vip);
     stats::backend_packet(rev.backend, pkt.ip_len() as u64, Direction::FromShard);
     match forward::send(pkt, route) {
         Sent::Redirected(action) => verdict(Counter::ReturnRedirect, action),
         Sent::Passed => verdict(Counter::ReturnPassNeigh, xdp_action::XDP_PASS),
     }
+}
+
+/// A shard's first answer to a new player is ID_OPEN_CONNECTION_COOKIE
+/// `[26, lo, hi]` (or, for a retried handshake, ID_OPEN_CONNECTION_REPLY
+/// `[25, x]`): server datagrams are not scrambled, so byte 0 is the id. Only
+/// these replies look for a pending session, which keeps a hash lookup off
+/// the return path of established players.
+#[inline(always)]
+fn answers_handshake(ctx: &XdpContext, pkt: &Packet) -> bool {
+    let Some(id) = ptr_at::<u8>(ctx, PAYLOAD_OFF) else {
+        return false;
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let id = unsafe { *id };
+    (id == samp::ID_OPEN_CONNECTION_COOKIE && pkt.payload_len == 3)
+        || (id == samp::ID_OPEN_CONNECTION_REPLY && pkt.payload_len == 2)
 }
 
 /// The shard answered: the player is real, move it out of the LRU.
