@@ -14,6 +14,9 @@ fn main() {
         println!("cargo::rustc-cfg=has_ebpf_object");
         println!("cargo::rustc-env=PROXY_EBPF_OBJECT={}", object.display());
     } else {
-        println!("cargo::warning=no XDP object at {}: run `cargo xtask build-ebpf`", object.display());
+        println!(
+            "cargo::warning=no XDP object at {}: run `cargo xtask build-ebpf`",
+            object.display()
+        );
     }
 }

@@ -155,7 +155,12 @@ pub fn load(path: &Path) -> Result<Validated, ConfigError> {
 /// Parses and validates config text; `file` names it in errors.
 pub fn parse(file: &str, text: &str) -> Result<Validated, ConfigError> {
     let raw: Config = serde_yaml::from_str(text).map_err(|e| syntax_error(file, &e))?;
-    Checker { file, text, errors: Vec::new() }.check(raw)
+    Checker {
+        file,
+        text,
+        errors: Vec::new(),
+    }
+    .check(raw)
 }
 
 fn syntax_error(file: &str, e: &serde_yaml::Error) -> ConfigError {
@@ -170,7 +175,11 @@ fn syntax_error(file: &str, e: &serde_yaml::Error) -> ConfigError {
         .filter(|(path, _)| !path.contains(' '))
         .map(|(path, _)| path.to_string())
         .unwrap_or_default();
-    let problem = if field.is_empty() { problem } else { problem[field.len() + 2..].to_string() };
+    let problem = if field.is_empty() {
+        problem
+    } else {
+        problem[field.len() + 2..].to_string()
+    };
     let fix = if problem.contains("unknown field") {
         "remove or correct the field; the README's config reference lists every field".into()
     } else if problem.contains("missing field") {
@@ -196,7 +205,12 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn error(&self, path: &[PathPart<'_>], problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+    fn error(
+        &self,
+        path: &[PathPart<'_>],
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> ConfigError {
         ConfigError {
             file: self.file.into(),
             line: locate(self.text, path),
@@ -214,66 +228,147 @@ impl Checker<'_> {
         let mut seen = HashSet::new();
         for (i, name) in raw.interfaces.iter().enumerate() {
             if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
-                return Err(self.error(&[K("interfaces"), I(i)], format!("`{name}` is not an interface name"), "use the name `ip link` shows, at most 15 characters"));
+                return Err(self.error(
+                    &[K("interfaces"), I(i)],
+                    format!("`{name}` is not an interface name"),
+                    "use the name `ip link` shows, at most 15 characters",
+                ));
             }
             if !seen.insert(name) {
-                return Err(self.error(&[K("interfaces"), I(i)], format!("interface `{name}` is listed twice"), "list each interface once"));
+                return Err(self.error(
+                    &[K("interfaces"), I(i)],
+                    format!("interface `{name}` is listed twice"),
+                    "list each interface once",
+                ));
             }
         }
         if !raw.bpffs.is_absolute() {
-            return Err(self.error(&[K("bpffs")], format!("`{}` is not an absolute path", raw.bpffs.display()), "use a folder on a bpf filesystem, e.g. /sys/fs/bpf/samp-proxy"));
+            return Err(self.error(
+                &[K("bpffs")],
+                format!("`{}` is not an absolute path", raw.bpffs.display()),
+                "use a folder on a bpf filesystem, e.g. /sys/fs/bpf/samp-proxy",
+            ));
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&raw.log_level.as_str()) {
-            return Err(self.error(&[K("log_level")], format!("unknown log level `{}`", raw.log_level), "use error, warn, info, debug or trace"));
+            return Err(self.error(
+                &[K("log_level")],
+                format!("unknown log level `{}`", raw.log_level),
+                "use error, warn, info, debug or trace",
+            ));
         }
         if raw.frontends.is_empty() {
-            return Err(self.error(&[K("frontends")], "no frontend", "add one, e.g. `frontends: [{name: play, address: \"203.0.113.10:7777\"}]`"));
+            return Err(self.error(
+                &[K("frontends")],
+                "no frontend",
+                "add one, e.g. `frontends: [{name: play, address: \"203.0.113.10:7777\"}]`",
+            ));
         }
         if raw.frontends.len() > proxy_common::MAX_FRONTENDS as usize {
-            return Err(self.error(&[K("frontends")], format!("{} frontends, at most {} are supported", raw.frontends.len(), proxy_common::MAX_FRONTENDS), "run another proxy for the rest"));
+            return Err(self.error(
+                &[K("frontends")],
+                format!(
+                    "{} frontends, at most {} are supported",
+                    raw.frontends.len(),
+                    proxy_common::MAX_FRONTENDS
+                ),
+                "run another proxy for the rest",
+            ));
         }
         let mut frontends: Vec<Frontend> = Vec::new();
         for (i, fe) in raw.frontends.iter().enumerate() {
             let at = |f| [K("frontends"), I(i), K(f)];
             check_name(self.error(&at("name"), "", ""), &fe.name)?;
             if frontends.iter().any(|f| f.name == fe.name) {
-                return Err(self.error(&at("name"), format!("frontend `{}` is defined twice", fe.name), "give each frontend its own name"));
+                return Err(self.error(
+                    &at("name"),
+                    format!("frontend `{}` is defined twice", fe.name),
+                    "give each frontend its own name",
+                ));
             }
             let address: SocketAddrV4 = fe.address.parse().map_err(|_| {
-                self.error(&at("address"), format!("`{}` is not an IPv4 address with a port", fe.address), "write it as IP:PORT, e.g. 203.0.113.10:7777 (SA:MP is IPv4 only)")
+                self.error(
+                    &at("address"),
+                    format!("`{}` is not an IPv4 address with a port", fe.address),
+                    "write it as IP:PORT, e.g. 203.0.113.10:7777 (SA:MP is IPv4 only)",
+                )
             })?;
             if address.port() == 0 {
-                return Err(self.error(&at("address"), "port 0", "use the port players connect to, usually 7777"));
+                return Err(self.error(
+                    &at("address"),
+                    "port 0",
+                    "use the port players connect to, usually 7777",
+                ));
             }
-            if address.ip().is_unspecified() || address.ip().is_multicast() || address.ip().is_broadcast() {
-                return Err(self.error(&at("address"), format!("{} cannot be a public address", address.ip()), "use the unicast IPv4 players connect to"));
+            if address.ip().is_unspecified()
+                || address.ip().is_multicast()
+                || address.ip().is_broadcast()
+            {
+                return Err(self.error(
+                    &at("address"),
+                    format!("{} cannot be a public address", address.ip()),
+                    "use the unicast IPv4 players connect to",
+                ));
             }
             if frontends.iter().any(|f| f.address == address) {
-                return Err(self.error(&at("address"), format!("{address} is used by two frontends"), "give each frontend its own address"));
+                return Err(self.error(
+                    &at("address"),
+                    format!("{address} is used by two frontends"),
+                    "give each frontend its own address",
+                ));
             }
-            frontends.push(Frontend { name: fe.name.clone(), address });
+            frontends.push(Frontend {
+                name: fe.name.clone(),
+                address,
+            });
         }
         if raw.shards.is_empty() {
-            return Err(self.error(&[K("shards")], "no shard", "add at least one shard with name, address and capacity"));
+            return Err(self.error(
+                &[K("shards")],
+                "no shard",
+                "add at least one shard with name, address and capacity",
+            ));
         }
         if raw.shards.len() >= proxy_common::MAX_BACKENDS as usize {
-            return Err(self.error(&[K("shards")], format!("{} shards, at most {} are supported", raw.shards.len(), proxy_common::MAX_BACKENDS - 1), "split the cluster over more proxies"));
+            return Err(self.error(
+                &[K("shards")],
+                format!(
+                    "{} shards, at most {} are supported",
+                    raw.shards.len(),
+                    proxy_common::MAX_BACKENDS - 1
+                ),
+                "split the cluster over more proxies",
+            ));
         }
         let mut shards: Vec<Shard> = Vec::new();
         for (i, sh) in raw.shards.iter().enumerate() {
             let at = |f| [K("shards"), I(i), K(f)];
             check_name(self.error(&at("name"), "", ""), &sh.name)?;
             if shards.iter().any(|s| s.name == sh.name) {
-                return Err(self.error(&at("name"), format!("shard `{}` is defined twice", sh.name), "give each shard its own name"));
+                return Err(self.error(
+                    &at("name"),
+                    format!("shard `{}` is defined twice", sh.name),
+                    "give each shard its own name",
+                ));
             }
             let frontend = match &sh.frontend {
-                Some(name) => frontends.iter().position(|f| &f.name == name).ok_or_else(|| {
-                    let known: Vec<_> = frontends.iter().map(|f| f.name.as_str()).collect();
-                    self.error(&at("frontend"), format!("no frontend named `{name}`"), format!("use one of: {}", known.join(", ")))
-                })?,
+                Some(name) => frontends
+                    .iter()
+                    .position(|f| &f.name == name)
+                    .ok_or_else(|| {
+                        let known: Vec<_> = frontends.iter().map(|f| f.name.as_str()).collect();
+                        self.error(
+                            &at("frontend"),
+                            format!("no frontend named `{name}`"),
+                            format!("use one of: {}", known.join(", ")),
+                        )
+                    })?,
                 None if frontends.len() == 1 => 0,
                 None => {
-                    return Err(self.error(&at("name"), format!("shard `{}` does not say which frontend it serves", sh.name), "add `frontend: NAME`; with several frontends every shard needs one"));
+                    return Err(self.error(
+                        &at("name"),
+                        format!("shard `{}` does not say which frontend it serves", sh.name),
+                        "add `frontend: NAME`; with several frontends every shard needs one",
+                    ));
                 }
             };
             let fe = &frontends[frontend];
@@ -282,7 +377,11 @@ impl Checker<'_> {
                 None => (sh.address.as_str(), None),
             };
             let address: Ipv4Addr = ip_text.parse().map_err(|_| {
-                self.error(&at("address"), format!("`{}` is not an IPv4 address", sh.address), "write the shard's IPv4, e.g. 10.0.0.5 (the port is always the frontend's)")
+                self.error(
+                    &at("address"),
+                    format!("`{}` is not an IPv4 address", sh.address),
+                    "write the shard's IPv4, e.g. 10.0.0.5 (the port is always the frontend's)",
+                )
             })?;
             if let Some(port) = port {
                 if port.parse::<u16>().ok() != Some(fe.address.port()) {
@@ -290,33 +389,68 @@ impl Checker<'_> {
                 }
             }
             if address.is_unspecified() || address.is_multicast() || address.is_broadcast() {
-                return Err(self.error(&at("address"), format!("{address} cannot be a shard address"), "use the shard's unicast IPv4"));
+                return Err(self.error(
+                    &at("address"),
+                    format!("{address} cannot be a shard address"),
+                    "use the shard's unicast IPv4",
+                ));
             }
             if frontends.iter().any(|f| *f.address.ip() == address) {
-                return Err(self.error(&at("address"), format!("{address} is a frontend address"), "a shard needs its own IP, distinct from the public one"));
+                return Err(self.error(
+                    &at("address"),
+                    format!("{address} is a frontend address"),
+                    "a shard needs its own IP, distinct from the public one",
+                ));
             }
             if let Some(other) = shards.iter().find(|s| s.address == address) {
-                return Err(self.error(&at("address"), format!("{address} is also shard `{}`", other.name), "each shard needs its own IP: replies are mapped back by shard IP"));
+                return Err(self.error(
+                    &at("address"),
+                    format!("{address} is also shard `{}`", other.name),
+                    "each shard needs its own IP: replies are mapped back by shard IP",
+                ));
             }
             if sh.capacity == 0 || sh.capacity > MAX_SHARD_CAPACITY {
-                return Err(self.error(&at("capacity"), format!("shard `{}` has capacity {}", sh.name, sh.capacity), format!("capacity must be 1..={MAX_SHARD_CAPACITY} (the server's max_players)")));
+                return Err(self.error(
+                    &at("capacity"),
+                    format!("shard `{}` has capacity {}", sh.name, sh.capacity),
+                    format!("capacity must be 1..={MAX_SHARD_CAPACITY} (the server's max_players)"),
+                ));
             }
-            shards.push(Shard { name: sh.name.clone(), address, frontend, capacity: sh.capacity, role: sh.role });
+            shards.push(Shard {
+                name: sh.name.clone(),
+                address,
+                frontend,
+                capacity: sh.capacity,
+                role: sh.role,
+            });
         }
         for (i, fe) in frontends.iter().enumerate() {
-            if !shards.iter().any(|s| s.frontend == i && s.role == Role::Active) {
-                return Err(self.error(&[K("frontends"), I(i), K("name")], format!("frontend `{}` has no active shard", fe.name), "add a shard with `role: active` (the default) for it"));
+            if !shards
+                .iter()
+                .any(|s| s.frontend == i && s.role == Role::Active)
+            {
+                return Err(self.error(
+                    &[K("frontends"), I(i), K("name")],
+                    format!("frontend `{}` has no active shard", fe.name),
+                    "add a shard with `role: active` (the default) for it",
+                ));
             }
         }
         debug_assert!(self.errors.is_empty());
-        Ok(Validated { raw, frontends, shards })
+        Ok(Validated {
+            raw,
+            frontends,
+            shards,
+        })
     }
 }
 
 fn check_name(template: ConfigError, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
         return Ok(());
     }

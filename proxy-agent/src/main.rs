@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use proxy_agent::{config, run};
 
 #[derive(Parser)]
-#[command(name = "proxy-agent", version, about = "SA:MP / open.mp cluster proxy: one public address in front of many shards")]
+#[command(
+    name = "proxy-agent",
+    version,
+    about = "SA:MP / open.mp cluster proxy: one public address in front of many shards"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -28,23 +32,32 @@ enum Command {
 
 fn init_logging(level: &str) {
     let env = env_logger::Env::default().default_filter_or(level);
-    env_logger::Builder::from_env(env).format_target(false).init();
+    env_logger::Builder::from_env(env)
+        .format_target(false)
+        .init();
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { config } => config::load(&config).map(|cfg| {
-            println!("{}: ok", config.display());
-            for fe in &cfg.frontends {
-                println!("frontend {} {}", fe.name, fe.address);
-            }
-            for s in &cfg.shards {
-                println!("shard {} {} capacity {} {:?} -> {}", s.name, s.address, s.capacity, s.role, cfg.frontends[s.frontend].name);
-            }
-        }).map_err(anyhow::Error::from),
+        Command::Check { config } => config::load(&config)
+            .map(|cfg| {
+                println!("{}: ok", config.display());
+                for fe in &cfg.frontends {
+                    println!("frontend {} {}", fe.name, fe.address);
+                }
+                for s in &cfg.shards {
+                    println!(
+                        "shard {} {} capacity {} {:?} -> {}",
+                        s.name, s.address, s.capacity, s.role, cfg.frontends[s.frontend].name
+                    );
+                }
+            })
+            .map_err(anyhow::Error::from),
         Command::Run { config: path } => {
-            let level = config::load(&path).map(|c| c.raw.log_level).unwrap_or_else(|_| "info".into());
+            let level = config::load(&path)
+                .map(|c| c.raw.log_level)
+                .unwrap_or_else(|_| "info".into());
             init_logging(&level);
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

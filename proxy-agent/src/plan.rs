@@ -3,7 +3,8 @@
 
 use proxy_common::{
     net::{addr_to_map, port_to_map},
-    Backend, Frontend, FrontendKey, PortEntry, Reverse, PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED,
+    Backend, Frontend, FrontendKey, PortEntry, Reverse, PLACEMENT_SLOTS, PORT_FRONTEND,
+    PORT_SHARED,
 };
 
 use crate::{
@@ -44,25 +45,58 @@ pub fn build(cfg: &Validated, free_slots: impl Fn(usize) -> u32) -> RoutingPlan 
         .iter()
         .enumerate()
         .map(|(id, f)| {
-            let key = FrontendKey { vip: addr_to_map(f.address.ip().octets()), port: port_to_map(f.address.port()), _pad: 0 };
-            (key, Frontend { id: id as u32, _pad: 0 })
+            let key = FrontendKey {
+                vip: addr_to_map(f.address.ip().octets()),
+                port: port_to_map(f.address.port()),
+                _pad: 0,
+            };
+            (
+                key,
+                Frontend {
+                    id: id as u32,
+                    _pad: 0,
+                },
+            )
         })
         .collect::<Vec<(FrontendKey, Frontend)>>();
     let mut ports: Vec<(u16, PortEntry)> = Vec::new();
     for (key, fe) in &frontends {
         match ports.iter_mut().find(|(p, _)| *p == key.port) {
             // Several VIPs on one port: the data plane must use the hash.
-            Some((_, entry)) => *entry = PortEntry { vip: 0, frontend: 0, flags: PORT_FRONTEND | PORT_SHARED },
-            None => ports.push((key.port, PortEntry { vip: key.vip, frontend: fe.id as u16, flags: PORT_FRONTEND })),
+            Some((_, entry)) => {
+                *entry = PortEntry {
+                    vip: 0,
+                    frontend: 0,
+                    flags: PORT_FRONTEND | PORT_SHARED,
+                }
+            }
+            None => ports.push((
+                key.port,
+                PortEntry {
+                    vip: key.vip,
+                    frontend: fe.id as u16,
+                    flags: PORT_FRONTEND,
+                },
+            )),
         }
     }
     let backends = cfg
         .shards
         .iter()
         .enumerate()
-        .map(|(i, s)| (backend_id(i), Backend { addr: addr_to_map(s.address.octets()), _pad: 0 }))
+        .map(|(i, s)| {
+            (
+                backend_id(i),
+                Backend {
+                    addr: addr_to_map(s.address.octets()),
+                    _pad: 0,
+                },
+            )
+        })
         .collect();
-    let groups = (0..cfg.shards.len()).map(|i| (home_group(i), backend_id(i))).collect();
+    let groups = (0..cfg.shards.len())
+        .map(|i| (home_group(i), backend_id(i)))
+        .collect();
     let reverse = cfg
         .shards
         .iter()
@@ -88,11 +122,25 @@ pub fn build(cfg: &Validated, free_slots: impl Fn(usize) -> u32) -> RoutingPlan 
                 .map(|(i, s)| Candidate {
                     name: &s.name,
                     group: home_group(i),
-                    weight: if s.role == Role::Active { free_slots(i) } else { 0 },
+                    weight: if s.role == Role::Active {
+                        free_slots(i)
+                    } else {
+                        0
+                    },
                 })
                 .collect();
-            (fe as u32, placement::fill(&candidates, PLACEMENT_SLOTS as usize))
+            (
+                fe as u32,
+                placement::fill(&candidates, PLACEMENT_SLOTS as usize),
+            )
         })
         .collect();
-    RoutingPlan { frontends, ports, backends, groups, reverse, placement }
+    RoutingPlan {
+        frontends,
+        ports,
+        backends,
+        groups,
+        reverse,
+        placement,
+    }
 }

@@ -4,7 +4,10 @@
 use std::path::Path;
 
 use anyhow::{Context, Result};
-use tokio::{io::unix::AsyncFd, signal::unix::{signal, SignalKind}};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
 
 use crate::{config, dataplane::Dataplane, plan};
 
@@ -27,9 +30,19 @@ pub async fn run(config_path: &Path) -> Result<()> {
             .shards
             .iter()
             .filter(|s| cfg.frontends[s.frontend].name == fe.name)
-            .map(|s| format!("{}={} ({:?}, {} slots)", s.name, s.address, s.role, s.capacity))
+            .map(|s| {
+                format!(
+                    "{}={} ({:?}, {} slots)",
+                    s.name, s.address, s.role, s.capacity
+                )
+            })
             .collect();
-        log::info!("frontend {} {} -> {}", fe.name, fe.address, shards.join(", "));
+        log::info!(
+            "frontend {} {} -> {}",
+            fe.name,
+            fe.address,
+            shards.join(", ")
+        );
     }
     println!("READY");
 
@@ -51,6 +64,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
         }
     }
     dp.detach();
-    log::info!("detached; maps stay pinned in {} for the next start", dp.pin_dir().display());
+    log::info!(
+        "detached; maps stay pinned in {} for the next start",
+        dp.pin_dir().display()
+    );
     Ok(())
 }

@@ -10,8 +10,8 @@ use aya::{
     Ebpf,
 };
 use proxy_common::{
-    maps as names, Backend, BackendStats, Counter, Frontend, FrontendKey, PortEntry, Reverse, Session,
-    SessionKey, MAX_BACKENDS, MAX_GROUPS, PLACEMENT_SLOTS,
+    maps as names, Backend, BackendStats, Counter, Frontend, FrontendKey, PortEntry, Reverse,
+    Session, SessionKey, MAX_BACKENDS, MAX_GROUPS, PLACEMENT_SLOTS,
 };
 
 use crate::plan::RoutingPlan;
@@ -33,7 +33,9 @@ fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).with_context(|| format!("the eBPF object has no map {name}"))?;
+    let map = ebpf
+        .take_map(name)
+        .with_context(|| format!("the eBPF object has no map {name}"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
@@ -42,9 +44,15 @@ where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
     let path = dir.join(name);
-    let data = MapData::from_pin(&path).with_context(|| format!("opening pinned map {}; is the agent running with this bpffs folder?", path.display()))?;
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!(
+            "opening pinned map {}; is the agent running with this bpffs folder?",
+            path.display()
+        )
+    })?;
     let map = aya::maps::Map::from_map_data(data)?;
-    T::try_from(map).with_context(|| format!("pinned map {} has an unexpected type", path.display()))
+    T::try_from(map)
+        .with_context(|| format!("pinned map {} has an unexpected type", path.display()))
 }
 
 impl Tables {
@@ -83,47 +91,85 @@ impl Tables {
     /// no longer has. Sessions are never touched.
     pub fn apply(&mut self, plan: &RoutingPlan) -> Result<()> {
         for (id, backend) in &plan.backends {
-            self.backends.set(*id, backend, 0).context("writing BACKENDS")?;
+            self.backends
+                .set(*id, backend, 0)
+                .context("writing BACKENDS")?;
         }
         for (group, backend) in &plan.groups {
-            self.groups.set(*group, backend, 0).context("writing GROUPS")?;
+            self.groups
+                .set(*group, backend, 0)
+                .context("writing GROUPS")?;
         }
         for (addr, rev) in &plan.reverse {
-            self.reverse.insert(addr, rev, 0).context("writing REVERSE")?;
+            self.reverse
+                .insert(addr, rev, 0)
+                .context("writing REVERSE")?;
         }
         for (fe_id, table) in &plan.placement {
             self.write_placement(*fe_id, table)?;
         }
         for (key, fe) in &plan.frontends {
-            self.frontends.insert(key, fe, 0).context("writing FRONTENDS")?;
+            self.frontends
+                .insert(key, fe, 0)
+                .context("writing FRONTENDS")?;
         }
         for (port, entry) in &plan.ports {
-            self.ports.set(*port as u32, entry, 0).context("writing PORTS")?;
+            self.ports
+                .set(*port as u32, entry, 0)
+                .context("writing PORTS")?;
         }
         // Remove what the plan dropped.
         let keep: HashSet<FrontendKey> = plan.frontends.iter().map(|(k, _)| *k).collect();
-        let stale: Vec<FrontendKey> = self.frontends.keys().filter_map(Result::ok).filter(|k| !keep.contains(k)).collect();
+        let stale: Vec<FrontendKey> = self
+            .frontends
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keep.contains(k))
+            .collect();
         for key in stale {
             if !plan.ports.iter().any(|(p, _)| *p == key.port) {
-                self.ports.set(key.port as u32, PortEntry::default(), 0).context("clearing a stale port")?;
+                self.ports
+                    .set(key.port as u32, PortEntry::default(), 0)
+                    .context("clearing a stale port")?;
             }
-            self.frontends.remove(&key).context("removing a stale frontend")?;
+            self.frontends
+                .remove(&key)
+                .context("removing a stale frontend")?;
         }
         let keep: HashSet<u32> = plan.reverse.iter().map(|(k, _)| *k).collect();
-        let stale: Vec<u32> = self.reverse.keys().filter_map(Result::ok).filter(|k| !keep.contains(k)).collect();
+        let stale: Vec<u32> = self
+            .reverse
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| !keep.contains(k))
+            .collect();
         for key in stale {
-            self.reverse.remove(&key).context("removing a stale shard reply mapping")?;
+            self.reverse
+                .remove(&key)
+                .context("removing a stale shard reply mapping")?;
         }
         let live_backends: HashSet<u32> = plan.backends.iter().map(|(id, _)| *id).collect();
         for id in 1..MAX_BACKENDS {
-            if !live_backends.contains(&id) && self.backends.get(&id, 0).map(|b| b.addr != 0).unwrap_or(false) {
-                self.backends.set(id, Backend::default(), 0).context("clearing a stale backend")?;
+            if !live_backends.contains(&id)
+                && self
+                    .backends
+                    .get(&id, 0)
+                    .map(|b| b.addr != 0)
+                    .unwrap_or(false)
+            {
+                self.backends
+                    .set(id, Backend::default(), 0)
+                    .context("clearing a stale backend")?;
             }
         }
         let live_groups: HashSet<u32> = plan.groups.iter().map(|(g, _)| *g).collect();
         for group in 1..MAX_GROUPS {
-            if !live_groups.contains(&group) && self.groups.get(&group, 0).map(|b| b != 0).unwrap_or(false) {
-                self.groups.set(group, 0, 0).context("clearing a stale group")?;
+            if !live_groups.contains(&group)
+                && self.groups.get(&group, 0).map(|b| b != 0).unwrap_or(false)
+            {
+                self.groups
+                    .set(group, 0, 0)
+                    .context("clearing a stale group")?;
             }
         }
         Ok(())
@@ -136,7 +182,9 @@ impl Tables {
         for (slot, group) in table.iter().enumerate() {
             let index = base + slot as u32;
             if self.placement.get(&index, 0).ok() != Some(*group) {
-                self.placement.set(index, group, 0).context("writing PLACEMENT")?;
+                self.placement
+                    .set(index, group, 0)
+                    .context("writing PLACEMENT")?;
             }
         }
         Ok(())
@@ -144,17 +192,26 @@ impl Tables {
 
     /// One counter summed over CPUs.
     pub fn counter(&self, counter: Counter) -> Result<u64> {
-        let values = self.counters.get(&(counter as u32), 0).context("reading COUNTERS")?;
+        let values = self
+            .counters
+            .get(&(counter as u32), 0)
+            .context("reading COUNTERS")?;
         Ok(values.iter().sum())
     }
 
     /// Every counter, summed over CPUs.
     pub fn all_counters(&self) -> Result<Vec<(Counter, u64)>> {
-        Counter::ALL.iter().map(|&c| Ok((c, self.counter(c)?))).collect()
+        Counter::ALL
+            .iter()
+            .map(|&c| Ok((c, self.counter(c)?)))
+            .collect()
     }
 
     pub fn backend_stats(&self, backend: u32) -> Result<BackendStats> {
-        let values = self.backend_stats.get(&backend, 0).context("reading BACKEND_STATS")?;
+        let values = self
+            .backend_stats
+            .get(&backend, 0)
+            .context("reading BACKEND_STATS")?;
         Ok(values.iter().fold(BackendStats::default(), |mut acc, s| {
             acc.packets_in += s.packets_in;
             acc.bytes_in += s.bytes_in;

@@ -39,7 +39,12 @@ fn lines(text: &str) -> Vec<Line<'_>> {
                 Some(rest) if rest.is_empty() || rest.starts_with(' ') => (true, rest.trim_start()),
                 _ => (false, trimmed),
             };
-            Some(Line { no: i + 1, indent, item, content })
+            Some(Line {
+                no: i + 1,
+                indent,
+                item,
+                content,
+            })
         })
         .collect()
 }

@@ -22,11 +22,7 @@ pub fn replace2(check: u16, old: u16, new: u16) -> u16 {
 /// The checksum after a 32-bit field (an IPv4 address) changed from `old` to `new`.
 #[inline(always)]
 pub fn replace4(check: u16, old: u32, new: u32) -> u16 {
-    let sum = !check as u32
-        + (!old & 0xffff)
-        + (!old >> 16)
-        + (new & 0xffff)
-        + (new >> 16);
+    let sum = !check as u32 + (!old & 0xffff) + (!old >> 16) + (new & 0xffff) + (new >> 16);
     !fold(sum)
 }
 
@@ -66,7 +62,9 @@ mod tests {
     use super::*;
 
     fn ipv4_header(src: [u8; 4], dst: [u8; 4], ttl: u8) -> [u8; 20] {
-        let mut h = [0x45, 0, 0, 40, 0x12, 0x34, 0x40, 0, ttl, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let mut h = [
+            0x45, 0, 0, 40, 0x12, 0x34, 0x40, 0, ttl, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
         h[12..16].copy_from_slice(&src);
         h[16..20].copy_from_slice(&dst);
         let c = finish_be(sum_be(&h, 0));

@@ -163,12 +163,19 @@ mod tests {
         let mut fails = 0;
         for cookie in 0..=255u8 {
             let mut wire = [0u8; 4];
-            scramble(&[ID_OPEN_CONNECTION_REQUEST, cookie, cookie ^ 0x5A], 7777, &mut wire);
+            scramble(
+                &[ID_OPEN_CONNECTION_REQUEST, cookie, cookie ^ 0x5A],
+                7777,
+                &mut wire,
+            );
             let mut out = [0u8; 3];
             if unscramble(&wire, 7778, &mut out) != Some(3) || out[1] != cookie {
                 fails += 1;
             }
         }
-        assert!(fails > 200, "only {fails} of 256 cookies decoded wrongly under the wrong port");
+        assert!(
+            fails > 200,
+            "only {fails} of 256 cookies decoded wrongly under the wrong port"
+        );
     }
 }

@@ -1,7 +1,9 @@
 //! Player -> shard: find (or make) the player's session, follow its group to a
 //! shard, rewrite the destination IP only and send the packet on.
 
-use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext,
+};
 use aya_log_ebpf::{debug, warn};
 use proxy_common::{
     net::client_hash, samp, Counter, Frontend, Session, SessionKey, LAST_SEEN_GRANULARITY_NS,
@@ -32,7 +34,9 @@ fn classify(ctx: &XdpContext, pkt: &Packet) -> Kind {
     if pkt.payload_len >= samp::QUERY_HEADER_LEN && head == samp::QUERY_MAGIC {
         return Kind::Query;
     }
-    if pkt.payload_len == samp::HANDSHAKE_WIRE_LEN && samp::is_handshake_request(head, u16::from_be(pkt.dst_port())) {
+    if pkt.payload_len == samp::HANDSHAKE_WIRE_LEN
+        && samp::is_handshake_request(head, u16::from_be(pkt.dst_port()))
+    {
         return Kind::Handshake;
     }
     Kind::Other
@@ -52,7 +56,9 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
     };
     // SAFETY: coarse clock helper, no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let session = SESSIONS.get_ptr_mut(&key).or_else(|| PENDING.get_ptr_mut(&key));
+    let session = SESSIONS
+        .get_ptr_mut(key)
+        .or_else(|| PENDING.get_ptr_mut(key));
     let group = match session {
         Some(s) => {
             // SAFETY: a live map value; concurrent writers only store whole
@@ -101,7 +107,13 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
 /// client is hashed into the frontend's placement table (weighted by free
 /// slots) and recorded as pending until its shard answers.
 #[inline(always)]
-fn place(ctx: &XdpContext, pkt: &Packet, key: &SessionKey, kind: Kind, now: u64) -> Result<u32, Counter> {
+fn place(
+    ctx: &XdpContext,
+    pkt: &Packet,
+    key: &SessionKey,
+    kind: Kind,
+    now: u64,
+) -> Result<u32, Counter> {
     if !matches!(kind, Kind::Handshake) {
         return Err(Counter::DropNotHandshake);
     }
@@ -110,12 +122,27 @@ fn place(ctx: &XdpContext, pkt: &Packet, key: &SessionKey, kind: Kind, now: u64)
     if group == 0 {
         return Err(Counter::DropNoShard);
     }
-    let session = Session { group, flags: 0, last_seen_ns: now };
-    if PENDING.insert(key, &session, 0).is_err() {
-        warn!(ctx, "pending table refused {:i}:{}", u32::from_be(key.client_addr), u16::from_be(key.client_port));
+    let session = Session {
+        group,
+        flags: 0,
+        last_seen_ns: now,
+    };
+    if PENDING.insert(key, session, 0).is_err() {
+        warn!(
+            ctx,
+            "pending table refused {:i}:{}",
+            u32::from_be(key.client_addr),
+            u16::from_be(key.client_port)
+        );
         return Err(Counter::DropMapFull);
     }
     stats::count(Counter::SessionPlaced);
-    debug!(ctx, "placed {:i}:{} in group {}", u32::from_be(pkt.src_addr()), u16::from_be(pkt.src_port()), group);
+    debug!(
+        ctx,
+        "placed {:i}:{} in group {}",
+        u32::from_be(pkt.src_addr()),
+        u16::from_be(pkt.src_port()),
+        group
+    );
     Ok(group)
 }

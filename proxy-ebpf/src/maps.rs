@@ -22,7 +22,8 @@ pub static BACKEND_NEXTHOP: PerCpuArray<NextHop> = PerCpuArray::with_max_entries
 
 /// Next hop per client address for the return path, per CPU (a cache too).
 #[map]
-pub static CLIENT_NEXTHOP: LruPerCpuHashMap<u32, NextHop> = LruPerCpuHashMap::with_max_entries(MAX_CLIENT_NEXTHOPS, 0);
+pub static CLIENT_NEXTHOP: LruPerCpuHashMap<u32, NextHop> =
+    LruPerCpuHashMap::with_max_entries(MAX_CLIENT_NEXTHOPS, 0);
 
 #[map]
 pub static FRONTENDS: HashMap<FrontendKey, Frontend> = HashMap::pinned(MAX_FRONTENDS, 0);
@@ -66,7 +67,10 @@ pub fn frontend_for(vip: u32, port: u16) -> Option<Frontend> {
         return None;
     }
     if entry.flags & PORT_SHARED == 0 {
-        return (entry.vip == vip).then_some(Frontend { id: entry.frontend as u32, _pad: 0 });
+        return (entry.vip == vip).then_some(Frontend {
+            id: entry.frontend as u32,
+            _pad: 0,
+        });
     }
     frontend(&FrontendKey { vip, port, _pad: 0 })
 }
@@ -75,7 +79,10 @@ pub fn frontend_for(vip: u32, port: u16) -> Option<Frontend> {
 /// port be a shard reply.
 #[inline(always)]
 pub fn is_frontend_port(port: u16) -> bool {
-    PORTS.get(port as u32).map(|e| e.flags & PORT_FRONTEND != 0).unwrap_or(false)
+    PORTS
+        .get(port as u32)
+        .map(|e| e.flags & PORT_FRONTEND != 0)
+        .unwrap_or(false)
 }
 
 #[inline(always)]
@@ -88,7 +95,7 @@ pub fn frontend(key: &FrontendKey) -> Option<Frontend> {
 #[inline(always)]
 pub fn reverse(shard_addr: u32) -> Option<Reverse> {
     // SAFETY: as for `frontend`.
-    unsafe { REVERSE.get(&shard_addr).copied() }
+    unsafe { REVERSE.get(shard_addr).copied() }
 }
 
 /// The backend id a group points at, 0 when none.
@@ -109,5 +116,8 @@ pub fn backend(id: u32) -> Option<Backend> {
 /// The group at a frontend's placement slot, 0 when the slot is empty.
 #[inline(always)]
 pub fn placement(frontend_id: u32, slot: u32) -> u32 {
-    PLACEMENT.get(frontend_id * PLACEMENT_SLOTS + slot).copied().unwrap_or(0)
+    PLACEMENT
+        .get(frontend_id * PLACEMENT_SLOTS + slot)
+        .copied()
+        .unwrap_or(0)
 }

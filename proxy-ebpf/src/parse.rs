@@ -107,8 +107,15 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     let udp_len = u16::from_be_bytes(unsafe { (*udp).len }) as usize;
     if ip_len > frame_len - L3_OFF
         || ip_len < Ipv4Hdr::LEN + UdpHdr::LEN
-        || udp_len < UdpHdr::LEN || udp_len > ip_len - Ipv4Hdr::LEN {
+        || udp_len < UdpHdr::LEN
+        || udp_len > ip_len - Ipv4Hdr::LEN
+    {
         return Parsed::Drop(Counter::DropMalformed);
     }
-    Parsed::Udp(Packet { eth, ip, udp, payload_len: udp_len - UdpHdr::LEN })
+    Parsed::Udp(Packet {
+        eth,
+        ip,
+        udp,
+        payload_len: udp_len - UdpHdr::LEN,
+    })
 }

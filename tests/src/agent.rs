@@ -28,7 +28,11 @@ pub fn agent_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().expect("exe dir");
-    let dir = if dir.ends_with("deps") { dir.parent().expect("profile dir") } else { dir };
+    let dir = if dir.ends_with("deps") {
+        dir.parent().expect("profile dir")
+    } else {
+        dir
+    };
     dir.join("proxy-agent")
 }
 
@@ -37,8 +41,14 @@ impl Agent {
     /// agent with it in `ns`, waiting up to 30 s for it to report READY.
     pub fn start(ns: &NetNs, yaml: &str) -> Result<Agent> {
         let pins = PinDir::new("agent")?;
-        let config_path = std::env::temp_dir().join(format!("{}.yaml", pins.path.file_name().unwrap().to_string_lossy()));
-        std::fs::write(&config_path, format!("{yaml}\nbpffs: {}\n", pins.path.display()))?;
+        let config_path = std::env::temp_dir().join(format!(
+            "{}.yaml",
+            pins.path.file_name().unwrap().to_string_lossy()
+        ));
+        std::fs::write(
+            &config_path,
+            format!("{yaml}\nbpffs: {}\n", pins.path.display()),
+        )?;
         let bin = agent_bin();
         let mut child = ns
             .spawn_command(&bin)?
@@ -71,7 +81,12 @@ impl Agent {
                 }
             });
         }
-        let mut agent = Agent { child: Some(child), pins, config_path, logs };
+        let mut agent = Agent {
+            child: Some(child),
+            pins,
+            config_path,
+            logs,
+        };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if ready_rx.recv_timeout(Duration::from_millis(100)).is_ok() {
@@ -79,7 +94,10 @@ impl Agent {
             }
             if let Some(status) = agent.child.as_mut().unwrap().try_wait()? {
                 std::thread::sleep(Duration::from_millis(100));
-                bail!("agent exited with {status} before READY:\n{}", agent.log_text());
+                bail!(
+                    "agent exited with {status} before READY:\n{}",
+                    agent.log_text()
+                );
             }
             if Instant::now() > deadline {
                 bail!("agent not READY after 30 s:\n{}", agent.log_text());

@@ -70,7 +70,10 @@ pub fn handshake(cookie: u16) -> Vec<u8> {
 
 /// An unreliable player-sync datagram of 42 bytes, scrambled as the client does.
 pub fn game_packet() -> Vec<u8> {
-    let plain: Vec<u8> = [207u8].into_iter().chain((0..40).map(|i| i as u8 * 7)).collect();
+    let plain: Vec<u8> = [207u8]
+        .into_iter()
+        .chain((0..40).map(|i| i as u8 * 7))
+        .collect();
     let mut wire = vec![0u8; plain.len() + 1];
     samp::scramble(&plain, PORT, &mut wire);
     wire
@@ -81,7 +84,11 @@ pub fn query() -> Vec<u8> {
 }
 
 pub fn key(client: Ipv4Addr, port: u16) -> SessionKey {
-    SessionKey { client_addr: addr_to_map(client.octets()), client_port: port_to_map(port), frontend: 0 }
+    SessionKey {
+        client_addr: addr_to_map(client.octets()),
+        client_port: port_to_map(port),
+        frontend: 0,
+    }
 }
 
 pub struct Bed {
@@ -112,9 +119,14 @@ impl Bed {
         let pins = PinDir::new("bed")?;
         let mut dp = Dataplane::load(pins.path())?;
         let cfg = config::parse("bed", CONFIG)?;
-        dp.tables.apply(&plan::build(&cfg, |i| cfg.shards[i].capacity))?;
+        dp.tables
+            .apply(&plan::build(&cfg, |i| cfg.shards[i].capacity))?;
         dp.tables.groups.set(GROUP_NONE, 0, 0)?;
-        Ok(Bed { ns, dp, _pins: pins })
+        Ok(Bed {
+            ns,
+            dp,
+            _pins: pins,
+        })
     }
 
     /// Runs one frame through `prog` inside the namespace: (verdict, output
@@ -123,10 +135,12 @@ impl Bed {
         self.ns
             .run(|| {
                 let mut out = vec![0u8; input.len() + 256];
-                let mut opts = TestRunOptions::default();
-                opts.data_in = Some(input);
-                opts.data_out = Some(&mut out);
-                opts.repeat = repeat;
+                let opts = TestRunOptions {
+                    data_in: Some(input),
+                    data_out: Some(&mut out),
+                    repeat,
+                    ..Default::default()
+                };
                 let r = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
                 out.truncate(r.data_size_out as usize);
                 (r.return_value, out, r.duration.as_nanos() as u64)
@@ -146,12 +160,23 @@ impl Bed {
 
     /// Makes `client:port` an established player of `group`.
     pub fn session(&mut self, client: Ipv4Addr, port: u16, group: u32, flags: u32) {
-        let s = Session { group, flags, last_seen_ns: 0 };
-        self.dp.tables.sessions.insert(key(client, port), s, 0).expect("writing SESSIONS");
+        let s = Session {
+            group,
+            flags,
+            last_seen_ns: 0,
+        };
+        self.dp
+            .tables
+            .sessions
+            .insert(key(client, port), s, 0)
+            .expect("writing SESSIONS");
     }
 
     /// Points every placement slot of the frontend at `group`.
     pub fn place_all_on(&mut self, group: u32) {
-        self.dp.tables.write_placement(0, &vec![group; PLACEMENT_SLOTS as usize]).expect("writing PLACEMENT");
+        self.dp
+            .tables
+            .write_placement(0, &vec![group; PLACEMENT_SLOTS as usize])
+            .expect("writing PLACEMENT");
     }
 }

@@ -2,10 +2,10 @@
 //! builders, SA:MP simulators (players and shards), the agent as a process.
 //! Used by the integration tests in `tests/`, the demo and the benchmarks.
 
+pub mod agent;
+pub mod bed;
 pub mod netns;
 pub mod packet;
 pub mod pins;
 pub mod sim;
-pub mod agent;
 pub mod topology;
-pub mod bed;

@@ -87,7 +87,8 @@ impl NetNs {
     }
 
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.exec("sysctl", &["-qw", &format!("{key}={value}")]).map(|_| ())
+        self.exec("sysctl", &["-qw", &format!("{key}={value}")])
+            .map(|_| ())
     }
 
     /// Runs `f` on a thread that has entered the namespace: sockets it opens
@@ -101,7 +102,11 @@ impl NetNs {
                 .spawn(|| {
                     // SAFETY: setns on this thread only, with a valid namespace fd.
                     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        bail!("setns into {}: {}", self.name, std::io::Error::last_os_error());
+                        bail!(
+                            "setns into {}: {}",
+                            self.name,
+                            std::io::Error::last_os_error()
+                        );
                     }
                     Ok(f())
                 })
@@ -113,14 +118,20 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
 /// Names of namespaces this process made that still exist.
 pub fn leftovers() -> Vec<String> {
     let mine = format!("{PREFIX}-{}-", std::process::id());
-    let out = Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| o.stdout)
+        .unwrap_or_default();
     String::from_utf8_lossy(&out)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
@@ -132,7 +143,8 @@ pub fn leftovers() -> Vec<String> {
 /// A veth pair from `a` (named `a_if`) to `b` (named `b_if`).
 pub fn veth(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) -> Result<()> {
     sh(Command::new("ip").args([
-        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns", &b.name,
+        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
+        &b.name,
     ]))?;
     Ok(())
 }

@@ -12,7 +12,10 @@ use std::{
 };
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -23,7 +26,9 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 /// Runs a command, returning an error message naming it when it fails.
 fn run(cmd: &mut Command) -> Result<(), String> {
     let shown = format!("{cmd:?}");
-    let status = cmd.status().map_err(|e| format!("cannot start {shown}: {e}"))?;
+    let status = cmd
+        .status()
+        .map_err(|e| format!("cannot start {shown}: {e}"))?;
     if status.success() {
         Ok(())
     } else {
@@ -45,7 +50,10 @@ fn ebpf_toolchain() -> Result<EbpfToolchain, String> {
         .output()
         .map_err(|e| format!("running scripts/setup.sh: {e}"))?;
     if !out.status.success() {
-        return Err(format!("scripts/setup.sh --print-env failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "scripts/setup.sh --print-env failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let get = |key: &str| {
@@ -65,9 +73,16 @@ fn build_ebpf() -> Result<(), String> {
     let tc = ebpf_toolchain()?;
     let linker = Path::new(&tc.linker_dir).join("bpf-linker");
     if !linker.exists() {
-        return Err(format!("{} is missing: run `bash scripts/setup.sh` first", linker.display()));
+        return Err(format!(
+            "{} is missing: run `bash scripts/setup.sh` first",
+            linker.display()
+        ));
     }
-    let path = format!("{}:{}", tc.linker_dir, std::env::var("PATH").unwrap_or_default());
+    let path = format!(
+        "{}:{}",
+        tc.linker_dir,
+        std::env::var("PATH").unwrap_or_default()
+    );
     let mut cmd = Command::new("rustup");
     cmd.args(["run", &tc.toolchain, "cargo", "build", "--release"])
         .current_dir(root().join("proxy-ebpf"))
@@ -82,7 +97,10 @@ fn build_ebpf() -> Result<(), String> {
     if tc.bootstrap {
         cmd.env("RUSTC_BOOTSTRAP", "1");
     }
-    eprintln!("xtask: building the XDP object with {} (RUSTC_BOOTSTRAP={})", tc.toolchain, tc.bootstrap as u8);
+    eprintln!(
+        "xtask: building the XDP object with {} (RUSTC_BOOTSTRAP={})",
+        tc.toolchain, tc.bootstrap as u8
+    );
     run(&mut cmd)
 }
 
@@ -93,7 +111,29 @@ fn cargo() -> Command {
 }
 
 fn build_user() -> Result<(), String> {
-    run(cargo().args(["build", "--release", "-p", "proxy-agent", "-p", "tests", "--bins"]))
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "proxy-agent",
+        "-p",
+        "tests",
+        "--bins",
+    ]))
+}
+
+/// House rules: formatted, and clippy-clean with warnings as errors.
+fn lint() -> Result<(), String> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--release",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -109,19 +149,28 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "build-ebpf" => build_ebpf(),
         "build" => build_ebpf().and_then(|_| build_user()),
-        "test" => build_ebpf().and_then(|_| build_user()).and_then(|_| {
-            run(cargo()
-                .args(["test", "--release", "--workspace"])
+        "test" => build_ebpf()
+            .and_then(|_| build_user())
+            .and_then(|_| lint())
+            .and_then(|_| {
+                run(cargo()
+                    .args(["test", "--release", "--workspace"])
+                    .args(rest)
+                    .env("PROXY_AGENT_BIN", bin("proxy-agent")))
+            }),
+        "demo" => build_ebpf().and_then(|_| build_user()).and_then(|_| {
+            run(Command::new(bin("demo"))
                 .args(rest)
                 .env("PROXY_AGENT_BIN", bin("proxy-agent")))
         }),
-        "demo" => build_ebpf().and_then(|_| build_user()).and_then(|_| {
-            run(Command::new(bin("demo")).args(rest).env("PROXY_AGENT_BIN", bin("proxy-agent")))
-        }),
         "bench" => build_ebpf().and_then(|_| build_user()).and_then(|_| {
-            run(Command::new(bin("bench")).args(rest).env("PROXY_AGENT_BIN", bin("proxy-agent")))
+            run(Command::new(bin("bench"))
+                .args(rest)
+                .env("PROXY_AGENT_BIN", bin("proxy-agent")))
         }),
-        other => Err(format!("unknown task `{other}`; tasks: build-ebpf, build, test, demo, bench")),
+        other => Err(format!(
+            "unknown task `{other}`; tasks: build-ebpf, build, test, demo, bench"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -91,7 +91,10 @@ pub struct Players {
 
 impl Players {
     pub fn snapshot(&self) -> Vec<PlayerStats> {
-        self.stats.iter().map(|s| s.lock().unwrap().clone()).collect()
+        self.stats
+            .iter()
+            .map(|s| s.lock().unwrap().clone())
+            .collect()
     }
 
     pub fn stop(&self) {
@@ -103,7 +106,10 @@ impl Players {
         for t in self.tasks {
             let _ = t.await;
         }
-        self.stats.iter().map(|s| s.lock().unwrap().clone()).collect()
+        self.stats
+            .iter()
+            .map(|s| s.lock().unwrap().clone())
+            .collect()
     }
 }
 
@@ -118,16 +124,31 @@ pub fn start(sockets: Vec<std::net::UdpSocket>, cfg: &PlayerConfig) -> anyhow::R
         s.set_nonblocking(true)?;
         let local = s.local_addr()?.to_string();
         let socket = UdpSocket::from_std(s)?;
-        let st = Arc::new(Mutex::new(PlayerStats { local, ..Default::default() }));
+        let st = Arc::new(Mutex::new(PlayerStats {
+            local,
+            ..Default::default()
+        }));
         stats.push(st.clone());
         // Spread the players' send phases over one packet interval.
         let phase = Duration::from_secs_f64(i as f64 / count as f64 / cfg.rate_hz);
-        tasks.push(tokio::spawn(play(socket, cfg.clone(), st, stop.clone(), phase)));
+        tasks.push(tokio::spawn(play(
+            socket,
+            cfg.clone(),
+            st,
+            stop.clone(),
+            phase,
+        )));
     }
     Ok(Players { stats, stop, tasks })
 }
 
-async fn play(socket: UdpSocket, cfg: PlayerConfig, st: Arc<Mutex<PlayerStats>>, stop: Arc<AtomicBool>, phase: Duration) {
+async fn play(
+    socket: UdpSocket,
+    cfg: PlayerConfig,
+    st: Arc<Mutex<PlayerStats>>,
+    stop: Arc<AtomicBool>,
+    phase: Duration,
+) {
     let port = cfg.server.port();
     let server = SocketAddr::V4(cfg.server);
     let local = match socket.local_addr() {
