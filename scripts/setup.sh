@@ -27,8 +27,11 @@ else
     [ "${1:-}" = "--print-env" ] || log "Debian packages present"
 fi
 
-# Choose the toolchain for the kernel object.
-if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+# Choose the toolchain for the kernel object (SAMP_EBPF_TOOLCHAIN=stable forces
+# the stable path, to check it on a machine that also has nightly).
+if [ "${SAMP_EBPF_TOOLCHAIN:-}" = stable ]; then
+    tc=stable; bootstrap=1
+elif rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
     tc=nightly; bootstrap=0
 else
     tc=stable; bootstrap=1
@@ -44,6 +47,14 @@ if [ "${1:-}" = "--print-env" ]; then
     exit 0
 fi
 log "eBPF toolchain: $tc ($(rustc +"$tc" --version)); RUSTC_BOOTSTRAP=$bootstrap"
+
+# The agent's lint step needs clippy and rustfmt on the default toolchain.
+for comp in clippy rustfmt; do
+    if ! rustup component list --installed | grep -q "^$comp"; then
+        log "adding $comp"
+        rustup component add "$comp"
+    fi
+done
 
 if rustup component list --toolchain "$tc" --installed | grep -q '^rust-src'; then
     log "rust-src present for $tc"

@@ -13,16 +13,14 @@ struct Line<'a> {
     item: bool,
     /// Text after the indent and any `- `.
     content: &'a str,
+    /// Column where `content` starts: the indent of the key an item line carries.
+    content_col: usize,
 }
 
 impl Line<'_> {
     /// Indent of the key this line carries (after a `- ` for an item).
     fn key_indent(&self) -> usize {
-        if self.item {
-            self.indent + 2
-        } else {
-            self.indent
-        }
+        self.content_col
     }
 }
 
@@ -39,11 +37,13 @@ fn lines(text: &str) -> Vec<Line<'_>> {
                 Some(rest) if rest.is_empty() || rest.starts_with(' ') => (true, rest.trim_start()),
                 _ => (false, trimmed),
             };
+            let content_col = raw.len() - content.len();
             Some(Line {
                 no: i + 1,
                 indent,
                 item,
                 content,
+                content_col,
             })
         })
         .collect()

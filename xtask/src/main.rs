@@ -122,6 +122,51 @@ fn build_user() -> Result<(), String> {
     ]))
 }
 
+/// Runs the test command, echoing its output, and closes with one plain
+/// line totalling every test binary's result ("N passed, M failed").
+fn run_tests(cmd: &mut Command) -> Result<(), String> {
+    use std::io::{BufRead, BufReader};
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {shown}: {e}"))?;
+    let (mut passed, mut failed) = (0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().unwrap())
+        .lines()
+        .map_while(Result::ok)
+    {
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(kind), Some(n)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let n: u64 = n
+                    .trim_start_matches("ok. ")
+                    .trim_start_matches("FAILED. ")
+                    .parse()
+                    .unwrap_or(0);
+                match kind {
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("waiting for {shown}: {e}"))?;
+    println!("tests: {passed} passed, {failed} failed");
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed with {status}"))
+    }
+}
+
 /// House rules: formatted, and clippy-clean with warnings as errors.
 fn lint() -> Result<(), String> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
@@ -153,10 +198,12 @@ fn main() -> ExitCode {
             .and_then(|_| build_user())
             .and_then(|_| lint())
             .and_then(|_| {
-                run(cargo()
-                    .args(["test", "--release", "--workspace"])
-                    .args(rest)
-                    .env("PROXY_AGENT_BIN", bin("proxy-agent")))
+                run_tests(
+                    cargo()
+                        .args(["test", "--release", "--workspace", "--all-targets"])
+                        .args(rest)
+                        .env("PROXY_AGENT_BIN", bin("proxy-agent")),
+                )
             }),
         "demo" => build_ebpf().and_then(|_| build_user()).and_then(|_| {
             run(Command::new(bin("demo"))
