@@ -33,6 +33,16 @@ pub struct Config {
     /// Log level of the agent and of the kernel-side log: error|warn|info|debug|trace.
     #[serde(default = "default_log_level")]
     pub log_level: String,
+    /// The control socket the CLI talks to (mode 0600, owner only).
+    #[serde(default = "default_control_socket")]
+    pub control_socket: PathBuf,
+    /// A session with no client packet for this long is removed.
+    #[serde(default = "default_idle_timeout")]
+    pub session_idle_timeout_ms: u64,
+    /// A moved session whose client has not handshaken again within this
+    /// time is removed (the player went away instead of reconnecting).
+    #[serde(default = "default_move_timeout")]
+    pub move_timeout_ms: u64,
     pub frontends: Vec<FrontendConfig>,
     pub shards: Vec<ShardConfig>,
 }
@@ -80,6 +90,18 @@ pub struct ShardConfig {
 
 fn default_bpffs() -> PathBuf {
     PathBuf::from("/sys/fs/bpf/samp-proxy")
+}
+
+pub fn default_control_socket() -> PathBuf {
+    PathBuf::from("/run/samp-proxy/control.sock")
+}
+
+fn default_idle_timeout() -> u64 {
+    60_000
+}
+
+fn default_move_timeout() -> u64 {
+    30_000
 }
 
 fn default_log_level() -> String {
@@ -155,12 +177,7 @@ pub fn load(path: &Path) -> Result<Validated, ConfigError> {
 /// Parses and validates config text; `file` names it in errors.
 pub fn parse(file: &str, text: &str) -> Result<Validated, ConfigError> {
     let raw: Config = serde_yaml::from_str(text).map_err(|e| syntax_error(file, &e))?;
-    Checker {
-        file,
-        text,
-        errors: Vec::new(),
-    }
-    .check(raw)
+    Checker { file, text, errors: Vec::new() }.check(raw)
 }
 
 fn syntax_error(file: &str, e: &serde_yaml::Error) -> ConfigError {
@@ -175,11 +192,7 @@ fn syntax_error(file: &str, e: &serde_yaml::Error) -> ConfigError {
         .filter(|(path, _)| !path.contains(' '))
         .map(|(path, _)| path.to_string())
         .unwrap_or_default();
-    let problem = if field.is_empty() {
-        problem
-    } else {
-        problem[field.len() + 2..].to_string()
-    };
+    let problem = if field.is_empty() { problem } else { problem[field.len() + 2..].to_string() };
     let fix = if problem.contains("unknown field") {
         "remove or correct the field; the README's config reference lists every field".into()
     } else if problem.contains("missing field") {
@@ -189,13 +202,7 @@ fn syntax_error(file: &str, e: &serde_yaml::Error) -> ConfigError {
     } else {
         "check the YAML syntax and types at that line".into()
     };
-    ConfigError {
-        file: file.into(),
-        line: e.location().map(|l| l.line()),
-        field,
-        problem,
-        fix,
-    }
+    ConfigError { file: file.into(), line: e.location().map(|l| l.line()), field, problem, fix }
 }
 
 struct Checker<'a> {
@@ -205,12 +212,7 @@ struct Checker<'a> {
 }
 
 impl Checker<'_> {
-    fn error(
-        &self,
-        path: &[PathPart<'_>],
-        problem: impl Into<String>,
-        fix: impl Into<String>,
-    ) -> ConfigError {
+    fn error(&self, path: &[PathPart<'_>], problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
         ConfigError {
             file: self.file.into(),
             line: locate(self.text, path),
@@ -223,7 +225,11 @@ impl Checker<'_> {
     fn check(self, raw: Config) -> Result<Validated, ConfigError> {
         use PathPart::{Index as I, Key as K};
         if raw.interfaces.is_empty() {
-            return Err(self.error(&[K("interfaces")], "no interface to attach to", "list the player-facing NIC (and the shard-facing one, if different), e.g. `interfaces: [eth0]`"));
+            return Err(self.error(
+                &[K("interfaces")],
+                "no interface to attach to",
+                "list the player-facing NIC (and the shard-facing one, if different), e.g. `interfaces: [eth0]`",
+            ));
         }
         let mut seen = HashSet::new();
         for (i, name) in raw.interfaces.iter().enumerate() {
@@ -249,6 +255,23 @@ impl Checker<'_> {
                 "use a folder on a bpf filesystem, e.g. /sys/fs/bpf/samp-proxy",
             ));
         }
+        if !raw.control_socket.is_absolute() {
+            return Err(self.error(
+                &[K("control_socket")],
+                format!("`{}` is not an absolute path", raw.control_socket.display()),
+                "use an absolute path, e.g. /run/samp-proxy/control.sock",
+            ));
+        }
+        if raw.session_idle_timeout_ms < 1000 {
+            return Err(self.error(
+                &[K("session_idle_timeout_ms")],
+                format!("{} ms is too short", raw.session_idle_timeout_ms),
+                "use at least 1000 ms (players send many packets a second; 60000 is the default)",
+            ));
+        }
+        if raw.move_timeout_ms < 1000 {
+            return Err(self.error(&[K("move_timeout_ms")], format!("{} ms is too short", raw.move_timeout_ms), "use at least 1000 ms: a client needs seconds to notice it lost its shard and reconnect (30000 is the default)"));
+        }
         if !["error", "warn", "info", "debug", "trace"].contains(&raw.log_level.as_str()) {
             return Err(self.error(
                 &[K("log_level")],
@@ -266,11 +289,7 @@ impl Checker<'_> {
         if raw.frontends.len() > proxy_common::MAX_FRONTENDS as usize {
             return Err(self.error(
                 &[K("frontends")],
-                format!(
-                    "{} frontends, at most {} are supported",
-                    raw.frontends.len(),
-                    proxy_common::MAX_FRONTENDS
-                ),
+                format!("{} frontends, at most {} are supported", raw.frontends.len(), proxy_common::MAX_FRONTENDS),
                 "run another proxy for the rest",
             ));
         }
@@ -293,16 +312,9 @@ impl Checker<'_> {
                 )
             })?;
             if address.port() == 0 {
-                return Err(self.error(
-                    &at("address"),
-                    "port 0",
-                    "use the port players connect to, usually 7777",
-                ));
+                return Err(self.error(&at("address"), "port 0", "use the port players connect to, usually 7777"));
             }
-            if address.ip().is_unspecified()
-                || address.ip().is_multicast()
-                || address.ip().is_broadcast()
-            {
+            if address.ip().is_unspecified() || address.ip().is_multicast() || address.ip().is_broadcast() {
                 return Err(self.error(
                     &at("address"),
                     format!("{} cannot be a public address", address.ip()),
@@ -316,10 +328,7 @@ impl Checker<'_> {
                     "give each frontend its own address",
                 ));
             }
-            frontends.push(Frontend {
-                name: fe.name.clone(),
-                address,
-            });
+            frontends.push(Frontend { name: fe.name.clone(), address });
         }
         if raw.shards.is_empty() {
             return Err(self.error(
@@ -331,11 +340,7 @@ impl Checker<'_> {
         if raw.shards.len() >= proxy_common::MAX_BACKENDS as usize {
             return Err(self.error(
                 &[K("shards")],
-                format!(
-                    "{} shards, at most {} are supported",
-                    raw.shards.len(),
-                    proxy_common::MAX_BACKENDS - 1
-                ),
+                format!("{} shards, at most {} are supported", raw.shards.len(), proxy_common::MAX_BACKENDS - 1),
                 "split the cluster over more proxies",
             ));
         }
@@ -351,17 +356,14 @@ impl Checker<'_> {
                 ));
             }
             let frontend = match &sh.frontend {
-                Some(name) => frontends
-                    .iter()
-                    .position(|f| &f.name == name)
-                    .ok_or_else(|| {
-                        let known: Vec<_> = frontends.iter().map(|f| f.name.as_str()).collect();
-                        self.error(
-                            &at("frontend"),
-                            format!("no frontend named `{name}`"),
-                            format!("use one of: {}", known.join(", ")),
-                        )
-                    })?,
+                Some(name) => frontends.iter().position(|f| &f.name == name).ok_or_else(|| {
+                    let known: Vec<_> = frontends.iter().map(|f| f.name.as_str()).collect();
+                    self.error(
+                        &at("frontend"),
+                        format!("no frontend named `{name}`"),
+                        format!("use one of: {}", known.join(", ")),
+                    )
+                })?,
                 None if frontends.len() == 1 => 0,
                 None => {
                     return Err(self.error(
@@ -416,19 +418,10 @@ impl Checker<'_> {
                     format!("capacity must be 1..={MAX_SHARD_CAPACITY} (the server's max_players)"),
                 ));
             }
-            shards.push(Shard {
-                name: sh.name.clone(),
-                address,
-                frontend,
-                capacity: sh.capacity,
-                role: sh.role,
-            });
+            shards.push(Shard { name: sh.name.clone(), address, frontend, capacity: sh.capacity, role: sh.role });
         }
         for (i, fe) in frontends.iter().enumerate() {
-            if !shards
-                .iter()
-                .any(|s| s.frontend == i && s.role == Role::Active)
-            {
+            if !shards.iter().any(|s| s.frontend == i && s.role == Role::Active) {
                 return Err(self.error(
                     &[K("frontends"), I(i), K("name")],
                     format!("frontend `{}` has no active shard", fe.name),
@@ -437,20 +430,13 @@ impl Checker<'_> {
             }
         }
         debug_assert!(self.errors.is_empty());
-        Ok(Validated {
-            raw,
-            frontends,
-            shards,
-        })
+        Ok(Validated { raw, frontends, shards })
     }
 }
 
 fn check_name(template: ConfigError, name: &str) -> Result<(), ConfigError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    let ok =
+        !name.is_empty() && name.len() <= 63 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
         return Ok(());
     }

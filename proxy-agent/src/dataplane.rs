@@ -57,21 +57,9 @@ fn mount_bpffs(target: &Path) -> Result<()> {
     let target_c = CString::new(target.as_os_str().as_encoded_bytes())?;
     let fstype = CString::new("bpf")?;
     // SAFETY: valid C strings; a null data pointer is allowed for bpffs.
-    let rc = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target_c.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(fstype.as_ptr(), target_c.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
-        bail!(
-            "mounting bpffs on {}: {}",
-            target.display(),
-            std::io::Error::last_os_error()
-        );
+        bail!("mounting bpffs on {}: {}", target.display(), std::io::Error::last_os_error());
     }
     Ok(())
 }
@@ -95,20 +83,12 @@ impl Dataplane {
             .load(object)
             .with_context(|| format!("loading the XDP object (maps pinned in {}); if a pinned map has a different layout after an upgrade, remove the folder to start afresh", pin_dir.display()))?;
         for name in [programs::PROXY, programs::PASS_BASELINE] {
-            let prog: &mut Xdp = ebpf
-                .program_mut(name)
-                .with_context(|| format!("the object has no program {name}"))?
-                .try_into()?;
-            prog.load()
-                .with_context(|| format!("the kernel refused program {name}"))?;
+            let prog: &mut Xdp =
+                ebpf.program_mut(name).with_context(|| format!("the object has no program {name}"))?.try_into()?;
+            prog.load().with_context(|| format!("the kernel refused program {name}"))?;
         }
         let tables = Tables::take(&mut ebpf)?;
-        Ok(Self {
-            ebpf,
-            tables,
-            links: Vec::new(),
-            pin_dir: pin_dir.to_path_buf(),
-        })
+        Ok(Self { ebpf, tables, links: Vec::new(), pin_dir: pin_dir.to_path_buf() })
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -148,11 +128,7 @@ impl Dataplane {
             XdpModeName::Skb => XdpMode::Skb,
         };
         for name in interfaces {
-            let prog: &mut Xdp = self
-                .ebpf
-                .program_mut(programs::PROXY)
-                .expect("checked at load")
-                .try_into()?;
+            let prog: &mut Xdp = self.ebpf.program_mut(programs::PROXY).expect("checked at load").try_into()?;
             match prog.attach(name, mode) {
                 Ok(link) => self.links.push((name.clone(), link)),
                 Err(e) => {
@@ -171,12 +147,8 @@ impl Dataplane {
 
     /// Detaches from every interface. Maps stay pinned.
     pub fn detach(&mut self) {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(programs::PROXY)
-            .expect("checked at load")
-            .try_into()
-            .expect("checked at load");
+        let prog: &mut Xdp =
+            self.ebpf.program_mut(programs::PROXY).expect("checked at load").try_into().expect("checked at load");
         for (name, link) in self.links.drain(..) {
             if let Err(e) = prog.detach(link) {
                 log::warn!("detaching from {name}: {e}");

@@ -1,11 +1,16 @@
 //! The SA:MP cluster proxy agent: loads the XDP data plane, keeps its maps in
 //! line with the config, and is the operator's CLI.
 
+pub mod cli;
+pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod ebpf_object;
 pub mod placement;
 pub mod plan;
+pub mod protocol;
 pub mod run;
+pub mod state;
 pub mod tables;
 mod yaml_lines;

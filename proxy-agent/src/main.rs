@@ -2,8 +2,8 @@
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
-use proxy_agent::{config, run};
+use clap::{Args, Parser, Subcommand};
+use proxy_agent::{cli, config, protocol::Request, run};
 
 #[derive(Parser)]
 #[command(
@@ -14,6 +14,20 @@ use proxy_agent::{config, run};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+/// How the CLI finds the agent.
+#[derive(Args)]
+struct Target {
+    /// The agent's control socket.
+    #[arg(long, global = true)]
+    socket: Option<PathBuf>,
+    /// Read the socket path from this config file.
+    #[arg(long, short, global = true)]
+    config: Option<PathBuf>,
+    /// Print the reply as JSON, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -28,18 +42,76 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Frontends, shards (role, players, capacity), totals and counters.
+    Status(Target),
+    /// The shards table.
+    Shards(Target),
+    /// Players' sessions, optionally of one shard or one client.
+    Sessions {
+        #[arg(long)]
+        shard: Option<String>,
+        /// IP or IP:PORT.
+        #[arg(long)]
+        client: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Move players by silent re-routing: chosen clients, or every player of a shard together.
+    Migrate {
+        /// A player as IP (every port) or IP:PORT; repeat for several.
+        #[arg(long = "client", required_unless_present = "from", conflicts_with = "from")]
+        clients: Vec<String>,
+        /// Move every player of this shard, as one group.
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// No new players for this shard; its players stay unless moved.
+    Drain {
+        shard: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Take new players again.
+    Undrain {
+        shard: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Re-read the config file (as SIGHUP does).
+    Reload(Target),
 }
 
 fn init_logging(level: &str) {
     let env = env_logger::Env::default().default_filter_or(level);
-    env_logger::Builder::from_env(env)
-        .format_target(false)
-        .init();
+    env_logger::Builder::from_env(env).format_target(false).init();
+}
+
+fn socket_of(t: &Target) -> anyhow::Result<PathBuf> {
+    if let Some(s) = &t.socket {
+        return Ok(s.clone());
+    }
+    if let Some(c) = &t.config {
+        return Ok(config::load(c)?.raw.control_socket);
+    }
+    Ok(config::default_control_socket())
+}
+
+fn remote(req: Request, t: &Target) -> anyhow::Result<()> {
+    let data = cli::send(&socket_of(t)?, &req)?;
+    if t.json {
+        println!("{}", serde_json::to_string_pretty(&data)?);
+    } else {
+        cli::print_human(&req, &data);
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
+    let result = match Cli::parse().command {
         Command::Check { config } => config::load(&config)
             .map(|cfg| {
                 println!("{}: ok", config.display());
@@ -55,9 +127,7 @@ fn main() -> ExitCode {
             })
             .map_err(anyhow::Error::from),
         Command::Run { config: path } => {
-            let level = config::load(&path)
-                .map(|c| c.raw.log_level)
-                .unwrap_or_else(|_| "info".into());
+            let level = config::load(&path).map(|c| c.raw.log_level).unwrap_or_else(|_| "info".into());
             init_logging(&level);
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -66,6 +136,13 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| rt.block_on(run::run(&path)))
         }
+        Command::Status(t) => remote(Request::Status, &t),
+        Command::Shards(t) => remote(Request::Shards, &t),
+        Command::Sessions { shard, client, target } => remote(Request::Sessions { shard, client }, &target),
+        Command::Migrate { clients, from, to, target } => remote(Request::Migrate { clients, from, to }, &target),
+        Command::Drain { shard, target } => remote(Request::Drain { shard }, &target),
+        Command::Undrain { shard, target } => remote(Request::Undrain { shard }, &target),
+        Command::Reload(t) => remote(Request::Reload, &t),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

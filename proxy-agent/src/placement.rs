@@ -31,14 +31,10 @@ pub fn quotas(candidates: &[Candidate<'_>], slots: usize) -> Vec<usize> {
     if total == 0 {
         return vec![0; candidates.len()];
     }
-    let mut q: Vec<usize> = candidates
-        .iter()
-        .map(|c| (c.weight as u64 * slots as u64 / total) as usize)
-        .collect();
+    let mut q: Vec<usize> = candidates.iter().map(|c| (c.weight as u64 * slots as u64 / total) as usize).collect();
     let mut left = slots - q.iter().sum::<usize>();
     let mut by_remainder: Vec<usize> = (0..candidates.len()).collect();
-    by_remainder
-        .sort_by_key(|&i| std::cmp::Reverse(candidates[i].weight as u64 * slots as u64 % total));
+    by_remainder.sort_by_key(|&i| std::cmp::Reverse(candidates[i].weight as u64 * slots as u64 % total));
     for &i in by_remainder.iter().filter(|&&i| candidates[i].weight > 0) {
         if left == 0 {
             break;
@@ -91,11 +87,7 @@ mod tests {
     use super::*;
 
     fn c(name: &str, group: u32, weight: u32) -> Candidate<'_> {
-        Candidate {
-            name,
-            group,
-            weight,
-        }
+        Candidate { name, group, weight }
     }
 
     #[test]

@@ -1,16 +1,25 @@
-//! The routing plan: the exact map contents a validated config asks for.
-//! Pure data, so it is tested without a kernel; `tables` writes it.
+//! The routing plan: the exact map contents a validated config asks for,
+//! given each shard's ids and placement weight. Pure data, so it is tested
+//! without a kernel; `tables` writes it.
 
 use proxy_common::{
     net::{addr_to_map, port_to_map},
-    Backend, Frontend, FrontendKey, PortEntry, Reverse, PLACEMENT_SLOTS, PORT_FRONTEND,
-    PORT_SHARED,
+    Backend, Frontend, FrontendKey, PortEntry, Reverse, PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED,
 };
 
 use crate::{
-    config::{Role, Validated},
+    config::Validated,
     placement::{self, Candidate},
 };
+
+/// The ids a shard holds in the maps. Stable across reloads and restarts:
+/// sessions refer to groups, groups to backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShardIds {
+    pub backend: u32,
+    /// The group new players of this shard join.
+    pub home_group: u32,
+}
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoutingPlan {
@@ -19,128 +28,87 @@ pub struct RoutingPlan {
     pub ports: Vec<(u16, PortEntry)>,
     /// (backend id, shard)
     pub backends: Vec<(u32, Backend)>,
-    /// (group id, backend id)
-    pub groups: Vec<(u32, u32)>,
+    /// (home group id, backend id): each must point at its shard.
+    pub home_groups: Vec<(u32, u32)>,
     /// (shard address, reply rewrite)
     pub reverse: Vec<(u32, Reverse)>,
     /// (frontend id, PLACEMENT_SLOTS group ids)
     pub placement: Vec<(u32, Vec<u32>)>,
 }
 
-/// Backend id of the shard at `index` in the config (0 is "none").
-pub fn backend_id(index: usize) -> u32 {
-    index as u32 + 1
-}
+pub type FrontendEntries = Vec<(FrontendKey, Frontend)>;
+pub type PortEntries = Vec<(u16, PortEntry)>;
 
-/// The group new players of a shard join: one home group per shard.
-pub fn home_group(index: usize) -> u32 {
-    index as u32 + 1
-}
-
-/// Builds the plan. `free_slots(i)` is the room shard `i` has for new players
-/// (its capacity until health checks report player counts).
-pub fn build(cfg: &Validated, free_slots: impl Fn(usize) -> u32) -> RoutingPlan {
-    let frontends = cfg
+/// The frontend and port entries of a config; frontend `i` has id `fe_ids[i]`.
+pub fn frontends(cfg: &Validated, fe_ids: &[u32]) -> (FrontendEntries, PortEntries) {
+    let frontends: Vec<(FrontendKey, Frontend)> = cfg
         .frontends
         .iter()
-        .enumerate()
-        .map(|(id, f)| {
-            let key = FrontendKey {
-                vip: addr_to_map(f.address.ip().octets()),
-                port: port_to_map(f.address.port()),
-                _pad: 0,
-            };
-            (
-                key,
-                Frontend {
-                    id: id as u32,
-                    _pad: 0,
-                },
-            )
+        .zip(fe_ids)
+        .map(|(f, &id)| {
+            let key =
+                FrontendKey { vip: addr_to_map(f.address.ip().octets()), port: port_to_map(f.address.port()), _pad: 0 };
+            (key, Frontend { id, _pad: 0 })
         })
-        .collect::<Vec<(FrontendKey, Frontend)>>();
+        .collect();
     let mut ports: Vec<(u16, PortEntry)> = Vec::new();
     for (key, fe) in &frontends {
         match ports.iter_mut().find(|(p, _)| *p == key.port) {
             // Several VIPs on one port: the data plane must use the hash.
-            Some((_, entry)) => {
-                *entry = PortEntry {
-                    vip: 0,
-                    frontend: 0,
-                    flags: PORT_FRONTEND | PORT_SHARED,
-                }
-            }
-            None => ports.push((
-                key.port,
-                PortEntry {
-                    vip: key.vip,
-                    frontend: fe.id as u16,
-                    flags: PORT_FRONTEND,
-                },
-            )),
+            Some((_, entry)) => *entry = PortEntry { vip: 0, frontend: 0, flags: PORT_FRONTEND | PORT_SHARED },
+            None => ports.push((key.port, PortEntry { vip: key.vip, frontend: fe.id as u16, flags: PORT_FRONTEND })),
         }
     }
-    let backends = cfg
-        .shards
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            (
-                backend_id(i),
-                Backend {
-                    addr: addr_to_map(s.address.octets()),
-                    _pad: 0,
-                },
-            )
-        })
-        .collect();
-    let groups = (0..cfg.shards.len())
-        .map(|i| (home_group(i), backend_id(i)))
-        .collect();
-    let reverse = cfg
-        .shards
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let fe = &cfg.frontends[s.frontend];
-            let rev = Reverse {
-                vip: addr_to_map(fe.address.ip().octets()),
-                port: port_to_map(fe.address.port()),
-                frontend: s.frontend as u16,
-                backend: backend_id(i),
-            };
-            (addr_to_map(s.address.octets()), rev)
-        })
-        .collect();
-    let placement = (0..cfg.frontends.len())
+    (frontends, ports)
+}
+
+/// Placement rows: for each frontend, its shards' home groups weighted by
+/// `weight(i)` (free slots; 0 for standby, drained, full or down shards).
+pub fn placement(
+    cfg: &Validated,
+    fe_ids: &[u32],
+    ids: &[ShardIds],
+    weight: impl Fn(usize) -> u32,
+) -> Vec<(u32, Vec<u32>)> {
+    (0..cfg.frontends.len())
         .map(|fe| {
             let candidates: Vec<Candidate<'_>> = cfg
                 .shards
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| s.frontend == fe)
-                .map(|(i, s)| Candidate {
-                    name: &s.name,
-                    group: home_group(i),
-                    weight: if s.role == Role::Active {
-                        free_slots(i)
-                    } else {
-                        0
-                    },
-                })
+                .map(|(i, s)| Candidate { name: &s.name, group: ids[i].home_group, weight: weight(i) })
                 .collect();
-            (
-                fe as u32,
-                placement::fill(&candidates, PLACEMENT_SLOTS as usize),
-            )
+            (fe_ids[fe], placement::fill(&candidates, PLACEMENT_SLOTS as usize))
+        })
+        .collect()
+}
+
+/// Builds the plan for `cfg` with frontend `i` at `fe_ids[i]` and shard `i`
+/// at `ids[i]`.
+pub fn build(cfg: &Validated, fe_ids: &[u32], ids: &[ShardIds], weight: impl Fn(usize) -> u32) -> RoutingPlan {
+    let (frontends, ports) = frontends(cfg, fe_ids);
+    let backends = cfg
+        .shards
+        .iter()
+        .zip(ids)
+        .map(|(s, id)| (id.backend, Backend { addr: addr_to_map(s.address.octets()), _pad: 0 }))
+        .collect();
+    let home_groups = ids.iter().map(|id| (id.home_group, id.backend)).collect();
+    let reverse = cfg
+        .shards
+        .iter()
+        .zip(ids)
+        .map(|(s, id)| {
+            let fe = &cfg.frontends[s.frontend];
+            let rev = Reverse {
+                vip: addr_to_map(fe.address.ip().octets()),
+                port: port_to_map(fe.address.port()),
+                frontend: fe_ids[s.frontend] as u16,
+                backend: id.backend,
+            };
+            (addr_to_map(s.address.octets()), rev)
         })
         .collect();
-    RoutingPlan {
-        frontends,
-        ports,
-        backends,
-        groups,
-        reverse,
-        placement,
-    }
+    RoutingPlan { frontends, ports, backends, home_groups, reverse, placement: placement(cfg, fe_ids, ids, weight) }
 }

@@ -10,8 +10,8 @@ use aya::{
     Ebpf,
 };
 use proxy_common::{
-    maps as names, Backend, BackendStats, Counter, Frontend, FrontendKey, PortEntry, Reverse,
-    Session, SessionKey, MAX_BACKENDS, MAX_GROUPS, PLACEMENT_SLOTS,
+    maps as names, Backend, BackendStats, Counter, Frontend, FrontendKey, Group, PortEntry, Reverse, Session,
+    SessionKey, ShardState, MAX_BACKENDS, PLACEMENT_SLOTS,
 };
 
 use crate::plan::RoutingPlan;
@@ -20,7 +20,8 @@ pub struct Tables {
     pub frontends: HashMap<MapData, FrontendKey, Frontend>,
     pub ports: Array<MapData, PortEntry>,
     pub placement: Array<MapData, u32>,
-    pub groups: Array<MapData, u32>,
+    pub groups: Array<MapData, Group>,
+    pub shard_state: Array<MapData, ShardState>,
     pub backends: Array<MapData, Backend>,
     pub reverse: HashMap<MapData, u32, Reverse>,
     pub sessions: HashMap<MapData, SessionKey, Session>,
@@ -33,9 +34,7 @@ fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf
-        .take_map(name)
-        .with_context(|| format!("the eBPF object has no map {name}"))?;
+    let map = ebpf.take_map(name).with_context(|| format!("the eBPF object has no map {name}"))?;
     T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
 }
 
@@ -45,14 +44,10 @@ where
 {
     let path = dir.join(name);
     let data = MapData::from_pin(&path).with_context(|| {
-        format!(
-            "opening pinned map {}; is the agent running with this bpffs folder?",
-            path.display()
-        )
+        format!("opening pinned map {}; is the agent running with this bpffs folder?", path.display())
     })?;
     let map = aya::maps::Map::from_map_data(data)?;
-    T::try_from(map)
-        .with_context(|| format!("pinned map {} has an unexpected type", path.display()))
+    T::try_from(map).with_context(|| format!("pinned map {} has an unexpected type", path.display()))
 }
 
 impl Tables {
@@ -63,6 +58,7 @@ impl Tables {
             ports: open(dir, names::PORTS)?,
             placement: open(dir, names::PLACEMENT)?,
             groups: open(dir, names::GROUPS)?,
+            shard_state: open(dir, names::SHARD_STATE)?,
             backends: open(dir, names::BACKENDS)?,
             reverse: open(dir, names::REVERSE)?,
             sessions: open(dir, names::SESSIONS)?,
@@ -78,6 +74,7 @@ impl Tables {
             ports: take(ebpf, names::PORTS)?,
             placement: take(ebpf, names::PLACEMENT)?,
             groups: take(ebpf, names::GROUPS)?,
+            shard_state: take(ebpf, names::SHARD_STATE)?,
             backends: take(ebpf, names::BACKENDS)?,
             reverse: take(ebpf, names::REVERSE)?,
             sessions: take(ebpf, names::SESSIONS)?,
@@ -88,91 +85,78 @@ impl Tables {
     }
 
     /// Writes a plan: new and changed entries first, then removes what the plan
-    /// no longer has. Sessions are never touched.
+    /// no longer has. Sessions are never touched, nor the epoch of a group
+    /// that already points where it should.
     pub fn apply(&mut self, plan: &RoutingPlan) -> Result<()> {
         for (id, backend) in &plan.backends {
-            self.backends
-                .set(*id, backend, 0)
-                .context("writing BACKENDS")?;
+            self.backends.set(*id, backend, 0).context("writing BACKENDS")?;
         }
-        for (group, backend) in &plan.groups {
-            self.groups
-                .set(*group, backend, 0)
-                .context("writing GROUPS")?;
+        for (group, backend) in &plan.home_groups {
+            self.point_group(*group, *backend)?;
         }
         for (addr, rev) in &plan.reverse {
-            self.reverse
-                .insert(addr, rev, 0)
-                .context("writing REVERSE")?;
+            self.reverse.insert(addr, rev, 0).context("writing REVERSE")?;
         }
         for (fe_id, table) in &plan.placement {
             self.write_placement(*fe_id, table)?;
         }
         for (key, fe) in &plan.frontends {
-            self.frontends
-                .insert(key, fe, 0)
-                .context("writing FRONTENDS")?;
+            self.frontends.insert(key, fe, 0).context("writing FRONTENDS")?;
         }
         for (port, entry) in &plan.ports {
-            self.ports
-                .set(*port as u32, entry, 0)
-                .context("writing PORTS")?;
+            self.ports.set(*port as u32, entry, 0).context("writing PORTS")?;
         }
         // Remove what the plan dropped.
         let keep: HashSet<FrontendKey> = plan.frontends.iter().map(|(k, _)| *k).collect();
-        let stale: Vec<FrontendKey> = self
-            .frontends
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !keep.contains(k))
-            .collect();
+        let stale: Vec<FrontendKey> =
+            self.frontends.keys().filter_map(Result::ok).filter(|k| !keep.contains(k)).collect();
         for key in stale {
             if !plan.ports.iter().any(|(p, _)| *p == key.port) {
-                self.ports
-                    .set(key.port as u32, PortEntry::default(), 0)
-                    .context("clearing a stale port")?;
+                self.ports.set(key.port as u32, PortEntry::default(), 0).context("clearing a stale port")?;
             }
-            self.frontends
-                .remove(&key)
-                .context("removing a stale frontend")?;
+            self.frontends.remove(&key).context("removing a stale frontend")?;
         }
         let keep: HashSet<u32> = plan.reverse.iter().map(|(k, _)| *k).collect();
-        let stale: Vec<u32> = self
-            .reverse
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !keep.contains(k))
-            .collect();
+        let stale: Vec<u32> = self.reverse.keys().filter_map(Result::ok).filter(|k| !keep.contains(k)).collect();
         for key in stale {
-            self.reverse
-                .remove(&key)
-                .context("removing a stale shard reply mapping")?;
+            self.reverse.remove(&key).context("removing a stale shard reply mapping")?;
         }
-        let live_backends: HashSet<u32> = plan.backends.iter().map(|(id, _)| *id).collect();
+        let live: HashSet<u32> = plan.backends.iter().map(|(id, _)| *id).collect();
         for id in 1..MAX_BACKENDS {
-            if !live_backends.contains(&id)
-                && self
-                    .backends
-                    .get(&id, 0)
-                    .map(|b| b.addr != 0)
-                    .unwrap_or(false)
-            {
-                self.backends
-                    .set(id, Backend::default(), 0)
-                    .context("clearing a stale backend")?;
+            if !live.contains(&id) && self.backends.get(&id, 0).map(|b| b.addr != 0).unwrap_or(false) {
+                self.backends.set(id, Backend::default(), 0).context("clearing a stale backend")?;
+                self.shard_state.set(id, ShardState::default(), 0).context("clearing SHARD_STATE")?;
             }
         }
-        let live_groups: HashSet<u32> = plan.groups.iter().map(|(g, _)| *g).collect();
-        for group in 1..MAX_GROUPS {
-            if !live_groups.contains(&group)
-                && self.groups.get(&group, 0).map(|b| b != 0).unwrap_or(false)
-            {
+        for (group, g) in self.all_groups() {
+            if g.backend != 0 && !live.contains(&g.backend) {
                 self.groups
-                    .set(group, 0, 0)
+                    .set(group, Group { backend: 0, epoch: g.epoch.wrapping_add(1) }, 0)
                     .context("clearing a stale group")?;
             }
         }
         Ok(())
+    }
+
+    /// Points `group` at `backend`, bumping its epoch when that moves it (its
+    /// players then re-handshake to the new shard). No-op when already there.
+    pub fn point_group(&mut self, group: u32, backend: u32) -> Result<()> {
+        let old = self.groups.get(&group, 0).unwrap_or_default();
+        if old.backend != backend {
+            let new = Group { backend, epoch: old.epoch.wrapping_add(1) };
+            self.groups.set(group, new, 0).context("writing GROUPS")?;
+        }
+        Ok(())
+    }
+
+    /// Every group that points somewhere (or ever did), with its value.
+    pub fn all_groups(&self) -> Vec<(u32, Group)> {
+        self.groups
+            .iter()
+            .enumerate()
+            .filter_map(|(i, g)| g.ok().map(|g| (i as u32, g)))
+            .filter(|(i, g)| *i != 0 && (g.backend != 0 || g.epoch != 0))
+            .collect()
     }
 
     /// Writes one frontend's placement row, slot by slot (each a single update;
@@ -182,9 +166,22 @@ impl Tables {
         for (slot, group) in table.iter().enumerate() {
             let index = base + slot as u32;
             if self.placement.get(&index, 0).ok() != Some(*group) {
-                self.placement
-                    .set(index, group, 0)
-                    .context("writing PLACEMENT")?;
+                self.placement.set(index, group, 0).context("writing PLACEMENT")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes only the slots that differ from `old` (the row last written);
+    /// without `old`, compares against the map.
+    pub fn write_placement_diff(&mut self, frontend_id: u32, old: Option<&[u32]>, new: &[u32]) -> Result<()> {
+        let Some(old) = old.filter(|o| o.len() == new.len()) else {
+            return self.write_placement(frontend_id, new);
+        };
+        let base = frontend_id * PLACEMENT_SLOTS;
+        for (slot, (o, n)) in old.iter().zip(new).enumerate() {
+            if o != n {
+                self.placement.set(base + slot as u32, n, 0).context("writing PLACEMENT")?;
             }
         }
         Ok(())
@@ -192,26 +189,17 @@ impl Tables {
 
     /// One counter summed over CPUs.
     pub fn counter(&self, counter: Counter) -> Result<u64> {
-        let values = self
-            .counters
-            .get(&(counter as u32), 0)
-            .context("reading COUNTERS")?;
+        let values = self.counters.get(&(counter as u32), 0).context("reading COUNTERS")?;
         Ok(values.iter().sum())
     }
 
     /// Every counter, summed over CPUs.
     pub fn all_counters(&self) -> Result<Vec<(Counter, u64)>> {
-        Counter::ALL
-            .iter()
-            .map(|&c| Ok((c, self.counter(c)?)))
-            .collect()
+        Counter::ALL.iter().map(|&c| Ok((c, self.counter(c)?))).collect()
     }
 
     pub fn backend_stats(&self, backend: u32) -> Result<BackendStats> {
-        let values = self
-            .backend_stats
-            .get(&backend, 0)
-            .context("reading BACKEND_STATS")?;
+        let values = self.backend_stats.get(&backend, 0).context("reading BACKEND_STATS")?;
         Ok(values.iter().fold(BackendStats::default(), |mut acc, s| {
             acc.packets_in += s.packets_in;
             acc.bytes_in += s.bytes_in;

@@ -38,23 +38,14 @@ fn lines(text: &str) -> Vec<Line<'_>> {
                 _ => (false, trimmed),
             };
             let content_col = raw.len() - content.len();
-            Some(Line {
-                no: i + 1,
-                indent,
-                item,
-                content,
-                content_col,
-            })
+            Some(Line { no: i + 1, indent, item, content, content_col })
         })
         .collect()
 }
 
 fn is_key(content: &str, key: &str) -> bool {
     let content = content.trim_start_matches(['"', '\'']);
-    content
-        .strip_prefix(key)
-        .map(|rest| rest.trim_start_matches(['"', '\'']).starts_with(':'))
-        .unwrap_or(false)
+    content.strip_prefix(key).map(|rest| rest.trim_start_matches(['"', '\'']).starts_with(':')).unwrap_or(false)
 }
 
 /// The 1-based line of `path` in `text`, if it can be found.
@@ -80,10 +71,7 @@ pub fn locate(text: &str, path: &[PathPart<'_>]) -> Option<usize> {
                 found = Some(line.no);
                 let depth = line.key_indent();
                 let rest = &scope[pos + 1..];
-                let children = rest
-                    .iter()
-                    .take_while(|l| l.indent > depth || (l.item && l.indent == depth))
-                    .count();
+                let children = rest.iter().take_while(|l| l.indent > depth || (l.item && l.indent == depth)).count();
                 scope = &rest[..children];
                 item_scope = false;
             }
@@ -92,12 +80,8 @@ pub fn locate(text: &str, path: &[PathPart<'_>]) -> Option<usize> {
                     // A flow list (`[a, b]`) on the key's own line.
                     return found;
                 };
-                let starts: Vec<usize> = scope
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, l)| l.item && l.indent == indent)
-                    .map(|(i, _)| i)
-                    .collect();
+                let starts: Vec<usize> =
+                    scope.iter().enumerate().filter(|(_, l)| l.item && l.indent == indent).map(|(i, _)| i).collect();
                 let start = *starts.get(n)?;
                 let end = starts.get(n + 1).copied().unwrap_or(scope.len());
                 found = Some(scope[start].no);

@@ -62,9 +62,7 @@ mod tests {
     use super::*;
 
     fn ipv4_header(src: [u8; 4], dst: [u8; 4], ttl: u8) -> [u8; 20] {
-        let mut h = [
-            0x45, 0, 0, 40, 0x12, 0x34, 0x40, 0, ttl, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-        ];
+        let mut h = [0x45, 0, 0, 40, 0x12, 0x34, 0x40, 0, ttl, 17, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
         h[12..16].copy_from_slice(&src);
         h[16..20].copy_from_slice(&dst);
         let c = finish_be(sum_be(&h, 0));
@@ -91,11 +89,7 @@ mod tests {
     fn ttl_decrement_matches_a_fresh_checksum() {
         let h = ipv4_header([198, 18, 1, 1], [198, 18, 2, 2], 64);
         let check = u16::from_ne_bytes([h[10], h[11]]);
-        let got = replace2(
-            check,
-            u16::from_ne_bytes([64, 17]),
-            u16::from_ne_bytes([63, 17]),
-        );
+        let got = replace2(check, u16::from_ne_bytes([64, 17]), u16::from_ne_bytes([63, 17]));
         let want = ipv4_header([198, 18, 1, 1], [198, 18, 2, 2], 63);
         assert_eq!(got.to_ne_bytes(), [want[10], want[11]]);
     }

@@ -45,6 +45,7 @@ pub mod maps {
     pub const COUNTERS: &str = "COUNTERS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const PORTS: &str = "PORTS";
+    pub const SHARD_STATE: &str = "SHARD_STATE";
 }
 
 /// Program names in the object.
@@ -82,10 +83,6 @@ pub struct SessionKey {
     pub frontend: u16,
 }
 
-/// The session is being moved: drop its game packets until the client sends a
-/// fresh handshake (ID_OPEN_CONNECTION_REQUEST), then route it to `group`.
-pub const SESSION_MOVING: u32 = 1;
-
 /// `PortEntry::flags`: some frontend listens on this port.
 pub const PORT_FRONTEND: u16 = 1;
 /// `PortEntry::flags`: several frontends share this port: look the VIP up in
@@ -120,8 +117,13 @@ pub struct NextHop {
 pub struct Session {
     /// Group the player belongs to (`GROUPS[group]` is its backend).
     pub group: u32,
-    /// `SESSION_*` bits.
-    pub flags: u32,
+    /// The group's epoch when the player last handshook. When it differs from
+    /// `GROUPS[group].epoch` the session is MOVING: its game packets are
+    /// dropped until the client sends a fresh handshake
+    /// (ID_OPEN_CONNECTION_REQUEST), which re-syncs the epoch and goes to the
+    /// group's (new) shard. A group move bumps the group's epoch: one write
+    /// marks every player of the group as moving.
+    pub epoch: u32,
     /// `bpf_ktime_get_coarse_ns` of the last client packet, refreshed at most
     /// every [`LAST_SEEN_GRANULARITY_NS`] so the hit path rarely writes.
     pub last_seen_ns: u64,
@@ -129,6 +131,31 @@ pub struct Session {
 
 /// How stale `Session::last_seen_ns` may get before the data plane rewrites it.
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
+
+/// Value of `GROUPS`: where a group of players is, and its move epoch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Group {
+    /// Backend id; 0 = none (the group's packets are dropped).
+    pub backend: u32,
+    /// Bumped by every move of the whole group.
+    pub epoch: u32,
+}
+
+/// Value of `SHARD_STATE` (indexed by backend id): agent bookkeeping that
+/// must survive an agent restart, so it lives in a pinned map. The data
+/// plane never reads it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ShardState {
+    /// The group new players of this shard join.
+    pub home_group: u32,
+    /// `SHARD_*` bits.
+    pub flags: u32,
+}
+
+/// `ShardState::flags`: drained: no new players.
+pub const SHARD_DRAINED: u32 = 1;
 
 /// Value of `BACKENDS`: a shard.
 #[repr(C)]
@@ -181,6 +208,10 @@ mod pod {
     unsafe impl aya::Pod for BackendStats {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PortEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Group {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ShardState {}
     // SAFETY: as above.
     unsafe impl aya::Pod for NextHop {}
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use proxy_common::{
     net::client_hash, samp, Counter, Frontend, Session, SessionKey, LAST_SEEN_GRANULARITY_NS,
-    PLACEMENT_SLOTS, SESSION_MOVING,
+    PLACEMENT_SLOTS, Group,
 };
 
 use crate::{
@@ -61,28 +61,29 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
         .or_else(|| PENDING.get_ptr_mut(key));
     let group = match session {
         Some(s) => {
-            // SAFETY: a live map value; concurrent writers only store whole
-            // fields, so a torn read can at worst delay a refresh.
+            // SAFETY: a live map value; the agent replaces whole values and
+            // the fields written here are single words.
             let s = unsafe { &mut *s };
-            if s.flags & SESSION_MOVING != 0 {
+            let group = maps::group(s.group);
+            if s.epoch != group.epoch {
+                // Moving: the old shard must see nothing more, the new one
+                // nothing before the client's fresh handshake.
                 if !matches!(kind, Kind::Handshake) {
                     return verdict(Counter::DropMoving, xdp_action::XDP_DROP);
                 }
-                // The client lost its old shard and handshakes again: from this
-                // packet on it belongs to its new group.
-                s.flags &= !SESSION_MOVING;
+                s.epoch = group.epoch;
             }
             if now.wrapping_sub(s.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
                 s.last_seen_ns = now;
             }
-            s.group
+            group
         }
         None => match place(ctx, pkt, &key, kind, now) {
             Ok(group) => group,
             Err(counter) => return verdict(counter, xdp_action::XDP_DROP),
         },
     };
-    let backend_id = maps::group_backend(group);
+    let backend_id = group.backend;
     let Some(backend) = maps::backend(backend_id) else {
         return verdict(Counter::DropNoBackend, xdp_action::XDP_DROP);
     };
@@ -113,18 +114,19 @@ fn place(
     key: &SessionKey,
     kind: Kind,
     now: u64,
-) -> Result<u32, Counter> {
+) -> Result<Group, Counter> {
     if !matches!(kind, Kind::Handshake) {
         return Err(Counter::DropNotHandshake);
     }
     let slot = client_hash(key.client_addr, key.client_port) % PLACEMENT_SLOTS;
-    let group = maps::placement(key.frontend as u32, slot);
-    if group == 0 {
+    let group_id = maps::placement(key.frontend as u32, slot);
+    if group_id == 0 {
         return Err(Counter::DropNoShard);
     }
+    let group = maps::group(group_id);
     let session = Session {
-        group,
-        flags: 0,
+        group: group_id,
+        epoch: group.epoch,
         last_seen_ns: now,
     };
     if PENDING.insert(key, session, 0).is_err() {
@@ -142,7 +144,7 @@ fn place(
         "placed {:i}:{} in group {}",
         u32::from_be(pkt.src_addr()),
         u16::from_be(pkt.src_port()),
-        group
+        group_id
     );
     Ok(group)
 }

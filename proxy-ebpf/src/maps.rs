@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
 use proxy_common::{
-    counters::COUNTER_COUNT, Backend, BackendStats, Frontend, FrontendKey, NextHop, PortEntry,
+    counters::COUNTER_COUNT, Backend, BackendStats, Frontend, FrontendKey, Group, NextHop, PortEntry, ShardState,
     Reverse, Session, SessionKey, MAX_BACKENDS, MAX_CLIENT_NEXTHOPS, MAX_FRONTENDS, MAX_GROUPS,
     MAX_PENDING, MAX_SESSIONS, PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED,
 };
@@ -32,9 +32,14 @@ pub static FRONTENDS: HashMap<FrontendKey, Frontend> = HashMap::pinned(MAX_FRONT
 #[map]
 pub static PLACEMENT: Array<u32> = Array::pinned(MAX_FRONTENDS * PLACEMENT_SLOTS, 0);
 
-/// `GROUPS[group]` = backend id. Repointing one entry moves a whole group.
+/// `GROUPS[group]` = backend and epoch. Repointing one entry moves a whole group.
 #[map]
-pub static GROUPS: Array<u32> = Array::pinned(MAX_GROUPS, 0);
+pub static GROUPS: Array<Group> = Array::pinned(MAX_GROUPS, 0);
+
+/// Agent bookkeeping per backend (home group, drained), pinned so it
+/// survives restarts; never read here.
+#[map]
+pub static SHARD_STATE: Array<ShardState> = Array::pinned(MAX_BACKENDS, 0);
 
 #[map]
 pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
@@ -98,10 +103,10 @@ pub fn reverse(shard_addr: u32) -> Option<Reverse> {
     unsafe { REVERSE.get(shard_addr).copied() }
 }
 
-/// The backend id a group points at, 0 when none.
+/// Where a group is (backend 0 when none).
 #[inline(always)]
-pub fn group_backend(group: u32) -> u32 {
-    GROUPS.get(group).copied().unwrap_or(0)
+pub fn group(id: u32) -> Group {
+    GROUPS.get(id).copied().unwrap_or_default()
 }
 
 /// The shard behind a backend id; `None` for id 0 or an unused slot.

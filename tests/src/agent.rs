@@ -17,6 +17,8 @@ pub struct Agent {
     child: Option<Child>,
     pub pins: PinDir,
     pub config_path: PathBuf,
+    /// The agent's control socket.
+    pub socket: PathBuf,
     pub logs: Arc<Mutex<Vec<String>>>,
 }
 
@@ -28,11 +30,7 @@ pub fn agent_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("current exe");
     let dir = exe.parent().expect("exe dir");
-    let dir = if dir.ends_with("deps") {
-        dir.parent().expect("profile dir")
-    } else {
-        dir
-    };
+    let dir = if dir.ends_with("deps") { dir.parent().expect("profile dir") } else { dir };
     dir.join("proxy-agent")
 }
 
@@ -41,13 +39,12 @@ impl Agent {
     /// agent with it in `ns`, waiting up to 30 s for it to report READY.
     pub fn start(ns: &NetNs, yaml: &str) -> Result<Agent> {
         let pins = PinDir::new("agent")?;
-        let config_path = std::env::temp_dir().join(format!(
-            "{}.yaml",
-            pins.path.file_name().unwrap().to_string_lossy()
-        ));
+        let config_path =
+            std::env::temp_dir().join(format!("{}.yaml", pins.path.file_name().unwrap().to_string_lossy()));
+        let socket = config_path.with_extension("sock");
         std::fs::write(
             &config_path,
-            format!("{yaml}\nbpffs: {}\n", pins.path.display()),
+            format!("{yaml}\nbpffs: {}\ncontrol_socket: {}\n", pins.path.display(), socket.display()),
         )?;
         let bin = agent_bin();
         let mut child = ns
@@ -81,12 +78,7 @@ impl Agent {
                 }
             });
         }
-        let mut agent = Agent {
-            child: Some(child),
-            pins,
-            config_path,
-            logs,
-        };
+        let mut agent = Agent { child: Some(child), pins, config_path, socket, logs };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if ready_rx.recv_timeout(Duration::from_millis(100)).is_ok() {
@@ -94,15 +86,38 @@ impl Agent {
             }
             if let Some(status) = agent.child.as_mut().unwrap().try_wait()? {
                 std::thread::sleep(Duration::from_millis(100));
-                bail!(
-                    "agent exited with {status} before READY:\n{}",
-                    agent.log_text()
-                );
+                bail!("agent exited with {status} before READY:\n{}", agent.log_text());
             }
             if Instant::now() > deadline {
                 bail!("agent not READY after 30 s:\n{}", agent.log_text());
             }
         }
+    }
+
+    /// Sends a control request; the reply's data or the agent's error.
+    pub fn request(&self, req: &proxy_agent::protocol::Request) -> Result<serde_json::Value> {
+        proxy_agent::cli::send(&self.socket, req)
+    }
+
+    /// Sends raw bytes on the control socket and returns the first reply line.
+    pub fn raw(&self, bytes: &[u8]) -> Result<String> {
+        use std::io::{BufRead, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&self.socket)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(bytes)?;
+        let mut line = String::new();
+        std::io::BufReader::new(&s).read_line(&mut line)?;
+        Ok(line)
+    }
+
+    /// Runs the CLI (`proxy-agent ARGS --socket S`): (success, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> Result<(bool, String, String)> {
+        let out = std::process::Command::new(agent_bin()).args(args).arg("--socket").arg(&self.socket).output()?;
+        Ok((
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
     }
 
     pub fn log_text(&self) -> String {
@@ -144,5 +159,6 @@ impl Drop for Agent {
             let _ = self.stop();
         }
         let _ = std::fs::remove_file(&self.config_path);
+        let _ = std::fs::remove_file(&self.socket);
     }
 }

@@ -16,10 +16,10 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use aya::programs::{TestRun, TestRunOptions, Xdp};
-use proxy_agent::{config, dataplane::Dataplane, plan};
+use proxy_agent::{cluster::Cluster, config, dataplane::Dataplane};
 use proxy_common::{
     net::{addr_to_map, port_to_map},
-    samp, Counter, Session, SessionKey, PLACEMENT_SLOTS,
+    samp, Counter, Group, Session, SessionKey, PLACEMENT_SLOTS,
 };
 
 use crate::{netns::NetNs, pins::PinDir};
@@ -70,10 +70,7 @@ pub fn handshake(cookie: u16) -> Vec<u8> {
 
 /// An unreliable player-sync datagram of 42 bytes, scrambled as the client does.
 pub fn game_packet() -> Vec<u8> {
-    let plain: Vec<u8> = [207u8]
-        .into_iter()
-        .chain((0..40).map(|i| i as u8 * 7))
-        .collect();
+    let plain: Vec<u8> = [207u8].into_iter().chain((0..40).map(|i| i as u8 * 7)).collect();
     let mut wire = vec![0u8; plain.len() + 1];
     samp::scramble(&plain, PORT, &mut wire);
     wire
@@ -84,11 +81,7 @@ pub fn query() -> Vec<u8> {
 }
 
 pub fn key(client: Ipv4Addr, port: u16) -> SessionKey {
-    SessionKey {
-        client_addr: addr_to_map(client.octets()),
-        client_port: port_to_map(port),
-        frontend: 0,
-    }
+    SessionKey { client_addr: addr_to_map(client.octets()), client_port: port_to_map(port), frontend: 0 }
 }
 
 pub struct Bed {
@@ -119,14 +112,11 @@ impl Bed {
         let pins = PinDir::new("bed")?;
         let mut dp = Dataplane::load(pins.path())?;
         let cfg = config::parse("bed", CONFIG)?;
-        dp.tables
-            .apply(&plan::build(&cfg, |i| cfg.shards[i].capacity))?;
-        dp.tables.groups.set(GROUP_NONE, 0, 0)?;
-        Ok(Bed {
-            ns,
-            dp,
-            _pins: pins,
-        })
+        let cluster = Cluster::start(cfg, &mut dp.tables)?;
+        let homes: Vec<u32> = cluster.ids.iter().map(|i| i.home_group).collect();
+        assert_eq!(homes, [GROUP_A, GROUP_B, GROUP_C]);
+        dp.tables.groups.set(GROUP_NONE, Group::default(), 0)?;
+        Ok(Bed { ns, dp, _pins: pins })
     }
 
     /// Runs one frame through `prog` inside the namespace: (verdict, output
@@ -135,12 +125,8 @@ impl Bed {
         self.ns
             .run(|| {
                 let mut out = vec![0u8; input.len() + 256];
-                let opts = TestRunOptions {
-                    data_in: Some(input),
-                    data_out: Some(&mut out),
-                    repeat,
-                    ..Default::default()
-                };
+                let opts =
+                    TestRunOptions { data_in: Some(input), data_out: Some(&mut out), repeat, ..Default::default() };
                 let r = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
                 out.truncate(r.data_size_out as usize);
                 (r.return_value, out, r.duration.as_nanos() as u64)
@@ -158,25 +144,15 @@ impl Bed {
         self.dp.tables.counter(c).expect("reading counters")
     }
 
-    /// Makes `client:port` an established player of `group`.
-    pub fn session(&mut self, client: Ipv4Addr, port: u16, group: u32, flags: u32) {
-        let s = Session {
-            group,
-            flags,
-            last_seen_ns: 0,
-        };
-        self.dp
-            .tables
-            .sessions
-            .insert(key(client, port), s, 0)
-            .expect("writing SESSIONS");
+    /// Makes `client:port` an established player of `group`; an `epoch`
+    /// other than the group's (0 here) makes it a moving session.
+    pub fn session(&mut self, client: Ipv4Addr, port: u16, group: u32, epoch: u32) {
+        let s = Session { group, epoch, last_seen_ns: 0 };
+        self.dp.tables.sessions.insert(key(client, port), s, 0).expect("writing SESSIONS");
     }
 
     /// Points every placement slot of the frontend at `group`.
     pub fn place_all_on(&mut self, group: u32) {
-        self.dp
-            .tables
-            .write_placement(0, &vec![group; PLACEMENT_SLOTS as usize])
-            .expect("writing PLACEMENT");
+        self.dp.tables.write_placement(0, &vec![group; PLACEMENT_SLOTS as usize]).expect("writing PLACEMENT");
     }
 }

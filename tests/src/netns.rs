@@ -26,11 +26,7 @@ pub fn sh(cmd: &mut Command) -> Result<Output> {
     let shown = format!("{cmd:?}");
     let out = cmd.output().with_context(|| format!("starting {shown}"))?;
     if !out.status.success() {
-        bail!(
-            "{shown} failed: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&out.stdout)
-        );
+        bail!("{shown} failed: {}{}", String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
     }
     Ok(out)
 }
@@ -87,8 +83,7 @@ impl NetNs {
     }
 
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
-        self.exec("sysctl", &["-qw", &format!("{key}={value}")])
-            .map(|_| ())
+        self.exec("sysctl", &["-qw", &format!("{key}={value}")]).map(|_| ())
     }
 
     /// Runs `f` on a thread that has entered the namespace: sockets it opens
@@ -102,11 +97,7 @@ impl NetNs {
                 .spawn(|| {
                     // SAFETY: setns on this thread only, with a valid namespace fd.
                     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                        bail!(
-                            "setns into {}: {}",
-                            self.name,
-                            std::io::Error::last_os_error()
-                        );
+                        bail!("setns into {}: {}", self.name, std::io::Error::last_os_error());
                     }
                     Ok(f())
                 })
@@ -118,20 +109,14 @@ impl NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
     }
 }
 
 /// Names of namespaces this process made that still exist.
 pub fn leftovers() -> Vec<String> {
     let mine = format!("{PREFIX}-{}-", std::process::id());
-    let out = Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .map(|o| o.stdout)
-        .unwrap_or_default();
+    let out = Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
     String::from_utf8_lossy(&out)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
@@ -142,9 +127,7 @@ pub fn leftovers() -> Vec<String> {
 
 /// A veth pair from `a` (named `a_if`) to `b` (named `b_if`).
 pub fn veth(a: &NetNs, a_if: &str, b: &NetNs, b_if: &str) -> Result<()> {
-    sh(Command::new("ip").args([
-        "link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns",
-        &b.name,
-    ]))?;
+    sh(Command::new("ip")
+        .args(["link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns", &b.name]))?;
     Ok(())
 }

@@ -16,11 +16,7 @@ pub struct PinDir {
 impl PinDir {
     pub fn new(tag: &str) -> Result<Self> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = PathBuf::from(format!(
-            "/sys/fs/bpf/{}-{}-{n}-{tag}",
-            crate::netns::PREFIX,
-            std::process::id()
-        ));
+        let path = PathBuf::from(format!("/sys/fs/bpf/{}-{}-{n}-{tag}", crate::netns::PREFIX, std::process::id()));
         proxy_agent::dataplane::prepare_pin_dir(&path)?;
         Ok(Self { path })
     }

@@ -39,16 +39,12 @@ impl Topology {
     pub fn build(shards: usize, client_ips: usize) -> Result<Self> {
         let client = NetNs::new("client")?;
         let proxy = NetNs::new("proxy")?;
-        let shard_ns = (0..shards)
-            .map(|i| NetNs::new(&format!("s{}", i + 1)))
-            .collect::<Result<Vec<_>>>()?;
+        let shard_ns = (0..shards).map(|i| NetNs::new(&format!("s{}", i + 1))).collect::<Result<Vec<_>>>()?;
         let mut topo = Topology {
             client,
             proxy,
             shards: shard_ns,
-            client_ips: (0..client_ips)
-                .map(|i| Ipv4Addr::new(198, 18, 0, 2 + i as u8))
-                .collect(),
+            client_ips: (0..client_ips).map(|i| Ipv4Addr::new(198, 18, 0, 2 + i as u8)).collect(),
             shard_ips: (0..shards).map(shard_ip).collect(),
             proxy_ifs: vec!["to-client".into()],
         };
@@ -66,21 +62,9 @@ impl Topology {
             c.ip(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         }
         c.ip(&["link", "set", "eth0", "up"])?;
-        c.ip(&[
-            "route",
-            "add",
-            "198.18.100.0/24",
-            "via",
-            &PROXY_CLIENT_SIDE.to_string(),
-        ])?;
+        c.ip(&["route", "add", "198.18.100.0/24", "via", &PROXY_CLIENT_SIDE.to_string()])?;
         sender_receiver_offloads(c, "eth0")?;
-        p.ip(&[
-            "addr",
-            "add",
-            &format!("{PROXY_CLIENT_SIDE}/24"),
-            "dev",
-            "to-client",
-        ])?;
+        p.ip(&["addr", "add", &format!("{PROXY_CLIENT_SIDE}/24"), "dev", "to-client"])?;
         p.ip(&["link", "set", "to-client", "up"])?;
         for i in 0..shards {
             let ifname = format!("to-s{}", i + 1);
@@ -89,13 +73,7 @@ impl Topology {
             let gw = Ipv4Addr::new(198, 18, 11 + i as u8, 1);
             p.ip(&["addr", "add", &format!("{gw}/24"), "dev", &ifname])?;
             p.ip(&["link", "set", &ifname, "up"])?;
-            s.ip(&[
-                "addr",
-                "add",
-                &format!("{}/24", topo.shard_ips[i]),
-                "dev",
-                "eth0",
-            ])?;
+            s.ip(&["addr", "add", &format!("{}/24", topo.shard_ips[i]), "dev", "eth0"])?;
             s.ip(&["link", "set", "eth0", "up"])?;
             s.ip(&["route", "add", "default", "via", &gw.to_string()])?;
             sender_receiver_offloads(s, "eth0")?;
@@ -121,20 +99,15 @@ impl Topology {
         let ips = self.client_ips.clone();
         self.client.run(move || {
             (0..count)
-                .map(|i| {
-                    UdpSocket::bind(SocketAddrV4::new(ips[i % ips.len()], 0))
-                        .map_err(anyhow::Error::from)
-                })
+                .map(|i| UdpSocket::bind(SocketAddrV4::new(ips[i % ips.len()], 0)).map_err(anyhow::Error::from))
                 .collect::<Result<Vec<_>>>()
         })?
     }
 
     /// A socket on the shard's port in shard `i`'s namespace.
     pub fn shard_socket(&self, i: usize) -> Result<UdpSocket> {
-        self.shards[i].run(|| {
-            UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT))
-                .map_err(anyhow::Error::from)
-        })?
+        self.shards[i]
+            .run(|| UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, PORT)).map_err(anyhow::Error::from))?
     }
 
     /// A YAML config for this topology: one frontend on the VIP, one shard per
@@ -146,11 +119,7 @@ impl Topology {
             self.vip()
         );
         for (i, cap) in capacities.iter().enumerate() {
-            y.push_str(&format!(
-                "  - name: s{}\n    address: {}\n    capacity: {cap}\n",
-                i + 1,
-                self.shard_ips[i]
-            ));
+            y.push_str(&format!("  - name: s{}\n    address: {}\n    capacity: {cap}\n", i + 1, self.shard_ips[i]));
         }
         y.push_str(extra);
         y

@@ -20,14 +20,7 @@ shards:
 ";
 
 /// (what, yaml, line, field, words in the problem, words in the fix)
-type Case = (
-    &'static str,
-    String,
-    Option<usize>,
-    &'static str,
-    &'static str,
-    &'static str,
-);
+type Case = (&'static str, String, Option<usize>, &'static str, &'static str, &'static str);
 
 fn with(from: &str, to: &str) -> String {
     assert!(GOOD.contains(from), "case text `{from}` not in GOOD");
@@ -81,24 +74,11 @@ fn every_mistake_names_field_line_and_fix() {
         let err = parse("cluster.yaml", &yaml).expect_err(what);
         let text = err.to_string();
         assert_eq!(err.line, line, "{what}: line in `{text}`");
-        assert!(
-            err.field.starts_with(field),
-            "{what}: field `{}` should start with `{field}` in `{text}`",
-            err.field
-        );
-        assert!(
-            err.problem.contains(problem),
-            "{what}: problem should mention `{problem}`: `{text}`"
-        );
-        assert!(
-            err.fix.contains(fix),
-            "{what}: fix should mention `{fix}`: `{text}`"
-        );
+        assert!(err.field.starts_with(field), "{what}: field `{}` should start with `{field}` in `{text}`", err.field);
+        assert!(err.problem.contains(problem), "{what}: problem should mention `{problem}`: `{text}`");
+        assert!(err.fix.contains(fix), "{what}: fix should mention `{fix}`: `{text}`");
         if let Some(line) = line {
-            assert!(
-                text.starts_with(&format!("config cluster.yaml line {line}")),
-                "{what}: `{text}`"
-            );
+            assert!(text.starts_with(&format!("config cluster.yaml line {line}")), "{what}: `{text}`");
         }
         messages.push(text);
     }
@@ -106,65 +86,32 @@ fn every_mistake_names_field_line_and_fix() {
     let mut unique = messages.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!(
-        unique.len(),
-        messages.len(),
-        "two mistakes share a message: {messages:#?}"
-    );
+    assert_eq!(unique.len(), messages.len(), "two mistakes share a message: {messages:#?}");
 }
 
 #[test]
 fn a_bad_file_attaches_nothing() {
     let ns = NetNs::new("badcfg").unwrap();
-    ns.ip(&[
-        "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
-    ])
-    .unwrap();
+    ns.ip(&["link", "add", "eth0", "type", "veth", "peer", "name", "eth1"]).unwrap();
     let dir = std::env::temp_dir().join(format!("sampx-badcfg-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bad.yaml");
     std::fs::write(&path, with("capacity: 100", "capacity: 0")).unwrap();
-    let out = ns
-        .spawn_command(&agent_bin())
-        .unwrap()
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = ns.spawn_command(&agent_bin()).unwrap().arg("run").arg("--config").arg(&path).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(
-        stderr.contains("line 8") && stderr.contains("shards[0].capacity"),
-        "{stderr}"
-    );
-    assert!(
-        !ns.ip(&["link", "show", "eth0"]).unwrap().contains("xdp"),
-        "XDP attached despite a bad config"
-    );
+    assert!(stderr.contains("line 8") && stderr.contains("shards[0].capacity"), "{stderr}");
+    assert!(!ns.ip(&["link", "show", "eth0"]).unwrap().contains("xdp"), "XDP attached despite a bad config");
 
     // A missing interface is found before anything is attached, too.
     let missing = GOOD.replace("interfaces: [eth0]", "interfaces: [eth0, nope0]")
         + &format!("bpffs: /sys/fs/bpf/sampx-badcfg-{}\n", std::process::id());
     std::fs::write(&path, missing).unwrap();
-    let out = ns
-        .spawn_command(&agent_bin())
-        .unwrap()
-        .arg("run")
-        .arg("--config")
-        .arg(&path)
-        .output()
-        .unwrap();
+    let out = ns.spawn_command(&agent_bin()).unwrap().arg("run").arg("--config").arg(&path).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(
-        stderr.contains("interface `nope0` does not exist"),
-        "{stderr}"
-    );
-    assert!(
-        !ns.ip(&["link", "show", "eth0"]).unwrap().contains("xdp"),
-        "XDP attached despite a missing interface"
-    );
+    assert!(stderr.contains("interface `nope0` does not exist"), "{stderr}");
+    assert!(!ns.ip(&["link", "show", "eth0"]).unwrap().contains("xdp"), "XDP attached despite a missing interface");
     let _ = std::fs::remove_dir_all(format!("/sys/fs/bpf/sampx-badcfg-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
 }

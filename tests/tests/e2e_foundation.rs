@@ -27,10 +27,7 @@ const CAPACITIES: [u32; 3] = [100, 200, 300];
 fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -43,21 +40,13 @@ fn players_stick_to_shards_that_see_their_real_address() {
         .map(|i| {
             shard::spawn(
                 topo.shard_socket(i).unwrap(),
-                ShardConfig {
-                    name: format!("s{}", i + 1),
-                    max_players: CAPACITIES[i] as u16,
-                    seed: 1000 + i as u32,
-                },
+                ShardConfig { name: format!("s{}", i + 1), max_players: CAPACITIES[i] as u16, seed: 1000 + i as u32 },
             )
         })
         .collect();
     let agent = Agent::start(&topo.proxy, &topo.config(&CAPACITIES, "")).expect("agent");
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut cfg = PlayerConfig::new(topo.vip(), Duration::from_secs(60));
     // Longer than any scheduling hiccup of a loaded 2-core machine: a player
     // that reconnects here would be a proxy fault, not a slow test box.
@@ -66,23 +55,13 @@ fn players_stick_to_shards_that_see_their_real_address() {
     let players = rt.block_on(async { player::start(sockets, &cfg) }).unwrap();
 
     // Everyone connects, then plays until each has had 50 echoes.
-    wait_for("all players to connect", Duration::from_secs(60), || {
-        players.snapshot().iter().all(|p| p.connected)
-    });
-    wait_for("50 echoes per player", Duration::from_secs(60), || {
-        players.snapshot().iter().all(|p| p.received >= 50)
-    });
+    wait_for("all players to connect", Duration::from_secs(60), || players.snapshot().iter().all(|p| p.connected));
+    wait_for("50 echoes per player", Duration::from_secs(60), || players.snapshot().iter().all(|p| p.received >= 50));
 
     // Ping and TCP to the proxy node still work while XDP is attached.
-    let ping = topo.client.exec(
-        "ping",
-        &["-c", "2", "-W", "2", &PROXY_CLIENT_SIDE.to_string()],
-    );
+    let ping = topo.client.exec("ping", &["-c", "2", "-W", "2", &PROXY_CLIENT_SIDE.to_string()]);
     assert!(ping.is_ok(), "ping to the proxy node failed: {ping:?}");
-    let listener = topo
-        .proxy
-        .run(|| TcpListener::bind(SocketAddrV4::new(PROXY_CLIENT_SIDE, 8080)).unwrap())
-        .unwrap();
+    let listener = topo.proxy.run(|| TcpListener::bind(SocketAddrV4::new(PROXY_CLIENT_SIDE, 8080)).unwrap()).unwrap();
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         let mut b = [0u8; 5];
@@ -92,11 +71,9 @@ fn players_stick_to_shards_that_see_their_real_address() {
     let echoed = topo
         .client
         .run(|| {
-            let mut s = TcpStream::connect_timeout(
-                &SocketAddrV4::new(PROXY_CLIENT_SIDE, 8080).into(),
-                Duration::from_secs(5),
-            )
-            .unwrap();
+            let mut s =
+                TcpStream::connect_timeout(&SocketAddrV4::new(PROXY_CLIENT_SIDE, 8080).into(), Duration::from_secs(5))
+                    .unwrap();
             s.write_all(b"hello").unwrap();
             let mut b = [0u8; 5];
             s.read_exact(&mut b).unwrap();
@@ -118,19 +95,9 @@ fn players_stick_to_shards_that_see_their_real_address() {
 
     // Each player stuck to one shard for the whole run and never reconnected.
     for p in &stats {
-        assert_eq!(
-            p.shards.len(),
-            1,
-            "player {} was echoed by {:?}",
-            p.local,
-            p.shards
-        );
+        assert_eq!(p.shards.len(), 1, "player {} was echoed by {:?}", p.local, p.shards);
         assert_eq!(p.connects, 1, "player {} reconnected", p.local);
-        assert_eq!(
-            p.wrong_source, 0,
-            "player {} got replies not from the VIP",
-            p.local
-        );
+        assert_eq!(p.wrong_source, 0, "player {} got replies not from the VIP", p.local);
         assert_eq!(p.wrong_seen, 0, "shard saw another address for {}", p.local);
     }
     // Each shard saw exactly its players' real addresses (and so port 7777
@@ -140,19 +107,11 @@ fn players_stick_to_shards_that_see_their_real_address() {
     for s in &shard_stats {
         assert_eq!(s.bad_checksum, 0, "shard {} failed to un-scramble", s.name);
         for addr in s.clients.keys() {
-            assert!(
-                player_addrs.contains(addr.as_str()),
-                "shard {} saw {addr}, not a player address",
-                s.name
-            );
+            assert!(player_addrs.contains(addr.as_str()), "shard {} saw {addr}, not a player address", s.name);
             assert!(seen.insert(addr.clone()), "{addr} reached two shards");
         }
     }
-    assert_eq!(
-        seen.len(),
-        PLAYERS,
-        "every player reached exactly one shard"
-    );
+    assert_eq!(seen.len(), PLAYERS, "every player reached exactly one shard");
 
     // The split follows the configured capacities (within 4 standard deviations).
     let mut per_shard: BTreeMap<&str, usize> = BTreeMap::new();
@@ -175,11 +134,7 @@ fn players_stick_to_shards_that_see_their_real_address() {
 
     // The data plane counted what happened.
     let tables = agent.tables().unwrap();
-    assert_eq!(
-        tables.counter(Counter::SessionPromoted).unwrap(),
-        PLAYERS as u64,
-        "every player promoted once"
-    );
+    assert_eq!(tables.counter(Counter::SessionPromoted).unwrap(), PLAYERS as u64, "every player promoted once");
     assert_eq!(tables.sessions().len(), PLAYERS);
     assert!(tables.counter(Counter::IngressRedirect).unwrap() > (PLAYERS * 50) as u64);
     assert!(tables.counter(Counter::ReturnRedirect).unwrap() > (PLAYERS * 50) as u64);
@@ -189,23 +144,13 @@ fn players_stick_to_shards_that_see_their_real_address() {
     drop(tables);
     let mut agent = agent;
     let status = agent.stop().unwrap();
-    assert!(
-        status.success(),
-        "agent exit: {status}\n{}",
-        agent.log_text()
-    );
+    assert!(status.success(), "agent exit: {status}\n{}", agent.log_text());
     for ifname in &topo.proxy_ifs {
         let link = topo.proxy.ip(&["link", "show", ifname]).unwrap();
-        assert!(
-            !link.contains("xdp"),
-            "XDP still attached to {ifname}: {link}"
-        );
+        assert!(!link.contains("xdp"), "XDP still attached to {ifname}: {link}");
     }
     drop(agent);
     drop(topo);
-    let left: Vec<String> = netns::leftovers()
-        .into_iter()
-        .filter(|n| names.contains(n))
-        .collect();
+    let left: Vec<String> = netns::leftovers().into_iter().filter(|n| names.contains(n)).collect();
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
 }

@@ -14,7 +14,7 @@
 use std::net::Ipv4Addr;
 
 use aya::programs::{TestRun, TestRunOptions};
-use proxy_common::{Counter, Session, SESSION_MOVING};
+use proxy_common::{Counter, Session};
 use tests::{
     bed::*,
     packet::{ipv4_checksum_ok, udp_checksum_ok, Udp, ETH_LEN, HEADERS, IP_LEN},
@@ -30,19 +30,11 @@ fn check(bed: &Bed, name: &str, input: &[u8], verdict: u32, expected: &[u8], cou
     let (got_verdict, out) = bed.run(input);
     assert_eq!(got_verdict, verdict, "{name}: verdict");
     assert_eq!(hex(&out), hex(expected), "{name}: output bytes");
-    assert_eq!(
-        bed.counter(counter),
-        before + 1,
-        "{name}: counter {}",
-        counter.name()
-    );
+    assert_eq!(bed.counter(counter), before + 1, "{name}: counter {}", counter.name());
 }
 
 fn hex(b: &[u8]) -> String {
-    b.iter()
-        .map(|x| format!("{x:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
 }
 
 fn to_vip(client: Ipv4Addr, sport: u16, payload: &[u8]) -> Udp {
@@ -77,28 +69,14 @@ fn ingress_paths() {
 
     let p = to_vip(CLIENT, 50000, &game_packet());
     let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
-    check(
-        &bed,
-        "established hit, neighbour known",
-        &p.frame(),
-        XDP_REDIRECT,
-        &want,
-        Counter::IngressRedirect,
-    );
+    check(&bed, "established hit, neighbour known", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
     assert!(ipv4_checksum_ok(&want) && udp_checksum_ok(&want));
 
     let mut p = to_vip(CLIENT, 50000, &game_packet());
     p.zero_udp_checksum = true;
     let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
     assert_eq!(&want[ETH_LEN + IP_LEN + 6..ETH_LEN + IP_LEN + 8], &[0, 0]);
-    check(
-        &bed,
-        "zero UDP checksum stays zero",
-        &p.frame(),
-        XDP_REDIRECT,
-        &want,
-        Counter::IngressRedirect,
-    );
+    check(&bed, "zero UDP checksum stays zero", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
 
     let p = to_vip(CLIENT, 50001, &game_packet());
     check(
@@ -111,45 +89,17 @@ fn ingress_paths() {
     );
 
     let p = to_vip(CLIENT, 50002, &game_packet());
-    check(
-        &bed,
-        "group without a backend",
-        &p.frame(),
-        XDP_DROP,
-        &p.frame(),
-        Counter::DropNoBackend,
-    );
+    check(&bed, "group without a backend", &p.frame(), XDP_DROP, &p.frame(), Counter::DropNoBackend);
 
     let p = to_vip(CLIENT, 50003, &game_packet());
-    check(
-        &bed,
-        "shard behind a blackhole route",
-        &p.frame(),
-        XDP_DROP,
-        &p.frame(),
-        Counter::DropUnroutable,
-    );
+    check(&bed, "shard behind a blackhole route", &p.frame(), XDP_DROP, &p.frame(), Counter::DropUnroutable);
 
     let mut p = to_vip(CLIENT, 50000, &game_packet());
     p.ttl = 1;
-    check(
-        &bed,
-        "TTL 1 left to the kernel",
-        &p.frame(),
-        XDP_PASS,
-        &p.frame(),
-        Counter::PassTtl,
-    );
+    check(&bed, "TTL 1 left to the kernel", &p.frame(), XDP_PASS, &p.frame(), Counter::PassTtl);
 
     let p = to_vip(CLIENT, 50000, &query());
-    check(
-        &bed,
-        "query from a known player goes to the host",
-        &p.frame(),
-        XDP_PASS,
-        &p.frame(),
-        Counter::PassQuery,
-    );
+    check(&bed, "query from a known player goes to the host", &p.frame(), XDP_PASS, &p.frame(), Counter::PassQuery);
 }
 
 #[test]
@@ -158,71 +108,30 @@ fn new_players_are_admitted_only_by_a_valid_handshake() {
     bed.place_all_on(GROUP_A);
 
     let p = to_vip(CLIENT, 40000, &game_packet());
-    check(
-        &bed,
-        "unknown source, game packet",
-        &p.frame(),
-        XDP_DROP,
-        &p.frame(),
-        Counter::DropNotHandshake,
-    );
+    check(&bed, "unknown source, game packet", &p.frame(), XDP_DROP, &p.frame(), Counter::DropNotHandshake);
 
     let mut bad = handshake(0);
     bad[0] ^= 0x02;
     let p = to_vip(CLIENT, 40000, &bad);
-    check(
-        &bed,
-        "handshake with a bad checksum",
-        &p.frame(),
-        XDP_DROP,
-        &p.frame(),
-        Counter::DropNotHandshake,
-    );
+    check(&bed, "handshake with a bad checksum", &p.frame(), XDP_DROP, &p.frame(), Counter::DropNotHandshake);
 
     let p = to_vip(CLIENT, 40000, &handshake(0)[..3]);
-    check(
-        &bed,
-        "3-byte datagram",
-        &p.frame(),
-        XDP_DROP,
-        &p.frame(),
-        Counter::DropNotHandshake,
-    );
+    check(&bed, "3-byte datagram", &p.frame(), XDP_DROP, &p.frame(), Counter::DropNotHandshake);
 
     let p = to_vip(CLIENT, 40000, &query());
-    check(
-        &bed,
-        "query from an unknown source",
-        &p.frame(),
-        XDP_PASS,
-        &p.frame(),
-        Counter::PassQuery,
-    );
-    assert!(
-        bed.dp.tables.pending_sessions().is_empty(),
-        "nothing admitted yet"
-    );
+    check(&bed, "query from an unknown source", &p.frame(), XDP_PASS, &p.frame(), Counter::PassQuery);
+    assert!(bed.dp.tables.pending_sessions().is_empty(), "nothing admitted yet");
 
     let placed = bed.counter(Counter::SessionPlaced);
     let p = to_vip(CLIENT, 40000, &handshake(0));
     let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
-    check(
-        &bed,
-        "valid handshake is placed",
-        &p.frame(),
-        XDP_REDIRECT,
-        &want,
-        Counter::IngressRedirect,
-    );
+    check(&bed, "valid handshake is placed", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
     assert_eq!(bed.counter(Counter::SessionPlaced), placed + 1);
     let pending = bed.dp.tables.pending_sessions();
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].0, key(CLIENT, 40000));
     assert_eq!(pending[0].1.group, GROUP_A);
-    assert!(
-        bed.dp.tables.sessions().is_empty(),
-        "not established before the shard answers"
-    );
+    assert!(bed.dp.tables.sessions().is_empty(), "not established before the shard answers");
 
     // The handshake on the wire is padded to Ethernet's 60-byte minimum; the
     // program must go by the UDP length, not the frame length.
@@ -231,121 +140,50 @@ fn new_players_are_admitted_only_by_a_valid_handshake() {
     padded.resize(60, 0);
     let mut want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
     want.resize(60, 0);
-    check(
-        &bed,
-        "padded handshake is placed",
-        &padded,
-        XDP_REDIRECT,
-        &want,
-        Counter::IngressRedirect,
-    );
+    check(&bed, "padded handshake is placed", &padded, XDP_REDIRECT, &want, Counter::IngressRedirect);
 
     bed.place_all_on(0);
     let p = to_vip(CLIENT, 40002, &handshake(0));
-    check(
-        &bed,
-        "no shard to place on",
-        &p.frame(),
-        XDP_DROP,
-        &p.frame(),
-        Counter::DropNoShard,
-    );
+    check(&bed, "no shard to place on", &p.frame(), XDP_DROP, &p.frame(), Counter::DropNoShard);
 }
 
 #[test]
 fn moving_sessions_wait_for_a_fresh_handshake() {
     let mut bed = bed();
-    bed.session(CLIENT, 50010, GROUP_A, SESSION_MOVING);
+    bed.session(CLIENT, 50010, GROUP_A, 7); // group A is at epoch 0: moving
     let p = to_vip(CLIENT, 50010, &game_packet());
-    check(
-        &bed,
-        "game packet while moving",
-        &p.frame(),
-        XDP_DROP,
-        &p.frame(),
-        Counter::DropMoving,
-    );
+    check(&bed, "game packet while moving", &p.frame(), XDP_DROP, &p.frame(), Counter::DropMoving);
     let p = to_vip(CLIENT, 50010, &handshake(7));
     let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
-    check(
-        &bed,
-        "fresh handshake goes to the new shard",
-        &p.frame(),
-        XDP_REDIRECT,
-        &want,
-        Counter::IngressRedirect,
-    );
+    check(&bed, "fresh handshake goes to the new shard", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
     let s = bed.dp.tables.sessions.get(&key(CLIENT, 50010), 0).unwrap();
-    assert_eq!(
-        s.flags & SESSION_MOVING,
-        0,
-        "moving flag cleared by the handshake"
-    );
+    assert_eq!(s.epoch, 0, "the handshake re-syncs the session with its group's epoch");
     let p = to_vip(CLIENT, 50010, &game_packet());
     let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
-    check(
-        &bed,
-        "then game packets flow",
-        &p.frame(),
-        XDP_REDIRECT,
-        &want,
-        Counter::IngressRedirect,
-    );
+    check(&bed, "then game packets flow", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
 }
 
 #[test]
 fn return_paths() {
     let mut bed = bed();
-    let reply = |dst: Ipv4Addr, dport: u16, sport: u16| {
-        Udp::new(SHARD_A, sport, dst, dport, &[26, 0x34, 0x12])
-    };
+    let reply = |dst: Ipv4Addr, dport: u16, sport: u16| Udp::new(SHARD_A, sport, dst, dport, &[26, 0x34, 0x12]);
 
     // A pending player is promoted by the shard's first answer.
-    let pending = Session {
-        group: GROUP_A,
-        flags: 0,
-        last_seen_ns: 0,
-    };
-    bed.dp
-        .tables
-        .pending
-        .insert(key(CLIENT, 40000), pending, 0)
-        .unwrap();
+    let pending = Session { group: GROUP_A, epoch: 0, last_seen_ns: 0 };
+    bed.dp.tables.pending.insert(key(CLIENT, 40000), pending, 0).unwrap();
     let p = reply(CLIENT, 40000, PORT);
     let want = forwarded(p.clone(), VIP, CLIENT, CLI0_MAC, CLIENT_MAC);
     let promoted = bed.counter(Counter::SessionPromoted);
-    check(
-        &bed,
-        "reply rewritten to come from the VIP",
-        &p.frame(),
-        XDP_REDIRECT,
-        &want,
-        Counter::ReturnRedirect,
-    );
+    check(&bed, "reply rewritten to come from the VIP", &p.frame(), XDP_REDIRECT, &want, Counter::ReturnRedirect);
     assert!(ipv4_checksum_ok(&want) && udp_checksum_ok(&want));
     assert_eq!(bed.counter(Counter::SessionPromoted), promoted + 1);
-    assert_eq!(
-        bed.dp
-            .tables
-            .sessions
-            .get(&key(CLIENT, 40000), 0)
-            .unwrap()
-            .group,
-        GROUP_A
-    );
+    assert_eq!(bed.dp.tables.sessions.get(&key(CLIENT, 40000), 0).unwrap().group, GROUP_A);
     assert!(bed.dp.tables.pending_sessions().is_empty());
 
     let mut p = reply(CLIENT, 40000, PORT);
     p.zero_udp_checksum = true;
     let want = forwarded(p.clone(), VIP, CLIENT, CLI0_MAC, CLIENT_MAC);
-    check(
-        &bed,
-        "reply with zero UDP checksum",
-        &p.frame(),
-        XDP_REDIRECT,
-        &want,
-        Counter::ReturnRedirect,
-    );
+    check(&bed, "reply with zero UDP checksum", &p.frame(), XDP_REDIRECT, &want, Counter::ReturnRedirect);
 
     let p = reply(CLIENT_NO_NEIGH, 40000, PORT);
     check(
@@ -358,50 +196,16 @@ fn return_paths() {
     );
 
     let p = reply(LOCAL, 40000, PORT);
-    check(
-        &bed,
-        "reply to a local socket (health probe)",
-        &p.frame(),
-        XDP_PASS,
-        &p.frame(),
-        Counter::PassReplyLocal,
-    );
+    check(&bed, "reply to a local socket (health probe)", &p.frame(), XDP_PASS, &p.frame(), Counter::PassReplyLocal);
 
     let p = reply(Ipv4Addr::new(198, 18, 70, 5), 40000, PORT);
-    check(
-        &bed,
-        "reply to a blackholed client",
-        &p.frame(),
-        XDP_DROP,
-        &p.frame(),
-        Counter::DropUnroutable,
-    );
+    check(&bed, "reply to a blackholed client", &p.frame(), XDP_DROP, &p.frame(), Counter::DropUnroutable);
 
     let p = reply(CLIENT, 40000, 7778);
-    check(
-        &bed,
-        "shard traffic from another port",
-        &p.frame(),
-        XDP_PASS,
-        &p.frame(),
-        Counter::PassNotOurs,
-    );
+    check(&bed, "shard traffic from another port", &p.frame(), XDP_PASS, &p.frame(), Counter::PassNotOurs);
 
-    let p = Udp::new(
-        Ipv4Addr::new(198, 18, 60, 7),
-        7777,
-        CLIENT,
-        40000,
-        &[1, 2, 3],
-    );
-    check(
-        &bed,
-        "UDP from a stranger",
-        &p.frame(),
-        XDP_PASS,
-        &p.frame(),
-        Counter::PassNotOurs,
-    );
+    let p = Udp::new(Ipv4Addr::new(198, 18, 60, 7), 7777, CLIENT, 40000, &[1, 2, 3]);
+    check(&bed, "UDP from a stranger", &p.frame(), XDP_PASS, &p.frame(), Counter::PassNotOurs);
     let _ = &mut bed;
 }
 
@@ -423,35 +227,14 @@ fn everything_else_is_untouched() {
     opts[ETH_LEN] = 0x46;
     opts.extend_from_slice(&[1, 1, 1, 0]);
     opts.extend_from_slice(&base[ETH_LEN + IP_LEN..]);
-    check(
-        &bed,
-        "IPv4 options",
-        &opts,
-        XDP_PASS,
-        &opts,
-        Counter::PassIpOptions,
-    );
+    check(&bed, "IPv4 options", &opts, XDP_PASS, &opts, Counter::PassIpOptions);
 
     let mut mf = base.clone();
     mf[ETH_LEN + 6] = 0x20; // more fragments
-    check(
-        &bed,
-        "first fragment",
-        &mf,
-        XDP_PASS,
-        &mf,
-        Counter::PassFragment,
-    );
+    check(&bed, "first fragment", &mf, XDP_PASS, &mf, Counter::PassFragment);
     let mut later = base.clone();
     later[ETH_LEN + 6..ETH_LEN + 8].copy_from_slice(&[0x00, 0x10]); // offset 128
-    check(
-        &bed,
-        "later fragment",
-        &later,
-        XDP_PASS,
-        &later,
-        Counter::PassFragment,
-    );
+    check(&bed, "later fragment", &later, XDP_PASS, &later, Counter::PassFragment);
 
     for (proto, name) in [(6u8, "TCP"), (1, "ICMP")] {
         let mut f = base.clone();
@@ -460,30 +243,9 @@ fn everything_else_is_untouched() {
     }
 
     let other_port = Udp::new(CLIENT, 50000, VIP, 7778, &game_packet()).frame();
-    check(
-        &bed,
-        "other port on the VIP",
-        &other_port,
-        XDP_PASS,
-        &other_port,
-        Counter::PassNotOurs,
-    );
-    let elsewhere = Udp::new(
-        CLIENT,
-        50000,
-        Ipv4Addr::new(198, 18, 100, 2),
-        PORT,
-        &game_packet(),
-    )
-    .frame();
-    check(
-        &bed,
-        "same port, other address",
-        &elsewhere,
-        XDP_PASS,
-        &elsewhere,
-        Counter::PassNotOurs,
-    );
+    check(&bed, "other port on the VIP", &other_port, XDP_PASS, &other_port, Counter::PassNotOurs);
+    let elsewhere = Udp::new(CLIENT, 50000, Ipv4Addr::new(198, 18, 100, 2), PORT, &game_packet()).frame();
+    check(&bed, "same port, other address", &elsewhere, XDP_PASS, &elsewhere, Counter::PassNotOurs);
     let _ = &mut bed;
 }
 
@@ -496,93 +258,36 @@ fn malformed_frames_are_dropped() {
     // Every truncation inside the headers. The kernel itself refuses test
     // frames shorter than an Ethernet header (no NIC delivers them either).
     for len in ETH_LEN..HEADERS {
-        check(
-            &bed,
-            &format!("truncated at {len} bytes"),
-            &base[..len],
-            XDP_DROP,
-            &base[..len],
-            Counter::DropMalformed,
-        );
+        check(&bed, &format!("truncated at {len} bytes"), &base[..len], XDP_DROP, &base[..len], Counter::DropMalformed);
     }
     assert!(
         bed.ns
             .run(|| {
-                let opts = TestRunOptions {
-                    data_in: Some(&base[..ETH_LEN - 1]),
-                    ..Default::default()
-                };
+                let opts = TestRunOptions { data_in: Some(&base[..ETH_LEN - 1]), ..Default::default() };
                 bed.dp.program().test_run(opts).is_err()
             })
             .unwrap(),
         "the kernel refuses frames shorter than 14 bytes"
     );
 
-    let set16 =
-        |f: &mut Vec<u8>, at: usize, v: u16| f[at..at + 2].copy_from_slice(&v.to_be_bytes());
+    let set16 = |f: &mut Vec<u8>, at: usize, v: u16| f[at..at + 2].copy_from_slice(&v.to_be_bytes());
     let mut long_ip = base.clone();
     set16(&mut long_ip, ETH_LEN + 2, (base.len() - ETH_LEN + 1) as u16);
-    check(
-        &bed,
-        "IPv4 length past the frame",
-        &long_ip,
-        XDP_DROP,
-        &long_ip,
-        Counter::DropMalformed,
-    );
+    check(&bed, "IPv4 length past the frame", &long_ip, XDP_DROP, &long_ip, Counter::DropMalformed);
     let mut short_ip = base.clone();
     set16(&mut short_ip, ETH_LEN + 2, 20);
-    check(
-        &bed,
-        "IPv4 length shorter than the UDP header",
-        &short_ip,
-        XDP_DROP,
-        &short_ip,
-        Counter::DropMalformed,
-    );
+    check(&bed, "IPv4 length shorter than the UDP header", &short_ip, XDP_DROP, &short_ip, Counter::DropMalformed);
     let mut long_udp = base.clone();
-    set16(
-        &mut long_udp,
-        ETH_LEN + IP_LEN + 4,
-        (base.len() - ETH_LEN - IP_LEN + 1) as u16,
-    );
-    check(
-        &bed,
-        "UDP length past the IPv4 packet",
-        &long_udp,
-        XDP_DROP,
-        &long_udp,
-        Counter::DropMalformed,
-    );
+    set16(&mut long_udp, ETH_LEN + IP_LEN + 4, (base.len() - ETH_LEN - IP_LEN + 1) as u16);
+    check(&bed, "UDP length past the IPv4 packet", &long_udp, XDP_DROP, &long_udp, Counter::DropMalformed);
     let mut tiny_udp = base.clone();
     set16(&mut tiny_udp, ETH_LEN + IP_LEN + 4, 7);
-    check(
-        &bed,
-        "UDP length below its header",
-        &tiny_udp,
-        XDP_DROP,
-        &tiny_udp,
-        Counter::DropMalformed,
-    );
+    check(&bed, "UDP length below its header", &tiny_udp, XDP_DROP, &tiny_udp, Counter::DropMalformed);
     let mut ihl4 = base.clone();
     ihl4[ETH_LEN] = 0x44;
-    check(
-        &bed,
-        "IHL below 5",
-        &ihl4,
-        XDP_DROP,
-        &ihl4,
-        Counter::DropMalformed,
-    );
+    check(&bed, "IHL below 5", &ihl4, XDP_DROP, &ihl4, Counter::DropMalformed);
     let mut v6_in_v4 = base.clone();
     v6_in_v4[ETH_LEN] = 0x65;
-    check(
-        &bed,
-        "IP version 6 in an IPv4 frame",
-        &v6_in_v4,
-        XDP_DROP,
-        &v6_in_v4,
-        Counter::DropMalformed,
-    );
+    check(&bed, "IP version 6 in an IPv4 frame", &v6_in_v4, XDP_DROP, &v6_in_v4, Counter::DropMalformed);
     let _ = &mut bed;
 }

@@ -12,10 +12,7 @@ use std::{
 };
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
@@ -26,9 +23,7 @@ fn fail(msg: impl std::fmt::Display) -> ExitCode {
 /// Runs a command, returning an error message naming it when it fails.
 fn run(cmd: &mut Command) -> Result<(), String> {
     let shown = format!("{cmd:?}");
-    let status = cmd
-        .status()
-        .map_err(|e| format!("cannot start {shown}: {e}"))?;
+    let status = cmd.status().map_err(|e| format!("cannot start {shown}: {e}"))?;
     if status.success() {
         Ok(())
     } else {
@@ -50,10 +45,7 @@ fn ebpf_toolchain() -> Result<EbpfToolchain, String> {
         .output()
         .map_err(|e| format!("running scripts/setup.sh: {e}"))?;
     if !out.status.success() {
-        return Err(format!(
-            "scripts/setup.sh --print-env failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        return Err(format!("scripts/setup.sh --print-env failed: {}", String::from_utf8_lossy(&out.stderr)));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let get = |key: &str| {
@@ -73,16 +65,9 @@ fn build_ebpf() -> Result<(), String> {
     let tc = ebpf_toolchain()?;
     let linker = Path::new(&tc.linker_dir).join("bpf-linker");
     if !linker.exists() {
-        return Err(format!(
-            "{} is missing: run `bash scripts/setup.sh` first",
-            linker.display()
-        ));
+        return Err(format!("{} is missing: run `bash scripts/setup.sh` first", linker.display()));
     }
-    let path = format!(
-        "{}:{}",
-        tc.linker_dir,
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = format!("{}:{}", tc.linker_dir, std::env::var("PATH").unwrap_or_default());
     let mut cmd = Command::new("rustup");
     cmd.args(["run", &tc.toolchain, "cargo", "build", "--release"])
         .current_dir(root().join("proxy-ebpf"))
@@ -97,10 +82,7 @@ fn build_ebpf() -> Result<(), String> {
     if tc.bootstrap {
         cmd.env("RUSTC_BOOTSTRAP", "1");
     }
-    eprintln!(
-        "xtask: building the XDP object with {} (RUSTC_BOOTSTRAP={})",
-        tc.toolchain, tc.bootstrap as u8
-    );
+    eprintln!("xtask: building the XDP object with {} (RUSTC_BOOTSTRAP={})", tc.toolchain, tc.bootstrap as u8);
     run(&mut cmd)
 }
 
@@ -111,15 +93,7 @@ fn cargo() -> Command {
 }
 
 fn build_user() -> Result<(), String> {
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "proxy-agent",
-        "-p",
-        "tests",
-        "--bins",
-    ]))
+    run(cargo().args(["build", "--release", "-p", "proxy-agent", "-p", "tests", "--bins"]))
 }
 
 /// Runs the test command, echoing its output, and closes with one plain
@@ -127,15 +101,10 @@ fn build_user() -> Result<(), String> {
 fn run_tests(cmd: &mut Command) -> Result<(), String> {
     use std::io::{BufRead, BufReader};
     let shown = format!("{cmd:?}");
-    let mut child = cmd
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot start {shown}: {e}"))?;
+    let mut child =
+        cmd.stdout(std::process::Stdio::piped()).spawn().map_err(|e| format!("cannot start {shown}: {e}"))?;
     let (mut passed, mut failed) = (0u64, 0u64);
-    for line in BufReader::new(child.stdout.take().unwrap())
-        .lines()
-        .map_while(Result::ok)
-    {
+    for line in BufReader::new(child.stdout.take().unwrap()).lines().map_while(Result::ok) {
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test result: ") {
             for part in rest.split(';') {
@@ -143,11 +112,7 @@ fn run_tests(cmd: &mut Command) -> Result<(), String> {
                 let (Some(kind), Some(n)) = (words.next(), words.next()) else {
                     continue;
                 };
-                let n: u64 = n
-                    .trim_start_matches("ok. ")
-                    .trim_start_matches("FAILED. ")
-                    .parse()
-                    .unwrap_or(0);
+                let n: u64 = n.trim_start_matches("ok. ").trim_start_matches("FAILED. ").parse().unwrap_or(0);
                 match kind {
                     "passed" => passed += n,
                     "failed" => failed += n,
@@ -156,9 +121,7 @@ fn run_tests(cmd: &mut Command) -> Result<(), String> {
             }
         }
     }
-    let status = child
-        .wait()
-        .map_err(|e| format!("waiting for {shown}: {e}"))?;
+    let status = child.wait().map_err(|e| format!("waiting for {shown}: {e}"))?;
     println!("tests: {passed} passed, {failed} failed");
     if status.success() {
         Ok(())
@@ -170,15 +133,7 @@ fn run_tests(cmd: &mut Command) -> Result<(), String> {
 /// House rules: formatted, and clippy-clean with warnings as errors.
 fn lint() -> Result<(), String> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args([
-        "clippy",
-        "--release",
-        "--workspace",
-        "--all-targets",
-        "--",
-        "-D",
-        "warnings",
-    ]))
+    run(cargo().args(["clippy", "--release", "--workspace", "--all-targets", "--", "-D", "warnings"]))
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -194,30 +149,21 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "build-ebpf" => build_ebpf(),
         "build" => build_ebpf().and_then(|_| build_user()),
-        "test" => build_ebpf()
+        "test" => build_ebpf().and_then(|_| build_user()).and_then(|_| lint()).and_then(|_| {
+            run_tests(
+                cargo()
+                    .args(["test", "--release", "--workspace", "--all-targets"])
+                    .args(rest)
+                    .env("PROXY_AGENT_BIN", bin("proxy-agent")),
+            )
+        }),
+        "demo" => build_ebpf()
             .and_then(|_| build_user())
-            .and_then(|_| lint())
-            .and_then(|_| {
-                run_tests(
-                    cargo()
-                        .args(["test", "--release", "--workspace", "--all-targets"])
-                        .args(rest)
-                        .env("PROXY_AGENT_BIN", bin("proxy-agent")),
-                )
-            }),
-        "demo" => build_ebpf().and_then(|_| build_user()).and_then(|_| {
-            run(Command::new(bin("demo"))
-                .args(rest)
-                .env("PROXY_AGENT_BIN", bin("proxy-agent")))
-        }),
-        "bench" => build_ebpf().and_then(|_| build_user()).and_then(|_| {
-            run(Command::new(bin("bench"))
-                .args(rest)
-                .env("PROXY_AGENT_BIN", bin("proxy-agent")))
-        }),
-        other => Err(format!(
-            "unknown task `{other}`; tasks: build-ebpf, build, test, demo, bench"
-        )),
+            .and_then(|_| run(Command::new(bin("demo")).args(rest).env("PROXY_AGENT_BIN", bin("proxy-agent")))),
+        "bench" => build_ebpf()
+            .and_then(|_| build_user())
+            .and_then(|_| run(Command::new(bin("bench")).args(rest).env("PROXY_AGENT_BIN", bin("proxy-agent")))),
+        other => Err(format!("unknown task `{other}`; tasks: build-ebpf, build, test, demo, bench")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -76,12 +76,7 @@ fn measure(
         base.push(ns);
     }
     let method = if repeat == 1 { "cold" } else { "warm" };
-    Ok(Row {
-        name,
-        method,
-        ns: median(&mut ours),
-        baseline: median(&mut base),
-    })
+    Ok(Row { name, method, ns: median(&mut ours), baseline: median(&mut base) })
 }
 
 fn fastpath(calls: u32) -> Result<()> {
@@ -89,84 +84,37 @@ fn fastpath(calls: u32) -> Result<()> {
     let vip = addr_to_map(VIP.octets());
     // Routes for the fixed-point packets: the VIP is reachable via fwd0 and
     // the client via cli0, both with known neighbours.
-    bed.ns
-        .ip(&["route", "add", "198.18.100.1/32", "dev", "fwd0"])?;
-    bed.ns.ip(&[
-        "neigh",
-        "add",
-        "198.18.100.1",
-        "lladdr",
-        "02:00:00:00:50:02",
-        "dev",
-        "fwd0",
-        "nud",
-        "permanent",
-    ])?;
+    bed.ns.ip(&["route", "add", "198.18.100.1/32", "dev", "fwd0"])?;
+    bed.ns.ip(&["neigh", "add", "198.18.100.1", "lladdr", "02:00:00:00:50:02", "dev", "fwd0", "nud", "permanent"])?;
 
     // Established hit: a known player whose shard (bent: at the VIP) is resolved.
     bed.session(CLIENT, 50000, GROUP_C, 0);
-    bed.dp
-        .tables
-        .backends
-        .set(GROUP_C, Backend { addr: vip, _pad: 0 }, 0)?;
+    bed.dp.tables.backends.set(GROUP_C, Backend { addr: vip, _pad: 0 }, 0)?;
     let mut hit = Udp::new(CLIENT, 50000, VIP, PORT, &game_packet());
     hit.ttl = 255;
     let hit = hit.frame();
-    let hit_warm = measure(
-        &bed,
-        "established hit",
-        calls,
-        WARM_REPEAT,
-        XDP_REDIRECT,
-        |_| hit.clone(),
-    )?;
-    let hit_cold = measure(&bed, "established hit", calls, 1, XDP_REDIRECT, |_| {
-        hit.clone()
-    })?;
+    let hit_warm = measure(&bed, "established hit", calls, WARM_REPEAT, XDP_REDIRECT, |_| hit.clone())?;
+    let hit_cold = measure(&bed, "established hit", calls, 1, XDP_REDIRECT, |_| hit.clone())?;
 
     // Return: a reply from a "shard" at the VIP, rewritten to come from the VIP.
-    let rev = Reverse {
-        vip,
-        port: proxy_common::net::port_to_map(PORT),
-        frontend: 0,
-        backend: GROUP_C,
-    };
+    let rev = Reverse { vip, port: proxy_common::net::port_to_map(PORT), frontend: 0, backend: GROUP_C };
     bed.dp.tables.reverse.insert(vip, rev, 0)?;
     let mut reply = Udp::new(VIP, PORT, CLIENT, 50000, &[0xE3; 40]);
     reply.ttl = 255;
     let reply = reply.frame();
-    let ret_warm = measure(
-        &bed,
-        "return path",
-        calls,
-        WARM_REPEAT,
-        XDP_REDIRECT,
-        |_| reply.clone(),
-    )?;
-    let ret_cold = measure(&bed, "return path", calls, 1, XDP_REDIRECT, |_| {
-        reply.clone()
-    })?;
+    let ret_warm = measure(&bed, "return path", calls, WARM_REPEAT, XDP_REDIRECT, |_| reply.clone())?;
+    let ret_cold = measure(&bed, "return path", calls, 1, XDP_REDIRECT, |_| reply.clone())?;
 
     // Placement: a new source every call, a handshake, hashed into the table.
     bed.place_all_on(GROUP_A);
-    let place_cold = measure(
-        &bed,
-        "placement (new player)",
-        calls,
-        1,
-        XDP_REDIRECT,
-        |i| {
-            let client = Ipv4Addr::new(198, 18, 60, 2 + (i / 60000) as u8);
-            Udp::new(client, 1024 + (i % 60000) as u16, VIP, PORT, &handshake(0)).frame()
-        },
-    )?;
+    let place_cold = measure(&bed, "placement (new player)", calls, 1, XDP_REDIRECT, |i| {
+        let client = Ipv4Addr::new(198, 18, 60, 2 + (i / 60000) as u8);
+        Udp::new(client, 1024 + (i % 60000) as u16, VIP, PORT, &handshake(0)).frame()
+    })?;
 
     println!("fastpath: {calls} BPF_PROG_TEST_RUN calls per row, median ns per packet");
     println!("  warm = repeat {WARM_REPEAT} per call, caches warm; cold = one packet per call");
-    println!(
-        "{:<26} {:<6} {:>7} {:>9} {:>7} {:>9}",
-        "path", "method", "ns", "XDP_PASS", "ratio", "added ns"
-    );
+    println!("{:<26} {:<6} {:>7} {:>9} {:>7} {:>9}", "path", "method", "ns", "XDP_PASS", "ratio", "added ns");
     for r in [hit_warm, ret_warm, hit_cold, ret_cold, place_cold] {
         println!(
             "{:<26} {:<6} {:>7} {:>9} {:>6.2}x {:>9}",

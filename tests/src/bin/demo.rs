@@ -64,16 +64,11 @@ impl Drop for Shards {
 }
 
 fn sibling(name: &str) -> PathBuf {
-    std::env::current_exe()
-        .expect("current exe")
-        .with_file_name(name)
+    std::env::current_exe().expect("current exe").with_file_name(name)
 }
 
 fn read_stats(path: &PathBuf) -> ShardStats {
-    std::fs::read(path)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+    std::fs::read(path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
 }
 
 fn main() {
@@ -102,20 +97,12 @@ fn demo(args: &Args) -> Result<()> {
     let topo = Topology::build(3, 4)?;
     let dir = std::env::temp_dir().join(format!("samp-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let stats_files: Vec<PathBuf> = (0..3)
-        .map(|i| dir.join(format!("s{}.json", i + 1)))
-        .collect();
+    let stats_files: Vec<PathBuf> = (0..3).map(|i| dir.join(format!("s{}.json", i + 1))).collect();
     let mut children = Vec::new();
     for (i, ns) in topo.shards.iter().enumerate() {
         let child = ns
             .spawn_command(&sibling("samp-shard"))?
-            .args([
-                "--name",
-                &format!("s{}", i + 1),
-                "--max-players",
-                &CAPACITIES[i].to_string(),
-                "--stats-file",
-            ])
+            .args(["--name", &format!("s{}", i + 1), "--max-players", &CAPACITIES[i].to_string(), "--stats-file"])
             .arg(&stats_files[i])
             .stdout(Stdio::null())
             .spawn()
@@ -124,16 +111,9 @@ fn demo(args: &Args) -> Result<()> {
     }
     let shards = Shards(children);
     let agent = Agent::start(&topo.proxy, &topo.config(&CAPACITIES, ""))?;
-    println!(
-        "demo: agent up, XDP attached to {} in the proxy namespace",
-        topo.proxy_ifs.join(", ")
-    );
+    println!("demo: agent up, XDP attached to {} in the proxy namespace", topo.proxy_ifs.join(", "));
     for (i, ip) in topo.shard_ips.iter().enumerate() {
-        println!(
-            "      shard s{} at {ip}:7777, capacity {}",
-            i + 1,
-            CAPACITIES[i]
-        );
+        println!("      shard s{} at {ip}:7777, capacity {}", i + 1, CAPACITIES[i]);
     }
     println!(
         "demo: {} players connect to {} for {} s at {} packets/s each\n",
@@ -143,10 +123,7 @@ fn demo(args: &Args) -> Result<()> {
         args.rate
     );
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let mut cfg = PlayerConfig::new(topo.vip(), Duration::from_secs(args.seconds));
     cfg.rate_hz = args.rate;
     cfg.reconnect_after = Duration::from_secs(10);
@@ -174,8 +151,7 @@ fn demo(args: &Args) -> Result<()> {
         next += Duration::from_secs(1);
         let t = started.elapsed().as_secs();
         let placed = tables.counter(Counter::SessionPlaced)?;
-        let fwd = tables.counter(Counter::IngressRedirect)?
-            + tables.counter(Counter::IngressPassNeigh)?;
+        let fwd = tables.counter(Counter::IngressRedirect)? + tables.counter(Counter::IngressPassNeigh)?;
         let drops: u64 = Counter::ALL
             .iter()
             .filter(|c| c.name().starts_with("drop_"))
@@ -223,23 +199,10 @@ fn demo(args: &Args) -> Result<()> {
         }
     }
     let total_cap: u32 = CAPACITIES.iter().sum();
-    println!(
-        "  players connected:            {connected} / {}",
-        stats.len()
-    );
-    println!(
-        "  stayed on one shard:          {one_shard} / {}",
-        stats.len()
-    );
-    println!(
-        "  every reply from {}:  {}",
-        topo.vip(),
-        if from_vip { "yes" } else { "NO" }
-    );
-    println!(
-        "  shards saw real client addr:  {}",
-        if real_addr { "yes" } else { "NO" }
-    );
+    println!("  players connected:            {connected} / {}", stats.len());
+    println!("  stayed on one shard:          {one_shard} / {}", stats.len());
+    println!("  every reply from {}:  {}", topo.vip(), if from_vip { "yes" } else { "NO" });
+    println!("  shards saw real client addr:  {}", if real_addr { "yes" } else { "NO" });
     for (i, s) in shard_stats.iter().enumerate() {
         let name = format!("s{}", i + 1);
         let n = split.get(&name).copied().unwrap_or(0);

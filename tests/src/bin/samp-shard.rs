@@ -44,19 +44,8 @@ fn main() -> Result<()> {
     }
     let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, args.port))
         .with_context(|| format!("binding UDP port {}", args.port))?;
-    let seed = if args.seed == 0 {
-        std::process::id()
-    } else {
-        args.seed
-    };
-    let mut handle = shard::spawn(
-        socket,
-        ShardConfig {
-            name: args.name.clone(),
-            max_players: args.max_players,
-            seed,
-        },
-    );
+    let seed = if args.seed == 0 { std::process::id() } else { args.seed };
+    let mut handle = shard::spawn(socket, ShardConfig { name: args.name.clone(), max_players: args.max_players, seed });
     while !STOP.load(Ordering::Relaxed) {
         if let Some(path) = &args.stats_file {
             let tmp = path.with_extension("tmp");

@@ -91,10 +91,7 @@ pub struct Players {
 
 impl Players {
     pub fn snapshot(&self) -> Vec<PlayerStats> {
-        self.stats
-            .iter()
-            .map(|s| s.lock().unwrap().clone())
-            .collect()
+        self.stats.iter().map(|s| s.lock().unwrap().clone()).collect()
     }
 
     pub fn stop(&self) {
@@ -106,10 +103,7 @@ impl Players {
         for t in self.tasks {
             let _ = t.await;
         }
-        self.stats
-            .iter()
-            .map(|s| s.lock().unwrap().clone())
-            .collect()
+        self.stats.iter().map(|s| s.lock().unwrap().clone()).collect()
     }
 }
 
@@ -124,20 +118,11 @@ pub fn start(sockets: Vec<std::net::UdpSocket>, cfg: &PlayerConfig) -> anyhow::R
         s.set_nonblocking(true)?;
         let local = s.local_addr()?.to_string();
         let socket = UdpSocket::from_std(s)?;
-        let st = Arc::new(Mutex::new(PlayerStats {
-            local,
-            ..Default::default()
-        }));
+        let st = Arc::new(Mutex::new(PlayerStats { local, ..Default::default() }));
         stats.push(st.clone());
         // Spread the players' send phases over one packet interval.
         let phase = Duration::from_secs_f64(i as f64 / count as f64 / cfg.rate_hz);
-        tasks.push(tokio::spawn(play(
-            socket,
-            cfg.clone(),
-            st,
-            stop.clone(),
-            phase,
-        )));
+        tasks.push(tokio::spawn(play(socket, cfg.clone(), st, stop.clone(), phase)));
     }
     Ok(Players { stats, stop, tasks })
 }

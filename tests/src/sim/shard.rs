@@ -91,10 +91,7 @@ pub struct ShardConfig {
 /// Serves on `socket` (bound to the shard's port) until stopped.
 pub fn spawn(socket: UdpSocket, cfg: ShardConfig) -> ShardHandle {
     let stop = Arc::new(AtomicBool::new(false));
-    let stats = Arc::new(Mutex::new(ShardStats {
-        name: cfg.name.clone(),
-        ..Default::default()
-    }));
+    let stats = Arc::new(Mutex::new(ShardStats { name: cfg.name.clone(), ..Default::default() }));
     let name = cfg.name.clone();
     let thread = {
         let (stop, stats) = (stop.clone(), stats.clone());
@@ -103,12 +100,7 @@ pub fn spawn(socket: UdpSocket, cfg: ShardConfig) -> ShardHandle {
             .spawn(move || serve(socket, cfg, &stop, &stats))
             .expect("spawning a shard thread")
     };
-    ShardHandle {
-        name,
-        stop,
-        stats,
-        thread: Some(thread),
-    }
+    ShardHandle { name, stop, stats, thread: Some(thread) }
 }
 
 fn cookie_for(seed: u32, client: &SocketAddrV4) -> u16 {
@@ -119,9 +111,7 @@ fn cookie_for(seed: u32, client: &SocketAddrV4) -> u16 {
 
 fn serve(socket: UdpSocket, cfg: ShardConfig, stop: &AtomicBool, stats: &Mutex<ShardStats>) {
     let port = socket.local_addr().map(|a| a.port()).unwrap_or(7777);
-    socket
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .expect("read timeout");
+    socket.set_read_timeout(Some(Duration::from_millis(50))).expect("read timeout");
     let started = Instant::now();
     let mut buf = [0u8; 2048];
     let mut plain = [0u8; 2048];
@@ -205,14 +195,7 @@ fn handle(
                 Some(client) if client.connected => {
                     client.packets += 1;
                     client.last_ms = now_ms;
-                    Some(
-                        Echo {
-                            shard: cfg.name.clone(),
-                            seen: from,
-                            seq,
-                        }
-                        .encode(),
-                    )
+                    Some(Echo { shard: cfg.name.clone(), seen: from, seq }.encode())
                 }
                 _ => {
                     st.unconnected += 1;

@@ -14,11 +14,7 @@ pub const ECHO_TAG: u8 = 0xE3;
 pub fn handshake_request(cookie: u16, server_port: u16) -> [u8; 4] {
     let mut wire = [0u8; 4];
     let [lo, hi] = cookie.to_le_bytes();
-    samp::scramble(
-        &[samp::ID_OPEN_CONNECTION_REQUEST, lo, hi],
-        server_port,
-        &mut wire,
-    );
+    samp::scramble(&[samp::ID_OPEN_CONNECTION_REQUEST, lo, hi], server_port, &mut wire);
     wire
 }
 
@@ -63,11 +59,7 @@ impl Echo {
         let ip = Ipv4Addr::new(rest[0], rest[1], rest[2], rest[3]);
         let port = u16::from_le_bytes([rest[4], rest[5]]);
         let seq = u32::from_le_bytes([rest[6], rest[7], rest[8], rest[9]]);
-        Some(Echo {
-            shard,
-            seen: SocketAddrV4::new(ip, port),
-            seq,
-        })
+        Some(Echo { shard, seen: SocketAddrV4::new(ip, port), seq })
     }
 }
 

@@ -1,0 +1,543 @@
+//! The running cluster: which ids each shard holds in the maps, and every
+//! change an operator (or the failover logic) makes to routing: placement,
+//! migrations, draining, reload, expiry.
+//!
+//! Rules kept here:
+//! - ids are stable: a shard keeps its backend id (found by address in the
+//!   pinned BACKENDS) and home group (in the pinned SHARD_STATE) across
+//!   reloads and agent restarts, so no session ever points at the wrong place;
+//! - a move is silent re-routing: moved sessions get an epoch that differs
+//!   from their group's, so the data plane drops their game packets until the
+//!   client handshakes again; a whole group moves with one GROUPS write;
+//! - nothing is half-done: every request is checked in full before the first
+//!   map write, and a refused request changes no map.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use anyhow::{Context, Result};
+use proxy_common::{
+    net::{addr_from_map, addr_to_map, port_from_map, port_to_map},
+    FrontendKey, Session, SessionKey, ShardState, MAX_BACKENDS, MAX_FRONTENDS, MAX_GROUPS, SHARD_DRAINED,
+};
+use serde::Serialize;
+
+use crate::{
+    config::{Role, Validated},
+    plan::{self, ShardIds},
+    tables::Tables,
+};
+
+/// Players on one shard, as the session tables say.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct Load {
+    pub established: usize,
+    pub pending: usize,
+    /// Sessions routed to this shard that have not handshaken since their move.
+    pub moving: usize,
+}
+
+impl Load {
+    pub fn players(&self) -> usize {
+        self.established + self.pending
+    }
+}
+
+/// One session as the CLI shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct SessionView {
+    pub client: String,
+    pub frontend: String,
+    pub shard: String,
+    pub group: u32,
+    /// established | pending | moving
+    pub state: &'static str,
+    pub idle_ms: u64,
+}
+
+/// Which players a `migrate --client` names: an IP (every port) or IP:port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientSelector {
+    pub ip: Ipv4Addr,
+    pub port: Option<u16>,
+}
+
+impl std::str::FromStr for ClientSelector {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(a) = s.parse::<SocketAddrV4>() {
+            return Ok(Self { ip: *a.ip(), port: Some(a.port()) });
+        }
+        s.parse::<Ipv4Addr>()
+            .map(|ip| Self { ip, port: None })
+            .map_err(|_| format!("`{s}` is not a client IPv4 or IPv4:port"))
+    }
+}
+
+impl ClientSelector {
+    fn matches(&self, key: &SessionKey) -> bool {
+        key.client_addr == addr_to_map(self.ip.octets()) && self.port.is_none_or(|p| key.client_port == port_to_map(p))
+    }
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MoveReport {
+    pub to: String,
+    /// Sessions now moving to `to`.
+    pub moved: usize,
+    /// Sessions that were already on `to`.
+    pub already_there: usize,
+    /// Groups repointed (a whole-shard move).
+    pub groups: Vec<u32>,
+}
+
+/// The monotonic coarse clock the data plane stamps sessions with.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer for clock_gettime.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub struct Cluster {
+    pub cfg: Validated,
+    /// Per config shard.
+    pub ids: Vec<ShardIds>,
+    /// Per config frontend: its id in FRONTENDS (and its PLACEMENT row).
+    pub frontend_ids: Vec<u32>,
+    last_placement: Vec<(u32, Vec<u32>)>,
+}
+
+/// Map entries that count as "in use" when allocating ids.
+struct Used {
+    groups: HashSet<u32>,
+}
+
+fn used(tables: &Tables) -> Used {
+    let mut groups: HashSet<u32> =
+        tables.sessions().iter().chain(tables.pending_sessions().iter()).map(|(_, s)| s.group).collect();
+    for (g, grp) in tables.all_groups() {
+        if grp.backend != 0 {
+            groups.insert(g);
+        }
+    }
+    for id in 1..MAX_BACKENDS {
+        if let Ok(st) = tables.shard_state.get(&id, 0) {
+            if st.home_group != 0 {
+                groups.insert(st.home_group);
+            }
+        }
+    }
+    Used { groups }
+}
+
+impl Cluster {
+    /// Takes over the maps for `cfg`: reuses the ids pinned maps already hold,
+    /// writes the plan and the placement.
+    pub fn start(cfg: Validated, tables: &mut Tables) -> Result<Cluster> {
+        let mut cluster = Cluster { cfg, ids: Vec::new(), frontend_ids: Vec::new(), last_placement: Vec::new() };
+        cluster.assign(tables)?;
+        cluster.apply(tables)?;
+        Ok(cluster)
+    }
+
+    /// Gives every frontend and shard its ids, keeping those the maps hold.
+    fn assign(&mut self, tables: &mut Tables) -> Result<()> {
+        let existing_fe: HashMap<FrontendKey, u32> =
+            tables.frontends.iter().filter_map(Result::ok).map(|(k, v)| (k, v.id)).collect();
+        let (keys, _) = plan::frontends(&self.cfg, &vec![0; self.cfg.frontends.len()]);
+        let mut taken: HashSet<u32> = keys.iter().filter_map(|(k, _)| existing_fe.get(k).copied()).collect();
+        self.frontend_ids = keys
+            .iter()
+            .map(|(k, _)| {
+                existing_fe.get(k).copied().unwrap_or_else(|| {
+                    let id = (0..MAX_FRONTENDS).find(|i| !taken.contains(i)).expect("validated: at most MAX_FRONTENDS");
+                    taken.insert(id);
+                    id
+                })
+            })
+            .collect();
+
+        let by_addr: HashMap<u32, u32> = (1..MAX_BACKENDS)
+            .filter_map(|id| tables.backends.get(&id, 0).ok().filter(|b| b.addr != 0).map(|b| (b.addr, id)))
+            .collect();
+        let mut taken_backends: HashSet<u32> = by_addr.values().copied().collect();
+        let mut used = used(tables);
+        let mut ids = Vec::with_capacity(self.cfg.shards.len());
+        for shard in &self.cfg.shards {
+            let backend = match by_addr.get(&addr_to_map(shard.address.octets())) {
+                Some(&id) => id,
+                None => {
+                    let id = (1..MAX_BACKENDS).find(|i| !taken_backends.contains(i)).context("no free backend id")?;
+                    taken_backends.insert(id);
+                    tables.shard_state.set(id, ShardState::default(), 0)?;
+                    id
+                }
+            };
+            let state = tables.shard_state.get(&backend, 0).unwrap_or_default();
+            let home_ok = state.home_group != 0
+                && tables.groups.get(&state.home_group, 0).map(|g| g.backend == backend).unwrap_or(false);
+            let home_group = if home_ok {
+                state.home_group
+            } else {
+                let g = allocate_group(&mut used, backend)?;
+                tables.shard_state.set(backend, ShardState { home_group: g, flags: state.flags }, 0)?;
+                g
+            };
+            ids.push(ShardIds { backend, home_group });
+        }
+        self.ids = ids;
+        Ok(())
+    }
+
+    fn apply(&mut self, tables: &mut Tables) -> Result<()> {
+        let loads = self.loads(tables);
+        let weights: Vec<u32> = (0..self.cfg.shards.len()).map(|i| self.weight(i, &loads, tables)).collect();
+        let plan = plan::build(&self.cfg, &self.frontend_ids, &self.ids, |i| weights[i]);
+        tables.apply(&plan)?;
+        self.last_placement = plan.placement;
+        Ok(())
+    }
+
+    /// Index of a shard by name, or an error listing the names.
+    pub fn shard(&self, name: &str) -> Result<usize, String> {
+        self.cfg.shards.iter().position(|s| s.name == name).ok_or_else(|| {
+            let names: Vec<&str> = self.cfg.shards.iter().map(|s| s.name.as_str()).collect();
+            format!("no shard named `{name}`; shards: {}", names.join(", "))
+        })
+    }
+
+    fn shard_by_backend(&self, backend: u32) -> Option<usize> {
+        self.ids.iter().position(|id| id.backend == backend)
+    }
+
+    pub fn drained(&self, i: usize, tables: &Tables) -> bool {
+        tables.shard_state.get(&self.ids[i].backend, 0).map(|s| s.flags & SHARD_DRAINED != 0).unwrap_or(false)
+    }
+
+    /// Players per backend id.
+    pub fn loads(&self, tables: &Tables) -> HashMap<u32, Load> {
+        let groups: HashMap<u32, proxy_common::Group> = tables.all_groups().into_iter().collect();
+        let mut loads: HashMap<u32, Load> = HashMap::new();
+        for (pending, list) in [(false, tables.sessions()), (true, tables.pending_sessions())] {
+            for (_, s) in list {
+                let Some(g) = groups.get(&s.group) else {
+                    continue;
+                };
+                let load = loads.entry(g.backend).or_default();
+                if pending {
+                    load.pending += 1;
+                } else {
+                    load.established += 1;
+                }
+                if s.epoch != g.epoch {
+                    load.moving += 1;
+                }
+            }
+        }
+        loads
+    }
+
+    /// A shard's share of new players: its free slots, or 0 when it must get
+    /// none (drained; standby that has not received a group; full).
+    fn weight(&self, i: usize, loads: &HashMap<u32, Load>, tables: &Tables) -> u32 {
+        let shard = &self.cfg.shards[i];
+        if self.drained(i, tables) {
+            return 0;
+        }
+        if shard.role == Role::Standby && !self.holds_foreign_group(i, tables) {
+            return 0;
+        }
+        let players = loads.get(&self.ids[i].backend).map(Load::players).unwrap_or(0) as u32;
+        shard.capacity.saturating_sub(players)
+    }
+
+    /// True when a group other than the shard's own home group points at it.
+    fn holds_foreign_group(&self, i: usize, tables: &Tables) -> bool {
+        let id = self.ids[i];
+        tables.all_groups().iter().any(|(g, grp)| grp.backend == id.backend && *g != id.home_group)
+    }
+
+    /// Rewrites placement rows whose weights changed (players came or went,
+    /// a shard was drained, capacity changed).
+    pub fn refresh_placement(&mut self, tables: &mut Tables) -> Result<()> {
+        let loads = self.loads(tables);
+        let weights: Vec<u32> = (0..self.cfg.shards.len()).map(|i| self.weight(i, &loads, tables)).collect();
+        let rows = plan::placement(&self.cfg, &self.frontend_ids, &self.ids, |i| weights[i]);
+        for (fe, row) in &rows {
+            let old = self.last_placement.iter().find(|(f, _)| f == fe).map(|(_, r)| r.as_slice());
+            tables.write_placement_diff(*fe, old, row)?;
+        }
+        self.last_placement = rows;
+        Ok(())
+    }
+
+    fn free_slots(&self, i: usize, loads: &HashMap<u32, Load>) -> usize {
+        let players = loads.get(&self.ids[i].backend).map(Load::players).unwrap_or(0);
+        (self.cfg.shards[i].capacity as usize).saturating_sub(players)
+    }
+
+    fn check_target(&self, to: usize, tables: &Tables) -> Result<(), String> {
+        if self.drained(to, tables) {
+            return Err(format!(
+                "shard `{}` is drained; `undrain {}` first or pick another target",
+                self.cfg.shards[to].name, self.cfg.shards[to].name
+            ));
+        }
+        Ok(())
+    }
+
+    /// Moves chosen players to shard `to` by silent re-routing. Checked in
+    /// full first: an unknown client or a target without room moves nobody.
+    pub fn migrate_clients(
+        &mut self,
+        tables: &mut Tables,
+        clients: &[ClientSelector],
+        to: &str,
+    ) -> Result<MoveReport, String> {
+        let to = self.shard(to)?;
+        self.check_target(to, tables)?;
+        if clients.is_empty() {
+            return Err("no client given; name players as IP or IP:PORT".into());
+        }
+        let established = tables.sessions();
+        let pending = tables.pending_sessions();
+        let mut chosen: Vec<(bool, SessionKey, Session)> = Vec::new();
+        for sel in clients {
+            let before = chosen.len();
+            for (is_pending, list) in [(false, &established), (true, &pending)] {
+                for (k, s) in list.iter().filter(|(k, _)| sel.matches(k)) {
+                    if !chosen.iter().any(|(_, c, _)| c == k) {
+                        chosen.push((is_pending, *k, *s));
+                    }
+                }
+            }
+            if chosen.len() == before {
+                let shown = match sel.port {
+                    Some(p) => format!("{}:{p}", sel.ip),
+                    None => sel.ip.to_string(),
+                };
+                return Err(format!("no session for client {shown}; `sessions` lists the players"));
+            }
+        }
+        let target = self.ids[to];
+        let groups: HashMap<u32, proxy_common::Group> = tables.all_groups().into_iter().collect();
+        let target_group = groups.get(&target.home_group).copied().unwrap_or_default();
+        let (already, to_move): (Vec<_>, Vec<_>) = chosen.into_iter().partition(|(_, _, s)| {
+            groups.get(&s.group).map(|g| g.backend == target.backend && g.epoch == s.epoch).unwrap_or(false)
+        });
+        let loads = self.loads(tables);
+        let free = self.free_slots(to, &loads);
+        if to_move.len() > free {
+            return Err(format!(
+                "shard `{}` has {free} free slots, {} players asked to move: nothing was moved",
+                self.cfg.shards[to].name,
+                to_move.len()
+            ));
+        }
+        let now = now_ns();
+        // The moved session joins the target's home group with an epoch that
+        // differs from the group's: "moving" until its next handshake.
+        for (is_pending, key, old) in &to_move {
+            let moved = Session {
+                group: target.home_group,
+                epoch: !target_group.epoch,
+                last_seen_ns: now.max(old.last_seen_ns),
+            };
+            let map = if *is_pending { &mut tables.pending } else { &mut tables.sessions };
+            map.insert(key, moved, 0).map_err(|e| format!("writing a session: {e}"))?;
+        }
+        self.refresh_placement(tables).map_err(|e| format!("{e:#}"))?;
+        Ok(MoveReport {
+            to: self.cfg.shards[to].name.clone(),
+            moved: to_move.len(),
+            already_there: already.len(),
+            groups: Vec::new(),
+        })
+    }
+
+    /// Moves every player of shard `from` to shard `to`, together: each group
+    /// on `from` is repointed with one write, or nothing moves at all.
+    pub fn migrate_shard(&mut self, tables: &mut Tables, from: &str, to: &str) -> Result<MoveReport, String> {
+        let (from, to) = (self.shard(from)?, self.shard(to)?);
+        if from == to {
+            return Err(format!("`{}` is both source and target", self.cfg.shards[from].name));
+        }
+        self.check_target(to, tables)?;
+        let loads = self.loads(tables);
+        let players = loads.get(&self.ids[from].backend).map(Load::players).unwrap_or(0);
+        let free = self.free_slots(to, &loads);
+        if players > free {
+            return Err(format!(
+                "shard `{}` has {free} free slots and `{}`'s {players} players move together: nothing was moved",
+                self.cfg.shards[to].name, self.cfg.shards[from].name
+            ));
+        }
+        self.move_groups(tables, from, to).map_err(|e| format!("{e:#}"))
+    }
+
+    /// Repoints every group on shard `from` at shard `to` (one write each),
+    /// gives `from` a fresh home group, and refreshes placement.
+    pub fn move_groups(&mut self, tables: &mut Tables, from: usize, to: usize) -> Result<MoveReport> {
+        let (src, dst) = (self.ids[from], self.ids[to]);
+        let groups: Vec<u32> =
+            tables.all_groups().into_iter().filter(|(_, g)| g.backend == src.backend).map(|(id, _)| id).collect();
+        let players = self.loads(tables).get(&src.backend).map(Load::players).unwrap_or(0);
+        for &g in &groups {
+            tables.point_group(g, dst.backend)?;
+        }
+        // `from`'s home group went with its players; new players of `from`
+        // (once it takes players again) start a group of their own.
+        let mut used = used(tables);
+        let fresh = allocate_group(&mut used, src.backend)?;
+        let state = tables.shard_state.get(&src.backend, 0).unwrap_or_default();
+        tables.point_group(fresh, src.backend)?;
+        tables.shard_state.set(src.backend, ShardState { home_group: fresh, flags: state.flags }, 0)?;
+        self.ids[from].home_group = fresh;
+        self.refresh_placement(tables)?;
+        Ok(MoveReport { to: self.cfg.shards[to].name.clone(), moved: players, already_there: 0, groups })
+    }
+
+    pub fn set_drained(&mut self, tables: &mut Tables, name: &str, drained: bool) -> Result<bool, String> {
+        let i = self.shard(name)?;
+        let id = self.ids[i].backend;
+        let mut state = tables.shard_state.get(&id, 0).unwrap_or_default();
+        let was = state.flags & SHARD_DRAINED != 0;
+        if drained {
+            state.flags |= SHARD_DRAINED;
+        } else {
+            state.flags &= !SHARD_DRAINED;
+        }
+        tables.shard_state.set(id, state, 0).map_err(|e| format!("writing SHARD_STATE: {e}"))?;
+        self.refresh_placement(tables).map_err(|e| format!("{e:#}"))?;
+        Ok(was != drained)
+    }
+
+    /// Switches to a new config. Refused, with nothing changed, when a shard
+    /// that still has players would disappear.
+    pub fn reload(&mut self, new: Validated, tables: &mut Tables) -> Result<Vec<String>, String> {
+        let loads = self.loads(tables);
+        let mut changes = Vec::new();
+        for (i, old) in self.cfg.shards.iter().enumerate() {
+            let kept = new.shards.iter().any(|s| s.name == old.name && s.address == old.address);
+            if kept {
+                continue;
+            }
+            let players = loads.get(&self.ids[i].backend).map(Load::players).unwrap_or(0);
+            if players > 0 {
+                return Err(format!(
+                    "reload refused: shard `{}` ({}) still has {players} players; drain it and move them first (`proxy-agent migrate --from {} --to SHARD`); the running config stays",
+                    old.name, old.address, old.name
+                ));
+            }
+            changes.push(format!("removed shard {}", old.name));
+        }
+        for s in &new.shards {
+            match self.cfg.shards.iter().find(|o| o.name == s.name && o.address == s.address) {
+                None => changes.push(format!("added shard {}", s.name)),
+                Some(o) if o.capacity != s.capacity => {
+                    changes.push(format!("shard {} capacity {} -> {}", s.name, o.capacity, s.capacity))
+                }
+                Some(o) if o.role != s.role => {
+                    changes.push(format!("shard {} role {:?} -> {:?}", s.name, o.role, s.role))
+                }
+                _ => {}
+            }
+        }
+        let old_cfg = std::mem::replace(&mut self.cfg, new);
+        if let Err(e) = self.assign(tables).and_then(|_| self.apply(tables)) {
+            self.cfg = old_cfg;
+            let _ = self.assign(tables).and_then(|_| self.apply(tables));
+            return Err(format!("reload failed while writing maps, the old config was restored: {e:#}"));
+        }
+        Ok(changes)
+    }
+
+    /// Removes sessions idle longer than `idle_ns`, and moving sessions whose
+    /// client has not reconnected within `move_ns`. Returns (idle, moving).
+    pub fn expire(&self, tables: &mut Tables, now: u64, idle_ns: u64, move_ns: u64) -> Result<(usize, usize)> {
+        let groups: HashMap<u32, proxy_common::Group> = tables.all_groups().into_iter().collect();
+        let (mut idle, mut moving) = (0, 0);
+        for pending in [false, true] {
+            let list = if pending { tables.pending_sessions() } else { tables.sessions() };
+            for (key, s) in list {
+                let age = now.saturating_sub(s.last_seen_ns);
+                let is_moving = groups.get(&s.group).map(|g| g.epoch != s.epoch).unwrap_or(false);
+                let expired_moving = is_moving && age > move_ns;
+                if !(expired_moving || age > idle_ns) {
+                    continue;
+                }
+                let map = if pending { &mut tables.pending } else { &mut tables.sessions };
+                // Already gone (LRU eviction, a race with the data plane) is fine.
+                if map.remove(&key).is_ok() {
+                    if expired_moving {
+                        moving += 1;
+                    } else {
+                        idle += 1;
+                    }
+                }
+            }
+        }
+        Ok((idle, moving))
+    }
+
+    /// Sessions for the CLI, optionally filtered.
+    pub fn sessions(
+        &self,
+        tables: &Tables,
+        shard: Option<&str>,
+        client: Option<&ClientSelector>,
+    ) -> Result<Vec<SessionView>, String> {
+        let shard_filter = shard.map(|s| self.shard(s)).transpose()?;
+        let groups: HashMap<u32, proxy_common::Group> = tables.all_groups().into_iter().collect();
+        let now = now_ns();
+        let mut out = Vec::new();
+        for (pending, list) in [(false, tables.sessions()), (true, tables.pending_sessions())] {
+            for (k, s) in list {
+                if client.is_some_and(|c| !c.matches(&k)) {
+                    continue;
+                }
+                let g = groups.get(&s.group).copied().unwrap_or_default();
+                let idx = self.shard_by_backend(g.backend);
+                if shard_filter.is_some() && idx != shard_filter {
+                    continue;
+                }
+                let fe = self.frontend_ids.iter().position(|&id| id == k.frontend as u32);
+                out.push(SessionView {
+                    client: SocketAddrV4::new(
+                        Ipv4Addr::from(addr_from_map(k.client_addr)),
+                        port_from_map(k.client_port),
+                    )
+                    .to_string(),
+                    frontend: fe.map(|i| self.cfg.frontends[i].name.clone()).unwrap_or_else(|| "?".into()),
+                    shard: idx.map(|i| self.cfg.shards[i].name.clone()).unwrap_or_else(|| "(none)".into()),
+                    group: s.group,
+                    state: if g.epoch != s.epoch {
+                        "moving"
+                    } else if pending {
+                        "pending"
+                    } else {
+                        "established"
+                    },
+                    idle_ms: now.saturating_sub(s.last_seen_ns) / 1_000_000,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.client.cmp(&b.client));
+        Ok(out)
+    }
+}
+
+/// A group id no session, shard or group uses; prefers `hint` (a shard's
+/// backend id, so ids read naturally when nothing has moved).
+fn allocate_group(used: &mut Used, hint: u32) -> Result<u32> {
+    let id = if !used.groups.contains(&hint) {
+        hint
+    } else {
+        (1..MAX_GROUPS).find(|g| !used.groups.contains(g)).context("no free group id")?
+    };
+    used.groups.insert(id);
+    Ok(id)
+}

@@ -1,0 +1,92 @@
+//! The control socket: a Unix socket (mode 0600) serving newline-delimited
+//! JSON. Connections from other users are refused; oversized and malformed
+//! lines get an error reply and change nothing.
+
+use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc};
+
+use anyhow::{bail, Context, Result};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::Mutex,
+};
+
+use crate::{
+    protocol::{error_line, ok_line, Request, MAX_REQUEST_BYTES},
+    state::AgentState,
+};
+
+/// Binds the socket, replacing a stale one but never a live agent's.
+pub async fn bind(path: &Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            bail!("another agent is serving {}; stop it or set `control_socket` to another path", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, state: Arc<Mutex<AgentState>>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        tokio::spawn(connection(stream, state.clone()));
+    }
+}
+
+async fn connection(stream: UnixStream, state: Arc<Mutex<AgentState>>) {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    let peer = stream.peer_cred().map(|c| c.uid()).ok();
+    let (read, mut write) = stream.into_split();
+    if peer != Some(me) {
+        let _ = write
+            .write_all(
+                format!("{}\n", error_line(&format!("permission denied: the control socket serves uid {me} only")))
+                    .as_bytes(),
+            )
+            .await;
+        return;
+    }
+    let mut reader = BufReader::new(read);
+    loop {
+        let mut line = Vec::new();
+        let n = match (&mut reader).take(MAX_REQUEST_BYTES as u64 + 1).read_until(b'\n', &mut line).await {
+            Ok(n) => n,
+            Err(_) => return,
+        };
+        if n == 0 {
+            return;
+        }
+        let reply = if line.len() > MAX_REQUEST_BYTES && !line.ends_with(b"\n") {
+            // Too long: answer, then drop the connection (the rest of the
+            // line cannot be told apart from the next request).
+            let reply =
+                error_line(&format!("request too large: more than {MAX_REQUEST_BYTES} bytes without a newline"));
+            let _ = write.write_all(format!("{reply}\n").as_bytes()).await;
+            return;
+        } else {
+            match std::str::from_utf8(&line) {
+                Err(_) => error_line("malformed request: not UTF-8"),
+                Ok(text) if text.trim().is_empty() => continue,
+                Ok(text) => match Request::parse(text.trim()) {
+                    Err(e) => error_line(&e),
+                    Ok(req) => match state.lock().await.handle(req) {
+                        Ok(data) => ok_line(data),
+                        Err(e) => error_line(&e),
+                    },
+                },
+            }
+        };
+        if write.write_all(format!("{reply}\n").as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
