@@ -144,11 +144,16 @@ impl Bed {
         self.dp.tables.counter(c).expect("reading counters")
     }
 
-    /// Makes `client:port` an established player of `group`; an `epoch`
-    /// other than the group's (0 here) makes it a moving session.
-    pub fn session(&mut self, client: Ipv4Addr, port: u16, group: u32, epoch: u32) {
+    /// Makes `client:port` an established player of `group`; `moving` gives
+    /// it an epoch other than the group's, as a migration does.
+    pub fn session(&mut self, client: Ipv4Addr, port: u16, group: u32, moving: bool) {
+        let epoch = self.group_epoch(group).wrapping_add(moving as u32);
         let s = Session { group, epoch, last_seen_ns: 0 };
         self.dp.tables.sessions.insert(key(client, port), s, 0).expect("writing SESSIONS");
+    }
+
+    pub fn group_epoch(&self, group: u32) -> u32 {
+        self.dp.tables.groups.get(&group, 0).expect("reading GROUPS").epoch
     }
 
     /// Points every placement slot of the frontend at `group`.

@@ -7,5 +7,6 @@ pub mod bed;
 pub mod netns;
 pub mod packet;
 pub mod pins;
+pub mod scenario;
 pub mod sim;
 pub mod topology;

@@ -113,13 +113,21 @@ impl Topology {
     /// A YAML config for this topology: one frontend on the VIP, one shard per
     /// namespace with the given capacities. `extra` is appended verbatim.
     pub fn config(&self, capacities: &[u32], extra: &str) -> String {
+        let shards: Vec<(usize, u32, &str)> = capacities.iter().enumerate().map(|(i, &c)| (i, c, "active")).collect();
+        self.config_of(&shards, extra)
+    }
+
+    /// A config naming the shards `(namespace index, capacity, role)` only;
+    /// shard `i` is called `s{i+1}`.
+    pub fn config_of(&self, shards: &[(usize, u32, &str)], extra: &str) -> String {
         let mut y = format!(
             "interfaces: [{}]\nfrontends:\n  - name: play\n    address: {}\nshards:\n",
             self.proxy_ifs.join(", "),
             self.vip()
         );
-        for (i, cap) in capacities.iter().enumerate() {
-            y.push_str(&format!("  - name: s{}\n    address: {}\n    capacity: {cap}\n", i + 1, self.shard_ips[i]));
+        for &(i, cap, role) in shards {
+            let ip = self.shard_ips[i];
+            y.push_str(&format!("  - name: s{}\n    address: {ip}\n    capacity: {cap}\n    role: {role}\n", i + 1));
         }
         y.push_str(extra);
         y

@@ -62,10 +62,10 @@ fn rewritten(mut p: Udp, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
 #[test]
 fn ingress_paths() {
     let mut bed = bed();
-    bed.session(CLIENT, 50000, GROUP_A, 0);
-    bed.session(CLIENT, 50001, GROUP_B, 0);
-    bed.session(CLIENT, 50002, GROUP_NONE, 0);
-    bed.session(CLIENT, 50003, GROUP_C, 0);
+    bed.session(CLIENT, 50000, GROUP_A, false);
+    bed.session(CLIENT, 50001, GROUP_B, false);
+    bed.session(CLIENT, 50002, GROUP_NONE, false);
+    bed.session(CLIENT, 50003, GROUP_C, false);
 
     let p = to_vip(CLIENT, 50000, &game_packet());
     let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
@@ -150,14 +150,14 @@ fn new_players_are_admitted_only_by_a_valid_handshake() {
 #[test]
 fn moving_sessions_wait_for_a_fresh_handshake() {
     let mut bed = bed();
-    bed.session(CLIENT, 50010, GROUP_A, 7); // group A is at epoch 0: moving
+    bed.session(CLIENT, 50010, GROUP_A, true);
     let p = to_vip(CLIENT, 50010, &game_packet());
     check(&bed, "game packet while moving", &p.frame(), XDP_DROP, &p.frame(), Counter::DropMoving);
     let p = to_vip(CLIENT, 50010, &handshake(7));
     let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
     check(&bed, "fresh handshake goes to the new shard", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
     let s = bed.dp.tables.sessions.get(&key(CLIENT, 50010), 0).unwrap();
-    assert_eq!(s.epoch, 0, "the handshake re-syncs the session with its group's epoch");
+    assert_eq!(s.epoch, bed.group_epoch(GROUP_A), "the handshake re-syncs the session with its group's epoch");
     let p = to_vip(CLIENT, 50010, &game_packet());
     let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
     check(&bed, "then game packets flow", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
@@ -169,7 +169,7 @@ fn return_paths() {
     let reply = |dst: Ipv4Addr, dport: u16, sport: u16| Udp::new(SHARD_A, sport, dst, dport, &[26, 0x34, 0x12]);
 
     // A pending player is promoted by the shard's first answer.
-    let pending = Session { group: GROUP_A, epoch: 0, last_seen_ns: 0 };
+    let pending = Session { group: GROUP_A, epoch: bed.group_epoch(GROUP_A), last_seen_ns: 0 };
     bed.dp.tables.pending.insert(key(CLIENT, 40000), pending, 0).unwrap();
     let p = reply(CLIENT, 40000, PORT);
     let want = forwarded(p.clone(), VIP, CLIENT, CLI0_MAC, CLIENT_MAC);
@@ -212,7 +212,7 @@ fn return_paths() {
 #[test]
 fn everything_else_is_untouched() {
     let mut bed = bed();
-    bed.session(CLIENT, 50000, GROUP_A, 0);
+    bed.session(CLIENT, 50000, GROUP_A, false);
     let base = to_vip(CLIENT, 50000, &game_packet()).frame();
 
     let mut arp = base.clone();
@@ -252,7 +252,7 @@ fn everything_else_is_untouched() {
 #[test]
 fn malformed_frames_are_dropped() {
     let mut bed = bed();
-    bed.session(CLIENT, 50000, GROUP_A, 0);
+    bed.session(CLIENT, 50000, GROUP_A, false);
     let base = to_vip(CLIENT, 50000, &game_packet()).frame();
 
     // Every truncation inside the headers. The kernel itself refuses test

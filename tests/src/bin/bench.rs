@@ -88,7 +88,7 @@ fn fastpath(calls: u32) -> Result<()> {
     bed.ns.ip(&["neigh", "add", "198.18.100.1", "lladdr", "02:00:00:00:50:02", "dev", "fwd0", "nud", "permanent"])?;
 
     // Established hit: a known player whose shard (bent: at the VIP) is resolved.
-    bed.session(CLIENT, 50000, GROUP_C, 0);
+    bed.session(CLIENT, 50000, GROUP_C, false);
     bed.dp.tables.backends.set(GROUP_C, Backend { addr: vip, _pad: 0 }, 0)?;
     let mut hit = Udp::new(CLIENT, 50000, VIP, PORT, &game_packet());
     hit.ttl = 255;
