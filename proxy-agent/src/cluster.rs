@@ -20,7 +20,7 @@ use std::{
 use anyhow::{Context, Result};
 use proxy_common::{
     net::{addr_from_map, addr_to_map, port_from_map, port_to_map},
-    FrontendKey, Session, SessionKey, ShardState, MAX_BACKENDS, MAX_FRONTENDS, MAX_GROUPS, SHARD_DRAINED,
+    FrontendKey, Group, Session, SessionKey, ShardState, MAX_BACKENDS, MAX_FRONTENDS, MAX_GROUPS, SHARD_DRAINED,
 };
 use serde::Serialize;
 
@@ -110,24 +110,19 @@ pub struct Cluster {
     last_placement: Vec<(u32, Vec<u32>)>,
 }
 
-/// Map entries that count as "in use" when allocating ids.
+/// Group ids that cannot be handed out: any group that ever pointed
+/// somewhere (its epoch or backend is set: sessions may still name it) and
+/// every shard's home group. A group id is only ever given to sessions after
+/// it was pointed, so a never-touched entry cannot be named by a session.
 struct Used {
     groups: HashSet<u32>,
 }
 
 fn used(tables: &Tables) -> Used {
-    let mut groups: HashSet<u32> =
-        tables.sessions().iter().chain(tables.pending_sessions().iter()).map(|(_, s)| s.group).collect();
-    for (g, grp) in tables.all_groups() {
-        if grp.backend != 0 {
-            groups.insert(g);
-        }
-    }
-    for id in 1..MAX_BACKENDS {
-        if let Ok(st) = tables.shard_state.get(&id, 0) {
-            if st.home_group != 0 {
-                groups.insert(st.home_group);
-            }
+    let mut groups: HashSet<u32> = tables.all_groups().into_iter().map(|(g, _)| g).collect();
+    for (_, st) in tables.shard_states() {
+        if st.home_group != 0 {
+            groups.insert(st.home_group);
         }
     }
     Used { groups }
@@ -193,8 +188,7 @@ impl Cluster {
     }
 
     fn apply(&mut self, tables: &mut Tables) -> Result<()> {
-        let loads = self.loads(tables);
-        let weights: Vec<u32> = (0..self.cfg.shards.len()).map(|i| self.weight(i, &loads, tables)).collect();
+        let weights = self.weights(tables);
         let plan = plan::build(&self.cfg, &self.frontend_ids, &self.ids, |i| weights[i]);
         tables.apply(&plan)?;
         self.last_placement = plan.placement;
@@ -214,12 +208,17 @@ impl Cluster {
     }
 
     pub fn drained(&self, i: usize, tables: &Tables) -> bool {
+        // One array read; no batch needed.
         tables.shard_state.get(&self.ids[i].backend, 0).map(|s| s.flags & SHARD_DRAINED != 0).unwrap_or(false)
     }
 
     /// Players per backend id.
     pub fn loads(&self, tables: &Tables) -> HashMap<u32, Load> {
-        let groups: HashMap<u32, proxy_common::Group> = tables.all_groups().into_iter().collect();
+        self.loads_with(tables, &tables.all_groups())
+    }
+
+    fn loads_with(&self, tables: &Tables, groups: &[(u32, Group)]) -> HashMap<u32, Load> {
+        let groups: HashMap<u32, Group> = groups.iter().copied().collect();
         let mut loads: HashMap<u32, Load> = HashMap::new();
         for (pending, list) in [(false, tables.sessions()), (true, tables.pending_sessions())] {
             for (_, s) in list {
@@ -242,12 +241,12 @@ impl Cluster {
 
     /// A shard's share of new players: its free slots, or 0 when it must get
     /// none (drained; standby that has not received a group; full).
-    fn weight(&self, i: usize, loads: &HashMap<u32, Load>, tables: &Tables) -> u32 {
+    fn weight(&self, i: usize, loads: &HashMap<u32, Load>, tables: &Tables, groups: &[(u32, Group)]) -> u32 {
         let shard = &self.cfg.shards[i];
         if self.drained(i, tables) {
             return 0;
         }
-        if shard.role == Role::Standby && !self.holds_foreign_group(i, tables) {
+        if shard.role == Role::Standby && !self.holds_foreign_group(i, groups) {
             return 0;
         }
         let players = loads.get(&self.ids[i].backend).map(Load::players).unwrap_or(0) as u32;
@@ -255,16 +254,22 @@ impl Cluster {
     }
 
     /// True when a group other than the shard's own home group points at it.
-    fn holds_foreign_group(&self, i: usize, tables: &Tables) -> bool {
+    fn holds_foreign_group(&self, i: usize, groups: &[(u32, Group)]) -> bool {
         let id = self.ids[i];
-        tables.all_groups().iter().any(|(g, grp)| grp.backend == id.backend && *g != id.home_group)
+        groups.iter().any(|(g, grp)| grp.backend == id.backend && *g != id.home_group)
+    }
+
+    /// Every shard's placement weight now.
+    fn weights(&self, tables: &Tables) -> Vec<u32> {
+        let groups = tables.all_groups();
+        let loads = self.loads_with(tables, &groups);
+        (0..self.cfg.shards.len()).map(|i| self.weight(i, &loads, tables, &groups)).collect()
     }
 
     /// Rewrites placement rows whose weights changed (players came or went,
     /// a shard was drained, capacity changed).
     pub fn refresh_placement(&mut self, tables: &mut Tables) -> Result<()> {
-        let loads = self.loads(tables);
-        let weights: Vec<u32> = (0..self.cfg.shards.len()).map(|i| self.weight(i, &loads, tables)).collect();
+        let weights = self.weights(tables);
         let rows = plan::placement(&self.cfg, &self.frontend_ids, &self.ids, |i| weights[i]);
         for (fe, row) in &rows {
             let old = self.last_placement.iter().find(|(f, _)| f == fe).map(|(_, r)| r.as_slice());
@@ -323,7 +328,7 @@ impl Cluster {
             }
         }
         let target = self.ids[to];
-        let groups: HashMap<u32, proxy_common::Group> = tables.all_groups().into_iter().collect();
+        let groups: HashMap<u32, Group> = tables.all_groups().into_iter().collect();
         let target_group = groups.get(&target.home_group).copied().unwrap_or_default();
         let (already, to_move): (Vec<_>, Vec<_>) = chosen.into_iter().partition(|(_, _, s)| {
             groups.get(&s.group).map(|g| g.backend == target.backend && g.epoch == s.epoch).unwrap_or(false)
@@ -375,16 +380,16 @@ impl Cluster {
                 self.cfg.shards[to].name, self.cfg.shards[from].name
             ));
         }
-        self.move_groups(tables, from, to).map_err(|e| format!("{e:#}"))
+        self.move_groups(tables, from, to, players).map_err(|e| format!("{e:#}"))
     }
 
     /// Repoints every group on shard `from` at shard `to` (one write each),
     /// gives `from` a fresh home group, and refreshes placement.
-    pub fn move_groups(&mut self, tables: &mut Tables, from: usize, to: usize) -> Result<MoveReport> {
+    /// `players` is how many players `from` has (for the report).
+    pub fn move_groups(&mut self, tables: &mut Tables, from: usize, to: usize, players: usize) -> Result<MoveReport> {
         let (src, dst) = (self.ids[from], self.ids[to]);
         let groups: Vec<u32> =
             tables.all_groups().into_iter().filter(|(_, g)| g.backend == src.backend).map(|(id, _)| id).collect();
-        let players = self.loads(tables).get(&src.backend).map(Load::players).unwrap_or(0);
         for &g in &groups {
             tables.point_group(g, dst.backend)?;
         }
@@ -458,7 +463,7 @@ impl Cluster {
     /// Removes sessions idle longer than `idle_ns`, and moving sessions whose
     /// client has not reconnected within `move_ns`. Returns (idle, moving).
     pub fn expire(&self, tables: &mut Tables, now: u64, idle_ns: u64, move_ns: u64) -> Result<(usize, usize)> {
-        let groups: HashMap<u32, proxy_common::Group> = tables.all_groups().into_iter().collect();
+        let groups: HashMap<u32, Group> = tables.all_groups().into_iter().collect();
         let (mut idle, mut moving) = (0, 0);
         for pending in [false, true] {
             let list = if pending { tables.pending_sessions() } else { tables.sessions() };
@@ -491,7 +496,7 @@ impl Cluster {
         client: Option<&ClientSelector>,
     ) -> Result<Vec<SessionView>, String> {
         let shard_filter = shard.map(|s| self.shard(s)).transpose()?;
-        let groups: HashMap<u32, proxy_common::Group> = tables.all_groups().into_iter().collect();
+        let groups: HashMap<u32, Group> = tables.all_groups().into_iter().collect();
         let now = now_ns();
         let mut out = Vec::new();
         for (pending, list) in [(false, tables.sessions()), (true, tables.pending_sessions())] {

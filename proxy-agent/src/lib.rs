@@ -1,6 +1,7 @@
 //! The SA:MP cluster proxy agent: loads the XDP data plane, keeps its maps in
 //! line with the config, and is the operator's CLI.
 
+pub mod batch;
 pub mod cli;
 pub mod cluster;
 pub mod config;

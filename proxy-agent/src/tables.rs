@@ -151,12 +151,17 @@ impl Tables {
 
     /// Every group that points somewhere (or ever did), with its value.
     pub fn all_groups(&self) -> Vec<(u32, Group)> {
-        self.groups
-            .iter()
-            .enumerate()
-            .filter_map(|(i, g)| g.ok().map(|g| (i as u32, g)))
-            .filter(|(i, g)| *i != 0 && (g.backend != 0 || g.epoch != 0))
-            .collect()
+        let all = crate::batch::dump(&self.groups).unwrap_or_else(|_| {
+            self.groups.iter().enumerate().filter_map(|(i, g)| g.ok().map(|g| (i as u32, g))).collect()
+        });
+        all.into_iter().filter(|(i, g)| *i != 0 && (g.backend != 0 || g.epoch != 0)).collect()
+    }
+
+    /// Every backend's bookkeeping, by backend id (one batched read).
+    pub fn shard_states(&self) -> Vec<(u32, ShardState)> {
+        crate::batch::dump(&self.shard_state).unwrap_or_else(|_| {
+            self.shard_state.iter().enumerate().filter_map(|(i, s)| s.ok().map(|s| (i as u32, s))).collect()
+        })
     }
 
     /// Writes one frontend's placement row, slot by slot (each a single update;
@@ -209,13 +214,13 @@ impl Tables {
         }))
     }
 
-    /// All established sessions.
+    /// All established sessions (one batched read).
     pub fn sessions(&self) -> Vec<(SessionKey, Session)> {
-        self.sessions.iter().filter_map(Result::ok).collect()
+        crate::batch::dump(&self.sessions).unwrap_or_else(|_| self.sessions.iter().filter_map(Result::ok).collect())
     }
 
-    /// All pending sessions.
+    /// All pending sessions (one batched read).
     pub fn pending_sessions(&self) -> Vec<(SessionKey, Session)> {
-        self.pending.iter().filter_map(Result::ok).collect()
+        crate::batch::dump(&self.pending).unwrap_or_else(|_| self.pending.iter().filter_map(Result::ok).collect())
     }
 }

@@ -1,3 +1,5 @@
+//! `cargo xtask bench migrate`: see `migrate` below.
+//!
 //! `cargo xtask bench fastpath`: per-packet cost of the data plane through
 //! BPF_PROG_TEST_RUN, beside a bare XDP_PASS program measured in the same run.
 //!
@@ -17,12 +19,25 @@
 //! Case and baseline calls alternate, so machine drift hits both alike; the
 //! figure is the median over all calls.
 
-use std::net::Ipv4Addr;
+use std::{
+    net::Ipv4Addr,
+    time::{Duration, Instant},
+};
 
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
-use proxy_common::{net::addr_to_map, Backend, Reverse};
-use tests::{bed::*, packet::Udp};
+use proxy_agent::{
+    batch,
+    cluster::{ClientSelector, Cluster},
+    config,
+    dataplane::Dataplane,
+    tables::Tables,
+};
+use proxy_common::{
+    net::{addr_to_map, port_to_map},
+    Backend, Reverse, Session, SessionKey,
+};
+use tests::{bed::*, packet::Udp, pins::PinDir};
 
 #[derive(Parser)]
 struct Cli {
@@ -37,6 +52,12 @@ enum What {
         /// Test-run calls per case (each alternated with a baseline call).
         #[arg(long, default_value_t = 5_000)]
         calls: u32,
+    },
+    /// Time to apply migrations of 1, 100 and 1000 sessions and of a whole group.
+    Migrate {
+        /// Runs per size; the median is printed.
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
     },
 }
 
@@ -129,8 +150,103 @@ fn fastpath(calls: u32) -> Result<()> {
     Ok(())
 }
 
+/// The sessions of `n` players on group `group`, at the group's epoch.
+fn players(n: usize, group: u32, epoch: u32) -> Vec<(SessionKey, Session)> {
+    (0..n)
+        .map(|i| {
+            let key = SessionKey {
+                client_addr: addr_to_map([198, 18, 1 + (i / 250) as u8, (i % 250) as u8 + 1]),
+                client_port: port_to_map(40000 + i as u16),
+                frontend: 0,
+            };
+            (key, Session { group, epoch, last_seen_ns: u64::MAX / 2 })
+        })
+        .collect()
+}
+
+fn median_us(mut v: Vec<Duration>) -> f64 {
+    v.sort();
+    v[v.len() / 2].as_secs_f64() * 1e6
+}
+
+fn migrate(runs: usize) -> Result<()> {
+    const SESSIONS: usize = 1000;
+    // A fresh data plane with shards a and b (not attached anywhere).
+    let fresh = || -> Result<(PinDir, Dataplane, Cluster)> {
+        let pins = PinDir::new("bench-migrate")?;
+        let mut dp = Dataplane::load(pins.path())?;
+        let cfg = config::parse(
+            "bench",
+            "interfaces: [lo]\nfrontends: [{name: play, address: \"198.18.100.1:7777\"}]\nshards:\n  - {name: a, address: 198.18.50.2, capacity: 1000}\n  - {name: b, address: 198.18.50.3, capacity: 1000}\n",
+        )?;
+        let cluster = Cluster::start(cfg, &mut dp.tables)?;
+        Ok((pins, dp, cluster))
+    };
+    let (_pins, mut dp, mut cluster) = fresh()?;
+    let reset = |cluster: &Cluster, t: &mut Tables| -> Result<()> {
+        let home = cluster.ids[0].home_group;
+        let epoch = t.groups.get(&home, 0)?.epoch;
+        batch::update(&t.sessions, &players(SESSIONS, home, epoch))?;
+        Ok(())
+    };
+    println!("migrate: {SESSIONS} established sessions on shard a, moved to b; median of {runs} runs");
+    println!("{:<28} {:>12} {:>18}", "migration", "command µs", "map writes µs");
+    for n in [1usize, 100, 1000] {
+        let (mut whole, mut writes) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            reset(&cluster, &mut dp.tables)?;
+            let chosen: Vec<ClientSelector> = players(n, 0, 0)
+                .iter()
+                .map(|(k, _)| ClientSelector {
+                    ip: Ipv4Addr::from(proxy_common::net::addr_from_map(k.client_addr)),
+                    port: Some(proxy_common::net::port_from_map(k.client_port)),
+                })
+                .collect();
+            let t0 = Instant::now();
+            let report = cluster.migrate_clients(&mut dp.tables, &chosen, "b").map_err(anyhow::Error::msg)?;
+            whole.push(t0.elapsed());
+            if report.moved != n {
+                bail!("moved {} of {n}", report.moved);
+            }
+            // The writes alone: the same batch again, timed on its own.
+            let batch_sessions = players(n, cluster.ids[1].home_group, 0);
+            let t0 = Instant::now();
+            batch::update(&dp.tables.sessions, &batch_sessions)?;
+            writes.push(t0.elapsed());
+        }
+        println!("{:<28} {:>12.0} {:>18.1}", format!("{n} chosen sessions"), median_us(whole), median_us(writes));
+    }
+    let (mut whole, mut writes) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (_pins, mut dp, mut cluster) = fresh()?;
+        reset(&cluster, &mut dp.tables)?;
+        let t0 = Instant::now();
+        let report = cluster.migrate_shard(&mut dp.tables, "a", "b").map_err(anyhow::Error::msg)?;
+        whole.push(t0.elapsed());
+        if report.moved != SESSIONS || report.groups.len() != 1 {
+            bail!("group move moved {} players in {} groups", report.moved, report.groups.len());
+        }
+        let g = report.groups[0];
+        let back = cluster.ids[0].backend;
+        let t0 = Instant::now();
+        dp.tables.point_group(g, back)?;
+        writes.push(t0.elapsed());
+        dp.tables.point_group(g, cluster.ids[1].backend)?;
+    }
+    println!(
+        "{:<28} {:>12.0} {:>18.1}",
+        format!("whole group ({SESSIONS} players)"),
+        median_us(whole),
+        median_us(writes)
+    );
+    println!("  command = the whole request (checks, session scans, writes, placement refresh);");
+    println!("  map writes = the writes that move the players (one batch, or one GROUPS entry).");
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().what {
         What::Fastpath { calls } => fastpath(calls),
+        What::Migrate { runs } => migrate(runs),
     }
 }
