@@ -46,6 +46,7 @@ counters! {
     DropUnroutable => "drop_unroutable", "Packets the FIB has no route for (blackhole, unreachable, prohibited)";
     DropMoving => "drop_moving", "Game packets of a session being moved, until it handshakes again";
     DropMapFull => "drop_map_full", "New players refused because the session table could not take them";
+    DropMetered => "drop_metered", "Handshakes held back by the target shard's pacer (the client retries)";
 }
 
 /// Number of counters; the size of the `COUNTERS` map.

@@ -46,6 +46,7 @@ pub mod maps {
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const PORTS: &str = "PORTS";
     pub const SHARD_STATE: &str = "SHARD_STATE";
+    pub const METER: &str = "METER";
 }
 
 /// Program names in the object.
@@ -142,6 +143,19 @@ pub struct Group {
     pub epoch: u32,
 }
 
+/// Value of `METER` (indexed by backend id): a per-shard handshake pacer, the
+/// generic cell rate algorithm (one word of state shared by every CPU).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Meter {
+    /// Theoretical arrival time of the next handshake (bpf_ktime_get_ns).
+    pub tat_ns: u64,
+    /// 1e9 / rate; 0 = no metering.
+    pub interval_ns: u64,
+    /// How far ahead of now the TAT may run: burst * interval.
+    pub tolerance_ns: u64,
+}
+
 /// Value of `SHARD_STATE` (indexed by backend id): agent bookkeeping that
 /// must survive an agent restart, so it lives in a pinned map. The data
 /// plane never reads it.
@@ -212,6 +226,8 @@ mod pod {
     unsafe impl aya::Pod for Group {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ShardState {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Meter {}
     // SAFETY: as above.
     unsafe impl aya::Pod for NextHop {}
 }

@@ -7,8 +7,7 @@ use core::mem;
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
     },
     helpers::generated::{bpf_fib_lookup, bpf_redirect},
     programs::XdpContext,
@@ -26,11 +25,7 @@ const IPPROTO_UDP: u8 = 17;
 /// What the FIB said about the packet's destination.
 pub enum Route {
     /// Forward out of `ifindex` with these MACs.
-    Via {
-        ifindex: u32,
-        smac: [u8; 6],
-        dmac: [u8; 6],
-    },
+    Via { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
     /// Routable, but the neighbour is not resolved yet: let the kernel do it.
     NoNeighbour,
     /// The destination is this host (or forwarding is off): not ours to rewrite.
@@ -57,20 +52,9 @@ pub fn route(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32) -> Route {
     // SAFETY: the context pointer is valid for the program's run.
     p.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     // SAFETY: `p` is a valid, initialised parameter block of the right size.
-    let rc = unsafe {
-        bpf_fib_lookup(
-            ctx.ctx as *mut _,
-            &mut p as *mut _,
-            mem::size_of::<FibParams>() as i32,
-            0,
-        )
-    };
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, &mut p as *mut _, mem::size_of::<FibParams>() as i32, 0) };
     match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => Route::Via {
-            ifindex: p.ifindex,
-            smac: p.smac,
-            dmac: p.dmac,
-        },
+        BPF_FIB_LKUP_RET_SUCCESS => Route::Via { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac },
         BPF_FIB_LKUP_RET_NO_NEIGH => Route::NoNeighbour,
         BPF_FIB_LKUP_RET_NOT_FWDED => Route::Local,
         _ => Route::Unroutable,
@@ -81,26 +65,12 @@ pub fn route(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32) -> Route {
 /// The cache is keyed by destination only: policy routing by source is not
 /// supported, and a route or neighbour change takes up to NEXTHOP_TTL_NS.
 #[inline(always)]
-fn cached(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    src: u32,
-    dst: u32,
-    now: u64,
-    slot: Option<*mut NextHop>,
-) -> (Route, bool) {
+fn cached(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32, now: u64, slot: Option<*mut NextHop>) -> (Route, bool) {
     if let Some(nh) = slot {
         // SAFETY: a per-CPU map value; XDP is not preempted on this CPU.
         let nh = unsafe { &*nh };
         if nh.ifindex != 0 && nh.expires_ns > now {
-            return (
-                Route::Via {
-                    ifindex: nh.ifindex,
-                    smac: nh.smac,
-                    dmac: nh.dmac,
-                },
-                false,
-            );
+            return (Route::Via { ifindex: nh.ifindex, smac: nh.smac, dmac: nh.dmac }, false);
         }
     }
     (route(ctx, pkt, src, dst), true)
@@ -108,29 +78,14 @@ fn cached(
 
 fn to_cache(route: &Route, now: u64) -> Option<NextHop> {
     match *route {
-        Route::Via {
-            ifindex,
-            smac,
-            dmac,
-        } => Some(NextHop {
-            ifindex,
-            smac,
-            dmac,
-            expires_ns: now + NEXTHOP_TTL_NS,
-        }),
+        Route::Via { ifindex, smac, dmac } => Some(NextHop { ifindex, smac, dmac, expires_ns: now + NEXTHOP_TTL_NS }),
         _ => None,
     }
 }
 
 /// The route to a backend's shard, through the per-CPU per-backend cache.
 #[inline(always)]
-pub fn route_to_backend(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    backend_id: u32,
-    dst: u32,
-    now: u64,
-) -> Route {
+pub fn route_to_backend(ctx: &XdpContext, pkt: &Packet, backend_id: u32, dst: u32, now: u64) -> Route {
     let slot = BACKEND_NEXTHOP.get_ptr_mut(backend_id);
     let (route, fresh) = cached(ctx, pkt, pkt.src_addr(), dst, now, slot);
     if fresh {
@@ -215,11 +170,7 @@ pub enum Sent {
 #[inline(always)]
 pub fn send(pkt: &Packet, route: Route) -> Sent {
     match route {
-        Route::Via {
-            ifindex,
-            smac,
-            dmac,
-        } => Sent::Redirected(redirect(pkt, ifindex, smac, dmac)),
+        Route::Via { ifindex, smac, dmac } => Sent::Redirected(redirect(pkt, ifindex, smac, dmac)),
         // Local and Unroutable were handled by the caller before rewriting;
         // passing them up is the safe default should that ever change.
         Route::NoNeighbour | Route::Local | Route::Unroutable => Sent::Passed,

@@ -1,23 +1,22 @@
 //! Player -> shard: find (or make) the player's session, follow its group to a
 //! shard, rewrite the destination IP only and send the packet on.
 
-use aya_ebpf::{
-    bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use aya_log_ebpf::{debug, warn};
 use proxy_common::{
-    net::client_hash, samp, Counter, Frontend, Session, SessionKey, LAST_SEEN_GRANULARITY_NS,
-    PLACEMENT_SLOTS, Group,
+    net::client_hash, samp, Counter, Frontend, Group, Session, SessionKey, LAST_SEEN_GRANULARITY_NS, PLACEMENT_SLOTS,
 };
 
 use crate::{
     forward::{self, Addr, Route, Sent},
     maps::{self, PENDING, SESSIONS},
+    meter,
     parse::{ptr_at, Packet, PAYLOAD_OFF},
     stats::{self, verdict, Direction},
 };
 
 /// What the first bytes of the payload say about the datagram.
+#[derive(Clone, Copy)]
 enum Kind {
     Query,
     Handshake,
@@ -34,9 +33,7 @@ fn classify(ctx: &XdpContext, pkt: &Packet) -> Kind {
     if pkt.payload_len >= samp::QUERY_HEADER_LEN && head == samp::QUERY_MAGIC {
         return Kind::Query;
     }
-    if pkt.payload_len == samp::HANDSHAKE_WIRE_LEN
-        && samp::is_handshake_request(head, u16::from_be(pkt.dst_port()))
-    {
+    if pkt.payload_len == samp::HANDSHAKE_WIRE_LEN && samp::is_handshake_request(head, u16::from_be(pkt.dst_port())) {
         return Kind::Handshake;
     }
     Kind::Other
@@ -49,37 +46,31 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
         // Queries are answered for the whole cluster by the host, never by one shard.
         return verdict(Counter::PassQuery, xdp_action::XDP_PASS);
     }
-    let key = SessionKey {
-        client_addr: pkt.src_addr(),
-        client_port: pkt.src_port(),
-        frontend: frontend.id as u16,
-    };
+    let key = SessionKey { client_addr: pkt.src_addr(), client_port: pkt.src_port(), frontend: frontend.id as u16 };
     // SAFETY: coarse clock helper, no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let session = SESSIONS
-        .get_ptr_mut(key)
-        .or_else(|| PENDING.get_ptr_mut(key));
-    let group = match session {
+    let session = SESSIONS.get_ptr_mut(key).or_else(|| PENDING.get_ptr_mut(key));
+    // Decide where the packet goes first; change session state only once the
+    // handshake pacer has let it through.
+    let (group, admitted) = match session {
         Some(s) => {
             // SAFETY: a live map value; the agent replaces whole values and
             // the fields written here are single words.
             let s = unsafe { &mut *s };
             let group = maps::group(s.group);
-            if s.epoch != group.epoch {
-                // Moving: the old shard must see nothing more, the new one
-                // nothing before the client's fresh handshake.
-                if !matches!(kind, Kind::Handshake) {
-                    return verdict(Counter::DropMoving, xdp_action::XDP_DROP);
-                }
-                s.epoch = group.epoch;
+            // Moving: the old shard must see nothing more, the new one nothing
+            // before the client's fresh handshake.
+            let moving = s.epoch != group.epoch;
+            if moving && !matches!(kind, Kind::Handshake) {
+                return verdict(Counter::DropMoving, xdp_action::XDP_DROP);
             }
             if now.wrapping_sub(s.last_seen_ns) > LAST_SEEN_GRANULARITY_NS {
                 s.last_seen_ns = now;
             }
-            group
+            (group, Admitted::Session { session: s, resync: moving })
         }
-        None => match place(ctx, pkt, &key, kind, now) {
-            Ok(group) => group,
+        None => match place(pkt, &key, kind) {
+            Ok((id, group)) => (group, Admitted::New { group_id: id }),
             Err(counter) => return verdict(counter, xdp_action::XDP_DROP),
         },
     };
@@ -87,6 +78,34 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
     let Some(backend) = maps::backend(backend_id) else {
         return verdict(Counter::DropNoBackend, xdp_action::XDP_DROP);
     };
+    if matches!(kind, Kind::Handshake) && !meter::admit(backend_id) {
+        return verdict(Counter::DropMetered, xdp_action::XDP_DROP);
+    }
+    match admitted {
+        // The fresh handshake re-syncs a moved session: it belongs to its new shard now.
+        Admitted::Session { session, resync: true } => session.epoch = group.epoch,
+        Admitted::Session { .. } => {}
+        Admitted::New { group_id } => {
+            let session = Session { group: group_id, epoch: group.epoch, last_seen_ns: now };
+            if PENDING.insert(key, session, 0).is_err() {
+                warn!(
+                    ctx,
+                    "pending table refused {:i}:{}",
+                    u32::from_be(key.client_addr),
+                    u16::from_be(key.client_port)
+                );
+                return verdict(Counter::DropMapFull, xdp_action::XDP_DROP);
+            }
+            stats::count(Counter::SessionPlaced);
+            debug!(
+                ctx,
+                "placed {:i}:{} in group {}",
+                u32::from_be(key.client_addr),
+                u16::from_be(key.client_port),
+                group_id
+            );
+        }
+    }
     if forward::ttl_expiring(pkt) {
         return verdict(Counter::PassTtl, xdp_action::XDP_PASS);
     }
@@ -104,17 +123,17 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
     }
 }
 
-/// Admits a new player: only a valid handshake costs a table entry. The
-/// client is hashed into the frontend's placement table (weighted by free
-/// slots) and recorded as pending until its shard answers.
+/// What admitting the packet will change once it is let through.
+enum Admitted<'a> {
+    Session { session: &'a mut Session, resync: bool },
+    New { group_id: u32 },
+}
+
+/// Where a new player goes: only a valid handshake is considered. The client
+/// is hashed into the frontend's placement table (weighted by free slots);
+/// the caller records it as pending once the packet is admitted.
 #[inline(always)]
-fn place(
-    ctx: &XdpContext,
-    pkt: &Packet,
-    key: &SessionKey,
-    kind: Kind,
-    now: u64,
-) -> Result<Group, Counter> {
+fn place(pkt: &Packet, key: &SessionKey, kind: Kind) -> Result<(u32, Group), Counter> {
     if !matches!(kind, Kind::Handshake) {
         return Err(Counter::DropNotHandshake);
     }
@@ -123,28 +142,6 @@ fn place(
     if group_id == 0 {
         return Err(Counter::DropNoShard);
     }
-    let group = maps::group(group_id);
-    let session = Session {
-        group: group_id,
-        epoch: group.epoch,
-        last_seen_ns: now,
-    };
-    if PENDING.insert(key, session, 0).is_err() {
-        warn!(
-            ctx,
-            "pending table refused {:i}:{}",
-            u32::from_be(key.client_addr),
-            u16::from_be(key.client_port)
-        );
-        return Err(Counter::DropMapFull);
-    }
-    stats::count(Counter::SessionPlaced);
-    debug!(
-        ctx,
-        "placed {:i}:{} in group {}",
-        u32::from_be(pkt.src_addr()),
-        u16::from_be(pkt.src_port()),
-        group_id
-    );
-    Ok(group)
+    let _ = pkt;
+    Ok((group_id, maps::group(group_id)))
 }

@@ -12,6 +12,7 @@
 mod forward;
 mod ingress;
 mod maps;
+mod meter;
 mod parse;
 mod reply;
 mod stats;

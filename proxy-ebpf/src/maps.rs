@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
 use proxy_common::{
-    counters::COUNTER_COUNT, Backend, BackendStats, Frontend, FrontendKey, Group, NextHop, PortEntry, ShardState,
-    Reverse, Session, SessionKey, MAX_BACKENDS, MAX_CLIENT_NEXTHOPS, MAX_FRONTENDS, MAX_GROUPS,
-    MAX_PENDING, MAX_SESSIONS, PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED,
+    counters::COUNTER_COUNT, Backend, BackendStats, Frontend, FrontendKey, Group, Meter, NextHop, PortEntry, Reverse,
+    Session, SessionKey, ShardState, MAX_BACKENDS, MAX_CLIENT_NEXTHOPS, MAX_FRONTENDS, MAX_GROUPS, MAX_PENDING,
+    MAX_SESSIONS, PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED,
 };
 
 /// UDP port (header byte order) -> frontend hint; see `PortEntry`.
@@ -22,8 +22,7 @@ pub static BACKEND_NEXTHOP: PerCpuArray<NextHop> = PerCpuArray::with_max_entries
 
 /// Next hop per client address for the return path, per CPU (a cache too).
 #[map]
-pub static CLIENT_NEXTHOP: LruPerCpuHashMap<u32, NextHop> =
-    LruPerCpuHashMap::with_max_entries(MAX_CLIENT_NEXTHOPS, 0);
+pub static CLIENT_NEXTHOP: LruPerCpuHashMap<u32, NextHop> = LruPerCpuHashMap::with_max_entries(MAX_CLIENT_NEXTHOPS, 0);
 
 #[map]
 pub static FRONTENDS: HashMap<FrontendKey, Frontend> = HashMap::pinned(MAX_FRONTENDS, 0);
@@ -35,6 +34,10 @@ pub static PLACEMENT: Array<u32> = Array::pinned(MAX_FRONTENDS * PLACEMENT_SLOTS
 /// `GROUPS[group]` = backend and epoch. Repointing one entry moves a whole group.
 #[map]
 pub static GROUPS: Array<Group> = Array::pinned(MAX_GROUPS, 0);
+
+/// Handshake pacer per backend (rate set by the agent, state kept here).
+#[map]
+pub static METER: Array<Meter> = Array::pinned(MAX_BACKENDS, 0);
 
 /// Agent bookkeeping per backend (home group, drained), pinned so it
 /// survives restarts; never read here.
@@ -72,10 +75,7 @@ pub fn frontend_for(vip: u32, port: u16) -> Option<Frontend> {
         return None;
     }
     if entry.flags & PORT_SHARED == 0 {
-        return (entry.vip == vip).then_some(Frontend {
-            id: entry.frontend as u32,
-            _pad: 0,
-        });
+        return (entry.vip == vip).then_some(Frontend { id: entry.frontend as u32, _pad: 0 });
     }
     frontend(&FrontendKey { vip, port, _pad: 0 })
 }
@@ -84,10 +84,7 @@ pub fn frontend_for(vip: u32, port: u16) -> Option<Frontend> {
 /// port be a shard reply.
 #[inline(always)]
 pub fn is_frontend_port(port: u16) -> bool {
-    PORTS
-        .get(port as u32)
-        .map(|e| e.flags & PORT_FRONTEND != 0)
-        .unwrap_or(false)
+    PORTS.get(port as u32).map(|e| e.flags & PORT_FRONTEND != 0).unwrap_or(false)
 }
 
 #[inline(always)]
@@ -121,8 +118,5 @@ pub fn backend(id: u32) -> Option<Backend> {
 /// The group at a frontend's placement slot, 0 when the slot is empty.
 #[inline(always)]
 pub fn placement(frontend_id: u32, slot: u32) -> u32 {
-    PLACEMENT
-        .get(frontend_id * PLACEMENT_SLOTS + slot)
-        .copied()
-        .unwrap_or(0)
+    PLACEMENT.get(frontend_id * PLACEMENT_SLOTS + slot).copied().unwrap_or(0)
 }

@@ -112,10 +112,5 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     {
         return Parsed::Drop(Counter::DropMalformed);
     }
-    Parsed::Udp(Packet {
-        eth,
-        ip,
-        udp,
-        payload_len: udp_len - UdpHdr::LEN,
-    })
+    Parsed::Udp(Packet { eth, ip, udp, payload_len: udp_len - UdpHdr::LEN })
 }

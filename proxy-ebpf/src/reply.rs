@@ -2,9 +2,7 @@
 //! is rewritten to come from the VIP (source IP only) and sent on; on the way
 //! it promotes the player's pending session to established.
 
-use aya_ebpf::{
-    bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext,
-};
+use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use proxy_common::{samp, Counter, Reverse, SessionKey};
 
 use crate::{
@@ -61,11 +59,7 @@ fn answers_handshake(ctx: &XdpContext, pkt: &Packet) -> bool {
 /// The shard answered: the player is real, move it out of the LRU.
 #[inline(always)]
 fn promote(pkt: &Packet, frontend: u16) {
-    let key = SessionKey {
-        client_addr: pkt.dst_addr(),
-        client_port: pkt.dst_port(),
-        frontend,
-    };
+    let key = SessionKey { client_addr: pkt.dst_addr(), client_port: pkt.dst_port(), frontend };
     // SAFETY: the value is copied out at once.
     if let Some(session) = unsafe { PENDING.get(key) }.copied() {
         if SESSIONS.insert(key, session, 0).is_ok() {
