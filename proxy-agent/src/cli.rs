@@ -100,6 +100,32 @@ pub fn print_human(req: &Request, data: &Value) {
             let note = if data["changed"] == Value::Bool(true) { "" } else { " (no change)" };
             println!("shard {shard} {what}{note}");
         }
+        Request::Events => {
+            println!(
+                "{:<13} {:<16} {:<10} {:<10} {:>7}  {:<8} DETAIL",
+                "AT(ms)", "EVENT", "SHARD", "TARGET", "PLAYERS", "GROUPS"
+            );
+            for e in data.as_array().into_iter().flatten() {
+                let groups: Vec<String> = e["groups"].as_array().into_iter().flatten().map(s).collect();
+                println!(
+                    "{:<13} {:<16} {:<10} {:<10} {:>7}  {:<8} {}",
+                    s(&e["at_ms"]),
+                    s(&e["kind"]),
+                    s(&e["shard"]),
+                    s(&e["target"]),
+                    s(&e["players"]),
+                    groups.join(","),
+                    s(&e["detail"])
+                );
+            }
+        }
+        Request::Failover { shard, .. } => {
+            println!(
+                "failover of {shard}: {} players moving together to {}; they reconnect on their own.",
+                s(&data["moved"]),
+                s(&data["to"])
+            );
+        }
         Request::Reload => {
             let changes = data["changes"].as_array().cloned().unwrap_or_default();
             if changes.is_empty() {

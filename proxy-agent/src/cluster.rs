@@ -20,12 +20,13 @@ use std::{
 use anyhow::{Context, Result};
 use proxy_common::{
     net::{addr_from_map, addr_to_map, port_from_map, port_to_map},
-    FrontendKey, Group, Session, SessionKey, ShardState, MAX_BACKENDS, MAX_FRONTENDS, MAX_GROUPS, SHARD_DRAINED,
+    FrontendKey, Group, Meter, Session, SessionKey, ShardState, MAX_BACKENDS, MAX_FRONTENDS, MAX_GROUPS, SHARD_DRAINED,
 };
 use serde::Serialize;
 
 use crate::{
     config::{Role, Validated},
+    health::Health,
     plan::{self, ShardIds},
     tables::Tables,
 };
@@ -103,6 +104,10 @@ pub fn now_ns() -> u64 {
 
 pub struct Cluster {
     pub cfg: Validated,
+    /// Health by shard name (missing = never probed).
+    pub health: HashMap<String, Health>,
+    /// Roles changed at run time (a recovered shard becomes `recovered_role`).
+    pub role_override: HashMap<String, Role>,
     /// Per config shard.
     pub ids: Vec<ShardIds>,
     /// Per config frontend: its id in FRONTENDS (and its PLACEMENT row).
@@ -132,7 +137,14 @@ impl Cluster {
     /// Takes over the maps for `cfg`: reuses the ids pinned maps already hold,
     /// writes the plan and the placement.
     pub fn start(cfg: Validated, tables: &mut Tables) -> Result<Cluster> {
-        let mut cluster = Cluster { cfg, ids: Vec::new(), frontend_ids: Vec::new(), last_placement: Vec::new() };
+        let mut cluster = Cluster {
+            cfg,
+            health: HashMap::new(),
+            role_override: HashMap::new(),
+            ids: Vec::new(),
+            frontend_ids: Vec::new(),
+            last_placement: Vec::new(),
+        };
         cluster.assign(tables)?;
         cluster.apply(tables)?;
         Ok(cluster)
@@ -191,6 +203,12 @@ impl Cluster {
         let weights = self.weights(tables);
         let plan = plan::build(&self.cfg, &self.frontend_ids, &self.ids, |i| weights[i]);
         tables.apply(&plan)?;
+        let raw = &self.cfg.raw;
+        let interval = if raw.handshake_rate == 0 { 0 } else { 1_000_000_000 / raw.handshake_rate as u64 };
+        let meter = Meter { tat_ns: 0, interval_ns: interval, tolerance_ns: interval * raw.handshake_burst as u64 };
+        for id in &self.ids {
+            tables.meter.set(id.backend, meter, 0).context("writing METER")?;
+        }
         self.last_placement = plan.placement;
         Ok(())
     }
@@ -242,15 +260,23 @@ impl Cluster {
     /// A shard's share of new players: its free slots, or 0 when it must get
     /// none (drained; standby that has not received a group; full).
     fn weight(&self, i: usize, loads: &HashMap<u32, Load>, tables: &Tables, groups: &[(u32, Group)]) -> u32 {
-        let shard = &self.cfg.shards[i];
-        if self.drained(i, tables) {
+        if self.drained(i, tables) || !self.is_up(i) {
             return 0;
         }
-        if shard.role == Role::Standby && !self.holds_foreign_group(i, groups) {
+        if self.role(i) == Role::Standby && !self.holds_foreign_group(i, groups) {
             return 0;
         }
-        let players = loads.get(&self.ids[i].backend).map(Load::players).unwrap_or(0) as u32;
-        shard.capacity.saturating_sub(players)
+        self.free_slots(i, loads) as u32
+    }
+
+    /// The shard's role now (config, or what a recovery made it).
+    pub fn role(&self, i: usize) -> Role {
+        let name = &self.cfg.shards[i].name;
+        self.role_override.get(name).copied().unwrap_or(self.cfg.shards[i].role)
+    }
+
+    pub fn is_up(&self, i: usize) -> bool {
+        self.health.get(&self.cfg.shards[i].name).map(|h| h.up).unwrap_or(true)
     }
 
     /// True when a group other than the shard's own home group points at it.
@@ -279,9 +305,85 @@ impl Cluster {
         Ok(())
     }
 
+    /// Room for players: the configured capacity (or the server's own
+    /// `max_players`, if lower) minus its players (sessions here, or what the
+    /// server reports, whichever is more).
     fn free_slots(&self, i: usize, loads: &HashMap<u32, Load>) -> usize {
-        let players = loads.get(&self.ids[i].backend).map(Load::players).unwrap_or(0);
-        (self.cfg.shards[i].capacity as usize).saturating_sub(players)
+        let sessions = loads.get(&self.ids[i].backend).map(Load::players).unwrap_or(0);
+        let health = self.health.get(&self.cfg.shards[i].name);
+        let reported = health.and_then(|h| h.players).unwrap_or(0) as usize;
+        let mut capacity = self.cfg.shards[i].capacity as usize;
+        if let Some(max) = health.and_then(|h| h.max_players).filter(|&m| m > 0) {
+            capacity = capacity.min(max as usize);
+        }
+        capacity.saturating_sub(sessions.max(reported))
+    }
+
+    /// Fails every group of shard `from` over to ONE shard: `to` if given,
+    /// else an empty standby, else the healthy active shard with the most
+    /// room that holds all of `from`'s players. Never splits: when nothing
+    /// fits, nothing moves and the error says why.
+    pub fn failover(&mut self, tables: &mut Tables, from: usize, to: Option<usize>) -> Result<MoveReport, String> {
+        let groups = tables.all_groups();
+        let loads = self.loads_with(tables, &groups);
+        let players = loads.get(&self.ids[from].backend).map(Load::players).unwrap_or(0);
+        let target = match to {
+            Some(t) => {
+                if t == from {
+                    return Err(format!("`{}` cannot fail over to itself", self.cfg.shards[from].name));
+                }
+                self.check_target(t, tables)?;
+                let free = self.free_slots(t, &loads);
+                if players > free {
+                    return Err(format!(
+                        "shard `{}` has {free} free slots for `{}`'s {players} players",
+                        self.cfg.shards[t].name, self.cfg.shards[from].name
+                    ));
+                }
+                t
+            }
+            None => self.pick_target(from, players, &loads, &groups, tables)?,
+        };
+        self.move_groups(tables, from, target, players).map_err(|e| format!("{e:#}"))
+    }
+
+    fn pick_target(
+        &self,
+        from: usize,
+        players: usize,
+        loads: &HashMap<u32, Load>,
+        groups: &[(u32, Group)],
+        tables: &Tables,
+    ) -> Result<usize, String> {
+        let frontend = self.cfg.shards[from].frontend;
+        let eligible = |i: &usize| {
+            *i != from && self.cfg.shards[*i].frontend == frontend && self.is_up(*i) && !self.drained(*i, tables)
+        };
+        let empty = |i: usize| {
+            loads.get(&self.ids[i].backend).map(Load::players).unwrap_or(0) == 0 && !self.holds_foreign_group(i, groups)
+        };
+        let standby = (0..self.cfg.shards.len())
+            .filter(eligible)
+            .find(|&i| self.role(i) == Role::Standby && empty(i) && self.free_slots(i, loads) >= players);
+        if let Some(s) = standby {
+            return Ok(s);
+        }
+        (0..self.cfg.shards.len())
+            .filter(eligible)
+            .filter(|&i| self.role(i) == Role::Active && self.free_slots(i, loads) >= players)
+            .max_by_key(|&i| (self.free_slots(i, loads), std::cmp::Reverse(i)))
+            .ok_or_else(|| {
+                format!(
+                    "no healthy shard can take `{}`'s {players} players together (no empty standby; the roomiest active shard has {} free slots)",
+                    self.cfg.shards[from].name,
+                    (0..self.cfg.shards.len()).filter(eligible).map(|i| self.free_slots(i, loads)).max().unwrap_or(0)
+                )
+            })
+    }
+
+    /// Players a shard holds (sessions routed to it).
+    pub fn players_on(&self, i: usize, tables: &Tables) -> usize {
+        self.loads(tables).get(&self.ids[i].backend).map(Load::players).unwrap_or(0)
     }
 
     fn check_target(&self, to: usize, tables: &Tables) -> Result<(), String> {

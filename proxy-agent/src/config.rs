@@ -43,8 +43,54 @@ pub struct Config {
     /// time is removed (the player went away instead of reconnecting).
     #[serde(default = "default_move_timeout")]
     pub move_timeout_ms: u64,
+    /// SA:MP query probes of every shard.
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// What a shard that comes back after a failure becomes. It never takes
+    /// its old players back (they moved); `standby` keeps it empty for the
+    /// next failover.
+    #[serde(default = "default_recovered_role")]
+    pub recovered_role: Role,
+    /// Handshakes per second each shard receives at most (0 = unlimited), so a
+    /// mass reconnect neither trips per-IP flood limits nor melts login code.
+    #[serde(default = "default_handshake_rate")]
+    pub handshake_rate: u32,
+    /// Handshakes a shard may receive at once above that rate.
+    #[serde(default = "default_handshake_burst")]
+    pub handshake_burst: u32,
     pub frontends: Vec<FrontendConfig>,
     pub shards: Vec<ShardConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// Time between probes of a shard.
+    pub interval_ms: u64,
+    /// How long a probe waits for the answer.
+    pub timeout_ms: u64,
+    /// Consecutive missed probes that mark a shard down.
+    pub down_after: u32,
+    /// Consecutive answered probes that mark a down shard up again.
+    pub up_after: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        Self { interval_ms: 200, timeout_ms: 150, down_after: 3, up_after: 3 }
+    }
+}
+
+fn default_recovered_role() -> Role {
+    Role::Standby
+}
+
+fn default_handshake_rate() -> u32 {
+    250
+}
+
+fn default_handshake_burst() -> u32 {
+    50
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -271,6 +317,42 @@ impl Checker<'_> {
         }
         if raw.move_timeout_ms < 1000 {
             return Err(self.error(&[K("move_timeout_ms")], format!("{} ms is too short", raw.move_timeout_ms), "use at least 1000 ms: a client needs seconds to notice it lost its shard and reconnect (30000 is the default)"));
+        }
+        let h = &raw.health;
+        if !(50..=60_000).contains(&h.interval_ms) {
+            return Err(self.error(
+                &[K("health"), K("interval_ms")],
+                format!("interval {} ms", h.interval_ms),
+                "use 50..=60000 ms (200 is the default)",
+            ));
+        }
+        if h.timeout_ms == 0 || h.timeout_ms > h.interval_ms {
+            return Err(self.error(
+                &[K("health"), K("timeout_ms")],
+                format!("timeout {} ms with an interval of {} ms", h.timeout_ms, h.interval_ms),
+                "use a timeout of at least 1 ms and at most the interval",
+            ));
+        }
+        if h.down_after == 0 || h.up_after == 0 || h.down_after > 100 || h.up_after > 100 {
+            return Err(self.error(
+                &[K("health"), K(if h.down_after == 0 || h.down_after > 100 { "down_after" } else { "up_after" })],
+                "a probe count outside 1..=100",
+                "count consecutive probes: 3 is the default",
+            ));
+        }
+        if raw.handshake_rate > 100_000 {
+            return Err(self.error(
+                &[K("handshake_rate")],
+                format!("{} handshakes/s", raw.handshake_rate),
+                "use 0 (unlimited) or up to 100000 per second",
+            ));
+        }
+        if raw.handshake_rate > 0 && raw.handshake_burst == 0 {
+            return Err(self.error(
+                &[K("handshake_burst")],
+                "a burst of 0 with a rate set",
+                "use a burst of at least 1 (50 is the default)",
+            ));
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&raw.log_level.as_str()) {
             return Err(self.error(

@@ -8,6 +8,7 @@ pub mod config;
 pub mod control;
 pub mod dataplane;
 pub mod ebpf_object;
+pub mod health;
 pub mod placement;
 pub mod plan;
 pub mod protocol;

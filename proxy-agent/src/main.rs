@@ -83,6 +83,17 @@ enum Command {
     },
     /// Re-read the config file (as SIGHUP does).
     Reload(Target),
+    /// Health changes, failovers and migrations, oldest first.
+    Events(Target),
+    /// Move every player of a shard to ONE other shard now, as a health failure would.
+    Failover {
+        shard: String,
+        /// The target; by default an empty standby, else the shard with the most room.
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 fn init_logging(level: &str) {
@@ -143,6 +154,8 @@ fn main() -> ExitCode {
         Command::Drain { shard, target } => remote(Request::Drain { shard }, &target),
         Command::Undrain { shard, target } => remote(Request::Undrain { shard }, &target),
         Command::Reload(t) => remote(Request::Reload, &t),
+        Command::Events(t) => remote(Request::Events, &t),
+        Command::Failover { shard, to, target } => remote(Request::Failover { shard, to }, &target),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

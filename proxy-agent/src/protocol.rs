@@ -37,6 +37,14 @@ pub enum Request {
         shard: String,
     },
     Reload,
+    /// Health changes, failovers, migrations, most recent last.
+    Events,
+    /// Fail a shard's players over now, as a health failure would.
+    Failover {
+        shard: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<String>,
+    },
 }
 
 /// The fields each command takes.
@@ -46,11 +54,13 @@ fn fields(cmd: &str) -> Option<&'static [&'static str]> {
         "sessions" => &["shard", "client"],
         "migrate" => &["clients", "from", "to"],
         "drain" | "undrain" => &["shard"],
+        "events" => &[],
+        "failover" => &["shard", "to"],
         _ => return None,
     })
 }
 
-pub const COMMANDS: &str = "status, shards, sessions, migrate, drain, undrain, reload";
+pub const COMMANDS: &str = "status, shards, sessions, migrate, drain, undrain, reload, events, failover";
 
 impl Request {
     /// The request line a client sends (without the newline).

@@ -11,7 +11,30 @@ use tokio::{
     sync::Mutex,
 };
 
-use crate::{cluster::Cluster, config, control, dataplane::Dataplane, state::AgentState};
+use crate::{cluster::Cluster, config, control, dataplane::Dataplane, health, state::AgentState};
+
+/// Probes every shard each `health.interval_ms`, all at once, and hands the
+/// round to the state (which fails over what went down).
+async fn health_loop(state: Arc<Mutex<AgentState>>) {
+    let mut nonce: u32 = std::process::id();
+    loop {
+        let (targets, cfg) = {
+            let st = state.lock().await;
+            (st.probe_targets(), st.cluster.cfg.raw.health.clone())
+        };
+        let started = tokio::time::Instant::now();
+        let mut probes = tokio::task::JoinSet::new();
+        for (name, addr) in targets {
+            nonce = nonce.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let wait = Duration::from_millis(cfg.timeout_ms);
+            let n = nonce;
+            probes.spawn(async move { (name, health::probe(addr, wait, n).await) });
+        }
+        let results: Vec<_> = probes.join_all().await;
+        state.lock().await.health_round(results);
+        tokio::time::sleep_until(started + Duration::from_millis(cfg.interval_ms)).await;
+    }
+}
 
 pub async fn run(config_path: &Path) -> Result<()> {
     // Validate everything before touching the kernel: a bad file attaches nothing.
@@ -38,14 +61,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
         log::info!("frontend {} {} -> {}", fe.name, fe.address, shards.join(", "));
     }
     let socket_path = cfg.raw.control_socket.clone();
-    let state = Arc::new(Mutex::new(AgentState {
-        dp,
-        cluster,
-        config_path: config_path.to_path_buf(),
-        expired_idle: 0,
-        expired_moving: 0,
-    }));
+    let state = Arc::new(Mutex::new(AgentState::new(dp, cluster, config_path.to_path_buf())));
     tokio::spawn(control::serve(listener, state.clone()));
+    tokio::spawn(health_loop(state.clone()));
     println!("READY");
 
     // SAFETY: the logger owns the ring buffer's fd and lives inside the AsyncFd,

@@ -1,15 +1,35 @@
 //! The agent's state and what each control request does to it.
 
-use std::path::PathBuf;
+use std::{collections::VecDeque, net::SocketAddrV4, path::PathBuf};
 
+use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::{
     cluster::{now_ns, ClientSelector, Cluster},
     config::{self, Role},
     dataplane::Dataplane,
+    health::{ProbeResult, Transition},
     protocol::Request,
 };
+
+/// Events kept for `proxy-agent events`.
+const MAX_EVENTS: usize = 1000;
+
+/// Something an operator wants to see after the fact.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Event {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// health_down | health_up | failover | failover_parked | migration | drain | undrain
+    pub kind: &'static str,
+    pub shard: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    pub groups: Vec<u32>,
+    pub players: usize,
+    pub detail: String,
+}
 
 pub struct AgentState {
     pub dp: Dataplane,
@@ -17,9 +37,164 @@ pub struct AgentState {
     pub config_path: PathBuf,
     pub expired_idle: u64,
     pub expired_moving: u64,
+    pub events: VecDeque<Event>,
+    /// Shards that went down whose players found no room yet: retried on
+    /// every health round until capacity appears.
+    pub parked: Vec<String>,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl AgentState {
+    pub fn new(dp: Dataplane, cluster: Cluster, config_path: PathBuf) -> Self {
+        Self {
+            dp,
+            cluster,
+            config_path,
+            expired_idle: 0,
+            expired_moving: 0,
+            events: VecDeque::new(),
+            parked: Vec::new(),
+        }
+    }
+
+    /// Records and logs an event.
+    pub fn event(
+        &mut self,
+        kind: &'static str,
+        shard: &str,
+        target: Option<&str>,
+        groups: Vec<u32>,
+        players: usize,
+        detail: String,
+    ) {
+        let e = Event {
+            at_ms: unix_ms(),
+            kind,
+            shard: shard.into(),
+            target: target.map(Into::into),
+            groups,
+            players,
+            detail,
+        };
+        log::info!(
+            "event {}: shard {} {}{}",
+            e.kind,
+            e.shard,
+            e.target.as_deref().map(|t| format!("-> {t} ")).unwrap_or_default(),
+            e.detail
+        );
+        if self.events.len() == MAX_EVENTS {
+            self.events.pop_front();
+        }
+        self.events.push_back(e);
+    }
+
+    /// Every shard's name and query address, for a health round.
+    pub fn probe_targets(&self) -> Vec<(String, SocketAddrV4)> {
+        let c = &self.cluster.cfg;
+        c.shards
+            .iter()
+            .map(|s| (s.name.clone(), SocketAddrV4::new(s.address, c.frontends[s.frontend].address.port())))
+            .collect()
+    }
+
+    /// Folds one health round in: transitions become events, a shard going
+    /// down fails over (or parks), a shard coming back becomes
+    /// `recovered_role`, parked shards are retried.
+    pub fn health_round(&mut self, results: Vec<(String, Option<ProbeResult>)>) {
+        let cfg = self.cluster.cfg.raw.health.clone();
+        let mut changed = false;
+        for (name, result) in results {
+            let Ok(i) = self.cluster.shard(&name) else { continue };
+            let transition = self.cluster.health.entry(name.clone()).or_default().record(result, &cfg);
+            match transition {
+                Transition::None => {}
+                Transition::WentDown => {
+                    changed = true;
+                    let players = self.cluster.players_on(i, &self.dp.tables);
+                    self.event(
+                        "health_down",
+                        &name,
+                        None,
+                        vec![],
+                        players,
+                        format!("{} probes unanswered", cfg.down_after),
+                    );
+                    self.fail_over(i, None);
+                }
+                Transition::CameUp => {
+                    changed = true;
+                    let role = self.cluster.cfg.raw.recovered_role;
+                    self.cluster.role_override.insert(name.clone(), role);
+                    let r = match role {
+                        Role::Active => "active",
+                        Role::Standby => "standby",
+                    };
+                    self.event(
+                        "health_up",
+                        &name,
+                        None,
+                        vec![],
+                        0,
+                        format!("answers again; it keeps no old players and is now {r}"),
+                    );
+                }
+            }
+        }
+        for name in std::mem::take(&mut self.parked) {
+            if let Ok(i) = self.cluster.shard(&name) {
+                if !self.cluster.is_up(i) {
+                    changed |= self.fail_over(i, None);
+                }
+            }
+        }
+        if changed {
+            if let Err(e) = self.cluster.refresh_placement(&mut self.dp.tables) {
+                log::warn!("refreshing placement: {e:#}");
+            }
+        }
+    }
+
+    /// Runs a failover and records it; a failover with no room parks the
+    /// shard (automatic ones only). Returns whether anything moved.
+    fn fail_over(&mut self, i: usize, to: Option<usize>) -> bool {
+        let name = self.cluster.cfg.shards[i].name.clone();
+        let players = self.cluster.players_on(i, &self.dp.tables);
+        if players == 0 && to.is_none() {
+            return false;
+        }
+        match self.cluster.failover(&mut self.dp.tables, i, to) {
+            Ok(r) => {
+                self.event(
+                    "failover",
+                    &name,
+                    Some(&r.to),
+                    r.groups.clone(),
+                    r.moved,
+                    format!("{} players moving together to {}", r.moved, r.to),
+                );
+                true
+            }
+            Err(why) => {
+                self.event(
+                    "failover_parked",
+                    &name,
+                    None,
+                    vec![],
+                    players,
+                    format!("{why}; retried as soon as capacity appears"),
+                );
+                if !self.parked.contains(&name) {
+                    self.parked.push(name);
+                }
+                false
+            }
+        }
+    }
+
     /// Carries out one request. Errors name the fault; a refused request has
     /// changed no map.
     pub fn handle(&mut self, req: Request) -> Result<Value, String> {
@@ -32,6 +207,7 @@ impl AgentState {
                 Ok(json!(list))
             }
             Request::Migrate { clients, from, to } => {
+                let from_label = from.clone().unwrap_or_else(|| format!("clients {}", clients.join(" ")));
                 let report = match (clients.is_empty(), from) {
                     (false, None) => {
                         let sel = clients.iter().map(|c| c.parse::<ClientSelector>()).collect::<Result<Vec<_>, _>>()?;
@@ -43,18 +219,32 @@ impl AgentState {
                         return Err("say which players move: clients (IP or IP:PORT) or `from` (a shard)".into())
                     }
                 };
-                log::info!(
-                    "migration to {}: {} players moving ({} already there), groups repointed: {:?}",
-                    report.to,
-                    report.moved,
-                    report.already_there,
-                    report.groups
+                let what = format!(
+                    "{} players moving to {} ({} already there)",
+                    report.moved, report.to, report.already_there
                 );
+                self.event("migration", &from_label, Some(&report.to), report.groups.clone(), report.moved, what);
                 Ok(json!(report))
             }
             Request::Drain { shard } => self.drain(&shard, true),
             Request::Undrain { shard } => self.drain(&shard, false),
             Request::Reload => self.reload().map(|changes| json!({ "changes": changes })),
+            Request::Events => Ok(json!(self.events)),
+            Request::Failover { shard, to } => {
+                let from = self.cluster.shard(&shard)?;
+                let to = to.as_deref().map(|t| self.cluster.shard(t)).transpose()?;
+                let players = self.cluster.players_on(from, &self.dp.tables);
+                let report = self.cluster.failover(&mut self.dp.tables, from, to)?;
+                self.event(
+                    "failover",
+                    &shard,
+                    Some(&report.to),
+                    report.groups.clone(),
+                    players,
+                    format!("manual: {players} players moving together to {}", report.to),
+                );
+                Ok(json!(report))
+            }
         }
     }
 
@@ -62,7 +252,8 @@ impl AgentState {
         let changed = self.cluster.set_drained(&mut self.dp.tables, shard, drained)?;
         let verb = if drained { "drained" } else { "undrained" };
         if changed {
-            log::info!("shard {shard} {verb}");
+            let kind = if drained { "drain" } else { "undrain" };
+            self.event(kind, shard, None, vec![], 0, verb.to_string());
         }
         Ok(json!({ "shard": shard, "drained": drained, "changed": changed }))
     }
@@ -125,9 +316,12 @@ impl AgentState {
                     "name": s.name,
                     "address": s.address.to_string(),
                     "frontend": c.cfg.frontends[s.frontend].name,
-                    "role": match s.role { Role::Active => "active", Role::Standby => "standby" },
+                    "role": match c.role(i) { Role::Active => "active", Role::Standby => "standby" },
                     "drained": c.drained(i, tables),
-                    "health": "unchecked",
+                    "health": c.health.get(&s.name).map(|h| h.label()).unwrap_or("unchecked"),
+                    "rtt_ms": c.health.get(&s.name).and_then(|h| h.rtt_ms),
+                    "reported_players": c.health.get(&s.name).and_then(|h| h.players),
+                    "parked": self.parked.contains(&s.name),
                     "players": load.players(),
                     "established": load.established,
                     "pending": load.pending,

@@ -10,7 +10,7 @@ use aya::{
     Ebpf,
 };
 use proxy_common::{
-    maps as names, Backend, BackendStats, Counter, Frontend, FrontendKey, Group, PortEntry, Reverse, Session,
+    maps as names, Backend, BackendStats, Counter, Frontend, FrontendKey, Group, Meter, PortEntry, Reverse, Session,
     SessionKey, ShardState, MAX_BACKENDS, PLACEMENT_SLOTS,
 };
 
@@ -22,6 +22,7 @@ pub struct Tables {
     pub placement: Array<MapData, u32>,
     pub groups: Array<MapData, Group>,
     pub shard_state: Array<MapData, ShardState>,
+    pub meter: Array<MapData, Meter>,
     pub backends: Array<MapData, Backend>,
     pub reverse: HashMap<MapData, u32, Reverse>,
     pub sessions: HashMap<MapData, SessionKey, Session>,
@@ -59,6 +60,7 @@ impl Tables {
             placement: open(dir, names::PLACEMENT)?,
             groups: open(dir, names::GROUPS)?,
             shard_state: open(dir, names::SHARD_STATE)?,
+            meter: open(dir, names::METER)?,
             backends: open(dir, names::BACKENDS)?,
             reverse: open(dir, names::REVERSE)?,
             sessions: open(dir, names::SESSIONS)?,
@@ -75,6 +77,7 @@ impl Tables {
             placement: take(ebpf, names::PLACEMENT)?,
             groups: take(ebpf, names::GROUPS)?,
             shard_state: take(ebpf, names::SHARD_STATE)?,
+            meter: take(ebpf, names::METER)?,
             backends: take(ebpf, names::BACKENDS)?,
             reverse: take(ebpf, names::REVERSE)?,
             sessions: take(ebpf, names::SESSIONS)?,
