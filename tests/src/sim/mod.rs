@@ -7,3 +7,10 @@
 pub mod player;
 pub mod shard;
 pub mod wire;
+
+/// Milliseconds since the first call in this process: one clock for players
+/// and shards, so a handshake's send and arrival can be compared.
+pub fn clock_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    EPOCH.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64
+}

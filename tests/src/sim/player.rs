@@ -66,6 +66,8 @@ pub struct PlayerStats {
     pub wrong_source: u64,
     /// Echoes in which the shard saw an address other than ours.
     pub wrong_seen: u64,
+    /// `sim::clock_ms` when this player lost its shard and began to reconnect.
+    pub reconnect_ms: Vec<u64>,
 }
 
 impl PlayerStats {
@@ -199,7 +201,11 @@ async fn play(
                     if now - last_rx > cfg.reconnect_after {
                         // "Lost connection to the server. Reconnecting..."
                         connected = false;
-                        st.lock().unwrap().connected = false;
+                        {
+                            let mut s = st.lock().unwrap();
+                            s.connected = false;
+                            s.reconnect_ms.push(super::clock_ms());
+                        }
                         let _ = socket.send_to(&send_handshake(0), server).await;
                         handshake_at = now;
                         continue;

@@ -44,6 +44,10 @@ pub struct ShardStats {
     /// Game packets from clients without a completed handshake.
     pub unconnected: u64,
     pub queries: u64,
+    /// `sim::clock_ms` of every handshake datagram that arrived (first 10 000).
+    pub handshake_ms: Vec<u64>,
+    /// First handshake arrival per client, `sim::clock_ms`.
+    pub first_handshake_ms: BTreeMap<String, u64>,
 }
 
 impl ShardStats {
@@ -58,6 +62,7 @@ impl ShardStats {
 pub struct ShardHandle {
     pub name: String,
     stop: Arc<AtomicBool>,
+    mute: Arc<AtomicBool>,
     stats: Arc<Mutex<ShardStats>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -65,6 +70,11 @@ pub struct ShardHandle {
 impl ShardHandle {
     pub fn stats(&self) -> ShardStats {
         self.stats.lock().unwrap().clone()
+    }
+
+    /// While muted the shard reads and ignores everything (a hung server).
+    pub fn set_muted(&self, muted: bool) {
+        self.mute.store(muted, Ordering::Relaxed);
     }
 
     /// Stops answering and closes the socket: the shard process "dies".
@@ -91,16 +101,17 @@ pub struct ShardConfig {
 /// Serves on `socket` (bound to the shard's port) until stopped.
 pub fn spawn(socket: UdpSocket, cfg: ShardConfig) -> ShardHandle {
     let stop = Arc::new(AtomicBool::new(false));
+    let mute = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(Mutex::new(ShardStats { name: cfg.name.clone(), ..Default::default() }));
     let name = cfg.name.clone();
     let thread = {
-        let (stop, stats) = (stop.clone(), stats.clone());
+        let (stop, mute, stats) = (stop.clone(), mute.clone(), stats.clone());
         std::thread::Builder::new()
             .name(format!("shard-{name}"))
-            .spawn(move || serve(socket, cfg, &stop, &stats))
+            .spawn(move || serve(socket, cfg, &stop, &mute, &stats))
             .expect("spawning a shard thread")
     };
-    ShardHandle { name, stop, stats, thread: Some(thread) }
+    ShardHandle { name, stop, mute, stats, thread: Some(thread) }
 }
 
 fn cookie_for(seed: u32, client: &SocketAddrV4) -> u16 {
@@ -109,7 +120,7 @@ fn cookie_for(seed: u32, client: &SocketAddrV4) -> u16 {
     (h >> 16) as u16
 }
 
-fn serve(socket: UdpSocket, cfg: ShardConfig, stop: &AtomicBool, stats: &Mutex<ShardStats>) {
+fn serve(socket: UdpSocket, cfg: ShardConfig, stop: &AtomicBool, mute: &AtomicBool, stats: &Mutex<ShardStats>) {
     let port = socket.local_addr().map(|a| a.port()).unwrap_or(7777);
     socket.set_read_timeout(Some(Duration::from_millis(50))).expect("read timeout");
     let started = Instant::now();
@@ -121,6 +132,9 @@ fn serve(socket: UdpSocket, cfg: ShardConfig, stop: &AtomicBool, stats: &Mutex<S
             Err(_) => continue,
         };
         let SocketAddr::V4(from) = from else { continue };
+        if mute.load(Ordering::Relaxed) {
+            continue;
+        }
         let data = &buf[..n];
         let reply = handle(data, from, port, &cfg, &mut plain, stats, started);
         if let Some(reply) = reply {
@@ -176,6 +190,11 @@ fn handle(
         samp::ID_OPEN_CONNECTION_REQUEST if len == 3 => {
             let got = u16::from_le_bytes([plain[1], plain[2]]);
             let cookie = cookie_for(cfg.seed, &from);
+            let at = super::clock_ms();
+            if st.handshake_ms.len() < 10_000 {
+                st.handshake_ms.push(at);
+            }
+            st.first_handshake_ms.entry(key.clone()).or_insert(at);
             let client = st.clients.entry(key).or_default();
             client.handshakes += 1;
             client.last_ms = now_ms;
