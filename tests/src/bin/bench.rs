@@ -37,7 +37,12 @@ use proxy_common::{
     net::{addr_to_map, port_to_map},
     Backend, Reverse, Session, SessionKey,
 };
-use tests::{bed::*, packet::Udp, pins::PinDir};
+use tests::{
+    bed::*,
+    packet::Udp,
+    pins::PinDir,
+    scenario::{wait_for, Scenario},
+};
 
 #[derive(Parser)]
 struct Cli {
@@ -52,6 +57,16 @@ enum What {
         /// Test-run calls per case (each alternated with a baseline call).
         #[arg(long, default_value_t = 5_000)]
         calls: u32,
+    },
+    /// Failover with default settings: shard death to group repointed, and
+    /// each player's reconnect handshake to its arrival at the standby.
+    Failover {
+        /// Player counts to run, one scenario each.
+        #[arg(long, value_delimiter = ',', default_value = "50,500")]
+        players: Vec<usize>,
+        /// Silence after which a simulated client reconnects.
+        #[arg(long, default_value_t = 1500)]
+        reconnect_ms: u64,
     },
     /// Time to apply migrations of 1, 100 and 1000 sessions and of a whole group.
     Migrate {
@@ -244,9 +259,80 @@ fn migrate(runs: usize) -> Result<()> {
     Ok(())
 }
 
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn failover(n: usize, reconnect_ms: u64) -> Result<()> {
+    let sc = Scenario::start(2, |t| t.config_of(&[(0, 1000, "active"), (1, 1000, "standby")], ""))?;
+    let mut cfg = sc.player_config();
+    cfg.rate_hz = 10.0;
+    cfg.reconnect_after = Duration::from_millis(reconnect_ms);
+    let players = sc.players(n, &cfg)?;
+    Scenario::wait_playing(&players, 3);
+    let status = sc.agent.request(&proxy_agent::protocol::Request::Status)?;
+    let s1 = status["shards"].as_array().unwrap().iter().find(|s| s["name"] == "s1").unwrap().clone();
+    let (group, backend) = (s1["home_group"].as_u64().unwrap() as u32, s1["backend"].as_u64().unwrap() as u32);
+    let tables = sc.agent.tables()?;
+    let mut shards = sc.shards;
+    // The agent and topology live on in `_sc`; the shards are ours to kill.
+    let _sc = Scenario { shards: Vec::new(), ..sc };
+    let died = Instant::now();
+    let died_ms = tests::sim::clock_ms();
+    shards[0].stop();
+    let repointed = loop {
+        if tables.groups.get(&group, 0)?.backend != backend {
+            break died.elapsed();
+        }
+        if died.elapsed() > Duration::from_secs(30) {
+            bail!("group not repointed within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    wait_for("every player on s2", Duration::from_secs(120), || {
+        players.snapshot().iter().all(|p| p.connected && p.current_shard() == Some("s2"))
+    });
+    let all_back = died.elapsed();
+    let arrivals = shards[1].stats().first_handshake_ms;
+    let mut lat: Vec<u64> = players
+        .snapshot()
+        .iter()
+        .filter_map(|p| {
+            let sent = *p.reconnect_ms.iter().rfind(|&&t| t >= died_ms)?;
+            arrivals.get(&p.local).map(|&a| a.saturating_sub(sent))
+        })
+        .collect();
+    lat.sort_unstable();
+    if lat.len() != n {
+        bail!("measured {} of {n} reconnects", lat.len());
+    }
+    println!(
+        "{n:>8} {:>18.0} {:>28} {:>22.1}",
+        repointed.as_secs_f64() * 1000.0,
+        format!("{}/{}/{}", percentile(&lat, 0.5), percentile(&lat, 0.95), lat[lat.len() - 1]),
+        all_back.as_secs_f64()
+    );
+    players.stop();
+    drop(shards);
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().what {
         What::Fastpath { calls } => fastpath(calls),
         What::Migrate { runs } => migrate(runs),
+        What::Failover { players, reconnect_ms } => {
+            println!(
+                "failover: s1 (active) dies, its players move to s2 (standby); default health and pacing settings"
+            );
+            println!(
+                "{:>8} {:>18} {:>28} {:>22}",
+                "players", "death->repoint ms", "reconnect->arrival ms p50/p95/max", "death->all back s"
+            );
+            for n in players {
+                failover(n, reconnect_ms)?;
+            }
+            Ok(())
+        }
     }
 }
