@@ -31,59 +31,46 @@ pub struct Tables {
     pub backend_stats: PerCpuArray<MapData, BackendStats>,
 }
 
-fn take<T>(ebpf: &mut Ebpf, name: &str) -> Result<T>
+/// Turns one untyped map into the typed handle a field wants.
+fn typed<T>(source: &mut impl FnMut(&str) -> Result<aya::maps::Map>, name: &str) -> Result<T>
 where
     T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.take_map(name).with_context(|| format!("the eBPF object has no map {name}"))?;
-    T::try_from(map).with_context(|| format!("map {name} has an unexpected type"))
-}
-
-fn open<T>(dir: &Path, name: &str) -> Result<T>
-where
-    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
-{
-    let path = dir.join(name);
-    let data = MapData::from_pin(&path).with_context(|| {
-        format!("opening pinned map {}; is the agent running with this bpffs folder?", path.display())
-    })?;
-    let map = aya::maps::Map::from_map_data(data)?;
-    T::try_from(map).with_context(|| format!("pinned map {} has an unexpected type", path.display()))
+    T::try_from(source(name)?).with_context(|| format!("map {name} has an unexpected type"))
 }
 
 impl Tables {
     /// Opens the maps a running (or stopped) agent pinned in `dir`.
     pub fn open_pinned(dir: &Path) -> Result<Self> {
-        Ok(Self {
-            frontends: open(dir, names::FRONTENDS)?,
-            ports: open(dir, names::PORTS)?,
-            placement: open(dir, names::PLACEMENT)?,
-            groups: open(dir, names::GROUPS)?,
-            shard_state: open(dir, names::SHARD_STATE)?,
-            meter: open(dir, names::METER)?,
-            backends: open(dir, names::BACKENDS)?,
-            reverse: open(dir, names::REVERSE)?,
-            sessions: open(dir, names::SESSIONS)?,
-            pending: open(dir, names::PENDING)?,
-            counters: open(dir, names::COUNTERS)?,
-            backend_stats: open(dir, names::BACKEND_STATS)?,
+        Self::from_source(|name| {
+            let path = dir.join(name);
+            let data = MapData::from_pin(&path).with_context(|| {
+                format!("opening pinned map {}; is the agent running with this bpffs folder?", path.display())
+            })?;
+            Ok(aya::maps::Map::from_map_data(data)?)
         })
     }
 
+    /// Takes the maps out of a freshly loaded object.
     pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Self::from_source(|name| ebpf.take_map(name).with_context(|| format!("the eBPF object has no map {name}")))
+    }
+
+    fn from_source(mut source: impl FnMut(&str) -> Result<aya::maps::Map>) -> Result<Self> {
+        let s = &mut source;
         Ok(Self {
-            frontends: take(ebpf, names::FRONTENDS)?,
-            ports: take(ebpf, names::PORTS)?,
-            placement: take(ebpf, names::PLACEMENT)?,
-            groups: take(ebpf, names::GROUPS)?,
-            shard_state: take(ebpf, names::SHARD_STATE)?,
-            meter: take(ebpf, names::METER)?,
-            backends: take(ebpf, names::BACKENDS)?,
-            reverse: take(ebpf, names::REVERSE)?,
-            sessions: take(ebpf, names::SESSIONS)?,
-            pending: take(ebpf, names::PENDING)?,
-            counters: take(ebpf, names::COUNTERS)?,
-            backend_stats: take(ebpf, names::BACKEND_STATS)?,
+            frontends: typed(s, names::FRONTENDS)?,
+            ports: typed(s, names::PORTS)?,
+            placement: typed(s, names::PLACEMENT)?,
+            groups: typed(s, names::GROUPS)?,
+            shard_state: typed(s, names::SHARD_STATE)?,
+            meter: typed(s, names::METER)?,
+            backends: typed(s, names::BACKENDS)?,
+            reverse: typed(s, names::REVERSE)?,
+            sessions: typed(s, names::SESSIONS)?,
+            pending: typed(s, names::PENDING)?,
+            counters: typed(s, names::COUNTERS)?,
+            backend_stats: typed(s, names::BACKEND_STATS)?,
         })
     }
 

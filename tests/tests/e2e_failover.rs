@@ -175,3 +175,23 @@ fn a_mass_reconnect_reaches_the_new_shard_at_the_configured_rate() {
     players.stop();
     drop(shards);
 }
+
+#[test]
+fn failover_by_hand_takes_the_same_path() {
+    let sc = Scenario::start(2, |t| t.config(&[100, 100], "")).unwrap();
+    drain(&sc, "s2", true);
+    let players = sc.players(10, &sc.player_config()).unwrap();
+    Scenario::wait_playing(&players, 5);
+    drain(&sc, "s2", false);
+    let (ok, _, err) = sc.agent.cli(&["failover", "s1", "--to", "s9"]).unwrap();
+    assert!(!ok && err.contains("no shard named `s9`"), "{err}");
+    let (ok, out, err) = sc.agent.cli(&["failover", "s1"]).unwrap();
+    assert!(ok, "{err}");
+    assert!(out.contains("10 players moving together to s2"), "{out}");
+    wait_for("the 10 on s2", Duration::from_secs(30), || all_on(&players, "s2"));
+    let (ok, out, _) = sc.agent.cli(&["events"]).unwrap();
+    assert!(ok && out.contains("failover") && out.contains("manual"), "{out}");
+    let json: Value = serde_json::from_str(&sc.agent.cli(&["events", "--json"]).unwrap().1).unwrap();
+    assert!(json.as_array().unwrap().iter().any(|e| e["kind"] == "failover" && e["target"] == "s2"));
+    players.stop();
+}
