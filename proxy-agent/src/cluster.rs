@@ -205,7 +205,9 @@ impl Cluster {
         tables.apply(&plan)?;
         let raw = &self.cfg.raw;
         let interval = if raw.handshake_rate == 0 { 0 } else { 1_000_000_000 / raw.handshake_rate as u64 };
-        let meter = Meter { tat_ns: 0, interval_ns: interval, tolerance_ns: interval * raw.handshake_burst as u64 };
+        // GCRA admits one more than its tolerance covers: `burst` at once.
+        let tolerance = interval * raw.handshake_burst.saturating_sub(1) as u64;
+        let meter = Meter { tat_ns: 0, interval_ns: interval, tolerance_ns: tolerance };
         for id in &self.ids {
             tables.meter.set(id.backend, meter, 0).context("writing METER")?;
         }

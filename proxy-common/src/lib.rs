@@ -152,7 +152,7 @@ pub struct Meter {
     pub tat_ns: u64,
     /// 1e9 / rate; 0 = no metering.
     pub interval_ns: u64,
-    /// How far ahead of now the TAT may run: burst * interval.
+    /// How far ahead of now the TAT may run: (burst - 1) * interval.
     pub tolerance_ns: u64,
 }
 

@@ -49,6 +49,7 @@ pub const GROUP_NONE: u32 = 4;
 
 const CONFIG: &str = "
 interfaces: [lo]
+handshake_rate: 0
 frontends:
   - name: play
     address: 198.18.100.1:7777

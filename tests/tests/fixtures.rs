@@ -291,3 +291,22 @@ fn malformed_frames_are_dropped() {
     check(&bed, "IP version 6 in an IPv4 frame", &v6_in_v4, XDP_DROP, &v6_in_v4, Counter::DropMalformed);
     let _ = &mut bed;
 }
+
+#[test]
+fn handshakes_are_paced_per_shard() {
+    let mut bed = bed();
+    bed.place_all_on(GROUP_A);
+    bed.session(CLIENT, 50000, GROUP_A, false);
+    // One handshake per 10 s, no burst beyond it.
+    let meter = proxy_common::Meter { tat_ns: 0, interval_ns: 10_000_000_000, tolerance_ns: 0 };
+    bed.dp.tables.meter.set(1, meter, 0).unwrap();
+    let p = to_vip(CLIENT, 40000, &handshake(0));
+    let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
+    check(&bed, "first handshake passes the pacer", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
+    let p = to_vip(CLIENT, 40001, &handshake(0));
+    check(&bed, "second handshake is held back", &p.frame(), XDP_DROP, &p.frame(), Counter::DropMetered);
+    assert_eq!(bed.dp.tables.pending_sessions().len(), 1, "a held-back player costs no table entry");
+    let p = to_vip(CLIENT, 50000, &game_packet());
+    let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
+    check(&bed, "game packets are never paced", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
+}
