@@ -6,13 +6,14 @@ use std::{
     collections::{BTreeMap, HashSet},
     io::{Read, Write},
     net::{SocketAddrV4, TcpListener, TcpStream},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use proxy_common::Counter;
 use tests::{
     agent::Agent,
     netns,
+    scenario::wait_for,
     sim::{
         player::{self, PlayerConfig, PlayerStats},
         shard::{self, ShardConfig},
@@ -22,15 +23,6 @@ use tests::{
 
 const PLAYERS: usize = 200;
 const CAPACITIES: [u32; 3] = [100, 200, 300];
-
-/// Polls `cond` every 100 ms until it holds or `timeout` passes.
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 #[test]
 fn players_stick_to_shards_that_see_their_real_address() {

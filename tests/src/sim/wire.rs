@@ -65,14 +65,7 @@ impl Echo {
 
 /// A query request as a client sends it: magic, the address it thinks the
 /// server has, the port (little-endian), the opcode, extra bytes.
-pub fn query_request(server: SocketAddrV4, opcode: u8, extra: &[u8]) -> Vec<u8> {
-    let mut q = samp::QUERY_MAGIC.to_vec();
-    q.extend_from_slice(&server.ip().octets());
-    q.extend_from_slice(&server.port().to_le_bytes());
-    q.push(opcode);
-    q.extend_from_slice(extra);
-    q
-}
+pub use proxy_agent::health::query as query_request;
 
 /// The body of an `i` (info) reply.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
