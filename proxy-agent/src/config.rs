@@ -43,6 +43,10 @@ pub struct Config {
     /// time is removed (the player went away instead of reconnecting).
     #[serde(default = "default_move_timeout")]
     pub move_timeout_ms: u64,
+    /// Where to serve Prometheus metrics (`/metrics`, `/live`, `/ready`);
+    /// off when absent.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// SA:MP query probes of every shard.
     #[serde(default)]
     pub health: HealthConfig,

@@ -9,6 +9,7 @@ pub mod control;
 pub mod dataplane;
 pub mod ebpf_object;
 pub mod health;
+pub mod metrics;
 pub mod placement;
 pub mod plan;
 pub mod protocol;

@@ -11,7 +11,7 @@ use tokio::{
     sync::Mutex,
 };
 
-use crate::{cluster::Cluster, config, control, dataplane::Dataplane, health, state::AgentState};
+use crate::{cluster::Cluster, config, control, dataplane::Dataplane, health, metrics, state::AgentState};
 
 /// Probes every shard each `health.interval_ms`, all at once, and hands the
 /// round to the state (which fails over what went down).
@@ -42,6 +42,13 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let mut dp = Dataplane::load(&cfg.raw.bpffs)?;
     let cluster = Cluster::start(cfg.clone(), &mut dp.tables).context("filling the maps")?;
     let listener = control::bind(&cfg.raw.control_socket).await?;
+    let metrics =
+        match cfg.raw.metrics_listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("binding `metrics_listen` {addr}; pick a free address or remove the field")
+            })?),
+            None => None,
+        };
     let logger = dp.take_logger()?;
     dp.attach(&cfg.raw.interfaces, cfg.raw.xdp_mode)?;
     log::info!(
@@ -64,6 +71,9 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let state = Arc::new(Mutex::new(AgentState::new(dp, cluster, config_path.to_path_buf())));
     tokio::spawn(control::serve(listener, state.clone()));
     tokio::spawn(health_loop(state.clone()));
+    if let Some(listener) = metrics {
+        tokio::spawn(metrics::serve(listener, state.clone()));
+    }
     println!("READY");
 
     // SAFETY: the logger owns the ring buffer's fd and lives inside the AsyncFd,

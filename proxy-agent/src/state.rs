@@ -41,6 +41,8 @@ pub struct AgentState {
     /// Shards that went down whose players found no room yet: retried on
     /// every health round until capacity appears.
     pub parked: Vec<String>,
+    /// Events by kind since start (the ring forgets, metrics must not).
+    pub events_total: std::collections::HashMap<&'static str, u64>,
 }
 
 fn unix_ms() -> u64 {
@@ -57,6 +59,7 @@ impl AgentState {
             expired_moving: 0,
             events: VecDeque::new(),
             parked: Vec::new(),
+            events_total: Default::default(),
         }
     }
 
@@ -70,6 +73,7 @@ impl AgentState {
         players: usize,
         detail: String,
     ) {
+        *self.events_total.entry(kind).or_default() += 1;
         let e = Event {
             at_ms: unix_ms(),
             kind,

@@ -179,7 +179,7 @@ fn a_mass_reconnect_reaches_the_new_shard_at_the_configured_rate() {
 
 #[test]
 fn failover_by_hand_takes_the_same_path() {
-    let sc = Scenario::start(2, |t| t.config(&[100, 100], "")).unwrap();
+    let sc = Scenario::start(2, |t| t.config(&[100, 100], "metrics_listen: 127.0.0.1:9477\n")).unwrap();
     drain(&sc, "s2", true);
     let players = sc.players(10, &sc.player_config()).unwrap();
     Scenario::wait_playing(&players, 5);
@@ -194,5 +194,45 @@ fn failover_by_hand_takes_the_same_path() {
     assert!(ok && out.contains("failover") && out.contains("manual"), "{out}");
     let json: Value = serde_json::from_str(&sc.agent.cli(&["events", "--json"]).unwrap().1).unwrap();
     assert!(json.as_array().unwrap().iter().any(|e| e["kind"] == "failover" && e["target"] == "s2"));
+
+    // The same story in Prometheus metrics.
+    let metrics = scrape(&sc, "/metrics");
+    assert!(metrics.starts_with("HTTP/1.1 200 OK"), "{metrics}");
+    let body = metrics.split("\r\n\r\n").nth(1).unwrap();
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad sample line `{line}`"));
+        assert!(value.parse::<f64>().is_ok(), "bad value in `{line}`");
+        let name = series.split('{').next().unwrap();
+        assert!(body.contains(&format!("# TYPE {name} ")), "no TYPE for {name}");
+    }
+    for want in [
+        "samp_proxy_events_total{kind=\"failover\"} 1",
+        "samp_proxy_shard_sessions{shard=\"s2\",state=\"established\"} 10",
+        "samp_proxy_shard_sessions{shard=\"s1\",state=\"established\"} 0",
+        "samp_proxy_shard_up{shard=\"s1\"} 1",
+        "samp_proxy_shard_capacity{shard=\"s2\"} 100",
+    ] {
+        assert!(body.contains(want), "metrics lack `{want}`:\n{body}");
+    }
+    let redirected =
+        body.lines().find(|l| l.starts_with("samp_proxy_packets_total{outcome=\"ingress_redirect\"}")).unwrap();
+    assert!(redirected.rsplit(' ').next().unwrap().parse::<f64>().unwrap() > 100.0, "{redirected}");
+    assert!(scrape(&sc, "/live").contains("200 OK"));
+    assert!(scrape(&sc, "/nope").contains("404"));
     players.stop();
+}
+
+/// An HTTP GET to the agent's metrics port, from inside the proxy namespace.
+fn scrape(sc: &Scenario, path: &str) -> String {
+    use std::io::{Read, Write};
+    sc.topo
+        .proxy
+        .run(|| {
+            let mut s = std::net::TcpStream::connect("127.0.0.1:9477").unwrap();
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes()).unwrap();
+            let mut out = String::new();
+            s.read_to_string(&mut out).unwrap();
+            out
+        })
+        .unwrap()
 }
