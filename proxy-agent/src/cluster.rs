@@ -167,9 +167,7 @@ impl Cluster {
             })
             .collect();
 
-        let by_addr: HashMap<u32, u32> = (1..MAX_BACKENDS)
-            .filter_map(|id| tables.backends.get(&id, 0).ok().filter(|b| b.addr != 0).map(|b| (b.addr, id)))
-            .collect();
+        let by_addr: HashMap<u32, u32> = tables.used_backends().into_iter().map(|(id, b)| (b.addr, id)).collect();
         let mut taken_backends: HashSet<u32> = by_addr.values().copied().collect();
         let mut used = used(tables);
         let mut ids = Vec::with_capacity(self.cfg.shards.len());

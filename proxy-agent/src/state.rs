@@ -127,7 +127,7 @@ impl AgentState {
                         players,
                         format!("{} probes unanswered", cfg.down_after),
                     );
-                    self.fail_over(i, None);
+                    self.fail_over(i, players);
                 }
                 Transition::CameUp => {
                     changed = true;
@@ -151,7 +151,8 @@ impl AgentState {
         for name in std::mem::take(&mut self.parked) {
             if let Ok(i) = self.cluster.shard(&name) {
                 if !self.cluster.is_up(i) {
-                    changed |= self.fail_over(i, None);
+                    let players = self.cluster.players_on(i, &self.dp.tables);
+                    changed |= self.fail_over(i, players);
                 }
             }
         }
@@ -162,15 +163,14 @@ impl AgentState {
         }
     }
 
-    /// Runs a failover and records it; a failover with no room parks the
-    /// shard (automatic ones only). Returns whether anything moved.
-    fn fail_over(&mut self, i: usize, to: Option<usize>) -> bool {
+    /// Runs an automatic failover of shard `i` (holding `players`) and
+    /// records it; with no room the shard is parked. Returns whether anything moved.
+    fn fail_over(&mut self, i: usize, players: usize) -> bool {
         let name = self.cluster.cfg.shards[i].name.clone();
-        let players = self.cluster.players_on(i, &self.dp.tables);
-        if players == 0 && to.is_none() {
+        if players == 0 {
             return false;
         }
-        match self.cluster.failover(&mut self.dp.tables, i, to) {
+        match self.cluster.failover(&mut self.dp.tables, i, None) {
             Ok(r) => {
                 self.event(
                     "failover",
@@ -237,8 +237,8 @@ impl AgentState {
             Request::Failover { shard, to } => {
                 let from = self.cluster.shard(&shard)?;
                 let to = to.as_deref().map(|t| self.cluster.shard(t)).transpose()?;
-                let players = self.cluster.players_on(from, &self.dp.tables);
                 let report = self.cluster.failover(&mut self.dp.tables, from, to)?;
+                let players = report.moved;
                 self.event(
                     "failover",
                     &shard,

@@ -11,7 +11,7 @@ use aya::{
 };
 use proxy_common::{
     maps as names, Backend, BackendStats, Counter, Frontend, FrontendKey, Group, Meter, PortEntry, Reverse, Session,
-    SessionKey, ShardState, MAX_BACKENDS, PLACEMENT_SLOTS,
+    SessionKey, ShardState, PLACEMENT_SLOTS,
 };
 
 use crate::plan::RoutingPlan;
@@ -112,8 +112,8 @@ impl Tables {
             self.reverse.remove(&key).context("removing a stale shard reply mapping")?;
         }
         let live: HashSet<u32> = plan.backends.iter().map(|(id, _)| *id).collect();
-        for id in 1..MAX_BACKENDS {
-            if !live.contains(&id) && self.backends.get(&id, 0).map(|b| b.addr != 0).unwrap_or(false) {
+        for (id, _) in self.used_backends() {
+            if !live.contains(&id) {
                 self.backends.set(id, Backend::default(), 0).context("clearing a stale backend")?;
                 self.shard_state.set(id, ShardState::default(), 0).context("clearing SHARD_STATE")?;
             }
@@ -145,6 +145,14 @@ impl Tables {
             self.groups.iter().enumerate().filter_map(|(i, g)| g.ok().map(|g| (i as u32, g))).collect()
         });
         all.into_iter().filter(|(i, g)| *i != 0 && (g.backend != 0 || g.epoch != 0)).collect()
+    }
+
+    /// Every backend slot that holds a shard, by id (one batched read).
+    pub fn used_backends(&self) -> Vec<(u32, Backend)> {
+        let all = crate::batch::dump(&self.backends).unwrap_or_else(|_| {
+            self.backends.iter().enumerate().filter_map(|(i, b)| b.ok().map(|b| (i as u32, b))).collect()
+        });
+        all.into_iter().filter(|(id, b)| *id != 0 && b.addr != 0).collect()
     }
 
     /// Every backend's bookkeeping, by backend id (one batched read).

@@ -69,7 +69,7 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
             }
             (group, Admitted::Session { session: s, resync: moving })
         }
-        None => match place(pkt, &key, kind) {
+        None => match place(&key, kind) {
             Ok((id, group)) => (group, Admitted::New { group_id: id }),
             Err(counter) => return verdict(counter, xdp_action::XDP_DROP),
         },
@@ -133,7 +133,7 @@ enum Admitted<'a> {
 /// is hashed into the frontend's placement table (weighted by free slots);
 /// the caller records it as pending once the packet is admitted.
 #[inline(always)]
-fn place(pkt: &Packet, key: &SessionKey, kind: Kind) -> Result<(u32, Group), Counter> {
+fn place(key: &SessionKey, kind: Kind) -> Result<(u32, Group), Counter> {
     if !matches!(kind, Kind::Handshake) {
         return Err(Counter::DropNotHandshake);
     }
@@ -142,6 +142,5 @@ fn place(pkt: &Packet, key: &SessionKey, kind: Kind) -> Result<(u32, Group), Cou
     if group_id == 0 {
         return Err(Counter::DropNoShard);
     }
-    let _ = pkt;
     Ok((group_id, maps::group(group_id)))
 }
