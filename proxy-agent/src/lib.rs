@@ -1,19 +1,20 @@
 //! The SA:MP cluster proxy agent: loads the XDP data plane, keeps its maps in
 //! line with the config, and is the operator's CLI.
+//!
+//! Rooms: `cli` (the operator's side), `config` (YAML, validation, lines),
+//! `cluster` (THE model and the owner thread: the only writer of the maps),
+//! `dataplane` (load, attach, typed maps, batch I/O, events, scans),
+//! `health` (SA:MP probes), `http` (metrics), `control` (the socket, its
+//! protocol, typed views and errors), `run` (wiring).
 
-pub mod batch;
 pub mod cli;
 pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod dataplane;
-pub mod ebpf_object;
 pub mod health;
-pub mod metrics;
-pub mod placement;
-pub mod plan;
-pub mod protocol;
+pub mod http;
 pub mod run;
-pub mod state;
-pub mod tables;
-mod yaml_lines;
+
+pub use control::protocol;
+pub use dataplane::{batch, tables};

@@ -116,7 +116,7 @@ fn remote(req: Request, t: &Target) -> anyhow::Result<()> {
     if t.json {
         println!("{}", serde_json::to_string_pretty(&data)?);
     } else {
-        cli::print_human(&req, &data);
+        cli::print_human(&req, &data)?;
     }
     Ok(())
 }

@@ -47,6 +47,7 @@ counters! {
     DropMoving => "drop_moving", "Game packets of a session being moved, until it handshakes again";
     DropMapFull => "drop_map_full", "New players refused because the session table could not take them";
     DropMetered => "drop_metered", "Handshakes held back by the target shard's pacer (the client retries)";
+    SessionEventLost => "session_event_lost", "Session events the agent's ring buffer had no room for (its next scan repairs the index)";
 }
 
 /// Number of counters; the size of the `COUNTERS` map.

@@ -47,6 +47,7 @@ pub mod maps {
     pub const PORTS: &str = "PORTS";
     pub const SHARD_STATE: &str = "SHARD_STATE";
     pub const METER: &str = "METER";
+    pub const SESSION_EVENTS: &str = "SESSION_EVENTS";
 }
 
 /// Program names in the object.
@@ -55,6 +56,33 @@ pub mod programs {
     pub const PROXY: &str = "samp_proxy";
     /// A bare XDP_PASS, the baseline the benchmarks measure against.
     pub const PASS_BASELINE: &str = "xdp_pass_baseline";
+}
+
+/// Bytes of the `SESSION_EVENTS` ring buffer (a power of two): 1 MiB holds
+/// 32,768 events (24 bytes plus the kernel's 8-byte header each), a few
+/// hundred milliseconds of a handshake flood; what overflows is counted
+/// (`session_event_lost`) and the agent's next full scan repairs its index.
+pub const SESSION_EVENTS_BYTES: u32 = 1 << 20;
+
+/// `SessionEvent::kind`: a new player was placed in `PENDING`.
+pub const SESSION_PLACED: u32 = 1;
+/// `SessionEvent::kind`: a pending player moved to `SESSIONS` (its shard answered).
+pub const SESSION_PROMOTED: u32 = 2;
+/// `SessionEvent::kind`: a moved player handshook again; its epoch is the group's now.
+pub const SESSION_RESYNCED: u32 = 3;
+
+/// One record of `SESSION_EVENTS`: every change the data plane makes to the
+/// session tables (other than `last_seen_ns` and LRU evictions), so the agent
+/// keeps an index of sessions without scanning the tables.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SessionEvent {
+    pub key: SessionKey,
+    /// `SESSION_*`.
+    pub kind: u32,
+    pub group: u32,
+    pub epoch: u32,
+    pub _pad: u32,
 }
 
 /// Key of `FRONTENDS`: the public address players connect to.
@@ -230,4 +258,6 @@ mod pod {
     unsafe impl aya::Pod for Meter {}
     // SAFETY: as above.
     unsafe impl aya::Pod for NextHop {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SessionEvent {}
 }

@@ -5,9 +5,11 @@ use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns
 use aya_log_ebpf::{debug, warn};
 use proxy_common::{
     net::client_hash, samp, Counter, Frontend, Group, Session, SessionKey, LAST_SEEN_GRANULARITY_NS, PLACEMENT_SLOTS,
+    SESSION_PLACED, SESSION_RESYNCED,
 };
 
 use crate::{
+    events,
     forward::{self, Addr, Route, Sent},
     maps::{self, PENDING, SESSIONS},
     meter,
@@ -83,7 +85,10 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
     }
     match admitted {
         // The fresh handshake re-syncs a moved session: it belongs to its new shard now.
-        Admitted::Session { session, resync: true } => session.epoch = group.epoch,
+        Admitted::Session { session, resync: true } => {
+            session.epoch = group.epoch;
+            events::session(key, SESSION_RESYNCED, session.group, group.epoch);
+        }
         Admitted::Session { .. } => {}
         Admitted::New { group_id } => {
             let session = Session { group: group_id, epoch: group.epoch, last_seen_ns: now };
@@ -97,6 +102,7 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
                 return verdict(Counter::DropMapFull, xdp_action::XDP_DROP);
             }
             stats::count(Counter::SessionPlaced);
+            events::session(key, SESSION_PLACED, group_id, group.epoch);
             debug!(
                 ctx,
                 "placed {:i}:{} in group {}",

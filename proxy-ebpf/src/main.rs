@@ -5,10 +5,12 @@
 //! rewriting the destination IP only; UDP from a shard's IP and the frontend
 //! port is rewritten to come from the VIP. Everything else passes untouched.
 //! Module map: `parse` (headers), `ingress` (player -> shard), `reply`
-//! (shard -> player), `forward` (FIB + redirect), `stats` (counters), `maps`.
+//! (shard -> player), `forward` (FIB + redirect), `stats` (counters), `events`
+//! (session changes for the agent), `maps`.
 #![no_std]
 #![no_main]
 
+mod events;
 mod forward;
 mod ingress;
 mod maps;

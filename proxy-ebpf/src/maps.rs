@@ -3,12 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use proxy_common::{
     counters::COUNTER_COUNT, Backend, BackendStats, Frontend, FrontendKey, Group, Meter, NextHop, PortEntry, Reverse,
     Session, SessionKey, ShardState, MAX_BACKENDS, MAX_CLIENT_NEXTHOPS, MAX_FRONTENDS, MAX_GROUPS, MAX_PENDING,
-    MAX_SESSIONS, PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED,
+    MAX_SESSIONS, PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED, SESSION_EVENTS_BYTES,
 };
 
 /// UDP port (header byte order) -> frontend hint; see `PortEntry`.
@@ -59,6 +59,12 @@ pub static SESSIONS: HashMap<SessionKey, Session> = HashMap::pinned(MAX_SESSIONS
 /// Admitted handshakes not yet answered by their shard.
 #[map]
 pub static PENDING: LruHashMap<SessionKey, Session> = LruHashMap::pinned(MAX_PENDING, 0);
+
+/// Every change this program makes to SESSIONS and PENDING, for the agent's
+/// session index. Pinned, so a restarted agent reads the same ring the
+/// running program writes.
+#[map]
+pub static SESSION_EVENTS: RingBuf = RingBuf::pinned(SESSION_EVENTS_BYTES, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);

@@ -3,9 +3,10 @@
 //! it promotes the player's pending session to established.
 
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext};
-use proxy_common::{samp, Counter, Reverse, SessionKey};
+use proxy_common::{samp, Counter, Reverse, SessionKey, SESSION_PROMOTED};
 
 use crate::{
+    events,
     forward::{self, Addr, Route, Sent},
     maps::{PENDING, SESSIONS},
     parse::{ptr_at, Packet, PAYLOAD_OFF},
@@ -65,6 +66,7 @@ fn promote(pkt: &Packet, frontend: u16) {
         if SESSIONS.insert(key, session, 0).is_ok() {
             let _ = PENDING.remove(key);
             stats::count(Counter::SessionPromoted);
+            events::session(key, SESSION_PROMOTED, session.group, session.epoch);
         }
     }
 }

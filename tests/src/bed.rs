@@ -16,7 +16,7 @@ use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use aya::programs::{TestRun, TestRunOptions, Xdp};
-use proxy_agent::{cluster::Cluster, config, dataplane::Dataplane};
+use proxy_agent::{cluster::Cluster, config, dataplane::Dataplane, tables::Tables};
 use proxy_common::{
     net::{addr_to_map, port_to_map},
     samp, Counter, Group, Session, SessionKey, PLACEMENT_SLOTS,
@@ -88,6 +88,8 @@ pub fn key(client: Ipv4Addr, port: u16) -> SessionKey {
 pub struct Bed {
     pub ns: NetNs,
     pub dp: Dataplane,
+    /// The data plane's maps, for fixtures to set up and inspect.
+    pub tables: Tables,
     _pins: PinDir,
 }
 
@@ -111,13 +113,15 @@ impl Bed {
         }
         ns.sysctl("net.ipv4.conf.all.forwarding", "1")?;
         let pins = PinDir::new("bed")?;
-        let mut dp = Dataplane::load(pins.path())?;
+        let (dp, cluster_tables) = Dataplane::load(pins.path())?;
         let cfg = config::parse("bed", CONFIG)?;
-        let cluster = Cluster::start(cfg, &mut dp.tables)?;
+        let cluster = Cluster::start(cfg, cluster_tables)?;
         let homes: Vec<u32> = cluster.ids.iter().map(|i| i.home_group).collect();
         assert_eq!(homes, [GROUP_A, GROUP_B, GROUP_C]);
-        dp.tables.groups.set(GROUP_NONE, Group::default(), 0)?;
-        Ok(Bed { ns, dp, _pins: pins })
+        // The fixtures write the maps directly, beside the cluster's handles.
+        let mut tables = Tables::open_pinned(pins.path())?;
+        tables.groups.set(GROUP_NONE, Group::default(), 0)?;
+        Ok(Bed { ns, dp, tables, _pins: pins })
     }
 
     /// Runs one frame through `prog` inside the namespace: (verdict, output
@@ -142,7 +146,7 @@ impl Bed {
     }
 
     pub fn counter(&self, c: Counter) -> u64 {
-        self.dp.tables.counter(c).expect("reading counters")
+        self.tables.counter(c).expect("reading counters")
     }
 
     /// Makes `client:port` an established player of `group`; `moving` gives
@@ -150,15 +154,15 @@ impl Bed {
     pub fn session(&mut self, client: Ipv4Addr, port: u16, group: u32, moving: bool) {
         let epoch = self.group_epoch(group).wrapping_add(moving as u32);
         let s = Session { group, epoch, last_seen_ns: 0 };
-        self.dp.tables.sessions.insert(key(client, port), s, 0).expect("writing SESSIONS");
+        self.tables.sessions.insert(key(client, port), s, 0).expect("writing SESSIONS");
     }
 
     pub fn group_epoch(&self, group: u32) -> u32 {
-        self.dp.tables.groups.get(&group, 0).expect("reading GROUPS").epoch
+        self.tables.groups.get(&group, 0).expect("reading GROUPS").epoch
     }
 
     /// Points every placement slot of the frontend at `group`.
     pub fn place_all_on(&mut self, group: u32) {
-        self.dp.tables.write_placement(0, &vec![group; PLACEMENT_SLOTS as usize]).expect("writing PLACEMENT");
+        self.tables.write_placement(0, None, &vec![group; PLACEMENT_SLOTS as usize]).expect("writing PLACEMENT");
     }
 }

@@ -9,4 +9,5 @@ pub mod packet;
 pub mod pins;
 pub mod scenario;
 pub mod sim;
+pub mod tables;
 pub mod topology;

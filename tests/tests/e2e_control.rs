@@ -207,11 +207,11 @@ fn idle_and_never_reconnecting_sessions_expire() {
 
 /// Everything a bad request could touch.
 fn snapshot(t: &Tables) -> String {
-    let mut sessions: Vec<_> = t.sessions();
+    let mut sessions: Vec<_> = t.scan_sessions().unwrap().established;
     sessions.sort_by_key(|(k, _)| (k.client_addr, k.client_port));
     let placement: Vec<u32> = (0..PLACEMENT_SLOTS).map(|i| t.placement.get(&i, 0).unwrap()).collect();
     let states: Vec<_> = (1..8).map(|i| t.shard_state.get(&i, 0).unwrap()).collect();
-    format!("{sessions:?}{:?}{placement:?}{states:?}", t.all_groups())
+    format!("{sessions:?}{:?}{placement:?}{states:?}", t.read_groups().unwrap())
 }
 
 /// The snapshot once the agent's once-a-second placement refresh has taken
@@ -235,6 +235,10 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
     let mut tables = sc.agent.tables().unwrap();
     let key = SessionKey { client_addr: addr_to_map([198, 18, 0, 2]), client_port: port_to_map(40000), frontend: 0 };
     tables.sessions.insert(key, Session { group: 1, epoch: 0, last_seen_ns: u64::MAX / 2 }, 0).unwrap();
+    // The agent learns of a session written behind its back at its next scan.
+    wait_for("the agent to index the session", Duration::from_secs(30), || {
+        sc.agent.request(&Request::Status).unwrap()["totals"]["players"] == 1
+    });
     let before = settled(&tables);
 
     let big = format!("{{\"v\":1,\"cmd\":\"status\",\"pad\":\"{}\"}}\n", "x".repeat(70_000));
@@ -288,6 +292,9 @@ fn bad_requests_get_clear_errors_and_change_nothing() {
         let k = SessionKey { client_addr: addr_to_map([198, 18, 0, 2]), client_port: port_to_map(port), frontend: 0 };
         st.sessions.insert(k, Session { group: 1, epoch: 0, last_seen_ns: u64::MAX / 2 }, 0).unwrap();
     }
+    wait_for("the agent to index the sessions", Duration::from_secs(30), || {
+        small.agent.request(&Request::Status).unwrap()["totals"]["players"] == 2
+    });
     let full_before = settled(&st);
     let err = small
         .agent

@@ -214,9 +214,16 @@ fn failover_by_hand_takes_the_same_path() {
     ] {
         assert!(body.contains(want), "metrics lack `{want}`:\n{body}");
     }
-    let redirected =
-        body.lines().find(|l| l.starts_with("samp_proxy_packets_total{outcome=\"ingress_redirect\"}")).unwrap();
-    assert!(redirected.rsplit(' ').next().unwrap().parse::<f64>().unwrap() > 100.0, "{redirected}");
+    // Metrics are the agent's last snapshot (taken every second): the
+    // packets counted keep up with the traffic within a tick.
+    wait_for("the metrics to count the traffic", Duration::from_secs(10), || {
+        let metrics = scrape(&sc, "/metrics");
+        let redirected = metrics
+            .lines()
+            .find(|l| l.starts_with("samp_proxy_packets_total{outcome=\"ingress_redirect\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+        redirected.is_some_and(|n| n > 100.0)
+    });
     assert!(scrape(&sc, "/live").contains("200 OK"));
     assert!(scrape(&sc, "/nope").contains("404"));
     players.stop();

@@ -120,18 +120,18 @@ fn new_players_are_admitted_only_by_a_valid_handshake() {
 
     let p = to_vip(CLIENT, 40000, &query());
     check(&bed, "query from an unknown source", &p.frame(), XDP_PASS, &p.frame(), Counter::PassQuery);
-    assert!(bed.dp.tables.pending_sessions().is_empty(), "nothing admitted yet");
+    assert!(bed.tables.scan_sessions().unwrap().pending.is_empty(), "nothing admitted yet");
 
     let placed = bed.counter(Counter::SessionPlaced);
     let p = to_vip(CLIENT, 40000, &handshake(0));
     let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
     check(&bed, "valid handshake is placed", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
     assert_eq!(bed.counter(Counter::SessionPlaced), placed + 1);
-    let pending = bed.dp.tables.pending_sessions();
+    let pending = bed.tables.scan_sessions().unwrap().pending;
     assert_eq!(pending.len(), 1);
     assert_eq!(pending[0].0, key(CLIENT, 40000));
     assert_eq!(pending[0].1.group, GROUP_A);
-    assert!(bed.dp.tables.sessions().is_empty(), "not established before the shard answers");
+    assert!(bed.tables.scan_sessions().unwrap().established.is_empty(), "not established before the shard answers");
 
     // The handshake on the wire is padded to Ethernet's 60-byte minimum; the
     // program must go by the UDP length, not the frame length.
@@ -156,7 +156,7 @@ fn moving_sessions_wait_for_a_fresh_handshake() {
     let p = to_vip(CLIENT, 50010, &handshake(7));
     let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
     check(&bed, "fresh handshake goes to the new shard", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
-    let s = bed.dp.tables.sessions.get(&key(CLIENT, 50010), 0).unwrap();
+    let s = bed.tables.sessions.get(&key(CLIENT, 50010), 0).unwrap();
     assert_eq!(s.epoch, bed.group_epoch(GROUP_A), "the handshake re-syncs the session with its group's epoch");
     let p = to_vip(CLIENT, 50010, &game_packet());
     let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
@@ -170,15 +170,15 @@ fn return_paths() {
 
     // A pending player is promoted by the shard's first answer.
     let pending = Session { group: GROUP_A, epoch: bed.group_epoch(GROUP_A), last_seen_ns: 0 };
-    bed.dp.tables.pending.insert(key(CLIENT, 40000), pending, 0).unwrap();
+    bed.tables.pending.insert(key(CLIENT, 40000), pending, 0).unwrap();
     let p = reply(CLIENT, 40000, PORT);
     let want = forwarded(p.clone(), VIP, CLIENT, CLI0_MAC, CLIENT_MAC);
     let promoted = bed.counter(Counter::SessionPromoted);
     check(&bed, "reply rewritten to come from the VIP", &p.frame(), XDP_REDIRECT, &want, Counter::ReturnRedirect);
     assert!(ipv4_checksum_ok(&want) && udp_checksum_ok(&want));
     assert_eq!(bed.counter(Counter::SessionPromoted), promoted + 1);
-    assert_eq!(bed.dp.tables.sessions.get(&key(CLIENT, 40000), 0).unwrap().group, GROUP_A);
-    assert!(bed.dp.tables.pending_sessions().is_empty());
+    assert_eq!(bed.tables.sessions.get(&key(CLIENT, 40000), 0).unwrap().group, GROUP_A);
+    assert!(bed.tables.scan_sessions().unwrap().pending.is_empty());
 
     let mut p = reply(CLIENT, 40000, PORT);
     p.zero_udp_checksum = true;
@@ -299,13 +299,13 @@ fn handshakes_are_paced_per_shard() {
     bed.session(CLIENT, 50000, GROUP_A, false);
     // One handshake per 10 s, no burst beyond it.
     let meter = proxy_common::Meter { tat_ns: 0, interval_ns: 10_000_000_000, tolerance_ns: 0 };
-    bed.dp.tables.meter.set(1, meter, 0).unwrap();
+    bed.tables.meter.set(1, meter, 0).unwrap();
     let p = to_vip(CLIENT, 40000, &handshake(0));
     let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
     check(&bed, "first handshake passes the pacer", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
     let p = to_vip(CLIENT, 40001, &handshake(0));
     check(&bed, "second handshake is held back", &p.frame(), XDP_DROP, &p.frame(), Counter::DropMetered);
-    assert_eq!(bed.dp.tables.pending_sessions().len(), 1, "a held-back player costs no table entry");
+    assert_eq!(bed.tables.scan_sessions().unwrap().pending.len(), 1, "a held-back player costs no table entry");
     let p = to_vip(CLIENT, 50000, &game_packet());
     let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
     check(&bed, "game packets are never paced", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);

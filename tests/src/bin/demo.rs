@@ -166,8 +166,8 @@ fn demo(args: &Args) -> Result<()> {
                 0 => format!("placed {placed}, forwarded {fwd}"),
                 1 => format!(
                     "sessions {} established, {} pending",
-                    tables.sessions().len(),
-                    tables.pending_sessions().len()
+                    tables.scan_sessions().unwrap().established.len(),
+                    tables.scan_sessions().unwrap().pending.len()
                 ),
                 _ => format!("drops {drops}"),
             };

@@ -1,16 +1,14 @@
 //! The routing plan: the exact map contents a validated config asks for,
 //! given each shard's ids and placement weight. Pure data, so it is tested
-//! without a kernel; `tables` writes it.
+//! without a kernel; the cluster writes it.
 
 use proxy_common::{
     net::{addr_to_map, port_to_map},
     Backend, Frontend, FrontendKey, PortEntry, Reverse, PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED,
 };
 
-use crate::{
-    config::Validated,
-    placement::{self, Candidate},
-};
+use super::placement::{self, Candidate};
+use crate::config::Validated;
 
 /// The ids a shard holds in the maps. Stable across reloads and restarts:
 /// sessions refer to groups, groups to backends.
@@ -32,8 +30,6 @@ pub struct RoutingPlan {
     pub home_groups: Vec<(u32, u32)>,
     /// (shard address, reply rewrite)
     pub reverse: Vec<(u32, Reverse)>,
-    /// (frontend id, PLACEMENT_SLOTS group ids)
-    pub placement: Vec<(u32, Vec<u32>)>,
 }
 
 pub type FrontendEntries = Vec<(FrontendKey, Frontend)>;
@@ -85,8 +81,8 @@ pub fn placement(
 }
 
 /// Builds the plan for `cfg` with frontend `i` at `fe_ids[i]` and shard `i`
-/// at `ids[i]`.
-pub fn build(cfg: &Validated, fe_ids: &[u32], ids: &[ShardIds], weight: impl Fn(usize) -> u32) -> RoutingPlan {
+/// at `ids[i]`. Placement, which follows the load, is [`placement`]'s.
+pub fn build(cfg: &Validated, fe_ids: &[u32], ids: &[ShardIds]) -> RoutingPlan {
     let (frontends, ports) = frontends(cfg, fe_ids);
     let backends = cfg
         .shards
@@ -110,5 +106,5 @@ pub fn build(cfg: &Validated, fe_ids: &[u32], ids: &[ShardIds], weight: impl Fn(
             (addr_to_map(s.address.octets()), rev)
         })
         .collect();
-    RoutingPlan { frontends, ports, backends, home_groups, reverse, placement: placement(cfg, fe_ids, ids, weight) }
+    RoutingPlan { frontends, ports, backends, home_groups, reverse }
 }

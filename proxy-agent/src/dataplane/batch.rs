@@ -79,8 +79,26 @@ pub fn dump<K: Pod + Default, V: Pod + Default>(map: &impl IterableMap<K, V>) ->
     }
 }
 
-/// Writes many entries with one call (per 4096).
-pub fn update<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>, entries: &[(K, V)]) -> io::Result<()> {
+/// A batch write that stopped part way.
+#[derive(Debug)]
+pub struct PartialWrite {
+    /// Entries written before the failure.
+    pub written: usize,
+    pub error: io::Error,
+}
+
+impl std::fmt::Display for PartialWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "batch write stopped after {} entries: {}", self.written, self.error)
+    }
+}
+
+impl std::error::Error for PartialWrite {}
+
+/// Writes many entries with one call per 4096. (The kernel takes no
+/// BPF_EXIST for batches: a key that vanished meanwhile is written anew.)
+pub fn update<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>, entries: &[(K, V)]) -> Result<(), PartialWrite> {
+    let mut written = 0;
     for chunk in entries.chunks(CHUNK) {
         let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
         let values: Vec<V> = chunk.iter().map(|(_, v)| *v).collect();
@@ -91,10 +109,53 @@ pub fn update<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>, entries: &[(K, V)]) 
             map_fd: fd(map),
             ..Default::default()
         };
-        bpf(BPF_MAP_UPDATE_BATCH, &mut attr)?;
-        if attr.count as usize != keys.len() {
-            return Err(io::Error::other(format!("batch update wrote {} of {} entries", attr.count, keys.len())));
+        let result = bpf(BPF_MAP_UPDATE_BATCH, &mut attr);
+        // A failure inside the loop reports in `count` how many were written
+        // (always fewer than asked); one refused up front leaves it as sent.
+        if result.is_err() && attr.count as usize >= keys.len() {
+            attr.count = 0;
+        }
+        written += attr.count as usize;
+        match result {
+            Err(error) => return Err(PartialWrite { written, error }),
+            Ok(()) if attr.count as usize != keys.len() => {
+                let error = io::Error::other(format!("the kernel wrote {} of {} entries", attr.count, keys.len()));
+                return Err(PartialWrite { written, error });
+            }
+            Ok(()) => {}
         }
     }
     Ok(())
+}
+
+/// Replaces existing entries, all or nothing: when the write stops part way,
+/// the entries already written get `old` (same keys, same order) back.
+pub fn update_all_or_nothing<K: Pod, V: Pod>(
+    map: &HashMap<MapData, K, V>,
+    new: &[(K, V)],
+    old: &[(K, V)],
+) -> anyhow::Result<()> {
+    debug_assert_eq!(new.len(), old.len());
+    let Err(failed) = update(map, new) else {
+        return Ok(());
+    };
+    let undo = &old[..failed.written.min(old.len())];
+    match update(map, undo) {
+        Ok(()) => Err(anyhow::anyhow!(
+            "entry {} of {} refused ({}); the {} written before it were restored",
+            failed.written + 1,
+            new.len(),
+            failed.error,
+            failed.written
+        )),
+        Err(undo_failed) => Err(anyhow::anyhow!(
+            "entry {} of {} refused ({}) and restoring the {} written before it failed too ({}): {} entries keep their new value",
+            failed.written + 1,
+            new.len(),
+            failed.error,
+            failed.written,
+            undo_failed.error,
+            failed.written - undo_failed.written
+        )),
+    }
 }

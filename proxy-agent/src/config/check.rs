@@ -1,264 +1,20 @@
-//! The YAML config: parsing, defaults and validation.
-//!
-//! Every error names the field (as a path like `shards[2].capacity`), the line
-//! in the file, and the fix. Validation is complete before anything is
-//! attached, so a bad file changes nothing.
+//! Validation of a parsed config: every rule, section by section. The first
+//! mistake found is the error; it names the field, its line and the fix.
 
 use std::{
     collections::HashSet,
-    fmt,
     net::{Ipv4Addr, SocketAddrV4},
-    path::{Path, PathBuf},
 };
 
-use serde::Deserialize;
+use super::{
+    lines::{locate, render_path},
+    Config, ConfigError, Frontend, PathPart, Role, Shard, Validated, MAX_SHARD_CAPACITY,
+};
+use PathPart::{Index as I, Key as K};
 
-use crate::yaml_lines::locate;
-
-/// Most players a SA:MP / open.mp server can hold.
-pub const MAX_SHARD_CAPACITY: u32 = 1000;
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct Config {
-    /// Interfaces the XDP program attaches to: the player-facing NIC and the
-    /// shard-facing one(s); one NIC may be both.
-    pub interfaces: Vec<String>,
-    /// `driver` (native XDP, the default) or `skb` (generic, any NIC, slower).
-    #[serde(default)]
-    pub xdp_mode: XdpModeName,
-    /// bpffs folder where maps are pinned; reused on restart.
-    #[serde(default = "default_bpffs")]
-    pub bpffs: PathBuf,
-    /// Log level of the agent and of the kernel-side log: error|warn|info|debug|trace.
-    #[serde(default = "default_log_level")]
-    pub log_level: String,
-    /// The control socket the CLI talks to (mode 0600, owner only).
-    #[serde(default = "default_control_socket")]
-    pub control_socket: PathBuf,
-    /// A session with no client packet for this long is removed.
-    #[serde(default = "default_idle_timeout")]
-    pub session_idle_timeout_ms: u64,
-    /// A moved session whose client has not handshaken again within this
-    /// time is removed (the player went away instead of reconnecting).
-    #[serde(default = "default_move_timeout")]
-    pub move_timeout_ms: u64,
-    /// Where to serve Prometheus metrics (`/metrics`, `/live`, `/ready`);
-    /// off when absent.
-    #[serde(default)]
-    pub metrics_listen: Option<std::net::SocketAddr>,
-    /// SA:MP query probes of every shard.
-    #[serde(default)]
-    pub health: HealthConfig,
-    /// What a shard that comes back after a failure becomes. It never takes
-    /// its old players back (they moved); `standby` keeps it empty for the
-    /// next failover.
-    #[serde(default = "default_recovered_role")]
-    pub recovered_role: Role,
-    /// Handshakes per second each shard receives at most (0 = unlimited), so a
-    /// mass reconnect neither trips per-IP flood limits nor melts login code.
-    #[serde(default = "default_handshake_rate")]
-    pub handshake_rate: u32,
-    /// Handshakes a shard may receive at once above that rate.
-    #[serde(default = "default_handshake_burst")]
-    pub handshake_burst: u32,
-    pub frontends: Vec<FrontendConfig>,
-    pub shards: Vec<ShardConfig>,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields, default)]
-pub struct HealthConfig {
-    /// Time between probes of a shard.
-    pub interval_ms: u64,
-    /// How long a probe waits for the answer.
-    pub timeout_ms: u64,
-    /// Consecutive missed probes that mark a shard down.
-    pub down_after: u32,
-    /// Consecutive answered probes that mark a down shard up again.
-    pub up_after: u32,
-}
-
-impl Default for HealthConfig {
-    fn default() -> Self {
-        Self { interval_ms: 200, timeout_ms: 150, down_after: 3, up_after: 3 }
-    }
-}
-
-fn default_recovered_role() -> Role {
-    Role::Standby
-}
-
-fn default_handshake_rate() -> u32 {
-    250
-}
-
-fn default_handshake_burst() -> u32 {
-    50
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpModeName {
-    #[default]
-    Driver,
-    Skb,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct FrontendConfig {
-    pub name: String,
-    /// The public `IP:port` players connect to.
-    pub address: String,
-}
-
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Receives new players.
-    #[default]
-    Active,
-    /// Kept empty for failover; no placement until it receives a group.
-    Standby,
-}
-
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct ShardConfig {
-    pub name: String,
-    /// The shard's IPv4, optionally with `:port`, which must equal the frontend's port.
-    pub address: String,
-    /// The frontend it serves; may be left out when there is only one.
-    #[serde(default)]
-    pub frontend: Option<String>,
-    /// Player slots (the server's `max_players`), 1..=1000.
-    pub capacity: u32,
-    #[serde(default)]
-    pub role: Role,
-}
-
-fn default_bpffs() -> PathBuf {
-    PathBuf::from("/sys/fs/bpf/samp-proxy")
-}
-
-pub fn default_control_socket() -> PathBuf {
-    PathBuf::from("/run/samp-proxy/control.sock")
-}
-
-fn default_idle_timeout() -> u64 {
-    60_000
-}
-
-fn default_move_timeout() -> u64 {
-    30_000
-}
-
-fn default_log_level() -> String {
-    "info".into()
-}
-
-/// A config that passed validation, with addresses parsed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Validated {
-    pub raw: Config,
-    pub frontends: Vec<Frontend>,
-    pub shards: Vec<Shard>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Frontend {
-    pub name: String,
-    pub address: SocketAddrV4,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct Shard {
-    pub name: String,
-    pub address: Ipv4Addr,
-    /// Index into `Validated::frontends`.
-    pub frontend: usize,
-    pub capacity: u32,
-    pub role: Role,
-}
-
-/// A config mistake: where it is and how to fix it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: String,
-    pub line: Option<usize>,
-    pub field: String,
-    pub problem: String,
-    pub fix: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "config {}", self.file)?;
-        if let Some(line) = self.line {
-            write!(f, " line {line}")?;
-        }
-        if !self.field.is_empty() {
-            write!(f, ": `{}`", self.field)?;
-        }
-        write!(f, ": {}", self.problem)?;
-        if !self.fix.is_empty() {
-            write!(f, "; fix: {}", self.fix)?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigError {}
-
-/// Reads and validates a config file.
-pub fn load(path: &Path) -> Result<Validated, ConfigError> {
-    let file = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
-        file: file.clone(),
-        line: None,
-        field: String::new(),
-        problem: format!("cannot read the file: {e}"),
-        fix: "pass an existing, readable YAML file with --config".into(),
-    })?;
-    parse(&file, &text)
-}
-
-/// Parses and validates config text; `file` names it in errors.
-pub fn parse(file: &str, text: &str) -> Result<Validated, ConfigError> {
-    let raw: Config = serde_yaml::from_str(text).map_err(|e| syntax_error(file, &e))?;
-    Checker { file, text, errors: Vec::new() }.check(raw)
-}
-
-fn syntax_error(file: &str, e: &serde_yaml::Error) -> ConfigError {
-    let message = e.to_string();
-    // serde_yaml appends " at line L column C"; we print the line ourselves.
-    let problem = match message.find(" at line ") {
-        Some(i) => message[..i].to_string(),
-        None => message.clone(),
-    };
-    let field = problem
-        .split_once(": ")
-        .filter(|(path, _)| !path.contains(' '))
-        .map(|(path, _)| path.to_string())
-        .unwrap_or_default();
-    let problem = if field.is_empty() { problem } else { problem[field.len() + 2..].to_string() };
-    let fix = if problem.contains("unknown field") {
-        "remove or correct the field; the README's config reference lists every field".into()
-    } else if problem.contains("missing field") {
-        "add the field; the README's config reference shows an example".into()
-    } else if problem.contains("unknown variant") {
-        "use one of the values the message lists".into()
-    } else {
-        "check the YAML syntax and types at that line".into()
-    };
-    ConfigError { file: file.into(), line: e.location().map(|l| l.line()), field, problem, fix }
-}
-
-struct Checker<'a> {
-    file: &'a str,
-    text: &'a str,
-    errors: Vec<ConfigError>,
+pub(super) struct Checker<'a> {
+    pub file: &'a str,
+    pub text: &'a str,
 }
 
 impl Checker<'_> {
@@ -272,8 +28,18 @@ impl Checker<'_> {
         }
     }
 
-    fn check(self, raw: Config) -> Result<Validated, ConfigError> {
-        use PathPart::{Index as I, Key as K};
+    /// Checks a parsed file, section by section; the first mistake is the error.
+    pub fn check(self, raw: Config) -> Result<Validated, ConfigError> {
+        self.check_paths(&raw)?;
+        self.check_timing(&raw)?;
+        let frontends = self.check_frontends(&raw)?;
+        let shards = self.check_shards(&raw, &frontends)?;
+        self.check_every_frontend_served(&frontends, &shards)?;
+        Ok(Validated { raw, frontends, shards })
+    }
+
+    /// Interfaces, bpffs and the control socket.
+    fn check_paths(&self, raw: &Config) -> Result<(), ConfigError> {
         if raw.interfaces.is_empty() {
             return Err(self.error(
                 &[K("interfaces")],
@@ -312,6 +78,11 @@ impl Checker<'_> {
                 "use an absolute path, e.g. /run/samp-proxy/control.sock",
             ));
         }
+        Ok(())
+    }
+
+    /// Timeouts, health probing, the handshake pacer and the log level.
+    fn check_timing(&self, raw: &Config) -> Result<(), ConfigError> {
         if raw.session_idle_timeout_ms < 1000 {
             return Err(self.error(
                 &[K("session_idle_timeout_ms")],
@@ -365,6 +136,10 @@ impl Checker<'_> {
                 "use error, warn, info, debug or trace",
             ));
         }
+        Ok(())
+    }
+
+    fn check_frontends(&self, raw: &Config) -> Result<Vec<Frontend>, ConfigError> {
         if raw.frontends.is_empty() {
             return Err(self.error(
                 &[K("frontends")],
@@ -416,6 +191,10 @@ impl Checker<'_> {
             }
             frontends.push(Frontend { name: fe.name.clone(), address });
         }
+        Ok(frontends)
+    }
+
+    fn check_shards(&self, raw: &Config, frontends: &[Frontend]) -> Result<Vec<Shard>, ConfigError> {
         if raw.shards.is_empty() {
             return Err(self.error(
                 &[K("shards")],
@@ -506,6 +285,10 @@ impl Checker<'_> {
             }
             shards.push(Shard { name: sh.name.clone(), address, frontend, capacity: sh.capacity, role: sh.role });
         }
+        Ok(shards)
+    }
+
+    fn check_every_frontend_served(&self, frontends: &[Frontend], shards: &[Shard]) -> Result<(), ConfigError> {
         for (i, fe) in frontends.iter().enumerate() {
             if !shards.iter().any(|s| s.frontend == i && s.role == Role::Active) {
                 return Err(self.error(
@@ -515,8 +298,7 @@ impl Checker<'_> {
                 ));
             }
         }
-        debug_assert!(self.errors.is_empty());
-        Ok(Validated { raw, frontends, shards })
+        Ok(())
     }
 }
 
@@ -531,27 +313,4 @@ fn check_name(template: ConfigError, name: &str) -> Result<(), ConfigError> {
         fix: "use 1 to 63 letters, digits, `-` or `_`".into(),
         ..template
     })
-}
-
-/// One step of a field path.
-#[derive(Debug, Clone, Copy)]
-pub enum PathPart<'a> {
-    Key(&'a str),
-    Index(usize),
-}
-
-fn render_path(path: &[PathPart<'_>]) -> String {
-    let mut out = String::new();
-    for part in path {
-        match part {
-            PathPart::Key(k) => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(k);
-            }
-            PathPart::Index(i) => out.push_str(&format!("[{i}]")),
-        }
-    }
-    out
 }

@@ -1,3 +1,5 @@
+//! `cargo xtask bench agent`: see `agent.rs`.
+//!
 //! `cargo xtask bench migrate`: see `migrate` below.
 //!
 //! `cargo xtask bench fastpath`: per-packet cost of the data plane through
@@ -44,6 +46,8 @@ use tests::{
     scenario::{wait_for, Scenario},
 };
 
+mod agent;
+
 #[derive(Parser)]
 struct Cli {
     #[command(subcommand)]
@@ -67,6 +71,15 @@ enum What {
         /// Silence after which a simulated client reconnects.
         #[arg(long, default_value_t = 1500)]
         reconnect_ms: u64,
+    },
+    /// The agent's own costs (status, scrape, migrate --from, idle CPU) at
+    /// 1,000 and 100,000 sessions, optionally beside a baseline build.
+    Agent {
+        #[arg(long, value_delimiter = ',', default_value = "1000,100000")]
+        sessions: Vec<usize>,
+        /// Another proxy-agent binary to measure first, for the ratio.
+        #[arg(long)]
+        baseline_agent: Option<std::path::PathBuf>,
     },
     /// Time to apply migrations of 1, 100 and 1000 sessions and of a whole group.
     Migrate {
@@ -125,7 +138,7 @@ fn fastpath(calls: u32) -> Result<()> {
 
     // Established hit: a known player whose shard (bent: at the VIP) is resolved.
     bed.session(CLIENT, 50000, GROUP_C, false);
-    bed.dp.tables.backends.set(GROUP_C, Backend { addr: vip, _pad: 0 }, 0)?;
+    bed.tables.backends.set(GROUP_C, Backend { addr: vip, _pad: 0 }, 0)?;
     let mut hit = Udp::new(CLIENT, 50000, VIP, PORT, &game_packet());
     hit.ttl = 255;
     let hit = hit.frame();
@@ -134,7 +147,7 @@ fn fastpath(calls: u32) -> Result<()> {
 
     // Return: a reply from a "shard" at the VIP, rewritten to come from the VIP.
     let rev = Reverse { vip, port: proxy_common::net::port_to_map(PORT), frontend: 0, backend: GROUP_C };
-    bed.dp.tables.reverse.insert(vip, rev, 0)?;
+    bed.tables.reverse.insert(vip, rev, 0)?;
     let mut reply = Udp::new(VIP, PORT, CLIENT, 50000, &[0xE3; 40]);
     reply.ttl = 255;
     let reply = reply.frame();
@@ -187,21 +200,23 @@ fn median_us(mut v: Vec<Duration>) -> f64 {
 fn migrate(runs: usize) -> Result<()> {
     const SESSIONS: usize = 1000;
     // A fresh data plane with shards a and b (not attached anywhere).
-    let fresh = || -> Result<(PinDir, Dataplane, Cluster)> {
+    let fresh = || -> Result<(PinDir, Dataplane, Tables, Cluster)> {
         let pins = PinDir::new("bench-migrate")?;
-        let mut dp = Dataplane::load(pins.path())?;
+        let (dp, cluster_tables) = Dataplane::load(pins.path())?;
         let cfg = config::parse(
             "bench",
             "interfaces: [lo]\nfrontends: [{name: play, address: \"198.18.100.1:7777\"}]\nshards:\n  - {name: a, address: 198.18.50.2, capacity: 1000}\n  - {name: b, address: 198.18.50.3, capacity: 1000}\n",
         )?;
-        let cluster = Cluster::start(cfg, &mut dp.tables)?;
-        Ok((pins, dp, cluster))
+        let cluster = Cluster::start(cfg, cluster_tables)?;
+        let tables = Tables::open_pinned(pins.path())?;
+        Ok((pins, dp, tables, cluster))
     };
-    let (_pins, mut dp, mut cluster) = fresh()?;
-    let reset = |cluster: &Cluster, t: &mut Tables| -> Result<()> {
+    let (_pins, _dp, mut tables, mut cluster) = fresh()?;
+    let reset = |cluster: &mut Cluster, t: &mut Tables| -> Result<()> {
         let home = cluster.ids[0].home_group;
         let epoch = t.groups.get(&home, 0)?.epoch;
         batch::update(&t.sessions, &players(SESSIONS, home, epoch))?;
+        cluster.rescan()?;
         Ok(())
     };
     println!("migrate: {SESSIONS} established sessions on shard a, moved to b; median of {runs} runs");
@@ -209,7 +224,7 @@ fn migrate(runs: usize) -> Result<()> {
     for n in [1usize, 100, 1000] {
         let (mut whole, mut writes) = (Vec::new(), Vec::new());
         for _ in 0..runs {
-            reset(&cluster, &mut dp.tables)?;
+            reset(&mut cluster, &mut tables)?;
             let chosen: Vec<ClientSelector> = players(n, 0, 0)
                 .iter()
                 .map(|(k, _)| ClientSelector {
@@ -218,7 +233,7 @@ fn migrate(runs: usize) -> Result<()> {
                 })
                 .collect();
             let t0 = Instant::now();
-            let report = cluster.migrate_clients(&mut dp.tables, &chosen, "b").map_err(anyhow::Error::msg)?;
+            let report = cluster.migrate_clients(&chosen, "b")?;
             whole.push(t0.elapsed());
             if report.moved != n {
                 bail!("moved {} of {n}", report.moved);
@@ -226,17 +241,17 @@ fn migrate(runs: usize) -> Result<()> {
             // The writes alone: the same batch again, timed on its own.
             let batch_sessions = players(n, cluster.ids[1].home_group, 0);
             let t0 = Instant::now();
-            batch::update(&dp.tables.sessions, &batch_sessions)?;
+            batch::update(&tables.sessions, &batch_sessions)?;
             writes.push(t0.elapsed());
         }
         println!("{:<28} {:>12.0} {:>18.1}", format!("{n} chosen sessions"), median_us(whole), median_us(writes));
     }
     let (mut whole, mut writes) = (Vec::new(), Vec::new());
     for _ in 0..runs {
-        let (_pins, mut dp, mut cluster) = fresh()?;
-        reset(&cluster, &mut dp.tables)?;
+        let (_pins, _dp, mut tables, mut cluster) = fresh()?;
+        reset(&mut cluster, &mut tables)?;
         let t0 = Instant::now();
-        let report = cluster.migrate_shard(&mut dp.tables, "a", "b").map_err(anyhow::Error::msg)?;
+        let report = cluster.migrate_shard("a", "b")?;
         whole.push(t0.elapsed());
         if report.moved != SESSIONS || report.groups.len() != 1 {
             bail!("group move moved {} players in {} groups", report.moved, report.groups.len());
@@ -244,9 +259,9 @@ fn migrate(runs: usize) -> Result<()> {
         let g = report.groups[0];
         let back = cluster.ids[0].backend;
         let t0 = Instant::now();
-        dp.tables.point_group(g, back)?;
+        let epoch = tables.groups.get(&g, 0)?.epoch;
+        tables.groups.set(g, proxy_common::Group { backend: back, epoch: epoch + 1 }, 0)?;
         writes.push(t0.elapsed());
-        dp.tables.point_group(g, cluster.ids[1].backend)?;
     }
     println!(
         "{:<28} {:>12.0} {:>18.1}",
@@ -321,6 +336,7 @@ fn main() -> Result<()> {
     match Cli::parse().what {
         What::Fastpath { calls } => fastpath(calls),
         What::Migrate { runs } => migrate(runs),
+        What::Agent { sessions, baseline_agent } => agent::agent(&sessions, baseline_agent),
         What::Failover { players, reconnect_ms } => {
             println!(
                 "failover: s1 (active) dies, its players move to s2 (standby); default health and pacing settings"

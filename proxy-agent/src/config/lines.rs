@@ -3,8 +3,6 @@
 //! It understands the block style operators write, with flow lists on one
 //! line; for anything else it gives up and the error goes without a line.
 
-use crate::config::PathPart;
-
 struct Line<'a> {
     /// 1-based line number.
     no: usize,
@@ -128,4 +126,27 @@ shards:
         assert_eq!(locate(TEXT, &[K("shards"), I(5), K("name")]), None);
         assert_eq!(locate(TEXT, &[K("nothing")]), None);
     }
+}
+
+/// One step of a field path.
+#[derive(Debug, Clone, Copy)]
+pub enum PathPart<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+pub fn render_path(path: &[PathPart<'_>]) -> String {
+    let mut out = String::new();
+    for part in path {
+        match part {
+            PathPart::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            PathPart::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
 }

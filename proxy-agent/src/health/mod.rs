@@ -11,7 +11,25 @@ use std::{
 use serde::Serialize;
 use tokio::{net::UdpSocket, time::timeout};
 
-use crate::config::HealthConfig;
+use crate::{cluster::owner::OwnerHandle, config::HealthConfig};
+
+/// Probes every shard each `health.interval_ms`, all at once, and hands the
+/// round to the cluster's owner (which fails over what went down).
+pub async fn probe_loop(owner: OwnerHandle) {
+    let mut nonce: u32 = std::process::id();
+    while let Some(plan) = owner.probe_plan().await {
+        let started = tokio::time::Instant::now();
+        let mut probes = tokio::task::JoinSet::new();
+        for (name, addr) in plan.targets {
+            nonce = nonce.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            let wait = Duration::from_millis(plan.health.timeout_ms);
+            let n = nonce;
+            probes.spawn(async move { (name, probe(addr, wait, n).await) });
+        }
+        owner.health_round(probes.join_all().await);
+        tokio::time::sleep_until(started + Duration::from_millis(plan.health.interval_ms)).await;
+    }
+}
 
 /// A query request: magic, the address asked, the port (little-endian), opcode.
 pub fn query(server: SocketAddrV4, opcode: u8, extra: &[u8]) -> Vec<u8> {

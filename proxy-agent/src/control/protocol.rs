@@ -5,6 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::error::ControlError;
+
 /// The version this build speaks. Bump it when a request changes meaning.
 pub const PROTOCOL_VERSION: u64 = 1;
 /// The longest request line the agent reads.
@@ -71,7 +73,11 @@ impl Request {
     }
 
     /// Parses a request line, with an error a human can act on.
-    pub fn parse(line: &str) -> Result<Request, String> {
+    pub fn parse(line: &str) -> Result<Request, ControlError> {
+        Self::parse_line(line).map_err(ControlError::BadRequest)
+    }
+
+    fn parse_line(line: &str) -> Result<Request, String> {
         let mut v: Value = serde_json::from_str(line).map_err(|e| format!("malformed request: not JSON ({e})"))?;
         let obj =
             v.as_object_mut().ok_or("malformed request: expected a JSON object like {\"v\":1,\"cmd\":\"status\"}")?;
@@ -109,7 +115,7 @@ impl Request {
 }
 
 /// A reply line.
-pub fn ok_line(data: Value) -> String {
+pub fn ok_line(data: &impl Serialize) -> String {
     serde_json::json!({ "ok": true, "data": data }).to_string()
 }
 
@@ -147,7 +153,7 @@ mod tests {
             (r#"{"v":1,"cmd":"status","x":1}"#, "unknown field `x`"),
         ];
         for (line, want) in cases {
-            let err = Request::parse(line).unwrap_err();
+            let err = Request::parse(line).unwrap_err().to_string();
             assert!(err.contains(want), "{line}: {err}");
         }
     }

@@ -1,4 +1,13 @@
-//! Loading the XDP object, pinning its maps, attaching it to interfaces.
+//! The kernel side as the agent holds it: loading the XDP object, pinning
+//! its maps, attaching it to interfaces (this file); typed map handles
+//! (`tables`), batched map I/O (`batch`), the session event ring
+//! (`session_events`) and the background scan (`scanner`).
+
+pub mod batch;
+pub mod ebpf_object;
+pub mod scanner;
+pub mod session_events;
+pub mod tables;
 
 use std::{
     ffi::CString,
@@ -13,13 +22,14 @@ use aya::{
 };
 use proxy_common::programs;
 
-use crate::{config::XdpModeName, ebpf_object, tables::Tables};
+use crate::config::XdpModeName;
+use tables::Tables;
 
-/// The loaded data plane. Dropping it detaches every interface; the pinned
-/// maps (and so every session) stay for the next agent.
+/// The loaded programs and their attachments. Dropping it detaches every
+/// interface; the pinned maps (and so every session) stay for the next agent.
+/// The maps themselves are the cluster's ([`Tables`]).
 pub struct Dataplane {
     ebpf: Ebpf,
-    pub tables: Tables,
     links: Vec<(String, XdpLinkId)>,
     pin_dir: PathBuf,
 }
@@ -74,8 +84,9 @@ fn interface_exists(name: &str) -> bool {
 }
 
 impl Dataplane {
-    /// Loads the programs and opens (or creates) the maps pinned in `pin_dir`.
-    pub fn load(pin_dir: &Path) -> Result<Self> {
+    /// Loads the programs and opens (or creates) the maps pinned in
+    /// `pin_dir`; returns the programs and the maps' handles.
+    pub fn load(pin_dir: &Path) -> Result<(Self, Tables)> {
         prepare_pin_dir(pin_dir)?;
         let object = ebpf_object::bytes()?;
         let mut ebpf = EbpfLoader::new()
@@ -88,7 +99,7 @@ impl Dataplane {
             prog.load().with_context(|| format!("the kernel refused program {name}"))?;
         }
         let tables = Tables::take(&mut ebpf)?;
-        Ok(Self { ebpf, tables, links: Vec::new(), pin_dir: pin_dir.to_path_buf() })
+        Ok((Self { ebpf, links: Vec::new(), pin_dir: pin_dir.to_path_buf() }, tables))
     }
 
     pub fn pin_dir(&self) -> &Path {

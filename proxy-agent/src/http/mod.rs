@@ -1,25 +1,32 @@
 //! Prometheus metrics over plain HTTP (`metrics_listen`): `/metrics` in the
-//! text exposition format, `/live` and `/ready` for probes. Written by hand:
-//! a few dozen lines, no HTTP stack needed.
+//! text exposition format, `/live` and `/ready` for probes. A scrape renders
+//! the cluster owner's last snapshot: it never waits for the owner and reads
+//! no map.
 
-use std::{fmt::Write as _, sync::Arc};
+use std::{fmt::Write as _, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{TcpListener, TcpStream},
-    sync::Mutex,
 };
 
-use crate::{config::Role, state::AgentState};
+use crate::{cluster::owner::OwnerHandle, control::views::StatusView};
 
-pub async fn serve(listener: TcpListener, state: Arc<Mutex<AgentState>>) {
+pub async fn serve(listener: TcpListener, owner: OwnerHandle) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else { continue };
-        tokio::spawn(answer(stream, state.clone()));
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(answer(stream, owner.clone()));
+            }
+            Err(e) => {
+                log::warn!("metrics: accepting a connection failed: {e}; retrying in 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }
 
-async fn answer(mut stream: TcpStream, state: Arc<Mutex<AgentState>>) {
+async fn answer(mut stream: TcpStream, owner: OwnerHandle) {
     let mut buf = [0u8; 1024];
     let Ok(Ok(n)) = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await else {
         return;
@@ -27,7 +34,7 @@ async fn answer(mut stream: TcpStream, state: Arc<Mutex<AgentState>>) {
     let request = String::from_utf8_lossy(&buf[..n]);
     let path = request.split_whitespace().nth(1).unwrap_or("");
     let (status, body) = match path {
-        "/metrics" => ("200 OK", render(&*state.lock().await)),
+        "/metrics" => ("200 OK", render(&owner.snapshot().status)),
         "/live" | "/ready" => ("200 OK", "ok\n".to_string()),
         _ => ("404 Not Found", "try /metrics, /live or /ready\n".to_string()),
     };
@@ -54,49 +61,36 @@ fn label(pairs: &[(&str, &str)]) -> String {
     format!("{{{}}}", inner.join(","))
 }
 
-pub fn render(st: &AgentState) -> String {
+/// The metrics text of one status snapshot.
+pub fn render(st: &StatusView) -> String {
     let mut out = String::new();
-    let tables = &st.dp.tables;
-    let c = &st.cluster;
-    let counters: Vec<(String, f64)> = tables
-        .all_counters()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (label(&[("outcome", k.name())]), v as f64))
-        .collect();
+    let counters: Vec<(String, f64)> = st.counters.iter().map(|(k, v)| (label(&[("outcome", k)]), *v as f64)).collect();
     family(
         &mut out,
         "samp_proxy_packets_total",
         "counter",
-        "Data-plane outcomes, one per packet (and events: session_placed, session_promoted)",
+        "Data-plane outcomes, one per packet (and events: session_placed, session_promoted, session_event_lost)",
         &counters,
     );
-    let loads = c.loads(tables);
     let (mut packets, mut bytes, mut players, mut capacity, mut up, mut rtt, mut role) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for (i, s) in c.cfg.shards.iter().enumerate() {
-        let id = c.ids[i];
+    for s in &st.shards {
         let n = s.name.as_str();
-        let stats = tables.backend_stats(id.backend).unwrap_or_default();
-        packets.push((label(&[("shard", n), ("direction", "to_shard")]), stats.packets_in as f64));
-        packets.push((label(&[("shard", n), ("direction", "from_shard")]), stats.packets_out as f64));
-        bytes.push((label(&[("shard", n), ("direction", "to_shard")]), stats.bytes_in as f64));
-        bytes.push((label(&[("shard", n), ("direction", "from_shard")]), stats.bytes_out as f64));
-        let load = loads.get(&id.backend).copied().unwrap_or_default();
-        for (state, v) in [("established", load.established), ("pending", load.pending), ("moving", load.moving)] {
+        let t = &s.traffic;
+        packets.push((label(&[("shard", n), ("direction", "to_shard")]), t.packets_to_shard as f64));
+        packets.push((label(&[("shard", n), ("direction", "from_shard")]), t.packets_from_shard as f64));
+        bytes.push((label(&[("shard", n), ("direction", "to_shard")]), t.bytes_to_shard as f64));
+        bytes.push((label(&[("shard", n), ("direction", "from_shard")]), t.bytes_from_shard as f64));
+        for (state, v) in [("established", s.established), ("pending", s.pending), ("moving", s.moving)] {
             players.push((label(&[("shard", n), ("state", state)]), v as f64));
         }
         capacity.push((label(&[("shard", n)]), s.capacity as f64));
-        up.push((label(&[("shard", n)]), if c.is_up(i) { 1.0 } else { 0.0 }));
-        if let Some(ms) = c.health.get(n).and_then(|h| h.rtt_ms) {
+        up.push((label(&[("shard", n)]), if s.health == "down" { 0.0 } else { 1.0 }));
+        if let Some(ms) = s.rtt_ms {
             rtt.push((label(&[("shard", n)]), ms / 1000.0));
         }
-        let r = match c.role(i) {
-            Role::Active => "active",
-            Role::Standby => "standby",
-        };
-        let drained = if c.drained(i, tables) { "true" } else { "false" };
-        role.push((label(&[("shard", n), ("role", r), ("drained", drained)]), 1.0));
+        let drained = if s.drained { "true" } else { "false" };
+        role.push((label(&[("shard", n), ("role", &s.role), ("drained", drained)]), 1.0));
     }
     family(&mut out, "samp_proxy_shard_packets_total", "counter", "Packets forwarded to and from each shard", &packets);
     family(&mut out, "samp_proxy_shard_bytes_total", "counter", "IPv4 bytes forwarded to and from each shard", &bytes);
@@ -105,7 +99,8 @@ pub fn render(st: &AgentState) -> String {
     family(&mut out, "samp_proxy_shard_up", "gauge", "1 when the shard answers its SA:MP query probes", &up);
     family(&mut out, "samp_proxy_shard_probe_rtt_seconds", "gauge", "Round trip of the last answered ping probe", &rtt);
     family(&mut out, "samp_proxy_shard_info", "gauge", "Role and drain state of each shard", &role);
-    let count = |kind: &str| st.events_total.get(kind).copied().unwrap_or(0) as f64;
+    let a = &st.agent;
+    let count = |kind: &str| a.events_total.get(kind).copied().unwrap_or(0) as f64;
     let events: Vec<(String, f64)> = ["failover", "failover_parked", "migration", "health_down", "health_up"]
         .iter()
         .map(|k| (label(&[("kind", k)]), count(k)))
@@ -118,13 +113,39 @@ pub fn render(st: &AgentState) -> String {
         &events,
     );
     let expired = vec![
-        (label(&[("reason", "idle")]), st.expired_idle as f64),
-        (label(&[("reason", "moved_never_reconnected")]), st.expired_moving as f64),
+        (label(&[("reason", "idle")]), a.expired_idle as f64),
+        (label(&[("reason", "moved_never_reconnected")]), a.expired_moving as f64),
     ];
     family(&mut out, "samp_proxy_sessions_expired_total", "counter", "Sessions removed by the agent", &expired);
-    let parked = vec![(String::new(), st.parked.len() as f64)];
+    let parked = vec![(String::new(), a.parked_failovers as f64)];
     family(&mut out, "samp_proxy_parked_failovers", "gauge", "Failed shards whose players found no room yet", &parked);
-    let info = vec![(label(&[("version", env!("CARGO_PKG_VERSION"))]), 1.0)];
+    let i = &a.index;
+    family(
+        &mut out,
+        "samp_proxy_index_sessions",
+        "gauge",
+        "Sessions in the agent's index (established and pending)",
+        &[(String::new(), i.sessions as f64)],
+    );
+    family(
+        &mut out,
+        "samp_proxy_index_scans_total",
+        "counter",
+        "Full scans of the session tables",
+        &[(String::new(), i.scans as f64)],
+    );
+    let repaired = vec![
+        (label(&[("kind", "added")]), i.repaired_added as f64),
+        (label(&[("kind", "removed")]), i.repaired_removed as f64),
+    ];
+    family(
+        &mut out,
+        "samp_proxy_index_repairs_total",
+        "counter",
+        "Sessions a scan found that the event ring had not reported (added) or that the tables dropped silently (removed)",
+        &repaired,
+    );
+    let info = vec![(label(&[("version", &a.version)]), 1.0)];
     family(&mut out, "samp_proxy_agent_info", "gauge", "The agent's version", &info);
     out
 }

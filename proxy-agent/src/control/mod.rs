@@ -1,20 +1,25 @@
 //! The control socket: a Unix socket (mode 0600) serving newline-delimited
 //! JSON. Connections from other users are refused; oversized and malformed
-//! lines get an error reply and change nothing.
+//! lines get an error reply and change nothing. Requests go to the cluster's
+//! owner; this module only reads lines and writes replies.
+//!
+//! `protocol` is the wire format, `views` the typed replies, `error` the
+//! typed refusals: the agent, the CLI and the metrics share them.
 
-use std::{os::unix::fs::PermissionsExt, path::Path, sync::Arc};
+pub mod error;
+pub mod protocol;
+pub mod views;
+
+use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
 use anyhow::{bail, Context, Result};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
-    sync::Mutex,
 };
 
-use crate::{
-    protocol::{error_line, ok_line, Request, MAX_REQUEST_BYTES},
-    state::AgentState,
-};
+use crate::cluster::owner::OwnerHandle;
+use protocol::{error_line, ok_line, Request, MAX_REQUEST_BYTES};
 
 /// Binds the socket, replacing a stale one but never a live agent's.
 pub async fn bind(path: &Path) -> Result<UnixListener> {
@@ -32,16 +37,22 @@ pub async fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, state: Arc<Mutex<AgentState>>) {
+pub async fn serve(listener: UnixListener, owner: OwnerHandle) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        tokio::spawn(connection(stream, state.clone()));
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(connection(stream, owner.clone()));
+            }
+            Err(e) => {
+                // EMFILE and friends: wait instead of spinning on them.
+                log::warn!("control socket: accepting a connection failed: {e}; retrying in 100 ms");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }
 
-async fn connection(stream: UnixStream, state: Arc<Mutex<AgentState>>) {
+async fn connection(stream: UnixStream, owner: OwnerHandle) {
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     let peer = stream.peer_cred().map(|c| c.uid()).ok();
@@ -77,10 +88,10 @@ async fn connection(stream: UnixStream, state: Arc<Mutex<AgentState>>) {
                 Err(_) => error_line("malformed request: not UTF-8"),
                 Ok(text) if text.trim().is_empty() => continue,
                 Ok(text) => match Request::parse(text.trim()) {
-                    Err(e) => error_line(&e),
-                    Ok(req) => match state.lock().await.handle(req) {
-                        Ok(data) => ok_line(data),
-                        Err(e) => error_line(&e),
+                    Err(e) => error_line(&e.to_string()),
+                    Ok(req) => match owner.call(req).await {
+                        Ok(reply) => ok_line(&reply),
+                        Err(e) => error_line(&e.to_string()),
                     },
                 },
             }

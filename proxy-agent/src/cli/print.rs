@@ -1,0 +1,97 @@
+//! Human tables for each reply, from the typed views.
+
+use crate::control::views::{DrainView, Event, MoveReport, ReloadView, SessionView, ShardView, StatusView};
+
+fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map(|v| v.to_string()).unwrap_or_else(|| "-".into())
+}
+
+pub fn status(st: &StatusView) {
+    for fe in &st.frontends {
+        println!("frontend {} {}", fe.name, fe.address);
+    }
+    shards(&st.shards);
+    let t = &st.totals;
+    println!("total: {} players / {} slots ({} pending, {} moving)", t.players, t.capacity, t.pending, t.moving);
+    let a = &st.agent;
+    println!("expired: {} idle, {} moved-but-never-reconnected", a.expired_idle, a.expired_moving);
+}
+
+pub fn shards(shards: &[ShardView]) {
+    println!(
+        "{:<10} {:<16} {:<8} {:<8} {:<10} {:>7} {:>8} {:>7} {:>6}  GROUPS",
+        "SHARD", "ADDRESS", "ROLE", "STATE", "HEALTH", "PLAYERS", "CAPACITY", "PENDING", "MOVING"
+    );
+    for x in shards {
+        let state = if x.drained { "drained" } else { "open" };
+        let groups: Vec<String> = x.groups.iter().map(u32::to_string).collect();
+        println!(
+            "{:<10} {:<16} {:<8} {:<8} {:<10} {:>7} {:>8} {:>7} {:>6}  {}",
+            x.name,
+            x.address,
+            x.role,
+            state,
+            x.health,
+            x.players,
+            x.capacity,
+            x.pending,
+            x.moving,
+            groups.join(",")
+        );
+    }
+}
+
+pub fn sessions(list: &[SessionView]) {
+    println!("{:<22} {:<8} {:<10} {:<12} {:>6} {:>9}", "CLIENT", "FRONTEND", "SHARD", "STATE", "GROUP", "IDLE(ms)");
+    for x in list {
+        println!("{:<22} {:<8} {:<10} {:<12} {:>6} {:>9}", x.client, x.frontend, x.shard, x.state, x.group, x.idle_ms);
+    }
+    println!("{} sessions", list.len());
+}
+
+pub fn moved(r: &MoveReport) {
+    print!("moving {} players to {}", r.moved, r.to);
+    if !r.groups.is_empty() {
+        print!(" ({} groups repointed)", r.groups.len());
+    }
+    println!("; {} already there. They reconnect on their own: no kick.", r.already_there);
+}
+
+pub fn drain(d: &DrainView) {
+    let what = if d.drained { "drained: no new players" } else { "open for new players" };
+    let note = if d.changed { "" } else { " (no change)" };
+    println!("shard {} {what}{note}", d.shard);
+}
+
+pub fn events(list: &[Event]) {
+    println!(
+        "{:<13} {:<16} {:<10} {:<10} {:>7}  {:<8} DETAIL",
+        "AT(ms)", "EVENT", "SHARD", "TARGET", "PLAYERS", "GROUPS"
+    );
+    for e in list {
+        let groups: Vec<String> = e.groups.iter().map(u32::to_string).collect();
+        println!(
+            "{:<13} {:<16} {:<10} {:<10} {:>7}  {:<8} {}",
+            e.at_ms,
+            e.kind,
+            e.shard,
+            opt(&e.target),
+            e.players,
+            groups.join(","),
+            e.detail
+        );
+    }
+}
+
+pub fn failover(shard: &str, r: &MoveReport) {
+    println!("failover of {shard}: {} players moving together to {}; they reconnect on their own.", r.moved, r.to);
+}
+
+pub fn reload(r: &ReloadView) {
+    if r.changes.is_empty() {
+        println!("reloaded: no change");
+    }
+    for c in &r.changes {
+        println!("reloaded: {c}");
+    }
+}

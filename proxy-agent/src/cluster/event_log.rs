@@ -1,0 +1,63 @@
+//! What happened, for `proxy-agent events` and the metrics: a bounded ring
+//! of events and, since the ring forgets, a total per kind.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use crate::control::views::Event;
+
+/// Events kept for `proxy-agent events`.
+const MAX_EVENTS: usize = 1000;
+
+#[derive(Debug, Default)]
+pub struct EventLog {
+    ring: VecDeque<Event>,
+    totals: BTreeMap<String, u64>,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl EventLog {
+    /// Records and logs an event.
+    pub fn record(
+        &mut self,
+        kind: &str,
+        shard: &str,
+        target: Option<&str>,
+        groups: Vec<u32>,
+        players: usize,
+        detail: String,
+    ) {
+        *self.totals.entry(kind.to_string()).or_default() += 1;
+        let e = Event {
+            at_ms: unix_ms(),
+            kind: kind.into(),
+            shard: shard.into(),
+            target: target.map(Into::into),
+            groups,
+            players,
+            detail,
+        };
+        log::info!(
+            "event {}: shard {} {}{}",
+            e.kind,
+            e.shard,
+            e.target.as_deref().map(|t| format!("-> {t} ")).unwrap_or_default(),
+            e.detail
+        );
+        if self.ring.len() == MAX_EVENTS {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(e);
+    }
+
+    /// The kept events, oldest first.
+    pub fn list(&self) -> Vec<Event> {
+        self.ring.iter().cloned().collect()
+    }
+
+    pub fn totals(&self) -> &BTreeMap<String, u64> {
+        &self.totals
+    }
+}

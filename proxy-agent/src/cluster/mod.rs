@@ -1,0 +1,339 @@
+//! The cluster model: the only writer of the data plane's routing maps.
+//!
+//! It owns the maps' handles, a mirror of the small arrays it alone writes
+//! (GROUPS, SHARD_STATE) and an index of the sessions (`index`), so no
+//! request reads a table it could know. Everything else (control socket,
+//! health loop, metrics, timers) reaches it through the owner thread
+//! (`owner`) with typed requests.
+//!
+//! Rules kept here:
+//! - ids are stable: a shard keeps its backend id (found by address in the
+//!   pinned BACKENDS) and home group (in the pinned SHARD_STATE) across
+//!   reloads and agent restarts, so no session ever points at the wrong place;
+//! - a move is silent re-routing: moved sessions get an epoch that differs
+//!   from their group's, so the data plane drops their game packets until the
+//!   client handshakes again; a whole group moves with one GROUPS write;
+//! - nothing is half-done: every request is checked in full before the first
+//!   map write, a refused request changes no map, and a batch that fails part
+//!   way is rolled back.
+//!
+//! Rooms: `ids` (stable ids), `reconcile` (desired config -> maps), `moves`
+//! (migrations, failover, drain), `expiry` (scans and timeouts), `status`
+//! (the views), `index` (sessions), `plan` and `placement` (pure data),
+//! `owner` (the thread that serialises every request).
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, SocketAddrV4},
+};
+
+use anyhow::Result;
+use proxy_common::{
+    net::{addr_to_map, port_to_map},
+    Group, SessionKey, ShardState, MAX_GROUPS, SHARD_DRAINED,
+};
+
+use crate::{
+    config::{Role, Validated},
+    control::error::ControlError,
+    dataplane::tables::Tables,
+    health::Health,
+};
+
+mod event_log;
+mod expiry;
+mod ids;
+pub mod index;
+mod moves;
+pub mod owner;
+pub mod placement;
+pub mod plan;
+mod reconcile;
+mod status;
+
+pub use plan::ShardIds;
+
+use index::SessionIndex;
+
+/// Players on one shard, as the session index says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Load {
+    pub established: usize,
+    pub pending: usize,
+    /// Sessions routed to this shard that have not handshaken since their move.
+    pub moving: usize,
+}
+
+impl Load {
+    pub fn players(&self) -> usize {
+        self.established + self.pending
+    }
+}
+
+/// Players per backend id.
+pub type Loads = HashMap<u32, Load>;
+
+/// Which players a `migrate --client` names: an IP (every port) or IP:port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientSelector {
+    pub ip: Ipv4Addr,
+    pub port: Option<u16>,
+}
+
+impl std::str::FromStr for ClientSelector {
+    type Err = ControlError;
+    fn from_str(s: &str) -> Result<Self, ControlError> {
+        if let Ok(a) = s.parse::<SocketAddrV4>() {
+            return Ok(Self { ip: *a.ip(), port: Some(a.port()) });
+        }
+        s.parse::<Ipv4Addr>().map(|ip| Self { ip, port: None }).map_err(|_| ControlError::BadClient(s.into()))
+    }
+}
+
+impl ClientSelector {
+    pub fn matches(&self, key: &SessionKey) -> bool {
+        key.client_addr == addr_to_map(self.ip.octets()) && self.port.is_none_or(|p| key.client_port == port_to_map(p))
+    }
+
+    /// As the operator wrote it.
+    pub fn shown(&self) -> String {
+        match self.port {
+            Some(p) => format!("{}:{p}", self.ip),
+            None => self.ip.to_string(),
+        }
+    }
+}
+
+/// The monotonic coarse clock the data plane stamps sessions with.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: a valid out-pointer for clock_gettime.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub struct Cluster {
+    pub cfg: Validated,
+    tables: Tables,
+    /// Health by shard name (missing = never probed).
+    pub health: HashMap<String, Health>,
+    /// Roles changed at run time (a recovered shard becomes `recovered_role`).
+    pub role_override: HashMap<String, Role>,
+    /// Per config shard.
+    pub ids: Vec<ShardIds>,
+    /// Per config frontend: its id in FRONTENDS (and its PLACEMENT row).
+    pub frontend_ids: Vec<u32>,
+    /// GROUPS as this agent wrote it (index = group id); nothing else writes it.
+    groups: Vec<Group>,
+    /// SHARD_STATE as this agent wrote it (index = backend id).
+    shard_state: Vec<ShardState>,
+    /// When each group last moved (coarse ns): a moving session's clock
+    /// starts at its move, not at its last packet.
+    moved_at: HashMap<u32, u64>,
+    last_placement: Vec<(u32, Vec<u32>)>,
+    pub index: SessionIndex,
+}
+
+impl Cluster {
+    /// Takes over the maps for `cfg`: reads what they hold once (groups,
+    /// shard state, every session), reuses the ids they already hold, and
+    /// writes the config's routing.
+    pub fn start(cfg: Validated, tables: Tables) -> Result<Cluster> {
+        let scan = tables.scan_sessions()?;
+        let mut cluster = Cluster {
+            cfg,
+            groups: tables.read_groups()?,
+            shard_state: tables.read_shard_states()?,
+            tables,
+            health: HashMap::new(),
+            role_override: HashMap::new(),
+            ids: Vec::new(),
+            frontend_ids: Vec::new(),
+            moved_at: HashMap::new(),
+            last_placement: Vec::new(),
+            index: SessionIndex::from_scan(scan),
+        };
+        cluster.write_desired()?;
+        Ok(cluster)
+    }
+
+    /// Reads both session tables now and folds them into the index (for
+    /// tools and benchmarks that wrote the tables behind the agent's back;
+    /// the running agent scans on its own thread instead).
+    pub fn rescan(&mut self) -> Result<index::MergeReport> {
+        let generation = self.index.begin_scan();
+        let scan = self.tables.scan_sessions()?;
+        Ok(self.index.merge(generation, scan))
+    }
+
+    /// The maps, for reading counters.
+    pub fn tables(&self) -> &Tables {
+        &self.tables
+    }
+
+    /// Index of a shard by name, or an error listing the names.
+    pub fn shard(&self, name: &str) -> Result<usize, ControlError> {
+        self.cfg.shards.iter().position(|s| s.name == name).ok_or_else(|| ControlError::UnknownShard {
+            name: name.into(),
+            known: self.cfg.shards.iter().map(|s| s.name.clone()).collect(),
+        })
+    }
+
+    fn shard_by_backend(&self, backend: u32) -> Option<usize> {
+        self.ids.iter().position(|id| id.backend == backend)
+    }
+
+    pub fn group(&self, id: u32) -> Group {
+        self.groups.get(id as usize).copied().unwrap_or_default()
+    }
+
+    /// Every group that points somewhere (or ever did), with its value.
+    fn live_groups(&self) -> impl Iterator<Item = (u32, Group)> + '_ {
+        self.groups
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter(|(_, g)| g.backend != 0 || g.epoch != 0)
+            .map(|(i, g)| (i as u32, *g))
+    }
+
+    /// Groups that point at shard `i`.
+    pub fn groups_on(&self, i: usize) -> Vec<u32> {
+        let backend = self.ids[i].backend;
+        self.live_groups().filter(|(_, g)| g.backend == backend).map(|(id, _)| id).collect()
+    }
+
+    pub fn drained(&self, i: usize) -> bool {
+        self.shard_state.get(self.ids[i].backend as usize).is_some_and(|s| s.flags & SHARD_DRAINED != 0)
+    }
+
+    /// Points `group` at `backend`, bumping its epoch when that moves it (its
+    /// players then re-handshake to the new shard). No write when already there.
+    fn point_group(&mut self, group: u32, backend: u32) -> Result<()> {
+        let old = self.group(group);
+        if old.backend != backend {
+            self.write_group(group, Group { backend, epoch: old.epoch.wrapping_add(1) })?;
+        }
+        Ok(())
+    }
+
+    fn write_group(&mut self, id: u32, group: Group) -> Result<()> {
+        self.tables.write_group(id, group)?;
+        self.groups[id as usize] = group;
+        self.moved_at.insert(id, now_ns());
+        Ok(())
+    }
+
+    fn write_shard_state(&mut self, backend: u32, state: ShardState) -> Result<()> {
+        self.tables.write_shard_state(backend, state)?;
+        self.shard_state[backend as usize] = state;
+        Ok(())
+    }
+
+    /// Players per backend: one walk over the session index.
+    pub fn loads(&self) -> Loads {
+        let mut loads = Loads::new();
+        for (_, s) in self.index.iter() {
+            let Some(g) = self.groups.get(s.group as usize) else { continue };
+            let load = loads.entry(g.backend).or_default();
+            if s.pending {
+                load.pending += 1;
+            } else {
+                load.established += 1;
+            }
+            if s.epoch != g.epoch {
+                load.moving += 1;
+            }
+        }
+        loads
+    }
+
+    pub fn players_on(&self, i: usize, loads: &Loads) -> usize {
+        loads.get(&self.ids[i].backend).map(Load::players).unwrap_or(0)
+    }
+
+    /// The shard's role now (config, or what a recovery made it).
+    pub fn role(&self, i: usize) -> Role {
+        let name = &self.cfg.shards[i].name;
+        self.role_override.get(name).copied().unwrap_or(self.cfg.shards[i].role)
+    }
+
+    pub fn is_up(&self, i: usize) -> bool {
+        self.health.get(&self.cfg.shards[i].name).map(|h| h.up).unwrap_or(true)
+    }
+
+    /// True when a group other than the shard's own home group points at it.
+    fn holds_foreign_group(&self, i: usize) -> bool {
+        let id = self.ids[i];
+        self.live_groups().any(|(g, grp)| grp.backend == id.backend && g != id.home_group)
+    }
+
+    /// A shard's share of new players: its free slots, or 0 when it must get
+    /// none (drained; down; standby that has not received a group; full).
+    fn weight(&self, i: usize, loads: &Loads) -> u32 {
+        if self.drained(i) || !self.is_up(i) {
+            return 0;
+        }
+        if self.role(i) == Role::Standby && !self.holds_foreign_group(i) {
+            return 0;
+        }
+        self.free_slots(i, loads) as u32
+    }
+
+    /// Room for players: the configured capacity (or the server's own
+    /// `max_players`, if lower) minus its players (sessions here, or what the
+    /// server reports, whichever is more).
+    pub fn free_slots(&self, i: usize, loads: &Loads) -> usize {
+        let sessions = self.players_on(i, loads);
+        let health = self.health.get(&self.cfg.shards[i].name);
+        let reported = health.and_then(|h| h.players).unwrap_or(0) as usize;
+        let mut capacity = self.cfg.shards[i].capacity as usize;
+        if let Some(max) = health.and_then(|h| h.max_players).filter(|&m| m > 0) {
+            capacity = capacity.min(max as usize);
+        }
+        capacity.saturating_sub(sessions.max(reported))
+    }
+
+    /// Rewrites the placement slots whose group changed (players came or
+    /// went, a shard was drained, went down, changed capacity).
+    pub fn refresh_placement(&mut self, loads: &Loads) -> Result<()> {
+        let weights: Vec<u32> = (0..self.cfg.shards.len()).map(|i| self.weight(i, loads)).collect();
+        let rows = plan::placement(&self.cfg, &self.frontend_ids, &self.ids, |i| weights[i]);
+        for (fe, row) in &rows {
+            let old = self.last_placement.iter().find(|(f, _)| f == fe).map(|(_, r)| r.as_slice());
+            self.tables.write_placement(*fe, old, row)?;
+        }
+        self.last_placement = rows;
+        Ok(())
+    }
+
+    /// Group ids that cannot be handed out: any group that ever pointed
+    /// somewhere (sessions may still name it) and every shard's home group.
+    fn used_groups(&self) -> Vec<bool> {
+        let mut used = vec![false; MAX_GROUPS as usize];
+        used[0] = true;
+        for (g, _) in self.live_groups() {
+            used[g as usize] = true;
+        }
+        for st in &self.shard_state {
+            if st.home_group != 0 {
+                if let Some(u) = used.get_mut(st.home_group as usize) {
+                    *u = true;
+                }
+            }
+        }
+        used
+    }
+}
+
+/// A group id nothing uses; prefers `hint` (a shard's backend id, so ids
+/// read naturally when nothing has moved).
+fn allocate_group(used: &mut [bool], hint: u32) -> Result<u32> {
+    let id = if used.get(hint as usize) == Some(&false) {
+        hint
+    } else {
+        used.iter().position(|u| !u).ok_or_else(|| anyhow::anyhow!("no free group id"))? as u32
+    };
+    used[id as usize] = true;
+    Ok(id)
+}

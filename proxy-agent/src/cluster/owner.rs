@@ -1,0 +1,508 @@
+//! The owner: one OS thread that holds the cluster model (and so every map
+//! handle) and serialises everything done to it. The control socket, the
+//! health loop and the signal handlers send it typed messages and await
+//! typed replies; the metrics read the snapshot it publishes after every
+//! change and every tick. Its map I/O never runs on the async runtime's
+//! threads, and the one slow read (the full session scan) runs on the
+//! scanner's thread while the owner keeps answering.
+//!
+//! Every tick (1 s): fold in the data plane's session events (also before
+//! each message), expire moved sessions that never came back, refresh
+//! placement, publish the snapshot, and start a full scan when one is due.
+
+use std::{
+    net::SocketAddrV4,
+    path::PathBuf,
+    sync::{mpsc, Arc},
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use proxy_common::{Counter, MAX_PENDING};
+use tokio::sync::{oneshot, watch};
+
+use super::{
+    event_log::EventLog,
+    index::{MergeReport, Scan},
+    now_ns, ClientSelector, Cluster,
+};
+use crate::{
+    config::{self, HealthConfig},
+    control::{
+        error::ControlError,
+        protocol::Request,
+        views::{AgentView, DrainView, IndexView, MoveReport, ReloadView, Reply, StatusView},
+    },
+    dataplane::session_events::SessionEvents,
+    health::{ProbeResult, Transition},
+};
+
+/// How often the owner looks at the event ring when nothing else wakes it:
+/// a 1 MiB ring holds about 32,000 events, so 50 ms keeps up with a flood.
+const RING_POLL: Duration = Duration::from_millis(50);
+const TICK: Duration = Duration::from_secs(1);
+/// The longest time between two full scans (repairs and idle expiry).
+const MAX_SCAN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What the owner publishes for readers that must not wait on it (metrics).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub status: StatusView,
+    /// When the snapshot was taken.
+    pub taken: Option<Instant>,
+}
+
+/// Who to probe and how.
+pub struct ProbePlan {
+    pub targets: Vec<(String, SocketAddrV4)>,
+    pub health: HealthConfig,
+}
+
+pub type ControlReply = Result<Reply, ControlError>;
+
+pub enum Msg {
+    Control(Request, oneshot::Sender<ControlReply>),
+    ProbePlan(oneshot::Sender<ProbePlan>),
+    HealthRound(Vec<(String, Option<ProbeResult>)>),
+    Scanned { generation: u64, result: Result<Scan, String>, took: Duration },
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The other threads' end of the owner.
+#[derive(Clone)]
+pub struct OwnerHandle {
+    tx: mpsc::Sender<Msg>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl OwnerHandle {
+    /// Sends a control request and waits for its reply.
+    pub async fn call(&self, req: Request) -> ControlReply {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Msg::Control(req, tx)).map_err(|_| ControlError::Unavailable)?;
+        rx.await.map_err(|_| ControlError::Unavailable)?
+    }
+
+    pub async fn probe_plan(&self) -> Option<ProbePlan> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Msg::ProbePlan(tx)).ok()?;
+        rx.await.ok()
+    }
+
+    pub fn health_round(&self, results: Vec<(String, Option<ProbeResult>)>) {
+        let _ = self.tx.send(Msg::HealthRound(results));
+    }
+
+    /// The last published snapshot; never waits for the owner.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// Stops the owner after the message it is handling.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Shutdown(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+struct ScanState {
+    scanner: mpsc::Sender<u64>,
+    in_flight: bool,
+    last_started: Instant,
+    interval: Duration,
+    done: u64,
+    last_ms: Option<f64>,
+    repaired: MergeReport,
+    /// `session_event_lost` when the last scan began.
+    lost_at_start: u64,
+}
+
+pub struct Owner {
+    cluster: Cluster,
+    config_path: PathBuf,
+    events: EventLog,
+    /// Shards that went down whose players found no room yet: retried on
+    /// every health round until capacity appears.
+    parked: Vec<String>,
+    expired_idle: u64,
+    expired_moving: u64,
+    ring: SessionEvents,
+    scan: ScanState,
+    publish: watch::Sender<Arc<Snapshot>>,
+}
+
+/// The time between full scans: often enough for the idle timeout to be
+/// kept within half its length, at most every `MAX_SCAN_INTERVAL`.
+fn scan_interval(idle_timeout_ms: u64) -> Duration {
+    Duration::from_millis(idle_timeout_ms / 2).clamp(Duration::from_millis(500), MAX_SCAN_INTERVAL)
+}
+
+/// Starts the owner thread. `scanner` is started by the caller with a
+/// `deliver` that sends `Msg::Scanned` to the sender it is given here.
+pub fn spawn(
+    cluster: Cluster,
+    config_path: PathBuf,
+    ring: SessionEvents,
+    start_scanner: impl FnOnce(mpsc::Sender<Msg>) -> Result<mpsc::Sender<u64>>,
+) -> Result<OwnerHandle> {
+    let (tx, rx) = mpsc::channel();
+    let scanner = start_scanner(tx.clone())?;
+    let (publish, snapshot) = watch::channel(Arc::new(Snapshot::default()));
+    let interval = scan_interval(cluster.cfg.raw.session_idle_timeout_ms);
+    let mut owner = Owner {
+        cluster,
+        config_path,
+        events: EventLog::default(),
+        parked: Vec::new(),
+        expired_idle: 0,
+        expired_moving: 0,
+        ring,
+        scan: ScanState {
+            scanner,
+            in_flight: false,
+            last_started: Instant::now(),
+            interval,
+            done: 0,
+            last_ms: None,
+            repaired: MergeReport::default(),
+            lost_at_start: 0,
+        },
+        publish,
+    };
+    owner.drain_ring();
+    owner.publish();
+    std::thread::Builder::new().name("cluster-owner".into()).spawn(move || owner.run(rx))?;
+    Ok(OwnerHandle { tx, snapshot })
+}
+
+impl Owner {
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        let mut next_tick = Instant::now() + TICK;
+        loop {
+            let wait = next_tick.saturating_duration_since(Instant::now()).min(RING_POLL);
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Shutdown(done)) => {
+                    let _ = done.send(());
+                    return;
+                }
+                Ok(msg) => {
+                    self.drain_ring();
+                    self.handle(msg);
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => self.drain_ring(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+            if Instant::now() >= next_tick {
+                self.tick();
+                next_tick = Instant::now() + TICK;
+            }
+        }
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Control(req, reply) => {
+                let mutates =
+                    !matches!(req, Request::Status | Request::Shards | Request::Sessions { .. } | Request::Events);
+                let result = self.control(req);
+                let _ = reply.send(result);
+                if mutates {
+                    self.publish();
+                }
+            }
+            Msg::ProbePlan(reply) => {
+                let c = &self.cluster.cfg;
+                let targets = c
+                    .shards
+                    .iter()
+                    .map(|s| (s.name.clone(), SocketAddrV4::new(s.address, c.frontends[s.frontend].address.port())))
+                    .collect();
+                let _ = reply.send(ProbePlan { targets, health: c.raw.health.clone() });
+            }
+            Msg::HealthRound(results) => {
+                if self.health_round(results) {
+                    self.publish();
+                }
+            }
+            Msg::Scanned { generation, result, took } => self.scanned(generation, result, took),
+            Msg::Shutdown(_) => unreachable!("handled by run"),
+        }
+    }
+
+    /// Folds the data plane's session events into the index.
+    fn drain_ring(&mut self) {
+        let now = now_ns();
+        let index = &mut self.cluster.index;
+        self.ring.drain(|ev| index.apply(&ev, now));
+    }
+
+    /// The periodic work; errors are logged and retried next tick.
+    fn tick(&mut self) {
+        let raw = &self.cluster.cfg.raw;
+        let move_ns = raw.move_timeout_ms * 1_000_000;
+        match self.cluster.expire_moving(now_ns(), move_ns) {
+            Ok(0) => {}
+            Ok(n) => {
+                self.expired_moving += n as u64;
+                log::info!("expired {n} moved sessions that never reconnected");
+            }
+            Err(e) => log::warn!("expiring moved sessions: {e:#}"),
+        }
+        let loads = self.cluster.loads();
+        if let Err(e) = self.cluster.refresh_placement(&loads) {
+            log::warn!("refreshing placement: {e:#}");
+        }
+        self.publish();
+        self.maybe_scan();
+    }
+
+    /// Starts a full scan when one is due: at the interval, or at once when
+    /// the ring overflowed or the index holds far more pending players than
+    /// the LRU can (a flood: evictions only a scan sees).
+    fn maybe_scan(&mut self) {
+        if self.scan.in_flight {
+            return;
+        }
+        let lost = self.cluster.tables().counter(Counter::SessionEventLost).unwrap_or_else(|e| {
+            log::warn!("{e:#}");
+            0
+        });
+        let due = self.scan.last_started.elapsed() >= self.scan.interval
+            || lost > self.scan.lost_at_start
+            || self.cluster.index.pending_len() > 2 * MAX_PENDING as usize;
+        if !due {
+            return;
+        }
+        let generation = self.cluster.index.begin_scan();
+        if self.scan.scanner.send(generation).is_ok() {
+            self.scan.in_flight = true;
+            self.scan.last_started = Instant::now();
+            self.scan.lost_at_start = lost;
+        }
+    }
+
+    fn scanned(&mut self, generation: u64, result: Result<Scan, String>, took: Duration) {
+        self.scan.in_flight = false;
+        let scan = match result {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("scanning the session tables: {e}; the index stays as the events left it");
+                return;
+            }
+        };
+        let idle_ns = self.cluster.cfg.raw.session_idle_timeout_ms * 1_000_000;
+        match self.cluster.merge_scan(generation, scan, now_ns(), idle_ns) {
+            Ok((report, expired)) => {
+                self.scan.done += 1;
+                self.scan.last_ms = Some(took.as_secs_f64() * 1000.0);
+                self.scan.repaired.added += report.added;
+                self.scan.repaired.removed += report.removed;
+                self.scan.repaired.corrected += report.corrected;
+                self.expired_idle += expired.idle as u64;
+                if expired.idle > 0 {
+                    log::info!("expired {} idle sessions", expired.idle);
+                }
+                let loads = self.cluster.loads();
+                if let Err(e) = self.cluster.refresh_placement(&loads) {
+                    log::warn!("refreshing placement after a scan: {e:#}");
+                }
+                if report.added + report.corrected > 0 {
+                    log::warn!(
+                        "the session scan repaired the index: {} sessions no event reported, {} corrected",
+                        report.added,
+                        report.corrected
+                    );
+                }
+            }
+            Err(e) => log::warn!("applying the session scan: {e:#}"),
+        }
+    }
+
+    fn publish(&mut self) {
+        match self.status() {
+            Ok(status) => {
+                let _ = self.publish.send(Arc::new(Snapshot { status, taken: Some(Instant::now()) }));
+            }
+            Err(e) => log::warn!("building the status snapshot: {e}"),
+        }
+    }
+
+    fn status(&self) -> Result<StatusView, ControlError> {
+        let c = &self.cluster;
+        let loads = c.loads();
+        Ok(StatusView {
+            frontends: c.frontend_views(),
+            shards: c.shard_views(&loads, |name| self.parked.iter().any(|p| p == name))?,
+            totals: c.totals(&loads),
+            agent: AgentView {
+                version: env!("CARGO_PKG_VERSION").into(),
+                config: self.config_path.display().to_string(),
+                expired_idle: self.expired_idle,
+                expired_moving: self.expired_moving,
+                events_total: self.events.totals().clone(),
+                parked_failovers: self.parked.len(),
+                index: IndexView {
+                    sessions: c.index.len(),
+                    scans: self.scan.done,
+                    last_scan_ms: self.scan.last_ms,
+                    repaired_added: self.scan.repaired.added as u64,
+                    repaired_removed: self.scan.repaired.removed as u64,
+                },
+            },
+            counters: c.counters()?,
+        })
+    }
+
+    /// Carries out one control request. A refused request changed no map.
+    fn control(&mut self, req: Request) -> ControlReply {
+        match req {
+            Request::Status => Ok(Reply::Status(Box::new(self.status()?))),
+            Request::Shards => {
+                let loads = self.cluster.loads();
+                Ok(Reply::Shards(self.cluster.shard_views(&loads, |name| self.parked.iter().any(|p| p == name))?))
+            }
+            Request::Sessions { shard, client } => {
+                let client = client.as_deref().map(str::parse::<ClientSelector>).transpose()?;
+                Ok(Reply::Sessions(self.cluster.sessions(shard.as_deref(), client.as_ref())?))
+            }
+            Request::Migrate { clients, from, to } => self.migrate(clients, from, to).map(Reply::Moved),
+            Request::Drain { shard } => self.drain(&shard, true).map(Reply::Drain),
+            Request::Undrain { shard } => self.drain(&shard, false).map(Reply::Drain),
+            Request::Reload => self.reload().map(|changes| Reply::Reload(ReloadView { changes })),
+            Request::Events => Ok(Reply::Events(self.events.list())),
+            Request::Failover { shard, to } => {
+                let from = self.cluster.shard(&shard)?;
+                let to = to.as_deref().map(|t| self.cluster.shard(t)).transpose()?;
+                let report = self.cluster.failover(from, to)?;
+                let players = report.moved;
+                self.events.record(
+                    "failover",
+                    &shard,
+                    Some(&report.to),
+                    report.groups.clone(),
+                    players,
+                    format!("manual: {players} players moving together to {}", report.to),
+                );
+                Ok(Reply::Moved(report))
+            }
+        }
+    }
+
+    fn migrate(&mut self, clients: Vec<String>, from: Option<String>, to: String) -> Result<MoveReport, ControlError> {
+        let from_label = from.clone().unwrap_or_else(|| format!("clients {}", clients.join(" ")));
+        let report = match (clients.is_empty(), from) {
+            (false, None) => {
+                let sel = clients.iter().map(|c| c.parse::<ClientSelector>()).collect::<Result<Vec<_>, _>>()?;
+                self.cluster.migrate_clients(&sel, &to)?
+            }
+            (true, Some(from)) => self.cluster.migrate_shard(&from, &to)?,
+            (false, Some(_)) => return Err(ControlError::ClientsAndFrom),
+            (true, None) => return Err(ControlError::NoPlayersNamed),
+        };
+        let what = format!("{} players moving to {} ({} already there)", report.moved, report.to, report.already_there);
+        self.events.record("migration", &from_label, Some(&report.to), report.groups.clone(), report.moved, what);
+        Ok(report)
+    }
+
+    fn drain(&mut self, shard: &str, drained: bool) -> Result<DrainView, ControlError> {
+        let changed = self.cluster.set_drained(shard, drained)?;
+        if changed {
+            let (kind, verb) = if drained { ("drain", "drained") } else { ("undrain", "undrained") };
+            self.events.record(kind, shard, None, vec![], 0, verb.to_string());
+        }
+        Ok(DrainView { shard: shard.into(), drained, changed })
+    }
+
+    /// Re-reads the config file; a bad file leaves the running config.
+    fn reload(&mut self) -> Result<Vec<String>, ControlError> {
+        let new = config::load(&self.config_path).map_err(|e| ControlError::ConfigRefused(e.to_string()))?;
+        let mut ignored = Vec::new();
+        let old = &self.cluster.cfg.raw;
+        if new.raw.interfaces != old.interfaces || new.raw.xdp_mode != old.xdp_mode {
+            ignored.push("interfaces/xdp_mode (restart the agent to change them)");
+        }
+        if new.raw.bpffs != old.bpffs || new.raw.control_socket != old.control_socket {
+            ignored.push("bpffs/control_socket (restart the agent to change them)");
+        }
+        let mut changes = self.cluster.reconcile(new)?;
+        self.scan.interval = scan_interval(self.cluster.cfg.raw.session_idle_timeout_ms);
+        changes.extend(ignored.into_iter().map(|i| format!("not applied: {i}")));
+        log::info!(
+            "config reloaded: {}",
+            if changes.is_empty() { "no change".to_string() } else { changes.join("; ") }
+        );
+        Ok(changes)
+    }
+
+    /// Folds one health round in: transitions become events, a shard going
+    /// down fails over (or parks), a shard coming back becomes
+    /// `recovered_role`, parked shards are retried. Returns whether anything
+    /// changed.
+    fn health_round(&mut self, results: Vec<(String, Option<ProbeResult>)>) -> bool {
+        let cfg = self.cluster.cfg.raw.health.clone();
+        let mut changed = false;
+        for (name, result) in results {
+            let Ok(i) = self.cluster.shard(&name) else { continue };
+            let transition = self.cluster.health.entry(name.clone()).or_default().record(result, &cfg);
+            match transition {
+                Transition::None => {}
+                Transition::WentDown => {
+                    changed = true;
+                    let players = self.cluster.players_on(i, &self.cluster.loads());
+                    let why = format!("{} probes unanswered", cfg.down_after);
+                    self.events.record("health_down", &name, None, vec![], players, why);
+                    self.fail_over(i, players);
+                }
+                Transition::CameUp => {
+                    changed = true;
+                    let role = self.cluster.cfg.raw.recovered_role;
+                    self.cluster.role_override.insert(name.clone(), role);
+                    let detail =
+                        format!("answers again; it keeps no old players and is now {}", super::status::role_name(role));
+                    self.events.record("health_up", &name, None, vec![], 0, detail);
+                }
+            }
+        }
+        for name in std::mem::take(&mut self.parked) {
+            if let Ok(i) = self.cluster.shard(&name) {
+                if !self.cluster.is_up(i) {
+                    let players = self.cluster.players_on(i, &self.cluster.loads());
+                    changed |= self.fail_over(i, players);
+                }
+            }
+        }
+        if changed {
+            let loads = self.cluster.loads();
+            if let Err(e) = self.cluster.refresh_placement(&loads) {
+                log::warn!("refreshing placement: {e:#}");
+            }
+        }
+        changed
+    }
+
+    /// Runs an automatic failover of shard `i` (holding `players`) and
+    /// records it; with no room the shard is parked. Returns whether anything moved.
+    fn fail_over(&mut self, i: usize, players: usize) -> bool {
+        let name = self.cluster.cfg.shards[i].name.clone();
+        if players == 0 {
+            return false;
+        }
+        match self.cluster.failover(i, None) {
+            Ok(r) => {
+                let detail = format!("{} players moving together to {}", r.moved, r.to);
+                self.events.record("failover", &name, Some(&r.to), r.groups.clone(), r.moved, detail);
+                true
+            }
+            Err(why) => {
+                let detail = format!("{why}; retried as soon as capacity appears");
+                self.events.record("failover_parked", &name, None, vec![], players, detail);
+                if !self.parked.contains(&name) {
+                    self.parked.push(name);
+                }
+                false
+            }
+        }
+    }
+}

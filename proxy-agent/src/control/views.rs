@@ -1,0 +1,164 @@
+//! The replies of the control protocol, as types: the agent builds them, the
+//! CLI prints them and the metrics render them, so a field is named in one
+//! place. On the wire each is the JSON object of its fields.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `status`: the whole cluster.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct StatusView {
+    pub frontends: Vec<FrontendView>,
+    pub shards: Vec<ShardView>,
+    pub totals: Totals,
+    pub agent: AgentView,
+    /// Data-plane counters by name, summed over CPUs.
+    pub counters: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct FrontendView {
+    pub name: String,
+    pub address: String,
+    pub id: u32,
+}
+
+/// One shard: `status`, `shards` and the per-shard metrics.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ShardView {
+    pub name: String,
+    pub address: String,
+    pub frontend: String,
+    /// active | standby
+    pub role: String,
+    pub drained: bool,
+    /// unchecked | up | down
+    pub health: String,
+    pub rtt_ms: Option<f64>,
+    pub reported_players: Option<u16>,
+    pub parked: bool,
+    /// Established plus pending sessions routed here.
+    pub players: usize,
+    pub established: usize,
+    pub pending: usize,
+    /// Sessions routed here that have not handshaken since their move.
+    pub moving: usize,
+    pub capacity: u32,
+    /// Room for new players as placement sees it.
+    pub free_slots: usize,
+    pub backend: u32,
+    pub home_group: u32,
+    pub groups: Vec<u32>,
+    pub traffic: TrafficView,
+}
+
+/// Packets and IPv4 bytes forwarded to and from one shard.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TrafficView {
+    pub packets_to_shard: u64,
+    pub bytes_to_shard: u64,
+    pub packets_from_shard: u64,
+    pub bytes_from_shard: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Totals {
+    pub players: usize,
+    pub capacity: u32,
+    pub established: usize,
+    pub pending: usize,
+    pub moving: usize,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AgentView {
+    pub version: String,
+    pub config: String,
+    pub expired_idle: u64,
+    pub expired_moving: u64,
+    /// Events by kind since the agent started (the event ring forgets).
+    pub events_total: BTreeMap<String, u64>,
+    pub parked_failovers: usize,
+    /// Full scans of the session tables, and what they had to repair.
+    pub index: IndexView,
+}
+
+/// The session index's health: how it follows the tables.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct IndexView {
+    pub sessions: usize,
+    pub scans: u64,
+    pub last_scan_ms: Option<f64>,
+    /// Sessions a scan found that no event had reported (a full ring).
+    pub repaired_added: u64,
+    /// Sessions the tables dropped without an event (LRU evictions).
+    pub repaired_removed: u64,
+}
+
+/// One session as the CLI shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SessionView {
+    pub client: String,
+    pub frontend: String,
+    pub shard: String,
+    pub group: u32,
+    /// established | pending | moving
+    pub state: String,
+    /// As of the last scan of the tables (see the README).
+    pub idle_ms: u64,
+}
+
+/// `migrate` and `failover`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MoveReport {
+    pub to: String,
+    /// Sessions now moving to `to`.
+    pub moved: usize,
+    /// Sessions that were already on `to`.
+    pub already_there: usize,
+    /// Groups repointed (a whole-shard move).
+    pub groups: Vec<u32>,
+}
+
+/// `drain` and `undrain`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DrainView {
+    pub shard: String,
+    pub drained: bool,
+    pub changed: bool,
+}
+
+/// `reload`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReloadView {
+    pub changes: Vec<String>,
+}
+
+/// Something an operator wants to see after the fact (`events`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Event {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// health_down | health_up | failover | failover_parked | migration | drain | undrain
+    pub kind: String,
+    pub shard: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    pub groups: Vec<u32>,
+    pub players: usize,
+    pub detail: String,
+}
+
+/// Every reply, by request. On the wire it is the inner view alone.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Reply {
+    Status(Box<StatusView>),
+    Shards(Vec<ShardView>),
+    Sessions(Vec<SessionView>),
+    Moved(MoveReport),
+    Drain(DrainView),
+    Reload(ReloadView),
+    Events(Vec<Event>),
+}

@@ -1,0 +1,238 @@
+//! Typed handles on the data plane's maps, and the reads and writes the agent
+//! makes. Each write is a single map update: the data path never sees a
+//! half-written value (Katran's rule). Every failure is an error that names
+//! the map; nothing is read as a default.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    Ebpf,
+};
+use proxy_common::{
+    maps as names, Backend, BackendStats, Counter, Frontend, FrontendKey, Group, Meter, PortEntry, Reverse, Session,
+    SessionKey, ShardState, PLACEMENT_SLOTS,
+};
+
+use super::batch;
+
+pub struct Tables {
+    pub frontends: HashMap<MapData, FrontendKey, Frontend>,
+    pub ports: Array<MapData, PortEntry>,
+    pub placement: Array<MapData, u32>,
+    pub groups: Array<MapData, Group>,
+    pub shard_state: Array<MapData, ShardState>,
+    pub meter: Array<MapData, Meter>,
+    pub backends: Array<MapData, Backend>,
+    pub reverse: HashMap<MapData, u32, Reverse>,
+    pub sessions: HashMap<MapData, SessionKey, Session>,
+    pub pending: HashMap<MapData, SessionKey, Session>,
+    pub counters: PerCpuArray<MapData, u64>,
+    pub backend_stats: PerCpuArray<MapData, BackendStats>,
+}
+
+/// One untyped map from a loaded object or a pin.
+type MapSource<'a> = &'a mut dyn FnMut(&str) -> Result<aya::maps::Map>;
+
+/// Turns one untyped map into the typed handle a field wants.
+fn typed<T>(source: MapSource<'_>, name: &str) -> Result<T>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    T::try_from(source(name)?).with_context(|| format!("map {name} has an unexpected type"))
+}
+
+/// Opens one pinned map by name.
+pub fn open_pin(dir: &Path, name: &str) -> Result<aya::maps::Map> {
+    let path = dir.join(name);
+    let data = MapData::from_pin(&path).with_context(|| {
+        format!("opening pinned map {}; is the agent running with this bpffs folder?", path.display())
+    })?;
+    Ok(aya::maps::Map::from_map_data(data)?)
+}
+
+/// A full read of both session tables.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub established: Vec<(SessionKey, Session)>,
+    pub pending: Vec<(SessionKey, Session)>,
+}
+
+/// The two session tables on their own, for the scanner thread.
+pub struct SessionTables {
+    pub sessions: HashMap<MapData, SessionKey, Session>,
+    pub pending: HashMap<MapData, SessionKey, Session>,
+}
+
+impl SessionTables {
+    pub fn open_pinned(dir: &Path) -> Result<Self> {
+        let mut source = |name: &str| open_pin(dir, name);
+        Ok(Self { sessions: typed(&mut source, names::SESSIONS)?, pending: typed(&mut source, names::PENDING)? })
+    }
+
+    /// Every established and pending session: one batched read of each table.
+    pub fn scan(&self) -> Result<Scan> {
+        scan(&self.sessions, &self.pending)
+    }
+}
+
+fn scan(
+    sessions: &HashMap<MapData, SessionKey, Session>,
+    pending: &HashMap<MapData, SessionKey, Session>,
+) -> Result<Scan> {
+    // Pending first: a promotion racing the scan then shows in both tables
+    // (established wins) rather than in neither.
+    let pending = batch::dump(pending).context("reading PENDING")?;
+    let established = batch::dump(sessions).context("reading SESSIONS")?;
+    Ok(Scan { established, pending })
+}
+
+/// The ring of session events, opened from its pin or the loaded object.
+pub fn session_events(source: MapSource<'_>) -> Result<RingBuf<MapData>> {
+    typed(source, names::SESSION_EVENTS)
+}
+
+impl Tables {
+    /// Opens the maps a running (or stopped) agent pinned in `dir`.
+    pub fn open_pinned(dir: &Path) -> Result<Self> {
+        Self::from_source(&mut |name| open_pin(dir, name))
+    }
+
+    /// Takes the maps out of a freshly loaded object.
+    pub fn take(ebpf: &mut Ebpf) -> Result<Self> {
+        Self::from_source(&mut |name| ebpf.take_map(name).with_context(|| format!("the eBPF object has no map {name}")))
+    }
+
+    fn from_source(s: MapSource<'_>) -> Result<Self> {
+        Ok(Self {
+            frontends: typed(s, names::FRONTENDS)?,
+            ports: typed(s, names::PORTS)?,
+            placement: typed(s, names::PLACEMENT)?,
+            groups: typed(s, names::GROUPS)?,
+            shard_state: typed(s, names::SHARD_STATE)?,
+            meter: typed(s, names::METER)?,
+            backends: typed(s, names::BACKENDS)?,
+            reverse: typed(s, names::REVERSE)?,
+            sessions: typed(s, names::SESSIONS)?,
+            pending: typed(s, names::PENDING)?,
+            counters: typed(s, names::COUNTERS)?,
+            backend_stats: typed(s, names::BACKEND_STATS)?,
+        })
+    }
+
+    /// Every frontend key (at most MAX_FRONTENDS).
+    pub fn frontend_keys(&self) -> Result<Vec<FrontendKey>> {
+        Ok(batch::dump(&self.frontends).context("reading FRONTENDS")?.into_iter().map(|(k, _)| k).collect())
+    }
+
+    /// Every frontend with its id.
+    pub fn frontend_entries(&self) -> Result<Vec<(FrontendKey, Frontend)>> {
+        batch::dump(&self.frontends).context("reading FRONTENDS")
+    }
+
+    /// The whole GROUPS array (index = group id): one batched read.
+    pub fn read_groups(&self) -> Result<Vec<Group>> {
+        Ok(batch::dump(&self.groups).context("reading GROUPS")?.into_iter().map(|(_, g)| g).collect())
+    }
+
+    /// The whole SHARD_STATE array (index = backend id): one batched read.
+    pub fn read_shard_states(&self) -> Result<Vec<ShardState>> {
+        Ok(batch::dump(&self.shard_state).context("reading SHARD_STATE")?.into_iter().map(|(_, s)| s).collect())
+    }
+
+    /// The whole BACKENDS array (index = backend id): one batched read.
+    pub fn read_backends(&self) -> Result<Vec<Backend>> {
+        Ok(batch::dump(&self.backends).context("reading BACKENDS")?.into_iter().map(|(_, b)| b).collect())
+    }
+
+    pub fn write_group(&mut self, id: u32, group: Group) -> Result<()> {
+        self.groups.set(id, group, 0).with_context(|| format!("writing GROUPS[{id}]"))
+    }
+
+    pub fn write_shard_state(&mut self, backend: u32, state: ShardState) -> Result<()> {
+        self.shard_state.set(backend, state, 0).with_context(|| format!("writing SHARD_STATE[{backend}]"))
+    }
+
+    pub fn clear_backend(&mut self, backend: u32) -> Result<()> {
+        self.backends.set(backend, Backend::default(), 0).with_context(|| format!("clearing BACKENDS[{backend}]"))
+    }
+
+    pub fn write_meter(&mut self, backend: u32, meter: Meter) -> Result<()> {
+        self.meter.set(backend, meter, 0).with_context(|| format!("writing METER[{backend}]"))
+    }
+
+    /// Writes the slots of one frontend's placement row that differ from
+    /// `old` (the row as last written; all of them without it). Each slot is
+    /// a single update: a new player landing mid-write gets an old or a new
+    /// slot, both valid.
+    pub fn write_placement(&mut self, frontend_id: u32, old: Option<&[u32]>, new: &[u32]) -> Result<()> {
+        let base = frontend_id * PLACEMENT_SLOTS;
+        for (slot, group) in new.iter().enumerate() {
+            if old.is_some_and(|o| o.get(slot) == Some(group)) {
+                continue;
+            }
+            self.placement.set(base + slot as u32, group, 0).context("writing PLACEMENT")?;
+        }
+        Ok(())
+    }
+
+    /// The placement row of one frontend as the map holds it.
+    pub fn read_placement(&self, frontend_id: u32) -> Result<Vec<u32>> {
+        let base = frontend_id * PLACEMENT_SLOTS;
+        (base..base + PLACEMENT_SLOTS).map(|i| self.placement.get(&i, 0).context("reading PLACEMENT")).collect()
+    }
+
+    /// Every counter, summed over CPUs.
+    pub fn all_counters(&self) -> Result<Vec<(Counter, u64)>> {
+        Counter::ALL.iter().map(|&c| Ok((c, self.counter(c)?))).collect()
+    }
+
+    /// One shard's traffic, summed over CPUs.
+    pub fn backend_stats(&self, backend: u32) -> Result<BackendStats> {
+        let values = self.backend_stats.get(&backend, 0).context("reading BACKEND_STATS")?;
+        Ok(values.iter().fold(BackendStats::default(), |mut acc, s| {
+            acc.packets_in += s.packets_in;
+            acc.bytes_in += s.bytes_in;
+            acc.packets_out += s.packets_out;
+            acc.bytes_out += s.bytes_out;
+            acc
+        }))
+    }
+
+    /// Writes many existing sessions of one table, all or nothing: on a
+    /// failure part way, the entries already written get their old values
+    /// back (`old` holds them, in the same order) and the error says what
+    /// failed.
+    pub fn rewrite_sessions(
+        &mut self,
+        pending: bool,
+        new: &[(SessionKey, Session)],
+        old: &[(SessionKey, Session)],
+    ) -> Result<()> {
+        let (map, name) = if pending { (&self.pending, "PENDING") } else { (&self.sessions, "SESSIONS") };
+        batch::update_all_or_nothing(map, new, old).with_context(|| format!("writing {} sessions of {name}", new.len()))
+    }
+
+    /// Removes one session; `Ok(false)` when it was already gone.
+    pub fn remove_session(&mut self, pending: bool, key: &SessionKey) -> Result<bool> {
+        let map = if pending { &mut self.pending } else { &mut self.sessions };
+        match map.remove(key) {
+            Ok(()) => Ok(true),
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+            Err(e) => Err(e).context("removing a session"),
+        }
+    }
+
+    /// Every established and pending session (one batched read each): for
+    /// the agent's start, when it has no index yet, and for tests.
+    pub fn scan_sessions(&self) -> Result<Scan> {
+        scan(&self.sessions, &self.pending)
+    }
+
+    /// One counter, summed over CPUs.
+    pub fn counter(&self, c: Counter) -> Result<u64> {
+        let values = self.counters.get(&(c as u32), 0).with_context(|| format!("reading counter {}", c.name()))?;
+        Ok(values.iter().sum())
+    }
+}
