@@ -4,7 +4,8 @@
 //!   cargo xtask build             the object, then the agent and the simulators
 //!   cargo xtask test              build, then every test (needs root)
 //!   cargo xtask demo [ARGS]       build, then the namespace demo
-//!   cargo xtask bench fastpath    build, then a benchmark
+//!   cargo xtask bench WHAT        build, then a benchmark: fastpath | migrate |
+//!                                 failover | agent [--baseline-agent PATH]
 
 use std::{
     path::{Path, PathBuf},
@@ -143,7 +144,7 @@ fn bin(name: &str) -> PathBuf {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(task) = args.first() else {
-        return fail("usage: cargo xtask build-ebpf | build | test | demo [--seconds N --players N] | bench fastpath");
+        return fail("usage: cargo xtask build-ebpf | build | test | demo [--seconds N --players N] | bench fastpath|migrate|failover|agent");
     };
     let rest = &args[1..];
     let result = match task.as_str() {
