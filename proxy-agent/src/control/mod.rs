@@ -43,13 +43,16 @@ pub async fn serve(listener: UnixListener, owner: OwnerHandle) {
             Ok((stream, _)) => {
                 tokio::spawn(connection(stream, owner.clone()));
             }
-            Err(e) => {
-                // EMFILE and friends: wait instead of spinning on them.
-                log::warn!("control socket: accepting a connection failed: {e}; retrying in 100 ms");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Err(e) => accept_failed("control socket", e).await,
         }
     }
+}
+
+/// An accept that failed (EMFILE and friends): log it and wait a little
+/// instead of spinning on it.
+pub async fn accept_failed(what: &str, e: std::io::Error) {
+    log::warn!("{what}: accepting a connection failed: {e}; retrying in 100 ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 async fn connection(stream: UnixStream, owner: OwnerHandle) {

@@ -9,7 +9,7 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, IterableMap, MapData},
+    maps::IterableMap,
     // (IterableMap gives every typed map its MapData.)
     Pod,
 };
@@ -97,7 +97,7 @@ impl std::error::Error for PartialWrite {}
 
 /// Writes many entries with one call per 4096. (The kernel takes no
 /// BPF_EXIST for batches: a key that vanished meanwhile is written anew.)
-pub fn update<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>, entries: &[(K, V)]) -> Result<(), PartialWrite> {
+pub fn update<K: Pod, V: Pod>(map: &impl IterableMap<K, V>, entries: &[(K, V)]) -> Result<(), PartialWrite> {
     let mut written = 0;
     for chunk in entries.chunks(CHUNK) {
         let keys: Vec<K> = chunk.iter().map(|(k, _)| *k).collect();
@@ -131,7 +131,7 @@ pub fn update<K: Pod, V: Pod>(map: &HashMap<MapData, K, V>, entries: &[(K, V)]) 
 /// Replaces existing entries, all or nothing: when the write stops part way,
 /// the entries already written get `old` (same keys, same order) back.
 pub fn update_all_or_nothing<K: Pod, V: Pod>(
-    map: &HashMap<MapData, K, V>,
+    map: &impl IterableMap<K, V>,
     new: &[(K, V)],
     old: &[(K, V)],
 ) -> anyhow::Result<()> {

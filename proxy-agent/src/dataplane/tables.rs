@@ -168,13 +168,15 @@ impl Tables {
     /// slot, both valid.
     pub fn write_placement(&mut self, frontend_id: u32, old: Option<&[u32]>, new: &[u32]) -> Result<()> {
         let base = frontend_id * PLACEMENT_SLOTS;
-        for (slot, group) in new.iter().enumerate() {
-            if old.is_some_and(|o| o.get(slot) == Some(group)) {
-                continue;
-            }
-            self.placement.set(base + slot as u32, group, 0).context("writing PLACEMENT")?;
-        }
-        Ok(())
+        let changed: Vec<(u32, u32)> = new
+            .iter()
+            .enumerate()
+            .filter(|(slot, group)| old.is_none_or(|o| o.get(*slot) != Some(group)))
+            .map(|(slot, group)| (base + slot as u32, *group))
+            .collect();
+        // One system call for the changed slots; each slot is still written
+        // on its own (no slot is ever half old, half new).
+        batch::update(&self.placement, &changed).context("writing PLACEMENT")
     }
 
     /// The placement row of one frontend as the map holds it.

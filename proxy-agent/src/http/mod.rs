@@ -18,17 +18,14 @@ pub async fn serve(listener: TcpListener, owner: OwnerHandle) {
             Ok((stream, _)) => {
                 tokio::spawn(answer(stream, owner.clone()));
             }
-            Err(e) => {
-                log::warn!("metrics: accepting a connection failed: {e}; retrying in 100 ms");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Err(e) => crate::control::accept_failed("metrics", e).await,
         }
     }
 }
 
 async fn answer(mut stream: TcpStream, owner: OwnerHandle) {
     let mut buf = [0u8; 1024];
-    let Ok(Ok(n)) = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await else {
+    let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await else {
         return;
     };
     let request = String::from_utf8_lossy(&buf[..n]);
