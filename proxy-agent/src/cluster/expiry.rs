@@ -22,6 +22,9 @@ impl Cluster {
     /// `move_ns` of the move (a moved client's game packets never refresh
     /// its `last_seen_ns`, so the index's clock is the data plane's).
     pub fn expire_moving(&mut self, now: u64, move_ns: u64) -> Result<usize> {
+        if !self.any_moving() {
+            return Ok(0);
+        }
         let overdue: Vec<(SessionKey, bool)> = self
             .index
             .iter()

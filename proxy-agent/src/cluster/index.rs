@@ -53,11 +53,17 @@ pub struct MergeReport {
     pub corrected: usize,
 }
 
+/// Sessions of one group by (epoch, pending): what loads are made of.
+pub type GroupCounts = HashMap<(u32, bool), usize>;
+
 #[derive(Debug, Default)]
 pub struct SessionIndex {
     entries: HashMap<SessionKey, Indexed>,
     generation: u64,
     pending: usize,
+    /// Kept with every change, so loads cost a walk over the groups, not
+    /// over the sessions.
+    counts: HashMap<u32, GroupCounts>,
 }
 
 impl SessionIndex {
@@ -79,6 +85,29 @@ impl SessionIndex {
     /// Sessions in PENDING.
     pub fn pending_len(&self) -> usize {
         self.pending
+    }
+
+    /// Per group: how many sessions it holds at each (epoch, pending).
+    pub fn group_counts(&self) -> impl Iterator<Item = (u32, &GroupCounts)> {
+        self.counts.iter().map(|(g, c)| (*g, c))
+    }
+
+    fn count(&mut self, e: &Indexed, add: bool) {
+        let group = self.counts.entry(e.group).or_default();
+        let n = group.entry((e.epoch, e.pending)).or_default();
+        if add {
+            *n += 1;
+            self.pending += e.pending as usize;
+            return;
+        }
+        *n -= 1;
+        self.pending -= e.pending as usize;
+        if *n == 0 {
+            group.remove(&(e.epoch, e.pending));
+            if group.is_empty() {
+                self.counts.remove(&e.group);
+            }
+        }
     }
 
     pub fn get(&self, key: &SessionKey) -> Option<&Indexed> {
@@ -105,14 +134,14 @@ impl SessionIndex {
             changed: self.generation,
         };
         if let Some(old) = self.entries.insert(key, entry) {
-            self.pending -= old.pending as usize;
+            self.count(&old, false);
         }
-        self.pending += pending as usize;
+        self.count(&entry, true);
     }
 
     pub fn remove(&mut self, key: &SessionKey) -> Option<Indexed> {
         let old = self.entries.remove(key)?;
-        self.pending -= old.pending as usize;
+        self.count(&old, false);
         Some(old)
     }
 
@@ -166,33 +195,29 @@ impl SessionIndex {
             report.removed += 1;
         }
         for (key, (s, pending)) in seen {
+            let fresh = Indexed {
+                group: s.group,
+                epoch: s.epoch,
+                pending,
+                last_seen_ns: s.last_seen_ns,
+                changed: self.generation,
+            };
             match self.entries.entry(key) {
                 Entry::Occupied(mut o) => {
-                    let e = o.get_mut();
+                    let e = *o.get();
                     if e.changed >= started {
                         continue;
                     }
+                    *o.get_mut() = Indexed { changed: e.changed, ..fresh };
                     if (e.group, e.epoch, e.pending) != (s.group, s.epoch, pending) {
                         report.corrected += 1;
+                        self.count(&e, false);
+                        self.count(&fresh, true);
                     }
-                    self.pending = self.pending - e.pending as usize + pending as usize;
-                    *e = Indexed {
-                        group: s.group,
-                        epoch: s.epoch,
-                        pending,
-                        last_seen_ns: s.last_seen_ns,
-                        changed: e.changed,
-                    };
                 }
                 Entry::Vacant(v) => {
-                    v.insert(Indexed {
-                        group: s.group,
-                        epoch: s.epoch,
-                        pending,
-                        last_seen_ns: s.last_seen_ns,
-                        changed: self.generation,
-                    });
-                    self.pending += pending as usize;
+                    v.insert(fresh);
+                    self.count(&fresh, true);
                     if started > 0 {
                         report.added += 1;
                     }
@@ -252,6 +277,9 @@ mod tests {
         assert!(idx.get(&key(3)).unwrap().pending, "a newer placement stands though the scan missed it");
         assert!(idx.get(&key(4)).is_some());
         assert_eq!((idx.len(), idx.pending_len()), (3, 1));
+        let counts: std::collections::BTreeMap<u32, usize> =
+            idx.group_counts().map(|(g, c)| (g, c.values().sum())).collect();
+        assert_eq!(counts, [(1, 2), (2, 1)].into_iter().collect(), "the per-group counts follow every change");
     }
 
     #[test]

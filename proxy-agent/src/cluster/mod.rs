@@ -230,22 +230,31 @@ impl Cluster {
         Ok(())
     }
 
-    /// Players per backend: one walk over the session index.
+    /// Players per backend: a walk over the index's per-group counts.
     pub fn loads(&self) -> Loads {
         let mut loads = Loads::new();
-        for (_, s) in self.index.iter() {
-            let Some(g) = self.groups.get(s.group as usize) else { continue };
+        for (group, counts) in self.index.group_counts() {
+            let Some(g) = self.groups.get(group as usize) else { continue };
             let load = loads.entry(g.backend).or_default();
-            if s.pending {
-                load.pending += 1;
-            } else {
-                load.established += 1;
-            }
-            if s.epoch != g.epoch {
-                load.moving += 1;
+            for (&(epoch, pending), &n) in counts {
+                if pending {
+                    load.pending += n;
+                } else {
+                    load.established += n;
+                }
+                if epoch != g.epoch {
+                    load.moving += n;
+                }
             }
         }
         loads
+    }
+
+    /// True when some indexed session is moving (its epoch is not its group's).
+    fn any_moving(&self) -> bool {
+        self.index
+            .group_counts()
+            .any(|(group, counts)| counts.keys().any(|(epoch, _)| *epoch != self.group(group).epoch))
     }
 
     pub fn players_on(&self, i: usize, loads: &Loads) -> usize {
