@@ -131,6 +131,7 @@ pub struct Owner {
     ring: SessionEvents,
     scan: ScanState,
     publish: watch::Sender<Arc<Snapshot>>,
+    last_tick_ms: Option<f64>,
 }
 
 /// The time between full scans: often enough for the idle timeout to be
@@ -170,6 +171,7 @@ pub fn spawn(
             lost_at_start: 0,
         },
         publish,
+        last_tick_ms: None,
     };
     owner.drain_ring();
     owner.publish();
@@ -240,6 +242,7 @@ impl Owner {
 
     /// The periodic work; errors are logged and retried next tick.
     fn tick(&mut self) {
+        let started = Instant::now();
         let raw = &self.cluster.cfg.raw;
         let move_ns = raw.move_timeout_ms * 1_000_000;
         match self.cluster.expire_moving(now_ns(), move_ns) {
@@ -254,8 +257,9 @@ impl Owner {
         if let Err(e) = self.cluster.refresh_placement(&loads) {
             log::warn!("refreshing placement: {e:#}");
         }
-        self.publish();
         self.maybe_scan();
+        self.last_tick_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+        self.publish();
     }
 
     /// Starts a full scan when one is due: at the interval, or at once when
@@ -343,6 +347,7 @@ impl Owner {
                 expired_moving: self.expired_moving,
                 events_total: self.events.totals().clone(),
                 parked_failovers: self.parked.len(),
+                last_tick_ms: self.last_tick_ms,
                 index: IndexView {
                     sessions: c.index.len(),
                     scans: self.scan.done,

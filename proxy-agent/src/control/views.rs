@@ -80,6 +80,8 @@ pub struct AgentView {
     /// Events by kind since the agent started (the event ring forgets).
     pub events_total: BTreeMap<String, u64>,
     pub parked_failovers: usize,
+    /// How long the last maintenance tick took (expiry, placement, snapshot).
+    pub last_tick_ms: Option<f64>,
     /// Full scans of the session tables, and what they had to repair.
     pub index: IndexView,
 }

@@ -37,6 +37,8 @@ struct Figures {
     scrape_ms: f64,
     migrate_ms: f64,
     idle_cpu_ms_per_s: f64,
+    /// The agent's own timing of its last tick (agents that report it).
+    tick_ms: Option<f64>,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -130,7 +132,8 @@ fn run_one(bin: &PathBuf, sessions: usize) -> Result<Figures> {
     let (c0, t0) = (cpu_ms(pid)?, Instant::now());
     std::thread::sleep(window);
     let idle_cpu_ms_per_s = (cpu_ms(pid)? - c0) / t0.elapsed().as_secs_f64();
-    Ok(Figures { status_ms, scrape_ms, migrate_ms, idle_cpu_ms_per_s })
+    let tick_ms = sc.agent.request(&Request::Status)?["agent"]["last_tick_ms"].as_f64();
+    Ok(Figures { status_ms, scrape_ms, migrate_ms, idle_cpu_ms_per_s, tick_ms })
 }
 
 fn line(what: &str, n: usize, base: Option<f64>, ours: f64) {
@@ -155,6 +158,9 @@ pub fn agent(sizes: &[usize], baseline: Option<PathBuf>) -> Result<()> {
         line("metrics scrape (HTTP)", n, base.as_ref().map(|f| f.scrape_ms), this.scrape_ms);
         line(&format!("migrate --from ({MOVED} players)"), n, base.as_ref().map(|f| f.migrate_ms), this.migrate_ms);
         line("idle agent CPU, ms per second", n, base.as_ref().map(|f| f.idle_cpu_ms_per_s), this.idle_cpu_ms_per_s);
+        if let Some(t) = this.tick_ms {
+            line("maintenance tick (agent's timing)", n, base.as_ref().and_then(|f| f.tick_ms), t);
+        }
     }
     println!("  idle CPU = the maintenance tick, health probes (4 shards, 5/s) and background scans, from /proc");
     Ok(())
