@@ -43,6 +43,7 @@ pub async fn run(config_path: &Path) -> Result<()> {
         };
     let logger = dp.take_logger()?;
     dp.attach(&cfg.raw.interfaces, cfg.raw.xdp_mode)?;
+    owner.attached();
     log::info!(
         "attached to {} ({:?} mode); maps pinned in {}; control socket {}",
         dp.attached().join(", "),

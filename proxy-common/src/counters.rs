@@ -30,7 +30,7 @@ counters! {
     PassFragment => "pass_fragment", "IPv4 fragments passed untouched";
     PassNotUdp => "pass_not_udp", "Non-UDP IPv4 passed untouched";
     PassNotOurs => "pass_not_ours", "UDP that is neither to a frontend nor a shard reply";
-    PassQuery => "pass_query", "SA:MP queries to a frontend, left to the host to answer";
+    PassQueryAgent => "pass_query_agent", "Queries whose answer does not fit one frame, passed to the agent's responder";
     PassTtl => "pass_ttl", "Packets with TTL <= 1, left to the kernel (ICMP time exceeded)";
     PassReplyLocal => "pass_reply_local", "Shard replies to a local socket (health probes), untouched";
     IngressRedirect => "ingress_redirect", "Player packets rewritten to their shard and redirected";
@@ -47,6 +47,16 @@ counters! {
     DropMoving => "drop_moving", "Game packets of a session being moved, until it handshakes again";
     DropMapFull => "drop_map_full", "New players refused because the session table could not take them";
     DropMetered => "drop_metered", "Handshakes held back by the target shard's pacer (the client retries)";
+    QueryInfo => "query_answered_info", "Info queries (i) answered by the data plane for the whole cluster";
+    QueryRules => "query_answered_rules", "Rules queries (r) answered by the data plane";
+    QueryClients => "query_answered_clients", "Client-list queries (c) answered by the data plane";
+    QueryDetail => "query_answered_detail", "Detailed-list queries (d) answered by the data plane";
+    QueryPing => "query_answered_ping", "Ping queries (p) echoed by the data plane";
+    QueryOpenmp => "query_answered_openmp", "open.mp queries (o) answered by the data plane";
+    DropQueryRcon => "drop_query_rcon", "RCON queries (x) to a public address: never answered nor forwarded";
+    DropQueryBudget => "drop_query_budget", "Queries past their source's per-second budget (reflection guard)";
+    DropQueryMalformed => "drop_query_malformed", "Queries with an unknown opcode or a wrong length";
+    DropQueryUnanswered => "drop_query_unanswered", "Queries with no answer to give (an `o` the shards disagree on, or none built yet)";
     SessionEventLost => "session_event_lost", "Session events the agent's ring buffer had no room for (its next scan repairs the index)";
 }
 

@@ -46,7 +46,7 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
     let kind = classify(ctx, pkt);
     if let Kind::Query = kind {
         // Queries are answered for the whole cluster by the host, never by one shard.
-        return verdict(Counter::PassQuery, xdp_action::XDP_PASS);
+        return verdict(Counter::PassQueryAgent, xdp_action::XDP_PASS);
     }
     let key = SessionKey { client_addr: pkt.src_addr(), client_port: pkt.src_port(), frontend: frontend.id as u16 };
     // SAFETY: coarse clock helper, no arguments.

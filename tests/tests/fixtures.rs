@@ -99,7 +99,7 @@ fn ingress_paths() {
     check(&bed, "TTL 1 left to the kernel", &p.frame(), XDP_PASS, &p.frame(), Counter::PassTtl);
 
     let p = to_vip(CLIENT, 50000, &query());
-    check(&bed, "query from a known player goes to the host", &p.frame(), XDP_PASS, &p.frame(), Counter::PassQuery);
+    check(&bed, "query from a known player goes to the host", &p.frame(), XDP_PASS, &p.frame(), Counter::PassQueryAgent);
 }
 
 #[test]
@@ -119,7 +119,7 @@ fn new_players_are_admitted_only_by_a_valid_handshake() {
     check(&bed, "3-byte datagram", &p.frame(), XDP_DROP, &p.frame(), Counter::DropNotHandshake);
 
     let p = to_vip(CLIENT, 40000, &query());
-    check(&bed, "query from an unknown source", &p.frame(), XDP_PASS, &p.frame(), Counter::PassQuery);
+    check(&bed, "query from an unknown source", &p.frame(), XDP_PASS, &p.frame(), Counter::PassQueryAgent);
     assert!(bed.tables.scan_sessions().unwrap().pending.is_empty(), "nothing admitted yet");
 
     let placed = bed.counter(Counter::SessionPlaced);

@@ -132,6 +132,9 @@ pub struct Cluster {
     moved_at: HashMap<u32, u64>,
     last_placement: Vec<(u32, Vec<u32>)>,
     pub index: SessionIndex,
+    /// A config change failed part way and the old one could not be put
+    /// back either: the maps hold a mix until the next good reload.
+    pub half_applied: bool,
 }
 
 impl Cluster {
@@ -152,6 +155,7 @@ impl Cluster {
             moved_at: HashMap::new(),
             last_placement: Vec::new(),
             index: SessionIndex::from_scan(scan),
+            half_applied: false,
         };
         cluster.write_desired()?;
         Ok(cluster)

@@ -11,6 +11,7 @@
 //! placement, publish the snapshot, and start a full scan when one is due.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddrV4,
     path::PathBuf,
     sync::{mpsc, Arc},
@@ -31,7 +32,7 @@ use crate::{
     control::{
         error::ControlError,
         protocol::Request,
-        views::{AgentView, DrainView, IndexView, MoveReport, ReloadView, Reply, StatusView},
+        views::{AgentView, DrainView, HistogramView, IndexView, MoveReport, ReloadView, Reply, StatusView},
     },
     dataplane::session_events::SessionEvents,
     health::{ProbeResult, Transition},
@@ -64,7 +65,13 @@ pub enum Msg {
     Control(Request, oneshot::Sender<ControlReply>),
     ProbePlan(oneshot::Sender<ProbePlan>),
     HealthRound(Vec<(String, Option<ProbeResult>)>),
-    Scanned { generation: u64, result: Result<Scan, String>, took: Duration },
+    Scanned {
+        generation: u64,
+        result: Result<Scan, String>,
+        took: Duration,
+    },
+    /// The programs are attached: the data plane forwards.
+    Attached,
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -91,6 +98,10 @@ impl OwnerHandle {
 
     pub fn health_round(&self, results: Vec<(String, Option<ProbeResult>)>) {
         let _ = self.tx.send(Msg::HealthRound(results));
+    }
+
+    pub fn attached(&self) {
+        let _ = self.tx.send(Msg::Attached);
     }
 
     /// The last published snapshot; never waits for the owner.
@@ -132,6 +143,10 @@ pub struct Owner {
     scan: ScanState,
     publish: watch::Sender<Arc<Snapshot>>,
     last_tick_ms: Option<f64>,
+    attached: bool,
+    health_rounds: u64,
+    reloads: BTreeMap<String, u64>,
+    probe_rtt: HistogramView,
 }
 
 /// The time between full scans: often enough for the idle timeout to be
@@ -172,6 +187,10 @@ pub fn spawn(
         },
         publish,
         last_tick_ms: None,
+        attached: false,
+        health_rounds: 0,
+        reloads: BTreeMap::new(),
+        probe_rtt: HistogramView::for_probe_rtt(),
     };
     owner.drain_ring();
     owner.publish();
@@ -224,11 +243,20 @@ impl Owner {
                 let _ = reply.send(ProbePlan { targets, health: c.raw.health.clone() });
             }
             Msg::HealthRound(results) => {
-                if self.health_round(results) {
+                for r in results.iter().filter_map(|(_, r)| r.as_ref()) {
+                    self.probe_rtt.observe(r.rtt.as_secs_f64());
+                }
+                self.health_rounds += 1;
+                let changed = self.health_round(results);
+                if changed || self.health_rounds == 1 {
                     self.publish();
                 }
             }
             Msg::Scanned { generation, result, took } => self.scanned(generation, result, took),
+            Msg::Attached => {
+                self.attached = true;
+                self.publish();
+            }
             Msg::Shutdown(_) => unreachable!("handled by run"),
         }
     }
@@ -348,6 +376,10 @@ impl Owner {
                 events_total: self.events.totals().clone(),
                 parked_failovers: self.parked.len(),
                 last_tick_ms: self.last_tick_ms,
+                ready: self.attached && self.health_rounds > 0 && !c.half_applied,
+                reloads: self.reloads.clone(),
+                probe_rtt: self.probe_rtt.clone(),
+                queries_answered: BTreeMap::new(),
                 index: IndexView {
                     sessions: c.index.len(),
                     scans: self.scan.done,
@@ -375,7 +407,16 @@ impl Owner {
             Request::Migrate { clients, from, to } => self.migrate(clients, from, to).map(Reply::Moved),
             Request::Drain { shard } => self.drain(&shard, true).map(Reply::Drain),
             Request::Undrain { shard } => self.drain(&shard, false).map(Reply::Drain),
-            Request::Reload => self.reload().map(|changes| Reply::Reload(ReloadView { changes })),
+            Request::Reload => {
+                let result = self.reload();
+                let outcome = match &result {
+                    Ok(_) => "ok",
+                    Err(ControlError::ReloadRolledBack(_)) => "rolled_back",
+                    Err(_) => "refused",
+                };
+                *self.reloads.entry(outcome.into()).or_default() += 1;
+                result.map(|changes| Reply::Reload(ReloadView { changes }))
+            }
             Request::Events => Ok(Reply::Events(self.events.list())),
             Request::Failover { shard, to } => {
                 let from = self.cluster.shard(&shard)?;

@@ -133,9 +133,11 @@ impl Cluster {
             self.cfg = old_cfg;
             if let Err(again) = self.write_desired() {
                 log::error!("restoring the old config after a failed reload: {again:#}");
+                self.half_applied = true;
             }
             return Err(ControlError::ReloadRolledBack(format!("{e:#}")));
         }
+        self.half_applied = false;
         Ok(changes)
     }
 }

@@ -82,8 +82,45 @@ pub struct AgentView {
     pub parked_failovers: usize,
     /// How long the last maintenance tick took (expiry, placement, snapshot).
     pub last_tick_ms: Option<f64>,
+    /// Programs attached, a first health round done, and no reload or
+    /// failover left half applied: what `/ready` answers.
+    pub ready: bool,
+    /// Config reloads by result: ok | refused (bad file or rule) | rolled_back.
+    pub reloads: BTreeMap<String, u64>,
+    /// Round trip of every answered ping probe, as a histogram.
+    pub probe_rtt: HistogramView,
+    /// Queries the agent answered itself (answers too long for one frame),
+    /// by type: info | rules | clients | detail | ping | openmp.
+    pub queries_answered: BTreeMap<String, u64>,
     /// Full scans of the session tables, and what they had to repair.
     pub index: IndexView,
+}
+
+/// A cumulative histogram: `buckets` are (upper bound, observations at or
+/// under it), as Prometheus counts them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HistogramView {
+    pub buckets: Vec<(f64, u64)>,
+    pub sum: f64,
+    pub count: u64,
+}
+
+impl HistogramView {
+    /// Probe round trips, in seconds: 0.1 ms to 1 s.
+    pub fn for_probe_rtt() -> Self {
+        let bounds = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0];
+        Self { buckets: bounds.iter().map(|&b| (b, 0)).collect(), sum: 0.0, count: 0 }
+    }
+
+    pub fn observe(&mut self, v: f64) {
+        for (bound, n) in &mut self.buckets {
+            if v <= *bound {
+                *n += 1;
+            }
+        }
+        self.sum += v;
+        self.count += 1;
+    }
 }
 
 /// The session index's health: how it follows the tables.
