@@ -48,6 +48,9 @@ pub mod maps {
     pub const SHARD_STATE: &str = "SHARD_STATE";
     pub const METER: &str = "METER";
     pub const SESSION_EVENTS: &str = "SESSION_EVENTS";
+    pub const QUERY_ANSWERS: &str = "QUERY_ANSWERS";
+    pub const QUERY_SOURCES: &str = "QUERY_SOURCES";
+    pub const QUERY_LIMIT: &str = "QUERY_LIMIT";
 }
 
 /// Program names in the object.
@@ -82,6 +85,86 @@ pub struct SessionEvent {
     pub kind: u32,
     pub group: u32,
     pub epoch: u32,
+    pub _pad: u32,
+}
+
+/// The longest answer body (after the 11-byte echoed header) the data plane
+/// sends itself: with Ethernet, IPv4, UDP and the header it fits a 1500-byte
+/// MTU. A longer answer is the agent's to send (`QUERY_BY_AGENT`).
+pub const MAX_QUERY_ANSWER: usize = 1400;
+/// Answer slots per frontend in `QUERY_ANSWERS`, indexed by `QuerySlot`.
+pub const QUERY_SLOTS: u32 = 8;
+/// Sources whose query budget the data plane tracks (an LRU).
+pub const MAX_QUERY_SOURCES: u32 = 65_536;
+
+/// Which answer of a frontend: `QUERY_ANSWERS[frontend * QUERY_SLOTS + slot]`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuerySlot {
+    Info = 0,
+    Rules = 1,
+    Clients = 2,
+    Detail = 3,
+    OpenMp = 4,
+}
+
+impl QuerySlot {
+    pub const ALL: [QuerySlot; 5] = [Self::Info, Self::Rules, Self::Clients, Self::Detail, Self::OpenMp];
+
+    /// The query opcode this slot answers.
+    pub const fn opcode(self) -> u8 {
+        match self {
+            Self::Info => b'i',
+            Self::Rules => b'r',
+            Self::Clients => b'c',
+            Self::Detail => b'd',
+            Self::OpenMp => b'o',
+        }
+    }
+}
+
+/// `QueryAnswer::flags`: the answer does not fit one frame; the data plane
+/// passes the query to the agent's responder.
+pub const QUERY_BY_AGENT: u32 = 1;
+
+/// Value of `QUERY_ANSWERS`: a ready-made answer body the data plane sends
+/// after the requester's own 11-byte header. `len` 0 = no answer (the query
+/// is dropped, as open.mp stays silent for `d` and for `c` above 100 players).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueryAnswer {
+    pub len: u32,
+    pub flags: u32,
+    /// One's-complement sum (big-endian words, unfolded) of the payload with
+    /// the 11 header bytes as zeros and `body[..len]` after them, so the
+    /// data plane finishes the UDP checksum with the header's few words.
+    pub body_sum: u32,
+    pub _pad: u32,
+    pub body: [u8; MAX_QUERY_ANSWER],
+}
+
+impl Default for QueryAnswer {
+    fn default() -> Self {
+        Self { len: 0, flags: 0, body_sum: 0, _pad: 0, body: [0; MAX_QUERY_ANSWER] }
+    }
+}
+
+/// Value of `QUERY_LIMIT[0]`: queries each source may send per second
+/// (0 = unlimited), against reflection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct QueryLimit {
+    pub per_second: u32,
+    pub _pad: u32,
+}
+
+/// Value of `QUERY_SOURCES` (keyed by source IPv4): one source's queries in
+/// its current one-second window.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct QuerySource {
+    pub window_start_ns: u64,
+    pub count: u32,
     pub _pad: u32,
 }
 
@@ -260,4 +343,10 @@ mod pod {
     unsafe impl aya::Pod for NextHop {}
     // SAFETY: as above.
     unsafe impl aya::Pod for SessionEvent {}
+    // SAFETY: as above (the body is a byte array).
+    unsafe impl aya::Pod for QueryAnswer {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for QueryLimit {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for QuerySource {}
 }

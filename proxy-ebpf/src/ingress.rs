@@ -13,6 +13,7 @@ use crate::{
     forward::{self, Addr, Route, Sent},
     maps::{self, PENDING, SESSIONS},
     meter,
+    query,
     parse::{ptr_at, Packet, PAYLOAD_OFF},
     stats::{self, verdict, Direction},
 };
@@ -45,8 +46,8 @@ fn classify(ctx: &XdpContext, pkt: &Packet) -> Kind {
 pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
     let kind = classify(ctx, pkt);
     if let Kind::Query = kind {
-        // Queries are answered for the whole cluster by the host, never by one shard.
-        return verdict(Counter::PassQueryAgent, xdp_action::XDP_PASS);
+        // Answered for the whole cluster, never by one shard.
+        return query::handle(ctx, pkt, frontend);
     }
     let key = SessionKey { client_addr: pkt.src_addr(), client_port: pkt.src_port(), frontend: frontend.id as u16 };
     // SAFETY: coarse clock helper, no arguments.

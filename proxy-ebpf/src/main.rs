@@ -4,7 +4,8 @@
 //! directions: UDP to a frontend (VIP:port) is steered to the player's shard by
 //! rewriting the destination IP only; UDP from a shard's IP and the frontend
 //! port is rewritten to come from the VIP. Everything else passes untouched.
-//! Module map: `parse` (headers), `ingress` (player -> shard), `reply`
+//! Module map: `parse` (headers), `ingress` (player -> shard), `query`
+//! (the cluster's answers to the server browser), `reply`
 //! (shard -> player), `forward` (FIB + redirect), `stats` (counters), `events`
 //! (session changes for the agent), `maps`.
 #![no_std]
@@ -16,6 +17,7 @@ mod ingress;
 mod maps;
 mod meter;
 mod parse;
+mod query;
 mod reply;
 mod stats;
 

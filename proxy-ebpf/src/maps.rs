@@ -8,7 +8,7 @@ use aya_ebpf::{
 use proxy_common::{
     counters::COUNTER_COUNT, Backend, BackendStats, Frontend, FrontendKey, Group, Meter, NextHop, PortEntry, Reverse,
     Session, SessionKey, ShardState, MAX_BACKENDS, MAX_CLIENT_NEXTHOPS, MAX_FRONTENDS, MAX_GROUPS, MAX_PENDING,
-    MAX_SESSIONS, PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED, SESSION_EVENTS_BYTES,
+    MAX_SESSIONS, PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED, SESSION_EVENTS_BYTES, QueryAnswer, QueryLimit, QuerySource, MAX_QUERY_SOURCES, QUERY_SLOTS,
 };
 
 /// UDP port (header byte order) -> frontend hint; see `PortEntry`.
@@ -65,6 +65,19 @@ pub static PENDING: LruHashMap<SessionKey, Session> = LruHashMap::pinned(MAX_PEN
 /// running program writes.
 #[map]
 pub static SESSION_EVENTS: RingBuf = RingBuf::pinned(SESSION_EVENTS_BYTES, 0);
+
+/// Ready-made query answers per frontend (`QUERY_SLOTS` each), built by the
+/// agent from the cluster's state.
+#[map]
+pub static QUERY_ANSWERS: Array<QueryAnswer> = Array::pinned(MAX_FRONTENDS * QUERY_SLOTS, 0);
+
+/// `QUERY_LIMIT[0]`: the per-source query budget.
+#[map]
+pub static QUERY_LIMIT: Array<QueryLimit> = Array::pinned(1, 0);
+
+/// Each recent query source's budget window.
+#[map]
+pub static QUERY_SOURCES: LruHashMap<u32, QuerySource> = LruHashMap::with_max_entries(MAX_QUERY_SOURCES, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);

@@ -26,6 +26,7 @@ use crate::{netns::NetNs, pins::PinDir};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
@@ -129,7 +130,7 @@ impl Bed {
     pub fn run_prog(&self, prog: &Xdp, input: &[u8], repeat: u32) -> (u32, Vec<u8>, u64) {
         self.ns
             .run(|| {
-                let mut out = vec![0u8; input.len() + 256];
+                let mut out = vec![0u8; input.len() + 2048];
                 let opts =
                     TestRunOptions { data_in: Some(input), data_out: Some(&mut out), repeat, ..Default::default() };
                 let r = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");

@@ -99,7 +99,8 @@ fn ingress_paths() {
     check(&bed, "TTL 1 left to the kernel", &p.frame(), XDP_PASS, &p.frame(), Counter::PassTtl);
 
     let p = to_vip(CLIENT, 50000, &query());
-    check(&bed, "query from a known player goes to the host", &p.frame(), XDP_PASS, &p.frame(), Counter::PassQueryAgent);
+    let answered = bed.run(&p.frame());
+    assert_eq!(answered.0, XDP_TX, "a known player's query is answered, not routed to its shard");
 }
 
 #[test]
@@ -119,7 +120,7 @@ fn new_players_are_admitted_only_by_a_valid_handshake() {
     check(&bed, "3-byte datagram", &p.frame(), XDP_DROP, &p.frame(), Counter::DropNotHandshake);
 
     let p = to_vip(CLIENT, 40000, &query());
-    check(&bed, "query from an unknown source", &p.frame(), XDP_PASS, &p.frame(), Counter::PassQueryAgent);
+    assert_eq!(bed.run(&p.frame()).0, XDP_TX, "an unknown source's query is answered");
     assert!(bed.tables.scan_sessions().unwrap().pending.is_empty(), "nothing admitted yet");
 
     let placed = bed.counter(Counter::SessionPlaced);
@@ -309,4 +310,99 @@ fn handshakes_are_paced_per_shard() {
     let p = to_vip(CLIENT, 50000, &game_packet());
     let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
     check(&bed, "game packets are never paced", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
+}
+
+/// A query request written from the protocol description: "SAMP", the
+/// server's IPv4, its port (little-endian), the opcode, extra bytes.
+fn samp_query(op: u8, extra: &[u8]) -> Vec<u8> {
+    let mut q = b"SAMP".to_vec();
+    q.extend_from_slice(&VIP.octets());
+    q.extend_from_slice(&PORT.to_le_bytes());
+    q.push(op);
+    q.extend_from_slice(extra);
+    q
+}
+
+/// The reply frame the data plane must send for `request` with `body`:
+/// MACs, addresses and ports swapped, TTL 64, the request's 11-byte header
+/// echoed, every checksum fresh.
+fn reply_to(request: &Udp, payload: Vec<u8>) -> Vec<u8> {
+    let mut r = Udp::new(request.dst, request.dport, request.src, request.sport, &payload);
+    r.src_mac = request.dst_mac;
+    r.dst_mac = request.src_mac;
+    r.id = request.id;
+    r.ttl = 64;
+    r.frame()
+}
+
+fn with_header(request: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut out = request[..11].to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+#[test]
+fn queries_are_answered_for_the_whole_cluster_in_the_kernel() {
+    let mut bed = bed();
+    // i: no password, 0 players, 3 x 100 slots, hostname, empty gamemode and language.
+    let mut info = vec![0, 0, 0];
+    info.extend_from_slice(&300u16.to_le_bytes());
+    for s in ["SA:MP cluster", "", ""] {
+        info.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        info.extend_from_slice(s.as_bytes());
+    }
+    let version = format!("samp-cluster-proxy {}", env!("CARGO_PKG_VERSION"));
+    let mut rules = vec![1, 0, 5];
+    rules.extend_from_slice(b"proxy");
+    rules.push(version.len() as u8);
+    rules.extend_from_slice(version.as_bytes());
+    for (op, body, counter) in
+        [(b'i', info, Counter::QueryInfo), (b'r', rules, Counter::QueryRules), (b'c', vec![0, 0], Counter::QueryClients)]
+    {
+        let q = samp_query(op, &[]);
+        let p = to_vip(CLIENT, 41000 + op as u16, &q);
+        let want = reply_to(&p, with_header(&q, &body));
+        check(&bed, &format!("`{}` answered", op as char), &p.frame(), XDP_TX, &want, counter);
+        let (_, out) = bed.run(&p.frame());
+        assert!(ipv4_checksum_ok(&out) && udp_checksum_ok(&out), "`{}`: checksums", op as char);
+    }
+    let q = samp_query(b'p', &[9, 8, 7, 6]);
+    let p = to_vip(CLIENT, 41100, &q);
+    check(&bed, "`p` echoed", &p.frame(), XDP_TX, &reply_to(&p, q.clone()), Counter::QueryPing);
+
+    // Each requester gets its own header back: another address, another port.
+    let mut q = samp_query(b'c', &[]);
+    q[4..8].copy_from_slice(&[203, 0, 113, 9]);
+    let p = to_vip(CLIENT, 41101, &q);
+    check(&bed, "the requester's header echoed", &p.frame(), XDP_TX, &reply_to(&p, with_header(&q, &[0, 0])), Counter::QueryClients);
+
+    for (op, counter) in [(b'd', Counter::DropQueryUnanswered), (b'o', Counter::DropQueryUnanswered), (b'x', Counter::DropQueryRcon)] {
+        let p = to_vip(CLIENT, 41200 + op as u16, &samp_query(op, &[0, 0]));
+        let p = if op == b'x' { p } else { to_vip(CLIENT, 41200 + op as u16, &samp_query(op, &[])) };
+        check(&bed, &format!("`{}` gets nothing", op as char), &p.frame(), XDP_DROP, &p.frame(), counter);
+    }
+    for (name, q) in [
+        ("`i` with a trailing byte", samp_query(b'i', &[0])),
+        ("`p` without its 4 bytes", samp_query(b'p', &[])),
+        ("unknown opcode", samp_query(b'z', &[])),
+    ] {
+        let p = to_vip(CLIENT, 41300, &q);
+        check(&bed, name, &p.frame(), XDP_DROP, &p.frame(), Counter::DropQueryMalformed);
+    }
+    // Shorter than a query header: not a query at all (and not a handshake).
+    let p = to_vip(CLIENT, 41301, &samp_query(b'i', &[])[..10]);
+    check(&bed, "truncated query", &p.frame(), XDP_DROP, &p.frame(), Counter::DropNotHandshake);
+
+    // The per-source budget: 3 a second here; the 4th is dropped, another source is not.
+    bed.tables.query_limit.set(0, proxy_common::QueryLimit { per_second: 3, _pad: 0 }, 0).unwrap();
+    let budgeted = Ipv4Addr::new(198, 18, 60, 3);
+    let q = samp_query(b'p', &[1, 2, 3, 4]);
+    for n in 0..3 {
+        let p = to_vip(budgeted, 42000 + n, &q);
+        check(&bed, "within the budget", &p.frame(), XDP_TX, &reply_to(&p, q.clone()), Counter::QueryPing);
+    }
+    let p = to_vip(budgeted, 42003, &q);
+    check(&bed, "past the budget", &p.frame(), XDP_DROP, &p.frame(), Counter::DropQueryBudget);
+    let p = to_vip(Ipv4Addr::new(198, 18, 60, 4), 42004, &q);
+    check(&bed, "another source has its own budget", &p.frame(), XDP_TX, &reply_to(&p, q.clone()), Counter::QueryPing);
 }

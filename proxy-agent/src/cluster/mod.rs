@@ -40,6 +40,7 @@ use crate::{
     health::Health,
 };
 
+pub mod answers;
 mod event_log;
 mod expiry;
 mod ids;
@@ -135,6 +136,8 @@ pub struct Cluster {
     /// A config change failed part way and the old one could not be put
     /// back either: the maps hold a mix until the next good reload.
     pub half_applied: bool,
+    /// QUERY_ANSWERS as last written, by index (absent = never written).
+    written_answers: HashMap<u32, Option<Vec<u8>>>,
 }
 
 impl Cluster {
@@ -156,6 +159,7 @@ impl Cluster {
             last_placement: Vec::new(),
             index: SessionIndex::from_scan(scan),
             half_applied: false,
+            written_answers: HashMap::new(),
         };
         cluster.write_desired()?;
         Ok(cluster)

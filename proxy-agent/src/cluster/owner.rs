@@ -248,6 +248,10 @@ impl Owner {
                 }
                 self.health_rounds += 1;
                 let changed = self.health_round(results);
+                // What the browser sees follows the cluster within one round.
+                if let Err(e) = self.cluster.write_answers() {
+                    log::warn!("writing the query answers: {e:#}");
+                }
                 if changed || self.health_rounds == 1 {
                     self.publish();
                 }

@@ -36,7 +36,8 @@ impl Cluster {
         // Rows of frontends that are new (or new ids) are written in full.
         let live: HashSet<u32> = self.frontend_ids.iter().copied().collect();
         self.last_placement.retain(|(fe, _)| live.contains(fe));
-        self.refresh_placement(&loads)
+        self.refresh_placement(&loads)?;
+        self.write_answers()
     }
 
     /// Writes the static part of a plan (frontends, ports, shards, reply

@@ -189,7 +189,25 @@ impl Checker<'_> {
                     "give each frontend its own address",
                 ));
             }
-            frontends.push(Frontend { name: fe.name.clone(), address });
+            for (field, value, max) in [("hostname", &fe.query.hostname, 255), ("gamemode", &fe.query.gamemode, 255), ("language", &fe.query.language, 255)] {
+                if value.len() > max {
+                    return Err(self.error(
+                        &[K("frontends"), I(i), K("query"), K(field)],
+                        format!("{field} is {} bytes long", value.len()),
+                        format!("use at most {max} bytes: the server browser shows no more"),
+                    ));
+                }
+            }
+            for (name, value) in &fe.query.rules {
+                if name.is_empty() || name.len() > 255 || value.len() > 255 {
+                    return Err(self.error(
+                        &[K("frontends"), I(i), K("query"), K("rules")],
+                        format!("rule `{name}` does not fit the query protocol"),
+                        "rule names of 1..=255 bytes and values of at most 255 bytes",
+                    ));
+                }
+            }
+            frontends.push(Frontend { name: fe.name.clone(), address, query: fe.query.clone() });
         }
         Ok(frontends)
     }

@@ -64,6 +64,10 @@ pub struct Config {
     /// Handshakes a shard may receive at once above that rate.
     #[serde(default = "default_handshake_burst")]
     pub handshake_burst: u32,
+    /// Queries one source address may send per second (0 = unlimited);
+    /// past it they are dropped in the kernel, so the proxy is no reflector.
+    #[serde(default = "default_query_budget")]
+    pub query_budget_per_second: u32,
     pub frontends: Vec<FrontendConfig>,
     pub shards: Vec<ShardConfig>,
 }
@@ -99,6 +103,10 @@ fn default_handshake_burst() -> u32 {
     50
 }
 
+fn default_query_budget() -> u32 {
+    20
+}
+
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpModeName {
@@ -113,6 +121,34 @@ pub struct FrontendConfig {
     pub name: String,
     /// The public `IP:port` players connect to.
     pub address: String,
+    /// What the server browser is told about this frontend.
+    #[serde(default)]
+    pub query: QueryConfig,
+}
+
+/// A frontend's face in the server browser (answers to `i` and `r`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryConfig {
+    pub hostname: String,
+    pub gamemode: String,
+    pub language: String,
+    /// Shown as "locked" in the browser.
+    pub password: bool,
+    /// Extra rules (`r`), e.g. `weburl: example.net`.
+    pub rules: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        Self {
+            hostname: "SA:MP cluster".into(),
+            gamemode: String::new(),
+            language: String::new(),
+            password: false,
+            rules: Default::default(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -172,6 +208,7 @@ pub struct Validated {
 pub struct Frontend {
     pub name: String,
     pub address: SocketAddrV4,
+    pub query: QueryConfig,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -11,8 +11,8 @@ use aya::{
     Ebpf,
 };
 use proxy_common::{
-    maps as names, Backend, BackendStats, Counter, Frontend, FrontendKey, Group, Meter, PortEntry, Reverse, Session,
-    SessionKey, ShardState, PLACEMENT_SLOTS,
+    maps as names, Backend, BackendStats, Counter, Frontend, FrontendKey, Group, Meter, PortEntry, QueryAnswer,
+    QueryLimit, Reverse, Session, SessionKey, ShardState, PLACEMENT_SLOTS,
 };
 
 use super::batch;
@@ -30,6 +30,8 @@ pub struct Tables {
     pub pending: HashMap<MapData, SessionKey, Session>,
     pub counters: PerCpuArray<MapData, u64>,
     pub backend_stats: PerCpuArray<MapData, BackendStats>,
+    pub query_answers: Array<MapData, QueryAnswer>,
+    pub query_limit: Array<MapData, QueryLimit>,
 }
 
 /// One untyped map from a loaded object or a pin.
@@ -118,6 +120,8 @@ impl Tables {
             pending: typed(s, names::PENDING)?,
             counters: typed(s, names::COUNTERS)?,
             backend_stats: typed(s, names::BACKEND_STATS)?,
+            query_answers: typed(s, names::QUERY_ANSWERS)?,
+            query_limit: typed(s, names::QUERY_LIMIT)?,
         })
     }
 
@@ -156,6 +160,14 @@ impl Tables {
 
     pub fn clear_backend(&mut self, backend: u32) -> Result<()> {
         self.backends.set(backend, Backend::default(), 0).with_context(|| format!("clearing BACKENDS[{backend}]"))
+    }
+
+    pub fn write_query_answer(&mut self, index: u32, answer: &QueryAnswer) -> Result<()> {
+        self.query_answers.set(index, answer, 0).with_context(|| format!("writing QUERY_ANSWERS[{index}]"))
+    }
+
+    pub fn write_query_limit(&mut self, limit: QueryLimit) -> Result<()> {
+        self.query_limit.set(0, limit, 0).context("writing QUERY_LIMIT")
     }
 
     pub fn write_meter(&mut self, backend: u32, meter: Meter) -> Result<()> {

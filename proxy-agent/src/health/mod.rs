@@ -13,6 +13,10 @@ use tokio::{net::UdpSocket, time::timeout};
 
 use crate::{cluster::owner::OwnerHandle, config::HealthConfig};
 
+pub mod answers;
+
+use answers::ShardAnswers;
+
 /// Probes every shard each `health.interval_ms`, all at once, and hands the
 /// round to the cluster's owner (which fails over what went down).
 pub async fn probe_loop(owner: OwnerHandle) {
@@ -51,26 +55,33 @@ pub fn parse_info(reply: &[u8], request: &[u8]) -> Option<(u16, u16)> {
 }
 
 /// One probe's answer.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProbeResult {
     pub rtt: Duration,
     /// (players, max players) when the `i` answer came too.
     pub info: Option<(u16, u16)>,
+    /// Its `r`, `c` and `o` answers, for the cluster's own answers.
+    pub answers: ShardAnswers,
 }
 
 /// Probes a shard once: `None` when the ping is not echoed within `wait`.
+/// Also asks `i`, `r`, `c` and `o`, and waits for them within `wait` (a
+/// shard that never answers `o`, as SA:MP 0.3.7, just ends the wait then).
 pub async fn probe(shard: SocketAddrV4, wait: Duration, nonce: u32) -> Option<ProbeResult> {
     let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).await.ok()?;
     socket.connect(shard).await.ok()?;
     let ping = query(shard, b'p', &nonce.to_le_bytes());
-    let info = query(shard, b'i', &[]);
+    let [info, rules, clients, openmp] = [b'i', b'r', b'c', b'o'].map(|op| query(shard, op, &[]));
     let started = Instant::now();
-    socket.send(&ping).await.ok()?;
-    socket.send(&info).await.ok()?;
+    for q in [&ping, &info, &rules, &clients, &openmp] {
+        socket.send(q).await.ok()?;
+    }
     let (mut alive, mut rtt, mut players) = (false, Duration::ZERO, None);
-    let mut buf = [0u8; 1500];
+    let mut answers = ShardAnswers::default();
+    let mut buf = [0u8; 65_536];
     let deadline = started + wait;
-    while !(alive && players.is_some()) {
+    while !(alive && players.is_some() && answers.rules.is_some() && answers.clients.is_some() && answers.openmp.is_some())
+    {
         let left = deadline.saturating_duration_since(Instant::now());
         let Ok(Ok(n)) = timeout(left, socket.recv(&mut buf)).await else { break };
         let reply = &buf[..n];
@@ -79,9 +90,15 @@ pub async fn probe(shard: SocketAddrV4, wait: Duration, nonce: u32) -> Option<Pr
             rtt = started.elapsed();
         } else if let Some(p) = parse_info(reply, &info) {
             players = Some(p);
+        } else if let Some(b) = answers::body(reply, &rules) {
+            answers.rules = answers::parse_rules(b);
+        } else if let Some(b) = answers::body(reply, &clients) {
+            answers.clients = answers::parse_clients(b);
+        } else if let Some(b) = answers::body(reply, &openmp) {
+            answers.openmp = Some(b.to_vec());
         }
     }
-    alive.then_some(ProbeResult { rtt, info: players })
+    alive.then_some(ProbeResult { rtt, info: players, answers })
 }
 
 /// A shard's health as the agent tracks it.
@@ -95,12 +112,24 @@ pub struct Health {
     pub rtt_ms: Option<f64>,
     pub players: Option<u16>,
     pub max_players: Option<u16>,
+    /// The last `r`, `c` and `o` answers (kept while the shard answers pings).
+    #[serde(skip)]
+    pub answers: ShardAnswers,
 }
 
 impl Default for Health {
     fn default() -> Self {
         // Optimistic until proven down, so a starting cluster takes players.
-        Self { up: true, unchecked: true, misses: 0, successes: 0, rtt_ms: None, players: None, max_players: None }
+        Self {
+            up: true,
+            unchecked: true,
+            misses: 0,
+            successes: 0,
+            rtt_ms: None,
+            players: None,
+            max_players: None,
+            answers: ShardAnswers::default(),
+        }
     }
 }
 
@@ -125,6 +154,7 @@ impl Health {
                     self.players = Some(p);
                     self.max_players = Some(m);
                 }
+                self.answers = r.answers;
                 if !self.up && self.successes >= cfg.up_after {
                     self.up = true;
                     return Transition::CameUp;
@@ -156,7 +186,7 @@ mod tests {
     use super::*;
 
     fn ok() -> Option<ProbeResult> {
-        Some(ProbeResult { rtt: Duration::from_millis(1), info: Some((5, 100)) })
+        Some(ProbeResult { rtt: Duration::from_millis(1), info: Some((5, 100)), answers: ShardAnswers::default() })
     }
 
     #[test]

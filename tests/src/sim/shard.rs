@@ -169,6 +169,25 @@ fn handle(
                 .reply(data),
             ),
             b'p' if data.len() >= 15 => Some(data[..15].to_vec()),
+            b'c' => {
+                // Players named after their port, score = game packets echoed.
+                let mut out = data[..samp::QUERY_HEADER_LEN].to_vec();
+                let connected: Vec<_> = st.clients.iter().filter(|(_, c)| c.connected).collect();
+                out.extend_from_slice(&(connected.len() as u16).to_le_bytes());
+                for (addr, c) in connected {
+                    let name = format!("p{}", addr.rsplit(':').next().unwrap_or("0"));
+                    out.push(name.len() as u8);
+                    out.extend_from_slice(name.as_bytes());
+                    out.extend_from_slice(&(c.packets as i32).to_le_bytes());
+                }
+                Some(out)
+            }
+            // An open.mp shard's extension answer: the same on every shard.
+            b'o' => {
+                let mut out = data[..samp::QUERY_HEADER_LEN].to_vec();
+                out.extend_from_slice(b"\x01sim-open.mp");
+                Some(out)
+            }
             b'r' => {
                 let mut out = data[..samp::QUERY_HEADER_LEN].to_vec();
                 out.extend_from_slice(&1u16.to_le_bytes());

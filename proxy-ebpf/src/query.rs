@@ -1,0 +1,195 @@
+//! SA:MP queries to a frontend, answered here for the whole cluster and never
+//! forwarded to a shard: the browser, the masterlist and launchers see one
+//! server, and a query flood never reaches user space.
+//!
+//! `p` is echoed (addresses, ports and MACs swapped: the UDP checksum is
+//! unchanged by the swap). `i`, `r`, `c`, `d` and `o` get the agent's
+//! ready-made body from `QUERY_ANSWERS` after the requester's own 11-byte
+//! header; the UDP checksum is the agent's precomputed body sum plus the
+//! header's few words. An answer too long for one frame is passed to the
+//! agent's responder. `x` (RCON) is never answered nor forwarded. A source
+//! past its per-second budget is dropped (the proxy is no reflector).
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_store_bytes},
+    programs::XdpContext,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
+use proxy_common::{
+    csum, samp::QUERY_HEADER_LEN, Counter, Frontend, QuerySlot, QuerySource, MAX_QUERY_ANSWER, QUERY_BY_AGENT,
+    QUERY_SLOTS,
+};
+
+use crate::{
+    maps::{QUERY_ANSWERS, QUERY_LIMIT, QUERY_SOURCES},
+    parse::{ptr_at, Packet, L3_OFF, L4_OFF, PAYLOAD_OFF},
+    stats::verdict,
+};
+
+/// A ping is the header plus 4 bytes the requester chose.
+const PING_LEN: usize = QUERY_HEADER_LEN + 4;
+const REPLY_TTL: u8 = 64;
+const IPPROTO_UDP: u32 = 17;
+
+#[inline(always)]
+pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
+    let Some(op) = ptr_at::<u8>(ctx, PAYLOAD_OFF + QUERY_HEADER_LEN - 1) else {
+        return verdict(Counter::DropQueryMalformed, xdp_action::XDP_DROP);
+    };
+    // SAFETY: bounds-checked by `ptr_at`.
+    let slot = match unsafe { *op } {
+        b'x' => return verdict(Counter::DropQueryRcon, xdp_action::XDP_DROP),
+        b'p' => None,
+        b'i' => Some(QuerySlot::Info),
+        b'r' => Some(QuerySlot::Rules),
+        b'c' => Some(QuerySlot::Clients),
+        b'd' => Some(QuerySlot::Detail),
+        b'o' => Some(QuerySlot::OpenMp),
+        _ => return verdict(Counter::DropQueryMalformed, xdp_action::XDP_DROP),
+    };
+    let expected = if slot.is_none() { PING_LEN } else { QUERY_HEADER_LEN };
+    if pkt.payload_len != expected {
+        return verdict(Counter::DropQueryMalformed, xdp_action::XDP_DROP);
+    }
+    if !within_budget(pkt.src_addr()) {
+        return verdict(Counter::DropQueryBudget, xdp_action::XDP_DROP);
+    }
+    match slot {
+        None => {
+            turn_around(pkt.eth, pkt.ip, pkt.udp);
+            verdict(Counter::QueryPing, xdp_action::XDP_TX)
+        }
+        Some(slot) => answer(ctx, frontend, slot),
+    }
+}
+
+/// One more query from `src` in its one-second window; false past the budget.
+#[inline(always)]
+fn within_budget(src: u32) -> bool {
+    let limit = QUERY_LIMIT.get(0).map(|l| l.per_second).unwrap_or(0);
+    if limit == 0 {
+        return true;
+    }
+    // SAFETY: coarse clock helper, no arguments.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    match QUERY_SOURCES.get_ptr_mut(&src) {
+        Some(s) => {
+            // SAFETY: a live map value; single-word fields.
+            let s = unsafe { &mut *s };
+            if now.wrapping_sub(s.window_start_ns) >= 1_000_000_000 {
+                s.window_start_ns = now;
+                s.count = 1;
+                return true;
+            }
+            s.count = s.count.saturating_add(1);
+            s.count <= limit
+        }
+        None => {
+            let fresh = QuerySource { window_start_ns: now, count: 1, _pad: 0 };
+            // A full LRU evicts an old source: at worst that source gets a fresh budget.
+            let _ = QUERY_SOURCES.insert(&src, &fresh, 0);
+            true
+        }
+    }
+}
+
+/// Sends the frontend's answer for `slot` back to the requester.
+#[inline(always)]
+fn answer(ctx: &XdpContext, frontend: Frontend, slot: QuerySlot) -> u32 {
+    let Some(a) = QUERY_ANSWERS.get(frontend.id * QUERY_SLOTS + slot as u32) else {
+        return verdict(Counter::DropQueryUnanswered, xdp_action::XDP_DROP);
+    };
+    if a.flags & QUERY_BY_AGENT != 0 {
+        return verdict(Counter::PassQueryAgent, xdp_action::XDP_PASS);
+    }
+    let len = a.len as usize;
+    if len == 0 || len > MAX_QUERY_ANSWER {
+        return verdict(Counter::DropQueryUnanswered, xdp_action::XDP_DROP);
+    }
+    let frame = PAYLOAD_OFF + QUERY_HEADER_LEN + len;
+    // The frame's length as a plain number (packet-pointer arithmetic
+    // would not pass the verifier once the compiler folds it).
+    // SAFETY: the context is this program's.
+    let current = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as i32;
+    let delta = frame as i32 - current;
+    // SAFETY: the context is this program's; the kernel checks the room.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+        return verdict(Counter::DropQueryUnanswered, xdp_action::XDP_DROP);
+    }
+    // SAFETY: `a` points at a map value of MAX_QUERY_ANSWER body bytes and
+    // `len` is at most that; the frame was sized for exactly this copy.
+    let stored = unsafe {
+        bpf_xdp_store_bytes(
+            ctx.ctx,
+            (PAYLOAD_OFF + QUERY_HEADER_LEN) as u32,
+            a.body.as_ptr() as *mut _,
+            len as u32,
+        )
+    };
+    if stored != 0 {
+        return verdict(Counter::DropQueryUnanswered, xdp_action::XDP_DROP);
+    }
+    // The frame moved: every header pointer is proven again.
+    let (Some(eth), Some(ip), Some(udp), Some(head)) = (
+        ptr_at::<EthHdr>(ctx, 0),
+        ptr_at::<Ipv4Hdr>(ctx, L3_OFF),
+        ptr_at::<UdpHdr>(ctx, L4_OFF),
+        ptr_at::<[u8; QUERY_HEADER_LEN]>(ctx, PAYLOAD_OFF),
+    ) else {
+        return verdict(Counter::DropQueryUnanswered, xdp_action::XDP_DROP);
+    };
+    let udp_len = (UdpHdr::LEN + QUERY_HEADER_LEN + len) as u16;
+    // SAFETY: all four bounds-checked just above.
+    unsafe {
+        (*ip).tot_len = (Ipv4Hdr::LEN as u16 + udp_len).to_be_bytes();
+        (*udp).len = udp_len.to_be_bytes();
+    }
+    turn_around(eth, ip, udp);
+    // SAFETY: as above.
+    let (ip, udp, head) = unsafe { (&*ip, &mut *udp, &*head) };
+    // Pseudo-header, UDP header (checksum 0), the echoed header; the body's
+    // words (with header byte 10 as the high half of its first) are in
+    // `body_sum`.
+    let mut sum = a.body_sum;
+    sum = csum::sum_be(&ip.src_addr, sum);
+    sum = csum::sum_be(&ip.dst_addr, sum);
+    sum += IPPROTO_UDP + udp_len as u32 * 2;
+    sum = csum::sum_be(&udp.src, sum);
+    sum = csum::sum_be(&udp.dst, sum);
+    sum = csum::sum_be(head, sum);
+    udp.check = match csum::finish_be(sum) {
+        0 => 0xffff,
+        c => c,
+    }
+    .to_be_bytes();
+    verdict(slot_counter(slot), xdp_action::XDP_TX)
+}
+
+#[inline(always)]
+fn slot_counter(slot: QuerySlot) -> Counter {
+    match slot {
+        QuerySlot::Info => Counter::QueryInfo,
+        QuerySlot::Rules => Counter::QueryRules,
+        QuerySlot::Clients => Counter::QueryClients,
+        QuerySlot::Detail => Counter::QueryDetail,
+        QuerySlot::OpenMp => Counter::QueryOpenmp,
+    }
+}
+
+/// Makes a received frame a reply: MACs, addresses and ports swapped, a
+/// fresh TTL and IPv4 checksum. The UDP checksum sums both addresses and
+/// both ports, so the swap leaves it right.
+#[inline(always)]
+fn turn_around(eth: *mut EthHdr, ip: *mut Ipv4Hdr, udp: *mut UdpHdr) {
+    // SAFETY: the caller bounds-checked all three headers.
+    let (eth, ip, udp) = unsafe { (&mut *eth, &mut *ip, &mut *udp) };
+    core::mem::swap(&mut eth.src_addr, &mut eth.dst_addr);
+    core::mem::swap(&mut ip.src_addr, &mut ip.dst_addr);
+    core::mem::swap(&mut udp.src, &mut udp.dst);
+    ip.ttl = REPLY_TTL;
+    ip.check = [0, 0];
+    // SAFETY: an IPv4 header without options is exactly 20 bytes.
+    let bytes = unsafe { &*(ip as *const Ipv4Hdr as *const [u8; Ipv4Hdr::LEN]) };
+    ip.check = csum::finish_be(csum::sum_be(bytes, 0)).to_be_bytes();
+}
