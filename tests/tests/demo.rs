@@ -1,4 +1,6 @@
-//! The demo a newcomer runs: it completes cleanly, and Ctrl-C tears it down.
+//! The demo a newcomer runs: a short run completes cleanly (skipping what does
+//! not fit), a longer one tells the whole story (query, migration, failover),
+//! and Ctrl-C tears it down.
 
 use std::{
     io::{BufRead, BufReader},
@@ -20,14 +22,62 @@ fn namespaces_of(pid: u32) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with(&mine)).map(str::to_string).collect()
 }
 
+const METRICS_AT: &str = "Prometheus text was served at http://127.0.0.1:9478/metrics inside namespace";
+
 #[test]
 fn a_short_demo_runs_clean() {
     let out = demo().args(["--players", "60", "--seconds", "4"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("players connected:            60 / 60"), "{stdout}");
-    assert!(stdout.contains("stayed on one shard:          60 / 60"), "{stdout}");
+    assert!(stdout.contains("moved only when told or when their shard died: 60 / 60"), "{stdout}");
     assert!(stdout.contains("session_promoted       60"), "{stdout}");
+    // Four seconds hold the query, not the migration or the failover: those
+    // are skipped, and say so.
+    assert!(stdout.contains("query: the cluster answers the server browser as ONE server"), "{stdout}");
+    assert!(stdout.contains("migrate: three chosen players move, silently: skipped"), "{stdout}");
+    assert!(stdout.contains("failover: shard s1 dies: skipped"), "{stdout}");
+    assert!(stdout.contains(METRICS_AT), "{stdout}");
+}
+
+/// The number before `what` in the line that contains it.
+fn number_before(line: &str, what: &str) -> usize {
+    let head = &line[..line.find(what).unwrap()];
+    head.split_whitespace().last().and_then(|w| w.parse().ok()).unwrap_or_else(|| panic!("no number in {line:?}"))
+}
+
+#[test]
+fn the_whole_story_runs_with_few_players() {
+    let out = demo().args(["--players", "40", "--seconds", "20"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("players connected:            40 / 40"), "{stdout}");
+    assert!(stdout.contains("moved only when told or when their shard died: 40 / 40"), "{stdout}");
+    // The query is asked; an answer is not required yet.
+    assert!(
+        stdout.contains("    query: \"")
+            || stdout.contains("query: no answer (the cluster's query answers are not built yet)"),
+        "{stdout}"
+    );
+    // Three chosen players, moved by the CLI, each arrive on s2.
+    assert!(stdout.contains("$ proxy-agent migrate --client "), "{stdout}");
+    assert!(stdout.contains("moving 3 players to s2"), "the CLI's own output: {stdout}");
+    let arrivals = stdout.lines().filter(|l| l.contains(" arrived on s2 ") && l.ends_with(" after the command"));
+    assert_eq!(arrivals.count(), 3, "{stdout}");
+    assert!(stdout.contains("migrate: all 3 chosen players arrived on s2"), "{stdout}");
+    // s1 dies: its group goes to the standby and every one of its players follows.
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("failover: s1 died; "))
+        .unwrap_or_else(|| panic!("no failover line: {stdout}"));
+    assert!(line.contains("its group moved to s4"), "{line}");
+    let back = number_before(line, "of its players were back on s4");
+    assert!((5..=37).contains(&back), "s1 should have held about half of 40 players, less the 3 moved: {line}");
+    let s4 = stdout.lines().find(|l| l.starts_with("  s4: placed    0 ")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(s4.contains(&format!("at the end {back:>4};")), "the standby should end with s1's players: {s4}");
+    assert!(stdout.contains(METRICS_AT), "{stdout}");
+    assert!(stdout.contains("curl -s http://127.0.0.1:9478/metrics"), "{stdout}");
+    assert!(stdout.contains("deploy/grafana/samp-proxy-dashboard.json"), "{stdout}");
 }
 
 #[test]

@@ -1,148 +1,162 @@
-//! Prometheus metrics over plain HTTP (`metrics_listen`): `/metrics` in the
-//! text exposition format, `/live` and `/ready` for probes. A scrape renders
-//! the cluster owner's last snapshot: it never waits for the owner and reads
-//! no map.
+//! HTTP on `metrics_listen` (hyper, HTTP/1.1): `/metrics` in the Prometheus
+//! text format, `/live` and `/ready` for probes. Every answer is built from
+//! the cluster owner's last published snapshot: a request never waits for
+//! the owner and reads no map. New routes go in [`route`], the one place
+//! that maps a request to its answer.
 
-use std::{fmt::Write as _, time::Duration};
+mod metrics;
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
+use std::{convert::Infallible, time::Duration};
+
+use http_body_util::Full;
+use hyper::{
+    body::{Bytes, Incoming},
+    header::{HeaderValue, ALLOW, CONTENT_TYPE},
+    server::conn::http1,
+    service::service_fn,
+    Method, Request, Response, StatusCode,
 };
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::{cluster::owner::OwnerHandle, control::views::StatusView};
+pub use self::metrics::render;
+use crate::cluster::owner::{OwnerHandle, Snapshot};
+
+/// A client gets this long to send its request head.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// And this long for the whole exchange, so a client that stops reading
+/// cannot keep a task alive.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+const PLAIN: &str = "text/plain; charset=utf-8";
 
 pub async fn serve(listener: TcpListener, owner: OwnerHandle) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(answer(stream, owner.clone()));
+                tokio::spawn(connection(stream, owner.clone()));
             }
             Err(e) => crate::control::accept_failed("metrics", e).await,
         }
     }
 }
 
-async fn answer(mut stream: TcpStream, owner: OwnerHandle) {
-    let mut buf = [0u8; 1024];
-    let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await else {
-        return;
-    };
-    let request = String::from_utf8_lossy(&buf[..n]);
-    let path = request.split_whitespace().nth(1).unwrap_or("");
-    let (status, body) = match path {
-        "/metrics" => ("200 OK", render(&owner.snapshot().status)),
-        "/live" | "/ready" => ("200 OK", "ok\n".to_string()),
-        _ => ("404 Not Found", "try /metrics, /live or /ready\n".to_string()),
-    };
-    let head = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    let _ = stream.write_all(body.as_bytes()).await;
-}
-
-/// One metric family: HELP and TYPE lines, then its samples.
-fn family(out: &mut String, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, value) in samples {
-        let _ = writeln!(out, "{name}{labels} {value}");
+/// One connection, one request: keep-alive is off, so the answer ends the
+/// connection (a scrape every few seconds gains nothing from reuse, and
+/// clients that read until the server closes keep working).
+async fn connection(stream: TcpStream, owner: OwnerHandle) {
+    let service = service_fn(move |req: Request<Incoming>| {
+        let answer = route(req.method(), req.uri().path(), &owner.snapshot());
+        async move { Ok::<_, Infallible>(answer) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::debug!("metrics: connection ended with an error: {e}"),
+        Err(_) => log::debug!("metrics: connection took longer than {CONNECTION_TIMEOUT:?}; closed"),
     }
 }
 
-/// Label values are shard names and counter names: `[A-Za-z0-9_-]`, no escaping needed.
-fn label(pairs: &[(&str, &str)]) -> String {
-    let inner: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-    format!("{{{}}}", inner.join(","))
+/// Every route of the endpoint: what a request gets, from the snapshot alone.
+fn route(method: &Method, path: &str, snapshot: &Snapshot) -> Response<Full<Bytes>> {
+    let known = ["/metrics", "/live", "/ready"];
+    if known.contains(&path) && method != Method::GET && method != Method::HEAD {
+        let mut r = text(StatusCode::METHOD_NOT_ALLOWED, PLAIN, format!("{path} answers GET and HEAD only\n"));
+        r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return r;
+    }
+    match path {
+        "/metrics" => match render(&snapshot.status) {
+            Ok(body) => text(StatusCode::OK, metrics::CONTENT_TYPE, body),
+            Err(e) => {
+                log::warn!("metrics: rendering the snapshot failed: {e}");
+                text(StatusCode::INTERNAL_SERVER_ERROR, PLAIN, format!("rendering the metrics failed: {e}\n"))
+            }
+        },
+        "/live" => text(StatusCode::OK, PLAIN, "ok\n"),
+        "/ready" => match not_ready(snapshot) {
+            None => text(StatusCode::OK, PLAIN, "ok\n"),
+            Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("not ready: {reason}\n")),
+        },
+        _ => text(StatusCode::NOT_FOUND, PLAIN, "try /metrics, /live or /ready\n"),
+    }
 }
 
-/// The metrics text of one status snapshot.
-pub fn render(st: &StatusView) -> String {
-    let mut out = String::new();
-    let counters: Vec<(String, f64)> = st.counters.iter().map(|(k, v)| (label(&[("outcome", k)]), *v as f64)).collect();
-    family(
-        &mut out,
-        "samp_proxy_packets_total",
-        "counter",
-        "Data-plane outcomes, one per packet (and events: session_placed, session_promoted, session_event_lost)",
-        &counters,
-    );
-    let (mut packets, mut bytes, mut players, mut capacity, mut up, mut rtt, mut role) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for s in &st.shards {
-        let n = s.name.as_str();
-        let t = &s.traffic;
-        packets.push((label(&[("shard", n), ("direction", "to_shard")]), t.packets_to_shard as f64));
-        packets.push((label(&[("shard", n), ("direction", "from_shard")]), t.packets_from_shard as f64));
-        bytes.push((label(&[("shard", n), ("direction", "to_shard")]), t.bytes_to_shard as f64));
-        bytes.push((label(&[("shard", n), ("direction", "from_shard")]), t.bytes_from_shard as f64));
-        for (state, v) in [("established", s.established), ("pending", s.pending), ("moving", s.moving)] {
-            players.push((label(&[("shard", n), ("state", state)]), v as f64));
-        }
-        capacity.push((label(&[("shard", n)]), s.capacity as f64));
-        up.push((label(&[("shard", n)]), if s.health == "down" { 0.0 } else { 1.0 }));
-        if let Some(ms) = s.rtt_ms {
-            rtt.push((label(&[("shard", n)]), ms / 1000.0));
-        }
-        let drained = if s.drained { "true" } else { "false" };
-        role.push((label(&[("shard", n), ("role", &s.role), ("drained", drained)]), 1.0));
+/// Why the agent is not ready yet, in one line; `None` when it is.
+fn not_ready(snapshot: &Snapshot) -> Option<&'static str> {
+    let st = &snapshot.status;
+    if st.agent.ready {
+        None
+    } else if snapshot.taken.is_none() {
+        Some("the agent is starting and has published no status yet")
+    } else if !st.shards.is_empty() && st.shards.iter().all(|s| s.health == "unchecked") {
+        Some("no health round has finished yet")
+    } else {
+        Some("the programs are not attached yet, or a reload or failover is half applied")
     }
-    family(&mut out, "samp_proxy_shard_packets_total", "counter", "Packets forwarded to and from each shard", &packets);
-    family(&mut out, "samp_proxy_shard_bytes_total", "counter", "IPv4 bytes forwarded to and from each shard", &bytes);
-    family(&mut out, "samp_proxy_shard_sessions", "gauge", "Sessions routed to each shard, by state", &players);
-    family(&mut out, "samp_proxy_shard_capacity", "gauge", "Configured player slots of each shard", &capacity);
-    family(&mut out, "samp_proxy_shard_up", "gauge", "1 when the shard answers its SA:MP query probes", &up);
-    family(&mut out, "samp_proxy_shard_probe_rtt_seconds", "gauge", "Round trip of the last answered ping probe", &rtt);
-    family(&mut out, "samp_proxy_shard_info", "gauge", "Role and drain state of each shard", &role);
-    let a = &st.agent;
-    let count = |kind: &str| a.events_total.get(kind).copied().unwrap_or(0) as f64;
-    let events: Vec<(String, f64)> = ["failover", "failover_parked", "migration", "health_down", "health_up"]
-        .iter()
-        .map(|k| (label(&[("kind", k)]), count(k)))
-        .collect();
-    family(
-        &mut out,
-        "samp_proxy_events_total",
-        "counter",
-        "Health changes, failovers and migrations since the agent started",
-        &events,
-    );
-    let expired = vec![
-        (label(&[("reason", "idle")]), a.expired_idle as f64),
-        (label(&[("reason", "moved_never_reconnected")]), a.expired_moving as f64),
-    ];
-    family(&mut out, "samp_proxy_sessions_expired_total", "counter", "Sessions removed by the agent", &expired);
-    let parked = vec![(String::new(), a.parked_failovers as f64)];
-    family(&mut out, "samp_proxy_parked_failovers", "gauge", "Failed shards whose players found no room yet", &parked);
-    let i = &a.index;
-    family(
-        &mut out,
-        "samp_proxy_index_sessions",
-        "gauge",
-        "Sessions in the agent's index (established and pending)",
-        &[(String::new(), i.sessions as f64)],
-    );
-    family(
-        &mut out,
-        "samp_proxy_index_scans_total",
-        "counter",
-        "Full scans of the session tables",
-        &[(String::new(), i.scans as f64)],
-    );
-    let repaired = vec![
-        (label(&[("kind", "added")]), i.repaired_added as f64),
-        (label(&[("kind", "removed")]), i.repaired_removed as f64),
-    ];
-    family(
-        &mut out,
-        "samp_proxy_index_repairs_total",
-        "counter",
-        "Sessions a scan found that the event ring had not reported (added) or that the tables dropped silently (removed)",
-        &repaired,
-    );
-    let info = vec![(label(&[("version", &a.version)]), 1.0)];
-    family(&mut out, "samp_proxy_agent_info", "gauge", "The agent's version", &info);
-    out
+}
+
+fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::control::views::ShardView;
+
+    fn body(r: Response<Full<Bytes>>) -> String {
+        let bytes = futures_now(r.into_body().collect()).unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    /// A `Full` body is ready at once: poll it on a throwaway runtime.
+    fn futures_now<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    }
+
+    #[test]
+    fn routes() {
+        let mut snap = Snapshot::default();
+        snap.status.shards.push(ShardView { name: "s1".into(), health: "unchecked".into(), ..Default::default() });
+
+        let r = route(&Method::GET, "/metrics", &snap);
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.headers()[CONTENT_TYPE], "text/plain; version=0.0.4");
+        assert!(body(r).contains("samp_proxy_shard_capacity{shard=\"s1\"} 0"));
+
+        let r = route(&Method::GET, "/live", &snap);
+        assert_eq!((r.status(), body(r).as_str()), (StatusCode::OK, "ok\n"));
+
+        let r = route(&Method::GET, "/ready", &snap);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body(r), "not ready: the agent is starting and has published no status yet\n");
+        snap.taken = Some(Instant::now());
+        let r = route(&Method::GET, "/ready", &snap);
+        assert_eq!(body(r), "not ready: no health round has finished yet\n");
+        snap.status.shards[0].health = "up".into();
+        let r = route(&Method::GET, "/ready", &snap);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body(r).lines().count(), 1);
+        snap.status.agent.ready = true;
+        let r = route(&Method::GET, "/ready", &snap);
+        assert_eq!((r.status(), body(r).as_str()), (StatusCode::OK, "ok\n"));
+
+        let r = route(&Method::GET, "/nope", &snap);
+        assert_eq!((r.status(), body(r).as_str()), (StatusCode::NOT_FOUND, "try /metrics, /live or /ready\n"));
+        let r = route(&Method::POST, "/metrics", &snap);
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[ALLOW], "GET, HEAD");
+    }
 }
