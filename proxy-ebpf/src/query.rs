@@ -12,7 +12,9 @@
 
 use aya_ebpf::{
     bindings::xdp_action,
-    helpers::generated::{bpf_ktime_get_coarse_ns, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_store_bytes},
+    helpers::generated::{
+        bpf_ktime_get_coarse_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_store_bytes,
+    },
     programs::XdpContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
@@ -113,9 +115,26 @@ fn answer(ctx: &XdpContext, frontend: Frontend, slot: QuerySlot) -> u32 {
     // SAFETY: the context is this program's.
     let current = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as i32;
     let delta = frame as i32 - current;
+    // Grow at the tail where the driver left room (NIC page buffers); else
+    // at the head (XDP guarantees 256 bytes there; veth leaves no tailroom),
+    // moving the headers and the echoed header to the new front; else the
+    // agent answers.
     // SAFETY: the context is this program's; the kernel checks the room.
     if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
-        return verdict(Counter::DropQueryUnanswered, xdp_action::XDP_DROP);
+        let Some(front) = ptr_at::<[u8; PAYLOAD_OFF + QUERY_HEADER_LEN]>(ctx, 0) else {
+            return verdict(Counter::DropQueryUnanswered, xdp_action::XDP_DROP);
+        };
+        // SAFETY: bounds-checked by `ptr_at`; copied to the stack before the frame moves.
+        let mut saved = unsafe { *front };
+        // SAFETY: as for adjust_tail.
+        if unsafe { bpf_xdp_adjust_head(ctx.ctx, -delta) } != 0 {
+            return verdict(Counter::PassQueryAgent, xdp_action::XDP_PASS);
+        }
+        // SAFETY: `saved` is a stack buffer of exactly the length stored.
+        let moved = unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, saved.as_mut_ptr() as *mut _, saved.len() as u32) };
+        if moved != 0 {
+            return verdict(Counter::DropQueryUnanswered, xdp_action::XDP_DROP);
+        }
     }
     // SAFETY: `a` points at a map value of MAX_QUERY_ANSWER body bytes and
     // `len` is at most that; the frame was sized for exactly this copy.

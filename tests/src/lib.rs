@@ -7,6 +7,7 @@ pub mod bed;
 pub mod netns;
 pub mod packet;
 pub mod pins;
+pub mod raw;
 pub mod scenario;
 pub mod sim;
 pub mod tables;

@@ -356,9 +356,11 @@ fn queries_are_answered_for_the_whole_cluster_in_the_kernel() {
     rules.extend_from_slice(b"proxy");
     rules.push(version.len() as u8);
     rules.extend_from_slice(version.as_bytes());
-    for (op, body, counter) in
-        [(b'i', info, Counter::QueryInfo), (b'r', rules, Counter::QueryRules), (b'c', vec![0, 0], Counter::QueryClients)]
-    {
+    for (op, body, counter) in [
+        (b'i', info, Counter::QueryInfo),
+        (b'r', rules, Counter::QueryRules),
+        (b'c', vec![0, 0], Counter::QueryClients),
+    ] {
         let q = samp_query(op, &[]);
         let p = to_vip(CLIENT, 41000 + op as u16, &q);
         let want = reply_to(&p, with_header(&q, &body));
@@ -374,9 +376,18 @@ fn queries_are_answered_for_the_whole_cluster_in_the_kernel() {
     let mut q = samp_query(b'c', &[]);
     q[4..8].copy_from_slice(&[203, 0, 113, 9]);
     let p = to_vip(CLIENT, 41101, &q);
-    check(&bed, "the requester's header echoed", &p.frame(), XDP_TX, &reply_to(&p, with_header(&q, &[0, 0])), Counter::QueryClients);
+    check(
+        &bed,
+        "the requester's header echoed",
+        &p.frame(),
+        XDP_TX,
+        &reply_to(&p, with_header(&q, &[0, 0])),
+        Counter::QueryClients,
+    );
 
-    for (op, counter) in [(b'd', Counter::DropQueryUnanswered), (b'o', Counter::DropQueryUnanswered), (b'x', Counter::DropQueryRcon)] {
+    for (op, counter) in
+        [(b'd', Counter::DropQueryUnanswered), (b'o', Counter::DropQueryUnanswered), (b'x', Counter::DropQueryRcon)]
+    {
         let p = to_vip(CLIENT, 41200 + op as u16, &samp_query(op, &[0, 0]));
         let p = if op == b'x' { p } else { to_vip(CLIENT, 41200 + op as u16, &samp_query(op, &[])) };
         check(&bed, &format!("`{}` gets nothing", op as char), &p.frame(), XDP_DROP, &p.frame(), counter);

@@ -189,7 +189,11 @@ impl Checker<'_> {
                     "give each frontend its own address",
                 ));
             }
-            for (field, value, max) in [("hostname", &fe.query.hostname, 255), ("gamemode", &fe.query.gamemode, 255), ("language", &fe.query.language, 255)] {
+            for (field, value, max) in [
+                ("hostname", &fe.query.hostname, 255),
+                ("gamemode", &fe.query.gamemode, 255),
+                ("language", &fe.query.language, 255),
+            ] {
                 if value.len() > max {
                     return Err(self.error(
                         &[K("frontends"), I(i), K("query"), K(field)],

@@ -80,7 +80,11 @@ pub async fn probe(shard: SocketAddrV4, wait: Duration, nonce: u32) -> Option<Pr
     let mut answers = ShardAnswers::default();
     let mut buf = [0u8; 65_536];
     let deadline = started + wait;
-    while !(alive && players.is_some() && answers.rules.is_some() && answers.clients.is_some() && answers.openmp.is_some())
+    while !(alive
+        && players.is_some()
+        && answers.rules.is_some()
+        && answers.clients.is_some()
+        && answers.openmp.is_some())
     {
         let left = deadline.saturating_duration_since(Instant::now());
         let Ok(Ok(n)) = timeout(left, socket.recv(&mut buf)).await else { break };

@@ -47,6 +47,7 @@ use tests::{
 };
 
 mod agent;
+mod query;
 
 #[derive(Parser)]
 struct Cli {
@@ -80,6 +81,15 @@ enum What {
         /// Another proxy-agent binary to measure first, for the ratio.
         #[arg(long)]
         baseline_agent: Option<std::path::PathBuf>,
+    },
+    /// ns per query answered in the kernel beside XDP_PASS, and queries per
+    /// second answered by the kernel path vs a user-space responder.
+    Query {
+        #[arg(long, default_value_t = 5_000)]
+        calls: u32,
+        /// Seconds each path is driven on the topology.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
     },
     /// Time to apply migrations of 1, 100 and 1000 sessions and of a whole group.
     Migrate {
@@ -337,6 +347,7 @@ fn main() -> Result<()> {
         What::Fastpath { calls } => fastpath(calls),
         What::Migrate { runs } => migrate(runs),
         What::Agent { sessions, baseline_agent } => agent::agent(&sessions, baseline_agent),
+        What::Query { calls, seconds } => query::query(calls, seconds),
         What::Failover { players, reconnect_ms } => {
             println!(
                 "failover: s1 (active) dies, its players move to s2 (standby); default health and pacing settings"

@@ -1,0 +1,181 @@
+//! `cargo xtask bench query`: what answering the server browser costs.
+//!
+//! 1. ns per query answered by the kernel path (`i` with its ready-made
+//!    answer, `p` echoed), one query per BPF_PROG_TEST_RUN call ("cold": an
+//!    answer changes the frame, so repeats cannot reuse it), beside a bare
+//!    XDP_PASS in the same run.
+//! 2. Queries per second and CPU per answered query on the namespace
+//!    topology: the same `i` queries from the client namespace, answered (a)
+//!    by the data plane at the VIP and (b) by a user-space responder (a plain
+//!    UDP socket loop in the proxy namespace, on the proxy's client-side
+//!    address, answering with the same bytes), each for a fixed window. CPU
+//!    is the whole machine's busy time (idle columns of /proc/stat, as
+//!    PLATFORM.md says), generator included, so the ratio understates the
+//!    difference; the generator (one thread) is the limit of both rates.
+
+use std::{
+    net::{SocketAddrV4, UdpSocket},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use proxy_common::QueryLimit;
+use tests::{
+    bed::*,
+    packet::Udp,
+    scenario::Scenario,
+    topology::{PORT as TOPO_PORT, PROXY_CLIENT_SIDE, VIP as TOPO_VIP},
+};
+
+use crate::{measure, Row};
+
+fn samp_query(server: std::net::Ipv4Addr, port: u16, op: u8, extra: &[u8]) -> Vec<u8> {
+    let mut q = b"SAMP".to_vec();
+    q.extend_from_slice(&server.octets());
+    q.extend_from_slice(&port.to_le_bytes());
+    q.push(op);
+    q.extend_from_slice(extra);
+    q
+}
+
+/// (busy, total) CPU jiffies of the whole machine: busy = total - idle - iowait.
+fn cpu_jiffies() -> Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().context("empty /proc/stat")?;
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let total: u64 = v.iter().sum();
+    Ok((total - v[3] - v[4], total))
+}
+
+struct Rate {
+    answered: u64,
+    qps: f64,
+    cpu_us_per_query: f64,
+}
+
+/// Sends `q` to `target` from the client namespace for `window`, in bursts,
+/// and counts the replies.
+fn drive(sc: &Scenario, target: SocketAddrV4, q: &[u8], window: Duration) -> Result<Rate> {
+    let client = sc.topo.client_ips[0];
+    let q = q.to_vec();
+    let (b0, t0) = cpu_jiffies()?;
+    let answered = sc.topo.client.run(move || -> Result<u64> {
+        let sock = UdpSocket::bind(SocketAddrV4::new(client, 0))?;
+        sock.connect(target)?;
+        sock.set_nonblocking(true)?;
+        let mut buf = [0u8; 2048];
+        let (mut got, mut in_flight) = (0u64, 0u64);
+        let end = Instant::now() + window;
+        while Instant::now() < end {
+            // Keep at most 64 queries in flight so neither side's ring overflows.
+            while in_flight < 64 {
+                if sock.send(&q).is_err() {
+                    break;
+                }
+                in_flight += 1;
+            }
+            while let Ok(n) = sock.recv(&mut buf) {
+                if n > 11 {
+                    got += 1;
+                }
+                in_flight = in_flight.saturating_sub(1);
+            }
+            std::thread::yield_now();
+            // Lost ones are written off after a while so the loop goes on.
+            if in_flight >= 64 {
+                std::thread::sleep(Duration::from_micros(200));
+                in_flight = in_flight.min(32);
+            }
+        }
+        Ok(got)
+    })??;
+    let (b1, t1) = cpu_jiffies()?;
+    let busy_s = (b1 - b0) as f64 / 100.0;
+    let _ = t1 - t0;
+    Ok(Rate {
+        answered,
+        qps: answered as f64 / window.as_secs_f64(),
+        cpu_us_per_query: busy_s * 1e6 / answered.max(1) as f64,
+    })
+}
+
+pub fn query(calls: u32, window_s: u64) -> Result<()> {
+    // 1. The program alone.
+    let mut bed = Bed::new()?;
+    bed.tables.query_limit.set(0, QueryLimit { per_second: 0, _pad: 0 }, 0)?;
+    let info: Row = measure(&bed, "query `i` answered", calls, 1, XDP_TX, |i| {
+        Udp::new(CLIENT, 1024 + (i % 60000) as u16, VIP, PORT, &samp_query(VIP, PORT, b'i', &[])).frame()
+    })?;
+    let ping: Row = measure(&bed, "query `p` echoed", calls, 1, XDP_TX, |i| {
+        Udp::new(CLIENT, 1024 + (i % 60000) as u16, VIP, PORT, &samp_query(VIP, PORT, b'p', &[1, 2, 3, 4])).frame()
+    })?;
+    println!("query: {calls} BPF_PROG_TEST_RUN calls per row (one query each), median ns");
+    for r in [info, ping] {
+        println!(
+            "{:<26} {:>6} ns  XDP_PASS {:>6} ns  added {:>5} ns  ratio {:>5.2}x",
+            r.name,
+            r.ns,
+            r.baseline,
+            r.ns as i64 - r.baseline as i64,
+            r.ns as f64 / r.baseline.max(1) as f64
+        );
+    }
+    drop(bed);
+
+    // 2. On the topology: the data plane at the VIP vs a user-space responder.
+    let sc = Scenario::start(2, |t| t.config(&[500, 500], "query_budget_per_second: 0\n"))?;
+    let q = samp_query(TOPO_VIP, TOPO_PORT, b'i', &[]);
+    let sample = sc.topo.client.run(|| -> Result<Vec<u8>> {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.set_read_timeout(Some(Duration::from_secs(2)))?;
+        s.send_to(&q, SocketAddrV4::new(TOPO_VIP, TOPO_PORT))?;
+        let mut buf = [0u8; 2048];
+        let n = s.recv(&mut buf)?;
+        Ok(buf[..n].to_vec())
+    })??;
+    if sample.len() <= 11 {
+        bail!("the VIP did not answer `i`");
+    }
+    let body = sample[11..].to_vec();
+    let window = Duration::from_secs(window_s);
+    let kernel = drive(&sc, SocketAddrV4::new(TOPO_VIP, TOPO_PORT), &q, window)?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let responder = {
+        let stop = stop.clone();
+        let ns_name = sc.topo.proxy.name.clone();
+        let sock = sc.topo.proxy.run(|| UdpSocket::bind(SocketAddrV4::new(PROXY_CLIENT_SIDE, TOPO_PORT)))??;
+        sock.set_read_timeout(Some(Duration::from_millis(50)))?;
+        std::thread::spawn(move || {
+            let _ = ns_name;
+            let mut buf = [0u8; 2048];
+            while !stop.load(Ordering::Relaxed) {
+                let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
+                if n < 11 {
+                    continue;
+                }
+                let mut reply = buf[..11].to_vec();
+                reply.extend_from_slice(&body);
+                let _ = sock.send_to(&reply, from);
+            }
+        })
+    };
+    let user = drive(&sc, SocketAddrV4::new(PROXY_CLIENT_SIDE, TOPO_PORT), &q, window)?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = responder.join();
+
+    println!("query: `i` from one client thread for {window_s} s each, at most 64 in flight");
+    for (name, r) in [("kernel (XDP_TX at the VIP)", &kernel), ("user-space responder", &user)] {
+        println!(
+            "{:<28} {:>8} answered  {:>9.0} q/s  {:>6.2} µs CPU per query (whole machine)",
+            name, r.answered, r.qps, r.cpu_us_per_query
+        );
+    }
+    println!("queries per second, kernel / user space: {:.2}x", kernel.qps / user.qps.max(1.0));
+    println!("CPU per query, user space / kernel: {:.2}x", user.cpu_us_per_query / kernel.cpu_us_per_query.max(1e-9));
+    Ok(())
+}
