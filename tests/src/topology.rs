@@ -15,7 +15,12 @@ use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 
 use anyhow::Result;
 
-use crate::netns::{veth, NetNs};
+use proxy_agent::dataplane::Dataplane;
+
+use crate::{
+    netns::{veth, NetNs},
+    pins::PinDir,
+};
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
 pub const PORT: u16 = 7777;
@@ -29,6 +34,9 @@ pub struct Topology {
     pub shard_ips: Vec<Ipv4Addr>,
     /// The proxy-side interfaces the agent attaches to.
     pub proxy_ifs: Vec<String>,
+    /// XDP_PASS on the client's eth0, so the answers the proxy sends back
+    /// with XDP_TX reach it (veth's fourth trap; see `Dataplane::attach_pass`).
+    _client_xdp: Option<(Dataplane, PinDir)>,
 }
 
 pub fn shard_ip(i: usize) -> Ipv4Addr {
@@ -47,6 +55,7 @@ impl Topology {
             client_ips: (0..client_ips).map(|i| Ipv4Addr::new(198, 18, 0, 2 + i as u8)).collect(),
             shard_ips: (0..shards).map(shard_ip).collect(),
             proxy_ifs: vec!["to-client".into()],
+            _client_xdp: None,
         };
         let p = &topo.proxy;
         for (k, v) in [
@@ -64,6 +73,10 @@ impl Topology {
         c.ip(&["link", "set", "eth0", "up"])?;
         c.ip(&["route", "add", "198.18.100.0/24", "via", &PROXY_CLIENT_SIDE.to_string()])?;
         sender_receiver_offloads(c, "eth0")?;
+        let pins = PinDir::new("client-xdp")?;
+        let (mut dp, _) = Dataplane::load(pins.path())?;
+        c.run(|| dp.attach_pass("eth0"))??;
+        topo._client_xdp = Some((dp, pins));
         p.ip(&["addr", "add", &format!("{PROXY_CLIENT_SIDE}/24"), "dev", "to-client"])?;
         p.ip(&["link", "set", "to-client", "up"])?;
         for i in 0..shards {

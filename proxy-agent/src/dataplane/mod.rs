@@ -30,7 +30,8 @@ use tables::Tables;
 /// The maps themselves are the cluster's ([`Tables`]).
 pub struct Dataplane {
     ebpf: Ebpf,
-    links: Vec<(String, XdpLinkId)>,
+    /// (interface, program name, link)
+    links: Vec<(String, &'static str, XdpLinkId)>,
     pin_dir: PathBuf,
 }
 
@@ -141,7 +142,7 @@ impl Dataplane {
         for name in interfaces {
             let prog: &mut Xdp = self.ebpf.program_mut(programs::PROXY).expect("checked at load").try_into()?;
             match prog.attach(name, mode) {
-                Ok(link) => self.links.push((name.clone(), link)),
+                Ok(link) => self.links.push((name.clone(), programs::PROXY, link)),
                 Err(e) => {
                     self.detach();
                     let hint = if mode == XdpMode::Driver {
@@ -156,11 +157,22 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Attaches the bare XDP_PASS program to `iface` (in the calling
+    /// thread's network namespace). For test topologies: a veth that is sent
+    /// XDP_TX frames by its peer delivers them only if it runs an XDP
+    /// program itself (without one, veth does not wake it for them).
+    pub fn attach_pass(&mut self, iface: &str) -> Result<()> {
+        let prog: &mut Xdp = self.ebpf.program_mut(programs::PASS_BASELINE).expect("checked at load").try_into()?;
+        let link = prog.attach(iface, XdpMode::Driver).with_context(|| format!("attaching XDP_PASS to {iface}"))?;
+        self.links.push((iface.into(), programs::PASS_BASELINE, link));
+        Ok(())
+    }
+
     /// Detaches from every interface. Maps stay pinned.
     pub fn detach(&mut self) {
-        let prog: &mut Xdp =
-            self.ebpf.program_mut(programs::PROXY).expect("checked at load").try_into().expect("checked at load");
-        for (name, link) in self.links.drain(..) {
+        for (name, program, link) in std::mem::take(&mut self.links) {
+            let prog: &mut Xdp =
+                self.ebpf.program_mut(program).expect("checked at load").try_into().expect("checked at load");
             if let Err(e) = prog.detach(link) {
                 log::warn!("detaching from {name}: {e}");
             }
@@ -168,7 +180,7 @@ impl Dataplane {
     }
 
     pub fn attached(&self) -> Vec<String> {
-        self.links.iter().map(|(n, _)| n.clone()).collect()
+        self.links.iter().filter(|(_, p, _)| *p == programs::PROXY).map(|(n, _, _)| n.clone()).collect()
     }
 }
 

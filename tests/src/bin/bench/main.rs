@@ -90,6 +90,9 @@ enum What {
         /// Seconds each path is driven on the topology.
         #[arg(long, default_value_t = 3)]
         seconds: u64,
+        /// Offered queries per second on the topology (below where veth drops).
+        #[arg(long, default_value_t = 20_000)]
+        rate: u32,
     },
     /// Time to apply migrations of 1, 100 and 1000 sessions and of a whole group.
     Migrate {
@@ -347,7 +350,7 @@ fn main() -> Result<()> {
         What::Fastpath { calls } => fastpath(calls),
         What::Migrate { runs } => migrate(runs),
         What::Agent { sessions, baseline_agent } => agent::agent(&sessions, baseline_agent),
-        What::Query { calls, seconds } => query::query(calls, seconds),
+        What::Query { calls, seconds, rate } => query::query(calls, seconds, rate),
         What::Failover { players, reconnect_ms } => {
             println!(
                 "failover: s1 (active) dies, its players move to s2 (standby); default health and pacing settings"
