@@ -12,6 +12,7 @@ use proxy_common::{
 };
 
 use super::Cluster;
+use crate::config::Role;
 
 /// open.mp answers `c` only up to this many players, and stays silent above.
 pub const MAX_LISTED_CLIENTS: usize = 100;
@@ -62,8 +63,11 @@ impl Cluster {
             .iter()
             .map(|&i| health(i).and_then(|h| h.players).map(usize::from).unwrap_or_else(|| self.players_on(i, &loads)))
             .sum();
+        // Slots: each shard's own room (capped by its max_players), but a
+        // standby that holds no group has none for newcomers (as placement).
         let slots: usize = healthy
             .iter()
+            .filter(|&&i| self.role(i) != Role::Standby || self.holds_foreign_group(i))
             .map(|&i| {
                 let cap = self.cfg.shards[i].capacity as usize;
                 health(i).and_then(|h| h.max_players).filter(|&m| m > 0).map_or(cap, |m| cap.min(m as usize))

@@ -478,7 +478,8 @@ fn steps(run: &Run) -> Result<()> {
 /// Step 1: an `i` query to the VIP, as a server browser sends it.
 fn query(run: &Run) -> Result<()> {
     let title = "query: the cluster answers the server browser as ONE server";
-    if let Some(why) = run.begin(Duration::ZERO, QUERY_WAIT + Duration::from_millis(500), title) {
+    // A second in, so the shards' own counts (read by the health probes) are in.
+    if let Some(why) = run.begin(Duration::from_secs(1), QUERY_WAIT + Duration::from_millis(500), title) {
         run.tell(|t| t.query = why);
         return Ok(());
     }
@@ -526,8 +527,8 @@ fn query(run: &Run) -> Result<()> {
             });
         }
         None => {
-            println!("    query: no answer (the cluster's query answers are not built yet)");
-            run.tell(|t| t.query = "no answer (the cluster's query answers are not built yet)".into());
+            println!("    query: no answer within {QUERY_WAIT:?} (see the agent's log and `drop_query_*` below)");
+            run.tell(|t| t.query = "no answer".into());
         }
     }
     Ok(())
