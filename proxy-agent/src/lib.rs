@@ -14,6 +14,7 @@ pub mod control;
 pub mod dataplane;
 pub mod health;
 pub mod http;
+pub mod query;
 pub mod run;
 
 pub use control::protocol;

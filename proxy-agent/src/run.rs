@@ -2,7 +2,7 @@
 //! thread, serve the control socket, the health probes and the metrics;
 //! reload on SIGHUP; detach cleanly on SIGTERM or Ctrl-C.
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use anyhow::{Context, Result};
 use tokio::{
@@ -19,16 +19,22 @@ use crate::{
     dataplane::{scanner, session_events::SessionEvents, tables, Dataplane},
     health, http,
     protocol::Request,
+    query,
 };
 
 pub async fn run(config_path: &Path) -> Result<()> {
     // Validate everything before touching the kernel: a bad file attaches nothing.
     let cfg = config::load(config_path)?;
     let (mut dp, tables) = Dataplane::load(&cfg.raw.bpffs)?;
-    let cluster = Cluster::start(cfg.clone(), tables).context("filling the maps")?;
+    let mut cluster = Cluster::start(cfg.clone(), tables).context("filling the maps")?;
+    // Queries whose answer the data plane cannot fit go to this node's own
+    // address on the frontend's port, where the responder answers them.
+    let responder = query::local_address(&cfg.raw.interfaces);
+    cluster.set_responder(responder).context("writing the query settings")?;
+    let responder_counts = Arc::new(query::ResponderCounts::default());
     let ring = SessionEvents::new(tables::session_events(&mut |name| tables::open_pin(dp.pin_dir(), name))?);
     let pin_dir = dp.pin_dir().to_path_buf();
-    let owner = owner::spawn(cluster, config_path.to_path_buf(), ring, |inbox| {
+    let owner = owner::spawn(cluster, config_path.to_path_buf(), ring, responder_counts.clone(), |inbox| {
         scanner::spawn(&pin_dir, move |generation, result, took| {
             let _ = inbox.send(Msg::Scanned { generation, result, took });
         })
@@ -63,6 +69,24 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let socket_path = cfg.raw.control_socket.clone();
     tokio::spawn(control::serve(listener, owner.clone()));
     tokio::spawn(health::probe_loop(owner.clone()));
+    match responder {
+        Some(addr) => {
+            let mut ports: Vec<u16> = cfg.frontends.iter().map(|f| f.address.port()).collect();
+            ports.sort_unstable();
+            ports.dedup();
+            log::info!("query responder for long answers on {addr}, ports {ports:?}");
+            let owner = owner.clone();
+            tokio::spawn(async move {
+                if let Err(e) = query::serve(owner, responder_counts, ports).await {
+                    log::error!("query responder: {e:#}; answers too long for a frame go unanswered");
+                }
+            });
+        }
+        None => log::warn!(
+            "no IPv4 address on {}: query answers too long for a frame go unanswered",
+            cfg.raw.interfaces.join(", ")
+        ),
+    }
     if let Some(listener) = metrics {
         tokio::spawn(http::serve(listener, owner.clone()));
     }

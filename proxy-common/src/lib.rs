@@ -50,7 +50,7 @@ pub mod maps {
     pub const SESSION_EVENTS: &str = "SESSION_EVENTS";
     pub const QUERY_ANSWERS: &str = "QUERY_ANSWERS";
     pub const QUERY_SOURCES: &str = "QUERY_SOURCES";
-    pub const QUERY_LIMIT: &str = "QUERY_LIMIT";
+    pub const QUERY_SETTINGS: &str = "QUERY_SETTINGS";
 }
 
 /// Program names in the object.
@@ -149,13 +149,16 @@ impl Default for QueryAnswer {
     }
 }
 
-/// Value of `QUERY_LIMIT[0]`: queries each source may send per second
-/// (0 = unlimited), against reflection.
+/// Value of `QUERY_SETTINGS[0]`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct QueryLimit {
+pub struct QuerySettings {
+    /// Queries each source may send per second (0 = unlimited), against reflection.
     pub per_second: u32,
-    pub _pad: u32,
+    /// An address of this node (network order) where the agent's responder
+    /// listens on the frontend's port: a query whose answer does not fit the
+    /// frame is sent there. 0 = no responder (such queries are dropped).
+    pub agent_addr: u32,
 }
 
 /// Value of `QUERY_SOURCES` (keyed by source IPv4): one source's queries in
@@ -346,7 +349,7 @@ mod pod {
     // SAFETY: as above (the body is a byte array).
     unsafe impl aya::Pod for QueryAnswer {}
     // SAFETY: as above.
-    unsafe impl aya::Pod for QueryLimit {}
+    unsafe impl aya::Pod for QuerySettings {}
     // SAFETY: as above.
     unsafe impl aya::Pod for QuerySource {}
 }

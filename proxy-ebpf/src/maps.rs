@@ -8,7 +8,7 @@ use aya_ebpf::{
 use proxy_common::{
     counters::COUNTER_COUNT, Backend, BackendStats, Frontend, FrontendKey, Group, Meter, NextHop, PortEntry, Reverse,
     Session, SessionKey, ShardState, MAX_BACKENDS, MAX_CLIENT_NEXTHOPS, MAX_FRONTENDS, MAX_GROUPS, MAX_PENDING,
-    MAX_SESSIONS, PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED, SESSION_EVENTS_BYTES, QueryAnswer, QueryLimit, QuerySource, MAX_QUERY_SOURCES, QUERY_SLOTS,
+    MAX_SESSIONS, PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED, SESSION_EVENTS_BYTES, QueryAnswer, QuerySettings, QuerySource, MAX_QUERY_SOURCES, QUERY_SLOTS,
 };
 
 /// UDP port (header byte order) -> frontend hint; see `PortEntry`.
@@ -71,9 +71,9 @@ pub static SESSION_EVENTS: RingBuf = RingBuf::pinned(SESSION_EVENTS_BYTES, 0);
 #[map]
 pub static QUERY_ANSWERS: Array<QueryAnswer> = Array::pinned(MAX_FRONTENDS * QUERY_SLOTS, 0);
 
-/// `QUERY_LIMIT[0]`: the per-source query budget.
+/// `QUERY_SETTINGS[0]`: the per-source query budget and the agent's responder.
 #[map]
-pub static QUERY_LIMIT: Array<QueryLimit> = Array::pinned(1, 0);
+pub static QUERY_SETTINGS: Array<QuerySettings> = Array::pinned(1, 0);
 
 /// Each recent query source's budget window.
 #[map]

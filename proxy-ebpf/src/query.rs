@@ -6,8 +6,8 @@
 //! unchanged by the swap). `i`, `r`, `c`, `d` and `o` get the agent's
 //! ready-made body from `QUERY_ANSWERS` after the requester's own 11-byte
 //! header; the UDP checksum is the agent's precomputed body sum plus the
-//! header's few words. An answer too long for one frame is passed to the
-//! agent's responder. `x` (RCON) is never answered nor forwarded. A source
+//! header's few words. An answer the frame cannot grow to hold goes to the
+//! agent's responder (destination rewritten to the agent's address). `x` (RCON) is never answered nor forwarded. A source
 //! past its per-second budget is dropped (the proxy is no reflector).
 
 use aya_ebpf::{
@@ -24,7 +24,8 @@ use proxy_common::{
 };
 
 use crate::{
-    maps::{QUERY_ANSWERS, QUERY_LIMIT, QUERY_SOURCES},
+    forward::{self, Addr},
+    maps::{QUERY_ANSWERS, QUERY_SETTINGS, QUERY_SOURCES},
     parse::{ptr_at, Packet, L3_OFF, L4_OFF, PAYLOAD_OFF},
     stats::verdict,
 };
@@ -62,14 +63,14 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
             turn_around(pkt.eth, pkt.ip, pkt.udp);
             verdict(Counter::QueryPing, xdp_action::XDP_TX)
         }
-        Some(slot) => answer(ctx, frontend, slot),
+        Some(slot) => answer(ctx, pkt, frontend, slot),
     }
 }
 
 /// One more query from `src` in its one-second window; false past the budget.
 #[inline(always)]
 fn within_budget(src: u32) -> bool {
-    let limit = QUERY_LIMIT.get(0).map(|l| l.per_second).unwrap_or(0);
+    let limit = QUERY_SETTINGS.get(0).map(|l| l.per_second).unwrap_or(0);
     if limit == 0 {
         return true;
     }
@@ -98,12 +99,12 @@ fn within_budget(src: u32) -> bool {
 
 /// Sends the frontend's answer for `slot` back to the requester.
 #[inline(always)]
-fn answer(ctx: &XdpContext, frontend: Frontend, slot: QuerySlot) -> u32 {
+fn answer(ctx: &XdpContext, pkt: &Packet, frontend: Frontend, slot: QuerySlot) -> u32 {
     let Some(a) = QUERY_ANSWERS.get(frontend.id * QUERY_SLOTS + slot as u32) else {
         return verdict(Counter::DropQueryUnanswered, xdp_action::XDP_DROP);
     };
     if a.flags & QUERY_BY_AGENT != 0 {
-        return verdict(Counter::PassQueryAgent, xdp_action::XDP_PASS);
+        return to_agent(pkt);
     }
     let len = a.len as usize;
     if len == 0 || len > MAX_QUERY_ANSWER {
@@ -115,39 +116,25 @@ fn answer(ctx: &XdpContext, frontend: Frontend, slot: QuerySlot) -> u32 {
     // SAFETY: the context is this program's.
     let current = unsafe { bpf_xdp_get_buff_len(ctx.ctx) } as i32;
     let delta = frame as i32 - current;
-    // Grow at the tail where the driver left room (NIC page buffers); else
-    // at the head (XDP guarantees 256 bytes there; veth leaves no tailroom),
-    // moving the headers and the echoed header to the new front; else the
-    // agent answers.
-    // SAFETY: the context is this program's; the kernel checks the room.
-    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
-        let Some(front) = ptr_at::<[u8; PAYLOAD_OFF + QUERY_HEADER_LEN]>(ctx, 0) else {
-            return verdict(Counter::DropQueryUnanswered, xdp_action::XDP_DROP);
+    // Should the frame not grow, the agent answers: the rewrite that sends
+    // the query there is computed now, while the headers are at hand.
+    let fallback = AgentRewrite::of(pkt);
+    let grown = grow(ctx, delta)
+        && {
+            // SAFETY: `a` points at a map value of MAX_QUERY_ANSWER body bytes
+            // and `len` is at most that; the frame was sized for exactly this copy.
+            let stored = unsafe {
+                bpf_xdp_store_bytes(
+                    ctx.ctx,
+                    (PAYLOAD_OFF + QUERY_HEADER_LEN) as u32,
+                    a.body.as_ptr() as *mut _,
+                    len as u32,
+                )
+            };
+            stored == 0
         };
-        // SAFETY: bounds-checked by `ptr_at`; copied to the stack before the frame moves.
-        let mut saved = unsafe { *front };
-        // SAFETY: as for adjust_tail.
-        if unsafe { bpf_xdp_adjust_head(ctx.ctx, -delta) } != 0 {
-            return verdict(Counter::PassQueryAgent, xdp_action::XDP_PASS);
-        }
-        // SAFETY: `saved` is a stack buffer of exactly the length stored.
-        let moved = unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, saved.as_mut_ptr() as *mut _, saved.len() as u32) };
-        if moved != 0 {
-            return verdict(Counter::DropQueryUnanswered, xdp_action::XDP_DROP);
-        }
-    }
-    // SAFETY: `a` points at a map value of MAX_QUERY_ANSWER body bytes and
-    // `len` is at most that; the frame was sized for exactly this copy.
-    let stored = unsafe {
-        bpf_xdp_store_bytes(
-            ctx.ctx,
-            (PAYLOAD_OFF + QUERY_HEADER_LEN) as u32,
-            a.body.as_ptr() as *mut _,
-            len as u32,
-        )
-    };
-    if stored != 0 {
-        return verdict(Counter::DropQueryUnanswered, xdp_action::XDP_DROP);
+    if !grown {
+        return AgentRewrite::apply(fallback, ctx);
     }
     // The frame moved: every header pointer is proven again.
     let (Some(eth), Some(ip), Some(udp), Some(head)) = (
@@ -183,6 +170,88 @@ fn answer(ctx: &XdpContext, frontend: Frontend, slot: QuerySlot) -> u32 {
     }
     .to_be_bytes();
     verdict(slot_counter(slot), xdp_action::XDP_TX)
+}
+
+/// Makes the frame `delta` bytes longer (or shorter): at the tail where the
+/// driver left room (NIC page buffers), else at the head (XDP guarantees 256
+/// bytes there; veth leaves no tailroom), moving the headers and the echoed
+/// query header to the new front. False when neither fits: the frame is
+/// then as it was.
+#[inline(always)]
+fn grow(ctx: &XdpContext, delta: i32) -> bool {
+    // SAFETY: the context is this program's; the kernel checks the room.
+    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } == 0 {
+        return true;
+    }
+    let Some(front) = ptr_at::<[u8; PAYLOAD_OFF + QUERY_HEADER_LEN]>(ctx, 0) else {
+        return false;
+    };
+    // SAFETY: bounds-checked by `ptr_at`; copied to the stack before the frame moves.
+    let mut saved = unsafe { *front };
+    // SAFETY: as for adjust_tail.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -delta) } != 0 {
+        return false;
+    }
+    // SAFETY: `saved` is a stack buffer of exactly the length stored.
+    unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, saved.as_mut_ptr() as *mut _, saved.len() as u32) == 0 }
+}
+
+/// The rewrite that hands a query to the agent's responder (destination
+/// and both checksums), computed before the frame is touched and written
+/// with `bpf_xdp_store_bytes` after, so no packet pointer is needed then.
+struct AgentRewrite {
+    dst: [u8; 4],
+    ip_check: [u8; 2],
+    udp_check: [u8; 2],
+}
+
+impl AgentRewrite {
+    #[inline(always)]
+    fn of(pkt: &Packet) -> Option<Self> {
+        let agent = QUERY_SETTINGS.get(0).map(|s| s.agent_addr).unwrap_or(0);
+        if agent == 0 {
+            return None;
+        }
+        let old = pkt.dst_addr();
+        // SAFETY: `ip` and `udp` were bounds-checked when parsed.
+        let (ip_check, udp_check) = unsafe { (u16::from_ne_bytes((*pkt.ip).check), u16::from_ne_bytes((*pkt.udp).check)) };
+        Some(Self {
+            dst: agent.to_ne_bytes(),
+            ip_check: csum::replace4(ip_check, old, agent).to_ne_bytes(),
+            udp_check: csum::udp_replace4(udp_check, old, agent).to_ne_bytes(),
+        })
+    }
+
+    #[inline(always)]
+    fn apply(this: Option<Self>, ctx: &XdpContext) -> u32 {
+        let Some(mut rw) = this else {
+            return verdict(Counter::DropQueryUnanswered, xdp_action::XDP_DROP);
+        };
+        // SAFETY: stack buffers of exactly the lengths stored, at offsets
+        // inside the unchanged frame's headers.
+        let failed = unsafe {
+            bpf_xdp_store_bytes(ctx.ctx, (L3_OFF + 16) as u32, rw.dst.as_mut_ptr() as *mut _, 4) != 0
+                || bpf_xdp_store_bytes(ctx.ctx, (L3_OFF + 10) as u32, rw.ip_check.as_mut_ptr() as *mut _, 2) != 0
+                || bpf_xdp_store_bytes(ctx.ctx, (L4_OFF + 6) as u32, rw.udp_check.as_mut_ptr() as *mut _, 2) != 0
+        };
+        if failed {
+            return verdict(Counter::DropQueryUnanswered, xdp_action::XDP_DROP);
+        }
+        verdict(Counter::PassQueryAgent, xdp_action::XDP_PASS)
+    }
+}
+
+/// Hands a query whose answer does not fit the frame to the agent's
+/// responder: the destination becomes the agent's address on this node
+/// (port kept, checksums updated) and the kernel delivers it there.
+#[inline(always)]
+fn to_agent(pkt: &Packet) -> u32 {
+    let agent = QUERY_SETTINGS.get(0).map(|s| s.agent_addr).unwrap_or(0);
+    if agent == 0 {
+        return verdict(Counter::DropQueryUnanswered, xdp_action::XDP_DROP);
+    }
+    forward::rewrite_addr(pkt, Addr::Dst, agent);
+    verdict(Counter::PassQueryAgent, xdp_action::XDP_PASS)
 }
 
 #[inline(always)]

@@ -208,3 +208,30 @@ fn a_spoofed_query_flood_is_answered_up_to_each_budget_and_players_keep_every_pa
     let st = sc.agent.request(&Request::Status).unwrap();
     assert_eq!(st["totals"]["established"], 20, "the flood left the established table alone");
 }
+
+/// A `c` list too long for the frame the data plane can grow (30 players:
+/// over 300 bytes; veth leaves only the 256 bytes of XDP headroom) is sent to
+/// the agent's responder, which answers from the public address.
+#[test]
+fn answers_too_long_for_the_frame_come_from_the_agent() {
+    let sc = Scenario::start(2, |t| t.config(&[500, 500], "")).unwrap();
+    let players = sc.players(30, &sc.player_config()).unwrap();
+    Scenario::wait_playing(&players, 3);
+    let client = sc.topo.client_ips[0];
+    let sock = sc.topo.client.run(|| UdpSocket::bind(SocketAddrV4::new(client, 0)).unwrap()).unwrap();
+    // Connected: only datagrams from VIP:7777 are received.
+    sock.connect(SocketAddrV4::new(VIP, PORT)).unwrap();
+    let passed = counter(&sc, Counter::PassQueryAgent);
+    let q = request(VIP, b'c', &[]);
+    wait_for("the 30 players listed", Duration::from_secs(10), || {
+        ask(&sock, &q).is_some_and(|r| r[..11] == q[..11] && entries(&r[11..], 4).len() == 30)
+    });
+    assert!(counter(&sc, Counter::PassQueryAgent) > passed, "the data plane passed it to the agent");
+    let st = sc.agent.request(&Request::Status).unwrap();
+    assert!(st["agent"]["queries_answered"]["clients"].as_u64().unwrap() >= 1, "{}", st["agent"]);
+    // Short answers still come from the kernel.
+    let info_before = counter(&sc, Counter::QueryInfo);
+    assert!(ask(&sock, &request(VIP, b'i', &[])).is_some());
+    assert_eq!(counter(&sc, Counter::QueryInfo), info_before + 1);
+    players.stop();
+}

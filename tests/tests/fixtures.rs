@@ -405,7 +405,7 @@ fn queries_are_answered_for_the_whole_cluster_in_the_kernel() {
     check(&bed, "truncated query", &p.frame(), XDP_DROP, &p.frame(), Counter::DropNotHandshake);
 
     // The per-source budget: 3 a second here; the 4th is dropped, another source is not.
-    bed.tables.query_limit.set(0, proxy_common::QueryLimit { per_second: 3, _pad: 0 }, 0).unwrap();
+    bed.tables.query_settings.set(0, proxy_common::QuerySettings { per_second: 3, agent_addr: 0 }, 0).unwrap();
     let budgeted = Ipv4Addr::new(198, 18, 60, 3);
     let q = samp_query(b'p', &[1, 2, 3, 4]);
     for n in 0..3 {
@@ -416,4 +416,18 @@ fn queries_are_answered_for_the_whole_cluster_in_the_kernel() {
     check(&bed, "past the budget", &p.frame(), XDP_DROP, &p.frame(), Counter::DropQueryBudget);
     let p = to_vip(Ipv4Addr::new(198, 18, 60, 4), 42004, &q);
     check(&bed, "another source has its own budget", &p.frame(), XDP_TX, &reply_to(&p, q.clone()), Counter::QueryPing);
+
+    // An answer too long for any frame goes to the agent's responder: the
+    // destination becomes the agent's address on this node, port kept.
+    let long = proxy_common::QueryAnswer { len: 3000, flags: proxy_common::QUERY_BY_AGENT, ..Default::default() };
+    let slot = proxy_common::QuerySlot::Clients as u32;
+    bed.tables.query_answers.set(slot, long, 0).unwrap();
+    let q = samp_query(b'c', &[]);
+    let p = to_vip(Ipv4Addr::new(198, 18, 60, 5), 42100, &q);
+    check(&bed, "no responder: nothing to send", &p.frame(), XDP_DROP, &p.frame(), Counter::DropQueryUnanswered);
+    let local = proxy_common::net::addr_to_map(LOCAL.octets());
+    bed.tables.query_settings.set(0, proxy_common::QuerySettings { per_second: 3, agent_addr: local }, 0).unwrap();
+    let mut to_agent = p.clone();
+    to_agent.dst = LOCAL;
+    check(&bed, "a long answer is the agent's", &p.frame(), XDP_PASS, &to_agent.frame(), Counter::PassQueryAgent);
 }

@@ -8,11 +8,18 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 use proxy_common::{
-    csum, samp::QUERY_HEADER_LEN, QueryAnswer, QueryLimit, QuerySlot, MAX_QUERY_ANSWER, QUERY_BY_AGENT, QUERY_SLOTS,
+    csum, samp::QUERY_HEADER_LEN, QueryAnswer, QuerySettings, QuerySlot, MAX_QUERY_ANSWER, QUERY_BY_AGENT, QUERY_SLOTS,
 };
 
 use super::Cluster;
 use crate::config::Role;
+
+/// One frontend's answers by `QuerySlot` index (`None` = no answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrontendAnswers {
+    pub address: std::net::SocketAddrV4,
+    pub bodies: [Option<Vec<u8>>; 5],
+}
 
 /// open.mp answers `c` only up to this many players, and stays silent above.
 pub const MAX_LISTED_CLIENTS: usize = 100;
@@ -119,6 +126,23 @@ impl Cluster {
         [Some(info), Some(r), clients, None, openmp]
     }
 
+    /// Where the agent's query responder listens (an address of this node),
+    /// for answers the data plane cannot send itself.
+    pub fn set_responder(&mut self, addr: Option<std::net::Ipv4Addr>) -> Result<()> {
+        self.responder = addr;
+        self.write_answers()
+    }
+
+    /// Every frontend's address with its answers, for the responder.
+    pub fn answers_by_address(&self) -> Vec<FrontendAnswers> {
+        self.cfg
+            .frontends
+            .iter()
+            .zip(self.build_answers())
+            .map(|(f, bodies)| FrontendAnswers { address: f.address, bodies })
+            .collect()
+    }
+
     /// Writes the answers that changed, and the per-source budget.
     pub fn write_answers(&mut self) -> Result<()> {
         let all = self.build_answers();
@@ -133,8 +157,9 @@ impl Cluster {
                 self.written_answers.insert(index, body);
             }
         }
-        let limit = QueryLimit { per_second: self.cfg.raw.query_budget_per_second, _pad: 0 };
-        self.tables.write_query_limit(limit)
+        let agent_addr = self.responder.map(|a| proxy_common::net::addr_to_map(a.octets())).unwrap_or(0);
+        let limit = QuerySettings { per_second: self.cfg.raw.query_budget_per_second, agent_addr };
+        self.tables.write_query_settings(limit)
     }
 }
 

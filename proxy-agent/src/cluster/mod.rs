@@ -138,6 +138,8 @@ pub struct Cluster {
     pub half_applied: bool,
     /// QUERY_ANSWERS as last written, by index (absent = never written).
     written_answers: HashMap<u32, Option<Vec<u8>>>,
+    /// Where the agent's query responder listens, if it does.
+    responder: Option<Ipv4Addr>,
 }
 
 impl Cluster {
@@ -160,6 +162,7 @@ impl Cluster {
             index: SessionIndex::from_scan(scan),
             half_applied: false,
             written_answers: HashMap::new(),
+            responder: None,
         };
         cluster.write_desired()?;
         Ok(cluster)

@@ -23,6 +23,7 @@ use proxy_common::{Counter, MAX_PENDING};
 use tokio::sync::{oneshot, watch};
 
 use super::{
+    answers::FrontendAnswers,
     event_log::EventLog,
     index::{MergeReport, Scan},
     now_ns, ClientSelector, Cluster,
@@ -36,6 +37,7 @@ use crate::{
     },
     dataplane::session_events::SessionEvents,
     health::{ProbeResult, Transition},
+    query::ResponderCounts,
 };
 
 /// How often the owner looks at the event ring when nothing else wakes it:
@@ -49,6 +51,8 @@ const MAX_SCAN_INTERVAL: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub status: StatusView,
+    /// The cluster's query answers by frontend, for the agent's responder.
+    pub answers: Vec<FrontendAnswers>,
     /// When the snapshot was taken.
     pub taken: Option<Instant>,
 }
@@ -147,6 +151,7 @@ pub struct Owner {
     health_rounds: u64,
     reloads: BTreeMap<String, u64>,
     probe_rtt: HistogramView,
+    responder_counts: Arc<ResponderCounts>,
 }
 
 /// The time between full scans: often enough for the idle timeout to be
@@ -161,6 +166,7 @@ pub fn spawn(
     cluster: Cluster,
     config_path: PathBuf,
     ring: SessionEvents,
+    responder_counts: Arc<ResponderCounts>,
     start_scanner: impl FnOnce(mpsc::Sender<Msg>) -> Result<mpsc::Sender<u64>>,
 ) -> Result<OwnerHandle> {
     let (tx, rx) = mpsc::channel();
@@ -191,6 +197,7 @@ pub fn spawn(
         health_rounds: 0,
         reloads: BTreeMap::new(),
         probe_rtt: HistogramView::for_probe_rtt(),
+        responder_counts,
     };
     owner.drain_ring();
     owner.publish();
@@ -359,7 +366,8 @@ impl Owner {
     fn publish(&mut self) {
         match self.status() {
             Ok(status) => {
-                let _ = self.publish.send(Arc::new(Snapshot { status, taken: Some(Instant::now()) }));
+                let answers = self.cluster.answers_by_address();
+                let _ = self.publish.send(Arc::new(Snapshot { status, answers, taken: Some(Instant::now()) }));
             }
             Err(e) => log::warn!("building the status snapshot: {e}"),
         }
@@ -383,7 +391,7 @@ impl Owner {
                 ready: self.attached && self.health_rounds > 0 && !c.half_applied,
                 reloads: self.reloads.clone(),
                 probe_rtt: self.probe_rtt.clone(),
-                queries_answered: BTreeMap::new(),
+                queries_answered: self.responder_counts.by_type().into_iter().collect(),
                 index: IndexView {
                     sessions: c.index.len(),
                     scans: self.scan.done,

@@ -12,7 +12,7 @@ use aya::{
 };
 use proxy_common::{
     maps as names, Backend, BackendStats, Counter, Frontend, FrontendKey, Group, Meter, PortEntry, QueryAnswer,
-    QueryLimit, Reverse, Session, SessionKey, ShardState, PLACEMENT_SLOTS,
+    QuerySettings, Reverse, Session, SessionKey, ShardState, PLACEMENT_SLOTS,
 };
 
 use super::batch;
@@ -31,7 +31,7 @@ pub struct Tables {
     pub counters: PerCpuArray<MapData, u64>,
     pub backend_stats: PerCpuArray<MapData, BackendStats>,
     pub query_answers: Array<MapData, QueryAnswer>,
-    pub query_limit: Array<MapData, QueryLimit>,
+    pub query_settings: Array<MapData, QuerySettings>,
 }
 
 /// One untyped map from a loaded object or a pin.
@@ -121,7 +121,7 @@ impl Tables {
             counters: typed(s, names::COUNTERS)?,
             backend_stats: typed(s, names::BACKEND_STATS)?,
             query_answers: typed(s, names::QUERY_ANSWERS)?,
-            query_limit: typed(s, names::QUERY_LIMIT)?,
+            query_settings: typed(s, names::QUERY_SETTINGS)?,
         })
     }
 
@@ -166,8 +166,8 @@ impl Tables {
         self.query_answers.set(index, answer, 0).with_context(|| format!("writing QUERY_ANSWERS[{index}]"))
     }
 
-    pub fn write_query_limit(&mut self, limit: QueryLimit) -> Result<()> {
-        self.query_limit.set(0, limit, 0).context("writing QUERY_LIMIT")
+    pub fn write_query_settings(&mut self, limit: QuerySettings) -> Result<()> {
+        self.query_settings.set(0, limit, 0).context("writing QUERY_SETTINGS")
     }
 
     pub fn write_meter(&mut self, backend: u32, meter: Meter) -> Result<()> {

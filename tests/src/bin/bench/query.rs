@@ -23,7 +23,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use proxy_common::QueryLimit;
+use proxy_common::QuerySettings;
 use tests::{
     bed::*,
     packet::Udp,
@@ -114,7 +114,7 @@ fn xdp_tx_errors(sc: &Scenario) -> Result<u64> {
 pub fn query(calls: u32, window_s: u64, rate: u32) -> Result<()> {
     // 1. The program alone.
     let mut bed = Bed::new()?;
-    bed.tables.query_limit.set(0, QueryLimit { per_second: 0, _pad: 0 }, 0)?;
+    bed.tables.query_settings.set(0, QuerySettings { per_second: 0, agent_addr: 0 }, 0)?;
     let info: Row = measure(&bed, "query `i` answered", calls, 1, XDP_TX, |i| {
         Udp::new(CLIENT, 1024 + (i % 60000) as u16, VIP, PORT, &samp_query(VIP, PORT, b'i', &[])).frame()
     })?;
