@@ -24,7 +24,6 @@ use proxy_common::{
 };
 
 use crate::{
-    forward::{self, Addr},
     maps::{QUERY_ANSWERS, QUERY_SETTINGS, QUERY_SOURCES},
     parse::{ptr_at, Packet, L3_OFF, L4_OFF, PAYLOAD_OFF},
     stats::verdict,
@@ -104,7 +103,7 @@ fn answer(ctx: &XdpContext, pkt: &Packet, frontend: Frontend, slot: QuerySlot) -
         return verdict(Counter::DropQueryUnanswered, xdp_action::XDP_DROP);
     };
     if a.flags & QUERY_BY_AGENT != 0 {
-        return to_agent(pkt);
+        return AgentRewrite::apply(AgentRewrite::of(pkt), ctx);
     }
     let len = a.len as usize;
     if len == 0 || len > MAX_QUERY_ANSWER {
@@ -196,9 +195,11 @@ fn grow(ctx: &XdpContext, delta: i32) -> bool {
     unsafe { bpf_xdp_store_bytes(ctx.ctx, 0, saved.as_mut_ptr() as *mut _, saved.len() as u32) == 0 }
 }
 
-/// The rewrite that hands a query to the agent's responder (destination
-/// and both checksums), computed before the frame is touched and written
-/// with `bpf_xdp_store_bytes` after, so no packet pointer is needed then.
+/// The rewrite that hands a query to the agent's responder: its destination
+/// becomes the agent's address on this node (port kept, both checksums
+/// updated) and the kernel delivers it there. Computed while the parsed
+/// headers are at hand and written with `bpf_xdp_store_bytes`, so it needs
+/// no packet pointer after the frame was touched.
 struct AgentRewrite {
     dst: [u8; 4],
     ip_check: [u8; 2],
@@ -239,19 +240,6 @@ impl AgentRewrite {
         }
         verdict(Counter::PassQueryAgent, xdp_action::XDP_PASS)
     }
-}
-
-/// Hands a query whose answer does not fit the frame to the agent's
-/// responder: the destination becomes the agent's address on this node
-/// (port kept, checksums updated) and the kernel delivers it there.
-#[inline(always)]
-fn to_agent(pkt: &Packet) -> u32 {
-    let agent = QUERY_SETTINGS.get(0).map(|s| s.agent_addr).unwrap_or(0);
-    if agent == 0 {
-        return verdict(Counter::DropQueryUnanswered, xdp_action::XDP_DROP);
-    }
-    forward::rewrite_addr(pkt, Addr::Dst, agent);
-    verdict(Counter::PassQueryAgent, xdp_action::XDP_PASS)
 }
 
 #[inline(always)]
