@@ -13,8 +13,8 @@ use crate::{
     forward::{self, Addr, Route, Sent},
     maps::{self, PENDING, SESSIONS},
     meter,
-    query,
     parse::{ptr_at, Packet, PAYLOAD_OFF},
+    query,
     stats::{self, verdict, Direction},
 };
 

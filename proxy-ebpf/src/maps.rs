@@ -6,9 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use proxy_common::{
-    counters::COUNTER_COUNT, Backend, BackendStats, Frontend, FrontendKey, Group, Meter, NextHop, PortEntry, Reverse,
-    Session, SessionKey, ShardState, MAX_BACKENDS, MAX_CLIENT_NEXTHOPS, MAX_FRONTENDS, MAX_GROUPS, MAX_PENDING,
-    MAX_SESSIONS, PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED, SESSION_EVENTS_BYTES, QueryAnswer, QuerySettings, QuerySource, MAX_QUERY_SOURCES, QUERY_SLOTS,
+    counters::COUNTER_COUNT, Backend, BackendStats, Frontend, FrontendKey, Group, Meter, NextHop, PortEntry,
+    QueryAnswer, QuerySettings, QuerySource, Reverse, Session, SessionKey, ShardState, MAX_BACKENDS,
+    MAX_CLIENT_NEXTHOPS, MAX_FRONTENDS, MAX_GROUPS, MAX_PENDING, MAX_QUERY_SOURCES, MAX_SESSIONS, PLACEMENT_SLOTS,
+    PORT_FRONTEND, PORT_SHARED, QUERY_SLOTS, SESSION_EVENTS_BYTES,
 };
 
 /// UDP port (header byte order) -> frontend hint; see `PortEntry`.

@@ -118,20 +118,14 @@ fn answer(ctx: &XdpContext, pkt: &Packet, frontend: Frontend, slot: QuerySlot) -
     // Should the frame not grow, the agent answers: the rewrite that sends
     // the query there is computed now, while the headers are at hand.
     let fallback = AgentRewrite::of(pkt);
-    let grown = grow(ctx, delta)
-        && {
-            // SAFETY: `a` points at a map value of MAX_QUERY_ANSWER body bytes
-            // and `len` is at most that; the frame was sized for exactly this copy.
-            let stored = unsafe {
-                bpf_xdp_store_bytes(
-                    ctx.ctx,
-                    (PAYLOAD_OFF + QUERY_HEADER_LEN) as u32,
-                    a.body.as_ptr() as *mut _,
-                    len as u32,
-                )
-            };
-            stored == 0
+    let grown = grow(ctx, delta) && {
+        // SAFETY: `a` points at a map value of MAX_QUERY_ANSWER body bytes
+        // and `len` is at most that; the frame was sized for exactly this copy.
+        let stored = unsafe {
+            bpf_xdp_store_bytes(ctx.ctx, (PAYLOAD_OFF + QUERY_HEADER_LEN) as u32, a.body.as_ptr() as *mut _, len as u32)
         };
+        stored == 0
+    };
     if !grown {
         return AgentRewrite::apply(fallback, ctx);
     }
@@ -215,7 +209,8 @@ impl AgentRewrite {
         }
         let old = pkt.dst_addr();
         // SAFETY: `ip` and `udp` were bounds-checked when parsed.
-        let (ip_check, udp_check) = unsafe { (u16::from_ne_bytes((*pkt.ip).check), u16::from_ne_bytes((*pkt.udp).check)) };
+        let (ip_check, udp_check) =
+            unsafe { (u16::from_ne_bytes((*pkt.ip).check), u16::from_ne_bytes((*pkt.udp).check)) };
         Some(Self {
             dst: agent.to_ne_bytes(),
             ip_check: csum::replace4(ip_check, old, agent).to_ne_bytes(),
