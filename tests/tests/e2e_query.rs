@@ -146,6 +146,13 @@ fn the_cluster_answers_queries_as_one_server() {
     assert!(counter(&sc, Counter::QueryInfo) > before);
     assert_eq!(counter(&sc, Counter::PassQueryAgent), passed_before, "a query went to the host");
 
+    // The face is the YAML's, reloadable.
+    let yaml = std::fs::read_to_string(&sc.agent.config_path).unwrap();
+    std::fs::write(&sc.agent.config_path, yaml.replace("Test City", "New City")).unwrap();
+    sc.agent.request(&Request::Reload).unwrap();
+    let (_, _, _, strings) = info(&ask(&sock, &request(VIP, b'i', &[])).unwrap()[11..]);
+    assert_eq!(strings[0], "New City", "a reload changes the hostname at once");
+
     // A shard dies: within a health round of noticing, its players leave
     // the count and its slots the total.
     let on_s3 = players.snapshot().iter().filter(|p| p.current_shard() == Some("s3")).count() as u16;
