@@ -42,6 +42,17 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Take the data plane off: remove the pinned XDP links (XDP leaves the
+    /// interfaces; the maps and their sessions stay pinned). Run it after
+    /// stopping the agent, to stop routing players.
+    Detach {
+        /// The agent's config (for its `bpffs`).
+        #[arg(long, short, conflicts_with = "bpffs")]
+        config: Option<PathBuf>,
+        /// The bpffs folder instead of a config.
+        #[arg(long)]
+        bpffs: Option<PathBuf>,
+    },
     /// Frontends, shards (role, players, capacity), totals and counters.
     Status(Target),
     /// The shards table.
@@ -121,6 +132,21 @@ fn remote(req: Request, t: &Target) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn detach(config: Option<PathBuf>, bpffs: Option<PathBuf>) -> anyhow::Result<()> {
+    let dir = match (config, bpffs) {
+        (_, Some(dir)) => dir,
+        (Some(c), None) => config::load(&c)?.raw.bpffs,
+        (None, None) => anyhow::bail!("say which data plane: --config FILE (its `bpffs`) or --bpffs DIR"),
+    };
+    let gone = proxy_agent::dataplane::links::detach_all(&dir)?;
+    if gone.is_empty() {
+        println!("nothing attached from {}", dir.display());
+    } else {
+        println!("detached from {}; the maps stay pinned in {}", gone.join(", "), dir.display());
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Check { config } => config::load(&config)
@@ -147,6 +173,7 @@ fn main() -> ExitCode {
                 .map_err(anyhow::Error::from)
                 .and_then(|rt| rt.block_on(run::run(&path)))
         }
+        Command::Detach { config, bpffs } => detach(config, bpffs),
         Command::Status(t) => remote(Request::Status, &t),
         Command::Shards(t) => remote(Request::Shards, &t),
         Command::Sessions { shard, client, target } => remote(Request::Sessions { shard, client }, &target),

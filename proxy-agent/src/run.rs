@@ -1,6 +1,7 @@
 //! `proxy-agent run`: load, attach, hand the maps to the cluster's owner
 //! thread, serve the control socket, the health probes and the metrics;
-//! reload on SIGHUP; detach cleanly on SIGTERM or Ctrl-C.
+//! reload on SIGHUP; on SIGTERM or Ctrl-C stop, leaving the data plane
+//! forwarding (pinned) for the next agent.
 
 use std::{path::Path, sync::Arc};
 
@@ -16,7 +17,7 @@ use crate::{
         Cluster,
     },
     config, control,
-    dataplane::{scanner, session_events::SessionEvents, tables, Dataplane},
+    dataplane::{links, scanner, session_events::SessionEvents, tables, Dataplane},
     health, http,
     protocol::Request,
     query,
@@ -50,9 +51,17 @@ pub async fn run(config_path: &Path) -> Result<()> {
     let logger = dp.take_logger()?;
     dp.attach(&cfg.raw.interfaces, cfg.raw.xdp_mode)?;
     owner.attached();
+    let attached: Vec<String> = dp
+        .attached()
+        .iter()
+        .map(|(n, how)| match how {
+            links::Attachment::Adopted => format!("{n} (adopted: program replaced in place)"),
+            links::Attachment::New => n.clone(),
+        })
+        .collect();
     log::info!(
-        "attached to {} ({:?} mode); maps pinned in {}; control socket {}",
-        dp.attached().join(", "),
+        "attached to {} ({:?} mode); maps and links pinned in {}; control socket {}",
+        attached.join(", "),
         cfg.raw.xdp_mode,
         dp.pin_dir().display(),
         cfg.raw.control_socket.display()
@@ -90,19 +99,19 @@ pub async fn run(config_path: &Path) -> Result<()> {
     if let Some(listener) = metrics {
         tokio::spawn(http::serve(listener, owner.clone()));
     }
-    println!("READY");
-
     // SAFETY: the logger owns the ring buffer's fd and lives inside the AsyncFd,
     // so the fd stays open for as long as it is registered.
     let mut logs =
         unsafe { AsyncFd::register(logger) }.map_err(|e| anyhow::anyhow!("watching the kernel log ring: {e}"))?;
+    // The handlers exist before READY: a signal right after it is ours, not fatal.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    println!("READY");
     loop {
         tokio::select! {
-            _ = term.recv() => { log::info!("SIGTERM: detaching"); break; }
-            _ = int.recv() => { log::info!("interrupt: detaching"); break; }
+            _ = term.recv() => { log::info!("SIGTERM: stopping; the data plane keeps forwarding"); break; }
+            _ = int.recv() => { log::info!("interrupt: stopping; the data plane keeps forwarding"); break; }
             _ = hup.recv() => {
                 if let Err(e) = owner.call(Request::Reload).await {
                     log::error!("SIGHUP: {e}");
@@ -116,8 +125,11 @@ pub async fn run(config_path: &Path) -> Result<()> {
         }
     }
     owner.shutdown().await;
-    dp.detach();
     let _ = std::fs::remove_file(&socket_path);
-    log::info!("detached; maps stay pinned in {} for the next start", dp.pin_dir().display());
+    log::info!(
+        "stopped; XDP keeps forwarding from the links and maps pinned in {} until the next agent adopts them \
+         (`proxy-agent detach` takes it off)",
+        dp.pin_dir().display()
+    );
     Ok(())
 }

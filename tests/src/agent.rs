@@ -46,16 +46,40 @@ impl Agent {
             &config_path,
             format!("{yaml}\nbpffs: {}\ncontrol_socket: {}\n", pins.path.display(), socket.display()),
         )?;
+        let mut agent = Agent { child: None, pins, config_path, socket, logs: Arc::new(Mutex::new(Vec::new())) };
+        agent.spawn(ns)?;
+        Ok(agent)
+    }
+
+    /// Starts the agent process again (after `stop` or `kill`), with the same
+    /// config, pins and socket: it adopts the pinned data plane.
+    pub fn restart(&mut self, ns: &NetNs) -> Result<()> {
+        if self.child.is_some() {
+            bail!("the agent is still running");
+        }
+        self.spawn(ns)
+    }
+
+    /// SIGKILL: the agent dies at once, as in a crash or an OOM kill.
+    pub fn kill(&mut self) -> Result<()> {
+        let mut child = self.child.take().context("agent already stopped")?;
+        child.kill()?;
+        child.wait()?;
+        Ok(())
+    }
+
+    /// Runs the agent and waits up to 30 s for it to report READY.
+    fn spawn(&mut self, ns: &NetNs) -> Result<()> {
         let bin = agent_bin();
         let mut child = ns
             .spawn_command(&bin)?
             .args(["run", "--config"])
-            .arg(&config_path)
+            .arg(&self.config_path)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
-        let logs = Arc::new(Mutex::new(Vec::new()));
+        let logs = self.logs.clone();
         let (ready_tx, ready_rx) = mpsc::channel();
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
@@ -78,18 +102,19 @@ impl Agent {
                 }
             });
         }
-        let mut agent = Agent { child: Some(child), pins, config_path, socket, logs };
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if ready_rx.recv_timeout(Duration::from_millis(100)).is_ok() {
-                return Ok(agent);
+                return Ok(());
             }
-            if let Some(status) = agent.child.as_mut().unwrap().try_wait()? {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait()? {
                 std::thread::sleep(Duration::from_millis(100));
-                bail!("agent exited with {status} before READY:\n{}", agent.log_text());
+                self.child = None;
+                bail!("agent exited with {status} before READY:\n{}", self.log_text());
             }
             if Instant::now() > deadline {
-                bail!("agent not READY after 30 s:\n{}", agent.log_text());
+                bail!("agent not READY after 30 s:\n{}", self.log_text());
             }
         }
     }

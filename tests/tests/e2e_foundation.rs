@@ -132,14 +132,25 @@ fn players_stick_to_shards_that_see_their_real_address() {
     assert!(tables.counter(Counter::ReturnRedirect).unwrap() > (PLAYERS * 50) as u64);
     assert_eq!(tables.counter(Counter::DropNotHandshake).unwrap(), 0);
 
-    // SIGTERM detaches cleanly; nothing is left attached or behind.
+    // SIGTERM stops the agent cleanly and leaves the data plane forwarding;
+    // `proxy-agent detach` takes it off; nothing is left behind.
     drop(tables);
     let mut agent = agent;
     let status = agent.stop().unwrap();
     assert!(status.success(), "agent exit: {status}\n{}", agent.log_text());
     for ifname in &topo.proxy_ifs {
         let link = topo.proxy.ip(&["link", "show", ifname]).unwrap();
-        assert!(!link.contains("xdp"), "XDP still attached to {ifname}: {link}");
+        assert!(link.contains("xdp"), "XDP left {ifname} with the agent: {link}");
+    }
+    let out = std::process::Command::new(tests::agent::agent_bin())
+        .args(["detach", "--bpffs"])
+        .arg(&agent.pins.path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
+    for ifname in &topo.proxy_ifs {
+        let link = topo.proxy.ip(&["link", "show", ifname]).unwrap();
+        assert!(!link.contains("xdp"), "XDP still attached to {ifname} after detach: {link}");
     }
     drop(agent);
     drop(topo);

@@ -5,6 +5,8 @@
 
 pub mod batch;
 pub mod ebpf_object;
+pub mod layout;
+pub mod links;
 pub mod scanner;
 pub mod session_events;
 pub mod tables;
@@ -25,13 +27,16 @@ use proxy_common::programs;
 use crate::config::XdpModeName;
 use tables::Tables;
 
-/// The loaded programs and their attachments. Dropping it detaches every
-/// interface; the pinned maps (and so every session) stay for the next agent.
-/// The maps themselves are the cluster's ([`Tables`]).
+/// The loaded programs and their attachments. The attachments are pinned
+/// links (`links`): dropping this, or the agent's death, leaves the data
+/// plane forwarding with the pinned maps (and so every session) for the next
+/// agent to adopt. The maps themselves are the cluster's ([`Tables`]).
 pub struct Dataplane {
     ebpf: Ebpf,
-    /// (interface, program name, link)
-    links: Vec<(String, &'static str, XdpLinkId)>,
+    /// Unpinned attachments (test topologies' XDP_PASS), detached on drop.
+    links: Vec<XdpLinkId>,
+    /// Interfaces running the data plane, through pinned links.
+    attached: Vec<(String, links::Attachment)>,
     pin_dir: PathBuf,
 }
 
@@ -89,6 +94,7 @@ impl Dataplane {
     /// `pin_dir`; returns the programs and the maps' handles.
     pub fn load(pin_dir: &Path) -> Result<(Self, Tables)> {
         prepare_pin_dir(pin_dir)?;
+        layout::check_or_record(pin_dir, &format!("--bpffs {}", pin_dir.display()))?;
         let object = ebpf_object::bytes()?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
@@ -100,7 +106,7 @@ impl Dataplane {
             prog.load().with_context(|| format!("the kernel refused program {name}"))?;
         }
         let tables = Tables::take(&mut ebpf)?;
-        Ok((Self { ebpf, links: Vec::new(), pin_dir: pin_dir.to_path_buf() }, tables))
+        Ok((Self { ebpf, links: Vec::new(), attached: Vec::new(), pin_dir: pin_dir.to_path_buf() }, tables))
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -139,18 +145,27 @@ impl Dataplane {
             XdpModeName::Driver => XdpMode::Driver,
             XdpModeName::Skb => XdpMode::Skb,
         };
+        let mut created = Vec::new();
         for name in interfaces {
             let prog: &mut Xdp = self.ebpf.program_mut(programs::PROXY).expect("checked at load").try_into()?;
-            match prog.attach(name, mode) {
-                Ok(link) => self.links.push((name.clone(), programs::PROXY, link)),
+            match links::attach_or_adopt(prog, &self.pin_dir, name, mode) {
+                Ok(how) => {
+                    if how == links::Attachment::New {
+                        created.push(name.clone());
+                    }
+                    self.attached.push((name.clone(), how));
+                }
                 Err(e) => {
-                    self.detach();
+                    // What this start attached goes again; adopted links keep running.
+                    for n in &created {
+                        let _ = std::fs::remove_file(links::link_pin(&self.pin_dir, n));
+                    }
                     let hint = if mode == XdpMode::Driver {
                         "; if the driver has no native XDP, set `xdp_mode: skb`"
                     } else {
                         ""
                     };
-                    bail!("attaching XDP to `{name}` failed: {e}{hint}");
+                    bail!("attaching XDP to `{name}` failed: {e:#}{hint}");
                 }
             }
         }
@@ -164,28 +179,12 @@ impl Dataplane {
     pub fn attach_pass(&mut self, iface: &str) -> Result<()> {
         let prog: &mut Xdp = self.ebpf.program_mut(programs::PASS_BASELINE).expect("checked at load").try_into()?;
         let link = prog.attach(iface, XdpMode::Driver).with_context(|| format!("attaching XDP_PASS to {iface}"))?;
-        self.links.push((iface.into(), programs::PASS_BASELINE, link));
+        self.links.push(link);
         Ok(())
     }
 
-    /// Detaches from every interface. Maps stay pinned.
-    pub fn detach(&mut self) {
-        for (name, program, link) in std::mem::take(&mut self.links) {
-            let prog: &mut Xdp =
-                self.ebpf.program_mut(program).expect("checked at load").try_into().expect("checked at load");
-            if let Err(e) = prog.detach(link) {
-                log::warn!("detaching from {name}: {e}");
-            }
-        }
-    }
-
-    pub fn attached(&self) -> Vec<String> {
-        self.links.iter().filter(|(_, p, _)| *p == programs::PROXY).map(|(n, _, _)| n.clone()).collect()
-    }
-}
-
-impl Drop for Dataplane {
-    fn drop(&mut self) {
-        self.detach();
+    /// The interfaces this agent runs on, and whether it adopted each.
+    pub fn attached(&self) -> &[(String, links::Attachment)] {
+        &self.attached
     }
 }

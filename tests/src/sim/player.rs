@@ -68,11 +68,20 @@ pub struct PlayerStats {
     pub wrong_seen: u64,
     /// `sim::clock_ms` when this player lost its shard and began to reconnect.
     pub reconnect_ms: Vec<u64>,
+    /// `sim::clock_ms` of the last echo.
+    pub last_echo_ms: Option<u64>,
+    /// The longest silence between two echoes since the last `reset_gaps`.
+    pub max_gap_ms: u64,
 }
 
 impl PlayerStats {
     fn echo(&mut self, shard: &str) {
         self.received += 1;
+        let now = super::clock_ms();
+        if let Some(last) = self.last_echo_ms {
+            self.max_gap_ms = self.max_gap_ms.max(now.saturating_sub(last));
+        }
+        self.last_echo_ms = Some(now);
         match self.shards.iter_mut().find(|(s, _)| s == shard) {
             Some((_, n)) => *n += 1,
             None => self.shards.push((shard.to_string(), 1)),
@@ -98,6 +107,13 @@ impl Players {
 
     pub fn stop(&self) {
         self.stop.store(true, Ordering::Relaxed);
+    }
+
+    /// Forgets the silences so far: `max_gap_ms` measures from now on.
+    pub fn reset_gaps(&self) {
+        for s in &self.stats {
+            s.lock().unwrap().max_gap_ms = 0;
+        }
     }
 
     /// Waits for every player to finish (their `duration`, or `stop`).

@@ -1,0 +1,99 @@
+//! The agent can die, stop and restart while players play: the XDP links
+//! and maps are pinned, so the kernel keeps forwarding (and keeps rewriting
+//! every shard reply to the public address) while no agent runs, and a new
+//! agent adopts them, swapping its program in atomically.
+
+use std::{collections::HashMap, time::Duration};
+
+use proxy_agent::protocol::Request;
+use proxy_common::Counter;
+use serde_json::Value;
+use tests::scenario::{wait_for, Scenario};
+
+const PLAYERS: usize = 100;
+/// Game packets a second per player: one every 50 ms.
+const RATE_HZ: f64 = 20.0;
+
+fn shard_players(st: &Value) -> HashMap<String, (u64, u64)> {
+    st["shards"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                (s["players"].as_u64().unwrap(), s["home_group"].as_u64().unwrap()),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn players_keep_flowing_through_agent_deaths_and_restarts() {
+    let mut sc = Scenario::start(2, |t| t.config(&[500, 500], "")).unwrap();
+    let mut cfg = sc.player_config();
+    cfg.rate_hz = RATE_HZ;
+    cfg.reconnect_after = Duration::from_secs(2);
+    let players = sc.players(PLAYERS, &cfg).unwrap();
+    Scenario::wait_playing(&players, 5);
+    let shard_of: HashMap<String, String> =
+        players.snapshot().iter().map(|p| (p.local.clone(), p.current_shard().unwrap().to_string())).collect();
+    let before = shard_players(&sc.agent.request(&Request::Status).unwrap());
+
+    for how in ["SIGKILL", "SIGTERM"] {
+        let redirected = sc.agent.tables().unwrap().counter(Counter::IngressRedirect).unwrap();
+        players.reset_gaps();
+        let received: HashMap<String, u64> = players.snapshot().iter().map(|p| (p.local.clone(), p.received)).collect();
+        match how {
+            "SIGKILL" => sc.agent.kill().unwrap(),
+            _ => assert!(sc.agent.stop().unwrap().success(), "{how}: clean exit"),
+        }
+        // No agent runs: every player keeps getting its echoes (a second's worth).
+        wait_for(&format!("echoes with no agent ({how})"), Duration::from_secs(10), || {
+            players.snapshot().iter().all(|p| p.received >= received[&p.local] + RATE_HZ as u64)
+        });
+        let while_down: HashMap<String, u64> =
+            players.snapshot().iter().map(|p| (p.local.clone(), p.received)).collect();
+        sc.agent.restart(&sc.topo.proxy).unwrap();
+        wait_for("the new agent to say it adopted the pinned links", Duration::from_secs(5), || {
+            sc.agent.log_text().matches("adopted").count() >= 3 * (1 + (how == "SIGTERM") as usize)
+        });
+        wait_for(&format!("echoes after the restart ({how})"), Duration::from_secs(10), || {
+            players.snapshot().iter().all(|p| p.received >= while_down[&p.local] + RATE_HZ as u64)
+        });
+
+        for p in players.snapshot() {
+            assert_eq!(p.connects, 1, "{how}: {} reconnected", p.local);
+            assert_eq!(p.wrong_source, 0, "{how}: {} got a packet from a shard's own address", p.local);
+            assert_eq!(p.current_shard(), Some(shard_of[&p.local].as_str()), "{how}: {} changed shard", p.local);
+            // A game-rate silence of 50 ms; allow the scheduling of a loaded
+            // 2-core machine, far below the client's time-out of seconds.
+            assert!(p.max_gap_ms < 500, "{how}: {} went {} ms without an echo", p.local, p.max_gap_ms);
+        }
+        let st = sc.agent.request(&Request::Status).unwrap();
+        assert_eq!(st["totals"]["established"], PLAYERS as u64, "{how}: every session is still there");
+        assert_eq!(shard_players(&st), before, "{how}: same players, same groups, per shard");
+        let now = sc.agent.tables().unwrap().counter(Counter::IngressRedirect).unwrap();
+        assert!(now > redirected, "{how}: the counters kept counting");
+    }
+    players.stop();
+}
+
+/// Pins from an agent of another layout are refused, with the way out.
+#[test]
+fn pins_of_another_layout_are_refused_with_the_way_out() {
+    let mut sc = Scenario::start(1, |t| t.config(&[100], "")).unwrap();
+    let status = sc.agent.stop().unwrap();
+    assert!(status.success(), "{status}: {}", sc.agent.log_text());
+    let pins = sc.agent.pins.path.clone();
+    let ours = std::fs::read_dir(&pins)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("layout-v"))
+        .expect("the layout is recorded beside the maps");
+    std::fs::remove_dir(&ours).unwrap();
+    std::fs::create_dir(pins.join("layout-v1")).unwrap();
+    let err = sc.agent.restart(&sc.topo.proxy).unwrap_err().to_string();
+    assert!(err.contains("have layout 1") && err.contains("proxy-agent detach") && err.contains("rm -r"), "{err}");
+}
