@@ -4,6 +4,7 @@
 //!   cargo xtask build             the object, then the agent and the simulators
 //!   cargo xtask test              build, then every test (needs root)
 //!   cargo xtask demo [ARGS]       build, then the namespace demo
+//!   cargo xtask fuzz [--packets N --seed S]  random and mutated frames through the program
 //!   cargo xtask bench WHAT        build, then a benchmark: fastpath | migrate |
 //!                                 failover | agent [--baseline-agent PATH]
 
@@ -141,10 +142,27 @@ fn bin(name: &str) -> PathBuf {
     root().join("target/release").join(name)
 }
 
+/// `fuzz [--packets N] [--seed S]`: the fuzz test with more frames and,
+/// optionally, one more seed (its kept seeds always run too).
+fn fuzz(args: &[String]) -> Result<(), String> {
+    let mut cmd = cargo();
+    cmd.args(["test", "--release", "-p", "tests", "--test", "fuzz", "--", "--nocapture"]);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{a} needs a value"))?;
+        match a.as_str() {
+            "--packets" => cmd.env("SAMP_FUZZ_PACKETS", value),
+            "--seed" => cmd.env("SAMP_FUZZ_SEED", value),
+            other => return Err(format!("unknown fuzz option {other}; use --packets N, --seed S")),
+        };
+    }
+    run(&mut cmd)
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(task) = args.first() else {
-        return fail("usage: cargo xtask build-ebpf | build | test | demo [--seconds N --players N] | bench fastpath|migrate|failover|agent");
+        return fail("usage: cargo xtask build-ebpf | build | test | demo [--seconds N --players N] | bench fastpath|migrate|failover|agent|query | fuzz [--packets N --seed S]");
     };
     let rest = &args[1..];
     let result = match task.as_str() {
@@ -164,7 +182,8 @@ fn main() -> ExitCode {
         "bench" => build_ebpf()
             .and_then(|_| build_user())
             .and_then(|_| run(Command::new(bin("bench")).args(rest).env("PROXY_AGENT_BIN", bin("proxy-agent")))),
-        other => Err(format!("unknown task `{other}`; tasks: build-ebpf, build, test, demo, bench")),
+        "fuzz" => build_ebpf().and_then(|_| fuzz(rest)),
+        other => Err(format!("unknown task `{other}`; tasks: build-ebpf, build, test, demo, bench, fuzz")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
