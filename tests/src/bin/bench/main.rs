@@ -143,6 +143,19 @@ fn measure(
 
 fn fastpath(calls: u32) -> Result<()> {
     let mut bed = Bed::new()?;
+    // Hold both programs in the kernel's XDP dispatcher for the whole run
+    // (attached to a veth pair that stays down): otherwise every repeated
+    // test run adds the program to the dispatcher and takes it out again,
+    // which costs time and leaves caches cold (PLATFORM.md).
+    let hold = std::env::var_os("SAMP_BENCH_NO_HOLD").is_none();
+    if hold {
+        bed.ns.ip(&["link", "add", "hold0", "type", "veth", "peer", "name", "hold1"])?;
+        let Bed { ns, dp, .. } = &mut bed;
+        ns.run(|| -> Result<()> {
+            dp.attach(&["hold0".to_string()], proxy_agent::config::XdpModeName::Driver)?;
+            dp.attach_pass("hold1")
+        })??;
+    }
     let vip = addr_to_map(VIP.octets());
     // Routes for the fixed-point packets: the VIP is reachable via fwd0 and
     // the client via cli0, both with known neighbours.
@@ -167,6 +180,25 @@ fn fastpath(calls: u32) -> Result<()> {
     let ret_warm = measure(&bed, "return path", calls, WARM_REPEAT, XDP_REDIRECT, |_| reply.clone())?;
     let ret_cold = measure(&bed, "return path", calls, 1, XDP_REDIRECT, |_| reply.clone())?;
 
+    // Spread: 100,000 established players looked up in turn (one packet per
+    // call: each call a different player, so the table is walked as under
+    // real load, with cache and TLB misses).
+    const SPREAD: usize = 100_000;
+    let spread_sessions = players(SPREAD, GROUP_C, bed.group_epoch(GROUP_C));
+    batch::update(&bed.tables.sessions, &spread_sessions)?;
+    let spread_frames: Vec<Vec<u8>> = spread_sessions
+        .iter()
+        .map(|(k, _)| {
+            let ip = Ipv4Addr::from(proxy_common::net::addr_from_map(k.client_addr));
+            let mut u = Udp::new(ip, proxy_common::net::port_from_map(k.client_port), VIP, PORT, &game_packet());
+            u.ttl = 255;
+            u.frame()
+        })
+        .collect();
+    let spread = measure(&bed, "established hit, 100k spread", calls.max(SPREAD as u32), 1, XDP_REDIRECT, |i| {
+        spread_frames[i as usize % SPREAD].clone()
+    })?;
+
     // Placement: a new source every call, a handshake, hashed into the table.
     bed.place_all_on(GROUP_A);
     let place_cold = measure(&bed, "placement (new player)", calls, 1, XDP_REDIRECT, |i| {
@@ -176,8 +208,13 @@ fn fastpath(calls: u32) -> Result<()> {
 
     println!("fastpath: {calls} BPF_PROG_TEST_RUN calls per row, median ns per packet");
     println!("  warm = repeat {WARM_REPEAT} per call, caches warm; cold = one packet per call");
+    if hold {
+        println!("  both programs held in the XDP dispatcher (attached to a down veth) for the whole run");
+    } else {
+        println!("  programs NOT held in the dispatcher (SAMP_BENCH_NO_HOLD): each test run re-adds them");
+    }
     println!("{:<26} {:<6} {:>7} {:>9} {:>7} {:>9}", "path", "method", "ns", "XDP_PASS", "ratio", "added ns");
-    for r in [hit_warm, ret_warm, hit_cold, ret_cold, place_cold] {
+    for r in [hit_warm, ret_warm, hit_cold, ret_cold, spread, place_cold] {
         println!(
             "{:<26} {:<6} {:>7} {:>9} {:>6.2}x {:>9}",
             r.name,
