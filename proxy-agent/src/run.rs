@@ -17,7 +17,7 @@ use crate::{
         Cluster,
     },
     config, control,
-    dataplane::{links, scanner, session_events::SessionEvents, tables, Dataplane},
+    dataplane::{links, scanner, session_events::SessionEvents, tables, Dataplane, TableSizes},
     health, http,
     protocol::Request,
     query,
@@ -26,7 +26,8 @@ use crate::{
 pub async fn run(config_path: &Path) -> Result<()> {
     // Validate everything before touching the kernel: a bad file attaches nothing.
     let cfg = config::load(config_path)?;
-    let (mut dp, tables) = Dataplane::load(&cfg.raw.bpffs)?;
+    let sizes = TableSizes { sessions: cfg.raw.max_sessions, pending: cfg.raw.max_pending };
+    let (mut dp, tables) = Dataplane::load_sized(&cfg.raw.bpffs, sizes)?;
     let mut cluster = Cluster::start(cfg.clone(), tables).context("filling the maps")?;
     // Queries whose answer the data plane cannot fit go to this node's own
     // address on the frontend's port, where the responder answers them.

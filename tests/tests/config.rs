@@ -56,6 +56,9 @@ fn cases() -> Vec<Case> {
         ("shard on the VIP", with("198.18.11.2", "198.18.100.1"), Some(7), "shards[0].address", "is a frontend address", "own IP"),
         ("unknown frontend", with("    capacity: 100\n", "    capacity: 100\n    frontend: lobby\n"), Some(9), "shards[0].frontend", "no frontend named `lobby`", "play"),
         ("which frontend", with("shards:\n", "  - name: lobby\n    address: 198.18.100.2:7777\nshards:\n"), Some(8), "shards[0].name", "does not say which frontend", "frontend: NAME"),
+        ("sessions table too small", format!("{GOOD}max_sessions: 10\n"), Some(13), "max_sessions", "10 sessions", "1024..=16777216"),
+        ("pending table too big", format!("{GOOD}max_pending: 99999999\n"), Some(13), "max_pending", "99999999 pending", "1024..=1048576"),
+        ("hostname too long", with("    address: 198.18.100.1:7777\n", &format!("    address: 198.18.100.1:7777\n    query:\n      hostname: {}\n", "h".repeat(300))), Some(6), "frontends[0].query.hostname", "300 bytes long", "at most 255"),
         ("no active shard", with("    capacity: 100\n", "    capacity: 100\n    role: standby\n"), Some(3), "frontends[0].name", "no active shard", "role: active"),
     ]
 }

@@ -97,3 +97,18 @@ fn pins_of_another_layout_are_refused_with_the_way_out() {
     let err = sc.agent.restart(&sc.topo.proxy).unwrap_err().to_string();
     assert!(err.contains("have layout 1") && err.contains("proxy-agent detach") && err.contains("rm -r"), "{err}");
 }
+
+/// A running data plane cannot be resized: pins of another size are refused.
+#[test]
+fn session_tables_of_another_size_are_refused_with_the_way_out() {
+    let mut sc = Scenario::start(1, |t| t.config(&[100], "")).unwrap();
+    let status = sc.agent.stop().unwrap();
+    assert!(status.success(), "{status}: {}", sc.agent.log_text());
+    let yaml = std::fs::read_to_string(&sc.agent.config_path).unwrap();
+    std::fs::write(&sc.agent.config_path, format!("{yaml}max_sessions: 2048\n")).unwrap();
+    let err = sc.agent.restart(&sc.topo.proxy).unwrap_err().to_string();
+    assert!(
+        err.contains("holds 262144 entries but `max_sessions` asks for 2048") && err.contains("cannot be resized"),
+        "{err}"
+    );
+}

@@ -115,6 +115,20 @@ impl Checker<'_> {
                 "count consecutive probes: 3 is the default",
             ));
         }
+        if !(1024..=16_777_216).contains(&raw.max_sessions) {
+            return Err(self.error(
+                &[K("max_sessions")],
+                format!("{} sessions", raw.max_sessions),
+                "use 1024..=16777216 (262144 is the default; about 260 bytes of kernel memory each)",
+            ));
+        }
+        if !(1024..=1_048_576).contains(&raw.max_pending) {
+            return Err(self.error(
+                &[K("max_pending")],
+                format!("{} pending sessions", raw.max_pending),
+                "use 1024..=1048576 (16384 is the default)",
+            ));
+        }
         if raw.handshake_rate > 100_000 {
             return Err(self.error(
                 &[K("handshake_rate")],

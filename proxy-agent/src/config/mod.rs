@@ -64,6 +64,13 @@ pub struct Config {
     /// Handshakes a shard may receive at once above that rate.
     #[serde(default = "default_handshake_burst")]
     pub handshake_burst: u32,
+    /// Established sessions the data plane holds (SESSIONS' size). Fixed when
+    /// the maps are first pinned; changing it means new pins.
+    #[serde(default = "default_max_sessions")]
+    pub max_sessions: u32,
+    /// Admitted handshakes awaiting their shard's answer (PENDING, an LRU).
+    #[serde(default = "default_max_pending")]
+    pub max_pending: u32,
     /// Queries one source address may send per second (0 = unlimited);
     /// past it they are dropped in the kernel, so the proxy is no reflector.
     #[serde(default = "default_query_budget")]
@@ -101,6 +108,14 @@ fn default_handshake_rate() -> u32 {
 
 fn default_handshake_burst() -> u32 {
     50
+}
+
+fn default_max_sessions() -> u32 {
+    proxy_common::MAX_SESSIONS
+}
+
+fn default_max_pending() -> u32 {
+    proxy_common::MAX_PENDING
 }
 
 fn default_query_budget() -> u32 {

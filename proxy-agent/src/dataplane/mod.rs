@@ -22,10 +22,45 @@ use aya::{
     programs::{xdp::XdpLinkId, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
-use proxy_common::programs;
+use proxy_common::{maps as names, programs};
 
 use crate::config::XdpModeName;
 use tables::Tables;
+
+/// How many entries the session tables hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableSizes {
+    pub sessions: u32,
+    pub pending: u32,
+}
+
+impl Default for TableSizes {
+    fn default() -> Self {
+        Self { sessions: proxy_common::MAX_SESSIONS, pending: proxy_common::MAX_PENDING }
+    }
+}
+
+impl TableSizes {
+    /// Refuses pinned session tables of another size, with the way out.
+    fn check_pinned(&self, pin_dir: &Path) -> Result<()> {
+        for (name, want, field) in
+            [(names::SESSIONS, self.sessions, "max_sessions"), (names::PENDING, self.pending, "max_pending")]
+        {
+            let path = pin_dir.join(name);
+            let Ok(map) = aya::maps::MapData::from_pin(&path) else { continue };
+            let have = map.info().with_context(|| format!("reading {}", path.display()))?.max_entries();
+            if have != want {
+                bail!(
+                    "the pinned {name} in {dir} holds {have} entries but `{field}` asks for {want}; a running data plane \
+                     cannot be resized: set `{field}: {have}`, or `proxy-agent detach --bpffs {dir}`, `rm -r {dir}` and start \
+                     again (players reconnect once)",
+                    dir = pin_dir.display()
+                );
+            }
+        }
+        Ok(())
+    }
+}
 
 /// The loaded programs and their attachments. The attachments are pinned
 /// links (`links`): dropping this, or the agent's death, leaves the data
@@ -91,13 +126,22 @@ fn interface_exists(name: &str) -> bool {
 
 impl Dataplane {
     /// Loads the programs and opens (or creates) the maps pinned in
-    /// `pin_dir`; returns the programs and the maps' handles.
+    /// `pin_dir`, with the default table sizes.
     pub fn load(pin_dir: &Path) -> Result<(Self, Tables)> {
+        Self::load_sized(pin_dir, TableSizes::default())
+    }
+
+    /// As `load`, with the session tables sized by the config. Pins made
+    /// with other sizes are refused (a running data plane cannot be resized).
+    pub fn load_sized(pin_dir: &Path, sizes: TableSizes) -> Result<(Self, Tables)> {
         prepare_pin_dir(pin_dir)?;
         layout::check_or_record(pin_dir, &format!("--bpffs {}", pin_dir.display()))?;
+        sizes.check_pinned(pin_dir)?;
         let object = ebpf_object::bytes()?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
+            .map_max_entries(names::SESSIONS, sizes.sessions)
+            .map_max_entries(names::PENDING, sizes.pending)
             .load(object)
             .with_context(|| format!("loading the XDP object (maps pinned in {}); if a pinned map has a different layout after an upgrade, remove the folder to start afresh", pin_dir.display()))?;
         for name in [programs::PROXY, programs::PASS_BASELINE] {

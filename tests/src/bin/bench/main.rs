@@ -47,6 +47,7 @@ use tests::{
 };
 
 mod agent;
+mod memory;
 mod query;
 
 #[derive(Parser)]
@@ -94,6 +95,8 @@ enum What {
         #[arg(long, default_value_t = 20_000)]
         rate: u32,
     },
+    /// Kernel memory of the session tables for 1 M sessions, and the agent's RSS.
+    Memory,
     /// Time to apply migrations of 1, 100 and 1000 sessions and of a whole group.
     Migrate {
         /// Runs per size; the median is printed.
@@ -388,6 +391,7 @@ fn main() -> Result<()> {
         What::Migrate { runs } => migrate(runs),
         What::Agent { sessions, baseline_agent } => agent::agent(&sessions, baseline_agent),
         What::Query { calls, seconds, rate } => query::query(calls, seconds, rate),
+        What::Memory => memory::memory(),
         What::Failover { players, reconnect_ms } => {
             println!(
                 "failover: s1 (active) dies, its players move to s2 (standby); default health and pacing settings"

@@ -1,0 +1,104 @@
+//! `cargo xtask bench memory`: what the session tables cost the kernel, from
+//! the kernel's own accounting (`memlock` in each map's fdinfo), with
+//! 1,048,576 sessions; and the agent's resident memory (VmRSS) with 100,000
+//! and 1,000,000 established sessions indexed.
+
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    time::Duration,
+};
+
+use anyhow::{Context, Result};
+use proxy_agent::{
+    batch,
+    cluster::now_ns,
+    dataplane::{Dataplane, TableSizes},
+    protocol::Request,
+};
+use proxy_common::{
+    net::{addr_to_map, port_to_map},
+    Session, SessionKey,
+};
+use tests::{
+    pins::PinDir,
+    scenario::{wait_for, Scenario},
+};
+
+const MILLION: u32 = 1 << 20;
+
+fn key(i: usize) -> SessionKey {
+    let ip = [198, 19, (i / 256 % 256) as u8, (i % 256) as u8];
+    SessionKey { client_addr: addr_to_map(ip), client_port: port_to_map(10_000 + (i / 65_536) as u16), frontend: 0 }
+}
+
+/// The kernel's `memlock` figure for the map pinned at `path`, in bytes.
+fn memlock(path: &std::path::Path) -> Result<u64> {
+    let map = aya::maps::MapData::from_pin(path)?;
+    let fd = map.fd().as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .context("no memlock line in the map's fdinfo")
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("no VmRSS")
+}
+
+pub fn memory() -> Result<()> {
+    // 1. The kernel's memory for a million sessions.
+    let pins = PinDir::new("bench-memory")?;
+    let sizes = TableSizes { sessions: MILLION, pending: proxy_common::MAX_PENDING };
+    let (_dp, tables) = Dataplane::load_sized(pins.path(), sizes)?;
+    let empty = memlock(&pins.path().join(proxy_common::maps::SESSIONS))?;
+    let entries: Vec<(SessionKey, Session)> =
+        (0..MILLION as usize).map(|i| (key(i), Session { group: 1, epoch: 0, last_seen_ns: 1 })).collect();
+    batch::update(&tables.sessions, &entries)?;
+    let full = memlock(&pins.path().join(proxy_common::maps::SESSIONS))?;
+    let mut all = 0;
+    for e in std::fs::read_dir(pins.path())? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            all += memlock(&e.path()).unwrap_or(0);
+        }
+    }
+    println!("memory: kernel accounting (fdinfo memlock), SESSIONS sized for {MILLION} sessions");
+    println!(
+        "  SESSIONS empty {:.1} MiB, with {MILLION} sessions {:.1} MiB ({} bytes a session; preallocated)",
+        empty as f64 / 1048576.0,
+        full as f64 / 1048576.0,
+        full / MILLION as u64
+    );
+    println!("  every pinned map together: {:.1} MiB (goal: 256 MiB for 1 M sessions)", all as f64 / 1048576.0);
+    drop(tables);
+
+    // 2. The agent's resident memory with its index.
+    let extra = format!("max_sessions: {MILLION}\nsession_idle_timeout_ms: 600000\n");
+    let sc = Scenario::start(2, |t| t.config(&[1000, 1000], &extra))?;
+    let pid = sc.agent.pid().context("agent pid")?;
+    let tables = sc.agent.tables()?;
+    let st = sc.agent.request(&Request::Status)?;
+    let home = st["shards"][0]["home_group"].as_u64().context("home group")? as u32;
+    let epoch = tables.groups.get(&home, 0)?.epoch;
+    println!("memory: agent VmRSS (2 shards, established sessions written into SESSIONS, indexed)");
+    println!("  at start: {} KiB", rss_kib(pid)?);
+    let mut written = 0;
+    for n in [100_000usize, 1_000_000] {
+        let now = now_ns();
+        let batch: Vec<(SessionKey, Session)> =
+            (written..n).map(|i| (key(i), Session { group: home, epoch, last_seen_ns: now })).collect();
+        batch::update(&tables.sessions, &batch)?;
+        written = n;
+        wait_for("the agent to index the sessions", Duration::from_secs(60), || {
+            sc.agent.request(&Request::Status).map(|s| s["totals"]["players"] == n as u64).unwrap_or(false)
+        });
+        println!("  {n:>9} sessions: {} KiB (goal: 50 MiB)", rss_kib(pid)?);
+    }
+    Ok(())
+}
