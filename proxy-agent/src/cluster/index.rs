@@ -33,7 +33,9 @@ pub struct Indexed {
     /// without telling): good for expiry, not for the last second.
     pub last_seen_ns: u64,
     /// Generation of the last change.
-    changed: u64,
+    changed: u32,
+    /// The last scan that saw it.
+    seen_in: u32,
 }
 
 impl Indexed {
@@ -59,7 +61,7 @@ pub type GroupCounts = HashMap<(u32, bool), usize>;
 #[derive(Debug, Default)]
 pub struct SessionIndex {
     entries: HashMap<SessionKey, Indexed>,
-    generation: u64,
+    generation: u32,
     pending: usize,
     /// Kept with every change, so loads cost a walk over the groups, not
     /// over the sessions.
@@ -121,7 +123,7 @@ impl SessionIndex {
     /// True when the index changed this session in generation `started` or
     /// later (so a scan begun then may be older than what the index knows).
     pub fn changed_since(&self, key: &SessionKey, started: u64) -> bool {
-        self.entries.get(key).is_some_and(|e| e.changed >= started)
+        self.entries.get(key).is_some_and(|e| e.changed >= started as u32)
     }
 
     /// Records a session as the agent (or the data plane) wrote it.
@@ -132,6 +134,7 @@ impl SessionIndex {
             pending,
             last_seen_ns: session.last_seen_ns,
             changed: self.generation,
+            seen_in: 0,
         };
         if let Some(old) = self.entries.insert(key, entry) {
             self.count(&old, false);
@@ -166,8 +169,8 @@ impl SessionIndex {
 
     /// Starts a scan: changes from now on are newer than what it will read.
     pub fn begin_scan(&mut self) -> u64 {
-        self.generation += 1;
-        self.generation
+        self.generation = self.generation.wrapping_add(1).max(1);
+        self.generation as u64
     }
 
     /// Merges a scan that began in generation `started`: sessions unchanged
@@ -175,54 +178,51 @@ impl SessionIndex {
     /// removed); newer ones stay as they are.
     pub fn merge(&mut self, started: u64, scan: Scan) -> MergeReport {
         let mut report = MergeReport::default();
-        let mut seen: HashMap<SessionKey, (Session, bool)> =
-            HashMap::with_capacity(scan.established.len() + scan.pending.len());
-        // Established wins over pending: a promotion racing the scan shows in both.
-        for (key, s) in scan.pending {
-            seen.insert(key, (s, true));
-        }
-        for (key, s) in scan.established {
-            seen.insert(key, (s, false));
-        }
-        let stale: Vec<SessionKey> = self
-            .entries
-            .iter()
-            .filter(|(k, e)| e.changed < started && !seen.contains_key(*k))
-            .map(|(k, _)| *k)
-            .collect();
-        for key in stale {
-            self.remove(&key);
-            report.removed += 1;
-        }
-        for (key, (s, pending)) in seen {
-            let fresh = Indexed {
-                group: s.group,
-                epoch: s.epoch,
-                pending,
-                last_seen_ns: s.last_seen_ns,
-                changed: self.generation,
-            };
-            match self.entries.entry(key) {
-                Entry::Occupied(mut o) => {
-                    let e = *o.get();
-                    if e.changed >= started {
-                        continue;
+        let started = started as u32;
+        // Established first: a promotion racing the scan shows in both
+        // tables, and the established copy is the truth.
+        for (pending, list) in [(false, scan.established), (true, scan.pending)] {
+            for (key, s) in list {
+                let fresh = Indexed {
+                    group: s.group,
+                    epoch: s.epoch,
+                    pending,
+                    last_seen_ns: s.last_seen_ns,
+                    changed: self.generation,
+                    seen_in: started,
+                };
+                match self.entries.entry(key) {
+                    Entry::Occupied(mut o) => {
+                        let e = *o.get();
+                        if e.seen_in == started {
+                            continue; // already taken from the established table
+                        }
+                        o.get_mut().seen_in = started;
+                        if e.changed >= started {
+                            continue; // newer than the scan
+                        }
+                        *o.get_mut() = Indexed { changed: e.changed, ..fresh };
+                        if (e.group, e.epoch, e.pending) != (s.group, s.epoch, pending) {
+                            report.corrected += 1;
+                            self.count(&e, false);
+                            self.count(&fresh, true);
+                        }
                     }
-                    *o.get_mut() = Indexed { changed: e.changed, ..fresh };
-                    if (e.group, e.epoch, e.pending) != (s.group, s.epoch, pending) {
-                        report.corrected += 1;
-                        self.count(&e, false);
+                    Entry::Vacant(v) => {
+                        v.insert(fresh);
                         self.count(&fresh, true);
-                    }
-                }
-                Entry::Vacant(v) => {
-                    v.insert(fresh);
-                    self.count(&fresh, true);
-                    if started > 0 {
-                        report.added += 1;
+                        if started > 0 {
+                            report.added += 1;
+                        }
                     }
                 }
             }
+        }
+        let stale: Vec<SessionKey> =
+            self.entries.iter().filter(|(_, e)| e.changed < started && e.seen_in != started).map(|(k, _)| *k).collect();
+        for key in stale {
+            self.remove(&key);
+            report.removed += 1;
         }
         report
     }
