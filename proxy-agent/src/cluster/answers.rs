@@ -11,7 +11,7 @@ use proxy_common::{
     csum, samp::QUERY_HEADER_LEN, QueryAnswer, QuerySettings, QuerySlot, MAX_QUERY_ANSWER, QUERY_BY_AGENT, QUERY_SLOTS,
 };
 
-use super::Cluster;
+use super::{Cluster, Loads};
 use crate::config::Role;
 
 /// One frontend's answers by `QuerySlot` index (`None` = no answer).
@@ -56,19 +56,19 @@ pub fn stored(body: Option<&[u8]>) -> QueryAnswer {
 impl Cluster {
     /// Every frontend's answers as the cluster stands now.
     pub fn build_answers(&self) -> Vec<[Option<Vec<u8>>; 5]> {
-        (0..self.cfg.frontends.len()).map(|fe| self.frontend_answers(fe)).collect()
+        let loads = self.loads();
+        (0..self.cfg.frontends.len()).map(|fe| self.frontend_answers(fe, &loads)).collect()
     }
 
-    fn frontend_answers(&self, fe: usize) -> [Option<Vec<u8>>; 5] {
+    fn frontend_answers(&self, fe: usize, loads: &Loads) -> [Option<Vec<u8>>; 5] {
         let q = &self.cfg.frontends[fe].query;
         let healthy: Vec<usize> =
             (0..self.cfg.shards.len()).filter(|&i| self.cfg.shards[i].frontend == fe && self.is_up(i)).collect();
-        let loads = self.loads();
         let health = |i: usize| self.health.get(&self.cfg.shards[i].name);
         // Players: what each shard reports (its own count), else its sessions.
         let players: usize = healthy
             .iter()
-            .map(|&i| health(i).and_then(|h| h.players).map(usize::from).unwrap_or_else(|| self.players_on(i, &loads)))
+            .map(|&i| health(i).and_then(|h| h.players).map(usize::from).unwrap_or_else(|| self.players_on(i, loads)))
             .sum();
         // Slots: each shard's own room (capped by its max_players), but a
         // standby that holds no group has none for newcomers (as placement).
@@ -133,13 +133,18 @@ impl Cluster {
         self.write_answers()
     }
 
-    /// Every frontend's address with its answers, for the responder.
+    /// Every frontend's address with the answers last written for the data
+    /// plane, so the responder says exactly what the kernel says.
     pub fn answers_by_address(&self) -> Vec<FrontendAnswers> {
         self.cfg
             .frontends
             .iter()
-            .zip(self.build_answers())
-            .map(|(f, bodies)| FrontendAnswers { address: f.address, bodies })
+            .zip(&self.frontend_ids)
+            .map(|(f, &id)| FrontendAnswers {
+                address: f.address,
+                bodies: QuerySlot::ALL
+                    .map(|slot| self.written_answers.get(&(id * QUERY_SLOTS + slot as u32)).cloned().flatten()),
+            })
             .collect()
     }
 
@@ -159,7 +164,12 @@ impl Cluster {
         }
         let agent_addr = self.responder.map(|a| proxy_common::net::addr_to_map(a.octets())).unwrap_or(0);
         let limit = QuerySettings { per_second: self.cfg.raw.query_budget_per_second, agent_addr };
-        self.tables.write_query_settings(limit)
+        if self.written_settings == Some(limit) {
+            return Ok(());
+        }
+        self.tables.write_query_settings(limit)?;
+        self.written_settings = Some(limit);
+        Ok(())
     }
 }
 

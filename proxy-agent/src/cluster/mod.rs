@@ -140,6 +140,8 @@ pub struct Cluster {
     written_answers: HashMap<u32, Option<Vec<u8>>>,
     /// Where the agent's query responder listens, if it does.
     responder: Option<Ipv4Addr>,
+    /// QUERY_SETTINGS as last written.
+    written_settings: Option<proxy_common::QuerySettings>,
 }
 
 impl Cluster {
@@ -163,6 +165,7 @@ impl Cluster {
             half_applied: false,
             written_answers: HashMap::new(),
             responder: None,
+            written_settings: None,
         };
         cluster.write_desired()?;
         Ok(cluster)

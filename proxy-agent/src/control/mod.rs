@@ -43,15 +43,15 @@ pub async fn serve(listener: UnixListener, owner: OwnerHandle) {
             Ok((stream, _)) => {
                 tokio::spawn(connection(stream, owner.clone()));
             }
-            Err(e) => accept_failed("control socket", e).await,
+            Err(e) => back_off("control socket: accepting a connection", e).await,
         }
     }
 }
 
-/// An accept that failed (EMFILE and friends): log it and wait a little
-/// instead of spinning on it.
-pub async fn accept_failed(what: &str, e: std::io::Error) {
-    log::warn!("{what}: accepting a connection failed: {e}; retrying in 100 ms");
+/// A socket operation that failed (EMFILE on accept, an ICMP error on
+/// receive): log it and wait a little instead of spinning on it.
+pub async fn back_off(what: &str, e: std::io::Error) {
+    log::warn!("{what}: {e}; retrying in 100 ms");
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 

@@ -36,7 +36,7 @@ pub async fn serve(listener: TcpListener, owner: OwnerHandle) {
             Ok((stream, _)) => {
                 tokio::spawn(connection(stream, owner.clone()));
             }
-            Err(e) => crate::control::accept_failed("metrics", e).await,
+            Err(e) => crate::control::back_off("metrics: accepting a connection", e).await,
         }
     }
 }

@@ -149,7 +149,7 @@ async fn serve_port(sock: UdpSocket, owner: OwnerHandle, counts: Arc<ResponderCo
         let (n, from) = match sock.recv_from(&mut buf).await {
             Ok(x) => x,
             Err(e) => {
-                crate::control::accept_failed("query responder", e).await;
+                crate::control::back_off("query responder: receiving", e).await;
                 continue;
             }
         };
