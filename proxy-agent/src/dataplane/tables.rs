@@ -191,12 +191,6 @@ impl Tables {
         batch::update(&self.placement, &changed).context("writing PLACEMENT")
     }
 
-    /// The placement row of one frontend as the map holds it.
-    pub fn read_placement(&self, frontend_id: u32) -> Result<Vec<u32>> {
-        let base = frontend_id * PLACEMENT_SLOTS;
-        (base..base + PLACEMENT_SLOTS).map(|i| self.placement.get(&i, 0).context("reading PLACEMENT")).collect()
-    }
-
     /// Every counter, summed over CPUs.
     pub fn all_counters(&self) -> Result<Vec<(Counter, u64)>> {
         Counter::ALL.iter().map(|&c| Ok((c, self.counter(c)?))).collect()
