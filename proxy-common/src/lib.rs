@@ -166,9 +166,19 @@ pub struct QuerySettings {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct QuerySource {
-    pub window_start_ns: u64,
-    pub count: u32,
-    pub _pad: u32,
+    /// The second (monotonic clock) in the high half, queries answered in
+    /// it in the low half: one word, so both change in one compare-and-swap.
+    pub second_and_count: u64,
+}
+
+impl QuerySource {
+    pub const fn pack(second: u32, count: u32) -> u64 {
+        ((second as u64) << 32) | count as u64
+    }
+
+    pub const fn unpack(word: u64) -> (u32, u32) {
+        ((word >> 32) as u32, word as u32)
+    }
 }
 
 /// Key of `FRONTENDS`: the public address players connect to.

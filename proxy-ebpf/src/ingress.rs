@@ -53,8 +53,8 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
     // SAFETY: coarse clock helper, no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let session = SESSIONS.get_ptr_mut(key).or_else(|| PENDING.get_ptr_mut(key));
-    // Decide where the packet goes first; change session state only once the
-    // handshake pacer has let it through.
+    // Decide where the packet goes first (route included); change session
+    // state only once the handshake pacer has let it through.
     let (group, admitted) = match session {
         Some(s) => {
             // SAFETY: a live map value; the agent replaces whole values and
@@ -81,9 +81,23 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
     let Some(backend) = maps::backend(backend_id) else {
         return verdict(Counter::DropNoBackend, xdp_action::XDP_DROP);
     };
-    if matches!(kind, Kind::Handshake) && !meter::admit(backend_id) {
-        return verdict(Counter::DropMetered, xdp_action::XDP_DROP);
+    if forward::ttl_expiring(pkt) {
+        return verdict(Counter::PassTtl, xdp_action::XDP_PASS);
     }
+    let route = forward::route_to_backend(ctx, pkt, backend_id, backend.addr, now);
+    if let Route::Local | Route::Unroutable = route {
+        // No route to the shard (or it is an address of this node): drop
+        // before touching the packet.
+        return verdict(Counter::DropUnroutable, xdp_action::XDP_DROP);
+    }
+    // Only a handshake that will really be sent on takes a pacer slot.
+    let token = match kind {
+        Kind::Handshake => match meter::admit(backend_id) {
+            Some(token) => Some(token),
+            None => return verdict(Counter::DropMetered, xdp_action::XDP_DROP),
+        },
+        _ => None,
+    };
     match admitted {
         // The fresh handshake re-syncs a moved session: it belongs to its new shard now.
         Admitted::Session { session, resync: true } => {
@@ -100,6 +114,9 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
                     u32::from_be(key.client_addr),
                     u16::from_be(key.client_port)
                 );
+                if let Some(token) = token {
+                    token.refund();
+                }
                 return verdict(Counter::DropMapFull, xdp_action::XDP_DROP);
             }
             stats::count(Counter::SessionPlaced);
@@ -112,15 +129,6 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
                 group_id
             );
         }
-    }
-    if forward::ttl_expiring(pkt) {
-        return verdict(Counter::PassTtl, xdp_action::XDP_PASS);
-    }
-    let route = forward::route_to_backend(ctx, pkt, backend_id, backend.addr, now);
-    if let Route::Local | Route::Unroutable = route {
-        // No route to the shard (or it is an address of this node): drop
-        // before touching the packet.
-        return verdict(Counter::DropUnroutable, xdp_action::XDP_DROP);
     }
     forward::rewrite_addr(pkt, Addr::Dst, backend.addr);
     stats::backend_packet(backend_id, pkt.ip_len() as u64, Direction::ToShard);

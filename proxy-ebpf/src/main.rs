@@ -10,7 +10,11 @@
 //! (session changes for the agent), `maps`.
 #![no_std]
 #![no_main]
+// Compare-and-swap for the pacer and the query budget (see `atomic`).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
+mod atomic;
 mod events;
 mod forward;
 mod ingress;

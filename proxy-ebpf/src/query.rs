@@ -11,7 +11,7 @@
 //! past its per-second budget is dropped (the proxy is no reflector).
 
 use aya_ebpf::{
-    bindings::xdp_action,
+    bindings::{xdp_action, BPF_NOEXIST},
     helpers::generated::{
         bpf_ktime_get_coarse_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_store_bytes,
     },
@@ -24,6 +24,7 @@ use proxy_common::{
 };
 
 use crate::{
+    atomic,
     maps::{QUERY_ANSWERS, QUERY_SETTINGS, QUERY_SOURCES},
     parse::{ptr_at, Packet, L3_OFF, L4_OFF, PAYLOAD_OFF},
     stats::verdict,
@@ -66,7 +67,9 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
     }
 }
 
-/// One more query from `src` in its one-second window; false past the budget.
+/// One more query from `src` in this second; false past the budget. Exact
+/// while both CPUs answer the same source: the window and its count are one
+/// word, changed only by compare-and-swap.
 #[inline(always)]
 fn within_budget(src: u32) -> bool {
     let limit = QUERY_SETTINGS.get(0).map(|l| l.per_second).unwrap_or(0);
@@ -74,26 +77,31 @@ fn within_budget(src: u32) -> bool {
         return true;
     }
     // SAFETY: coarse clock helper, no arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    match QUERY_SOURCES.get_ptr_mut(&src) {
-        Some(s) => {
-            // SAFETY: a live map value; single-word fields.
-            let s = unsafe { &mut *s };
-            if now.wrapping_sub(s.window_start_ns) >= 1_000_000_000 {
-                s.window_start_ns = now;
-                s.count = 1;
-                return true;
-            }
-            s.count = s.count.saturating_add(1);
-            s.count <= limit
+    let second = (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32;
+    if QUERY_SOURCES.get_ptr_mut(&src).is_none() {
+        // NOEXIST: when another CPU inserted it first, share its budget.
+        // A full LRU evicts an old source: at worst that one starts afresh.
+        let _ = QUERY_SOURCES.insert(&src, &QuerySource::default(), BPF_NOEXIST as u64);
+    }
+    let Some(s) = QUERY_SOURCES.get_ptr_mut(&src) else {
+        return false;
+    };
+    // SAFETY: a live map value.
+    let word = unsafe { &raw mut (*s).second_and_count };
+    for _ in 0..atomic::ATTEMPTS {
+        // SAFETY: `word` points into the live map value.
+        let seen = unsafe { atomic::load(word) };
+        let (at, count) = QuerySource::unpack(seen);
+        let count = if at == second { count } else { 0 };
+        if count >= limit {
+            return false;
         }
-        None => {
-            let fresh = QuerySource { window_start_ns: now, count: 1, _pad: 0 };
-            // A full LRU evicts an old source: at worst that source gets a fresh budget.
-            let _ = QUERY_SOURCES.insert(&src, &fresh, 0);
-            true
+        // SAFETY: as above.
+        if unsafe { atomic::replace(word, seen, QuerySource::pack(second, count + 1)) } {
+            return true;
         }
     }
+    false
 }
 
 /// Sends the frontend's answer for `slot` back to the requester.

@@ -41,11 +41,14 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, rev: Reverse) -> u32 {
     }
 }
 
-/// A shard's first answer to a new player is ID_OPEN_CONNECTION_COOKIE
-/// `[26, lo, hi]` (or, for a retried handshake, ID_OPEN_CONNECTION_REPLY
-/// `[25, x]`): server datagrams are not scrambled, so byte 0 is the id. Only
-/// these replies look for a pending session, which keeps a hash lookup off
-/// the return path of established players.
+/// A shard accepts a new player with ID_OPEN_CONNECTION_REPLY `[25, x]`,
+/// which it sends only after the client echoed the cookie of the shard's
+/// ID_OPEN_CONNECTION_COOKIE (26): proof that the client receives at its
+/// address, as a SYN cookie is. A spoofed source never gets that far, so a
+/// flood of spoofed handshakes stays in the pending LRU and never reaches
+/// SESSIONS. Server datagrams are not scrambled, so byte 0 is the id. Only
+/// this reply looks for a pending session, which keeps a hash lookup off the
+/// return path of established players.
 #[inline(always)]
 fn answers_handshake(ctx: &XdpContext, pkt: &Packet) -> bool {
     let Some(id) = ptr_at::<u8>(ctx, PAYLOAD_OFF) else {
@@ -53,11 +56,10 @@ fn answers_handshake(ctx: &XdpContext, pkt: &Packet) -> bool {
     };
     // SAFETY: bounds-checked by `ptr_at`.
     let id = unsafe { *id };
-    (id == samp::ID_OPEN_CONNECTION_COOKIE && pkt.payload_len == 3)
-        || (id == samp::ID_OPEN_CONNECTION_REPLY && pkt.payload_len == 2)
+    id == samp::ID_OPEN_CONNECTION_REPLY && pkt.payload_len == 2
 }
 
-/// The shard answered: the player is real, move it out of the LRU.
+/// The shard accepted the player: it is real, move it out of the LRU.
 #[inline(always)]
 fn promote(pkt: &Packet, frontend: u16) {
     let key = SessionKey { client_addr: pkt.dst_addr(), client_port: pkt.dst_port(), frontend };

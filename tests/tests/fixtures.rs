@@ -168,11 +168,24 @@ fn moving_sessions_wait_for_a_fresh_handshake() {
 fn return_paths() {
     let mut bed = bed();
     let reply = |dst: Ipv4Addr, dport: u16, sport: u16| Udp::new(SHARD_A, sport, dst, dport, &[26, 0x34, 0x12]);
+    let accepted = |dst: Ipv4Addr, dport: u16| Udp::new(SHARD_A, PORT, dst, dport, &[25, 0]);
 
-    // A pending player is promoted by the shard's first answer.
+    // The shard's cookie (26) proves nothing about the client's address: the
+    // player stays pending. Its acceptance (25) promotes it.
     let pending = Session { group: GROUP_A, epoch: bed.group_epoch(GROUP_A), last_seen_ns: 0 };
     bed.tables.pending.insert(key(CLIENT, 40000), pending, 0).unwrap();
     let p = reply(CLIENT, 40000, PORT);
+    let want = forwarded(p.clone(), VIP, CLIENT, CLI0_MAC, CLIENT_MAC);
+    check(
+        &bed,
+        "cookie reply rewritten, player still pending",
+        &p.frame(),
+        XDP_REDIRECT,
+        &want,
+        Counter::ReturnRedirect,
+    );
+    assert_eq!(bed.tables.scan_sessions().unwrap().pending.len(), 1, "a cookie reply promotes nobody");
+    let p = accepted(CLIENT, 40000);
     let want = forwarded(p.clone(), VIP, CLIENT, CLI0_MAC, CLIENT_MAC);
     let promoted = bed.counter(Counter::SessionPromoted);
     check(&bed, "reply rewritten to come from the VIP", &p.frame(), XDP_REDIRECT, &want, Counter::ReturnRedirect);
@@ -310,6 +323,32 @@ fn handshakes_are_paced_per_shard() {
     let p = to_vip(CLIENT, 50000, &game_packet());
     let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
     check(&bed, "game packets are never paced", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
+}
+
+#[test]
+fn a_dropped_handshake_spends_no_pacer_slot() {
+    let mut bed = bed();
+    // One handshake per 10 s to shard A (backend 1) and shard C (backend 3).
+    let meter = proxy_common::Meter { tat_ns: 0, interval_ns: 10_000_000_000, tolerance_ns: 0 };
+    bed.tables.meter.set(1, meter, 0).unwrap();
+    bed.tables.meter.set(3, meter, 0).unwrap();
+
+    bed.place_all_on(GROUP_C);
+    let p = to_vip(CLIENT, 40000, &handshake(0));
+    check(&bed, "handshake to an unroutable shard", &p.frame(), XDP_DROP, &p.frame(), Counter::DropUnroutable);
+    assert_eq!(bed.tables.meter.get(&3, 0).unwrap().tat_ns, 0, "an unroutable handshake takes no slot");
+
+    bed.place_all_on(GROUP_A);
+    let mut p = to_vip(CLIENT, 40001, &handshake(0));
+    p.ttl = 1;
+    check(&bed, "expiring handshake left to the kernel", &p.frame(), XDP_PASS, &p.frame(), Counter::PassTtl);
+    assert!(bed.tables.scan_sessions().unwrap().pending.is_empty(), "nor a table entry");
+
+    let p = to_vip(CLIENT, 40002, &handshake(0));
+    let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
+    check(&bed, "the slot is still there for a real one", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
+    let p = to_vip(CLIENT, 40003, &handshake(0));
+    check(&bed, "and it was the only one", &p.frame(), XDP_DROP, &p.frame(), Counter::DropMetered);
 }
 
 /// A query request written from the protocol description: "SAMP", the

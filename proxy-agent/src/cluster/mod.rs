@@ -66,8 +66,14 @@ pub struct Load {
 }
 
 impl Load {
+    /// Established sessions only. A pending session is a handshake its shard
+    /// has not accepted yet, which spoofed sources send by the million: it
+    /// must fill neither a shard's free slots nor the server browser's
+    /// player count. Real newcomers are promoted within two round trips; the
+    /// handshake pacer bounds how many can arrive between two placement
+    /// rounds (rate + burst a second), which bounds any overfill.
     pub fn players(&self) -> usize {
-        self.established + self.pending
+        self.established
     }
 }
 
