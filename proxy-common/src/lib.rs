@@ -51,6 +51,8 @@ pub mod maps {
     pub const QUERY_ANSWERS: &str = "QUERY_ANSWERS";
     pub const QUERY_SOURCES: &str = "QUERY_SOURCES";
     pub const QUERY_SETTINGS: &str = "QUERY_SETTINGS";
+    pub const SESSION_CACHE: &str = "SESSION_CACHE";
+    pub const SESSION_CACHE_GENERATION: &str = "SESSION_CACHE_GENERATION";
 }
 
 /// Program names in the object.
@@ -257,6 +259,47 @@ pub struct Session {
 /// How stale `Session::last_seen_ns` may get before the data plane rewrites it.
 pub const LAST_SEEN_GRANULARITY_NS: u64 = 1_000_000_000;
 
+/// Sets of the session cache per CPU (each set one 64-byte cache line of
+/// `SESSION_CACHE_WAYS` entries): 2^16 sets, 262,144 entries, 4 MiB a CPU.
+pub const SESSION_CACHE_SETS: u32 = 1 << 16;
+pub const SESSION_CACHE_WAYS: usize = 4;
+
+/// One cached established session: what the hit path needs, in 16 bytes so
+/// a set of four fills one cache line. Every field that could wrap is only
+/// trusted for [`SESSION_CACHE_FRESH`] units of the coarse clock, after
+/// which the packet takes the table path and the entry is rewritten.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CachedSession {
+    pub client_addr: u32,
+    pub client_port: u16,
+    pub frontend: u16,
+    /// 0 = empty (group ids start at 1 and stay below `MAX_GROUPS`).
+    pub group: u16,
+    /// The low half of the session's epoch.
+    pub epoch: u16,
+    /// The low half of `SESSION_CACHE_GENERATION` when filled.
+    pub generation: u16,
+    /// Coarse clock >> `SESSION_CACHE_TICK_SHIFT` when SESSIONS' last_seen
+    /// was last written for this session.
+    pub refreshed: u16,
+}
+
+/// One set of the session cache: a 64-byte value, so one line per probe.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CacheSet {
+    pub ways: [CachedSession; SESSION_CACHE_WAYS],
+}
+
+/// The cache's clock unit: 2^24 ns (16.8 ms).
+pub const SESSION_CACHE_TICK_SHIFT: u32 = 24;
+/// Ticks a cached entry is used before the table path refreshes last_seen
+/// (240 ticks: about four seconds). A player sending 20 packets a second
+/// takes the table path for one packet in 80; idle expiry, which works in
+/// tens of seconds, sees last_seen at most four seconds old.
+pub const SESSION_CACHE_FRESH: u16 = 240;
+
 /// Value of `GROUPS`: where a group of players is, and its move epoch.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -362,4 +405,6 @@ mod pod {
     unsafe impl aya::Pod for QuerySettings {}
     // SAFETY: as above.
     unsafe impl aya::Pod for QuerySource {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CacheSet {}
 }

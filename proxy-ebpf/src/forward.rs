@@ -23,15 +23,44 @@ const AF_INET: u8 = 2;
 const IPPROTO_UDP: u8 = 17;
 
 /// What the FIB said about the packet's destination.
-pub enum Route {
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Via {
     /// Forward out of `ifindex` with these MACs.
-    Via { ifindex: u32, smac: [u8; 6], dmac: [u8; 6] },
+    Interface,
     /// Routable, but the neighbour is not resolved yet: let the kernel do it.
     NoNeighbour,
     /// The destination is this host (or forwarding is off): not ours to rewrite.
     Local,
     /// Blackhole, unreachable, prohibited or unsupported.
     Unroutable,
+}
+
+/// A route: a plain struct, every byte set whatever the kind, because the
+/// verifier refuses to copy the undefined payload of an enum variant.
+#[derive(Clone, Copy)]
+pub struct Route {
+    pub via: Via,
+    ifindex: u32,
+    smac: [u8; 6],
+    dmac: [u8; 6],
+}
+
+impl Route {
+    #[inline(always)]
+    fn interface(ifindex: u32, smac: [u8; 6], dmac: [u8; 6]) -> Self {
+        Route { via: Via::Interface, ifindex, smac, dmac }
+    }
+
+    #[inline(always)]
+    fn only(via: Via) -> Self {
+        Route { via, ifindex: 0, smac: [0; 6], dmac: [0; 6] }
+    }
+
+    /// Not ours to forward: the destination is local or unreachable.
+    #[inline(always)]
+    pub fn is_dead_end(&self) -> bool {
+        matches!(self.via, Via::Local | Via::Unroutable)
+    }
 }
 
 /// Looks up the route for the packet as it will be after the rewrite:
@@ -54,10 +83,10 @@ pub fn route(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32) -> Route {
     // SAFETY: `p` is a valid, initialised parameter block of the right size.
     let rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, &mut p as *mut _, mem::size_of::<FibParams>() as i32, 0) };
     match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => Route::Via { ifindex: p.ifindex, smac: p.smac, dmac: p.dmac },
-        BPF_FIB_LKUP_RET_NO_NEIGH => Route::NoNeighbour,
-        BPF_FIB_LKUP_RET_NOT_FWDED => Route::Local,
-        _ => Route::Unroutable,
+        BPF_FIB_LKUP_RET_SUCCESS => Route::interface(p.ifindex, p.smac, p.dmac),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Route::only(Via::NoNeighbour),
+        BPF_FIB_LKUP_RET_NOT_FWDED => Route::only(Via::Local),
+        _ => Route::only(Via::Unroutable),
     }
 }
 
@@ -70,15 +99,20 @@ fn cached(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32, now: u64, slot: Op
         // SAFETY: a per-CPU map value; XDP is not preempted on this CPU.
         let nh = unsafe { &*nh };
         if nh.ifindex != 0 && nh.expires_ns > now {
-            return (Route::Via { ifindex: nh.ifindex, smac: nh.smac, dmac: nh.dmac }, false);
+            return (Route::interface(nh.ifindex, nh.smac, nh.dmac), false);
         }
     }
     (route(ctx, pkt, src, dst), true)
 }
 
 fn to_cache(route: &Route, now: u64) -> Option<NextHop> {
-    match *route {
-        Route::Via { ifindex, smac, dmac } => Some(NextHop { ifindex, smac, dmac, expires_ns: now + NEXTHOP_TTL_NS }),
+    match route.via {
+        Via::Interface => Some(NextHop {
+            ifindex: route.ifindex,
+            smac: route.smac,
+            dmac: route.dmac,
+            expires_ns: now + NEXTHOP_TTL_NS,
+        }),
         _ => None,
     }
 }
@@ -169,10 +203,10 @@ pub enum Sent {
 
 #[inline(always)]
 pub fn send(pkt: &Packet, route: Route) -> Sent {
-    match route {
-        Route::Via { ifindex, smac, dmac } => Sent::Redirected(redirect(pkt, ifindex, smac, dmac)),
+    match route.via {
+        Via::Interface => Sent::Redirected(redirect(pkt, route.ifindex, route.smac, route.dmac)),
         // Local and Unroutable were handled by the caller before rewriting;
         // passing them up is the safe default should that ever change.
-        Route::NoNeighbour | Route::Local | Route::Unroutable => Sent::Passed,
+        Via::NoNeighbour | Via::Local | Via::Unroutable => Sent::Passed,
     }
 }

@@ -9,7 +9,7 @@ use proxy_common::{
 };
 
 use crate::{
-    events,
+    cache, events,
     forward::{self, Addr, Route, Sent},
     maps::{self, PENDING, SESSIONS},
     meter,
@@ -52,7 +52,25 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
     let key = SessionKey { client_addr: pkt.src_addr(), client_port: pkt.src_port(), frontend: frontend.id as u16 };
     // SAFETY: coarse clock helper, no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let session = SESSIONS.get_ptr_mut(key).or_else(|| PENDING.get_ptr_mut(key));
+    // Before any table: a fill racing the agent's rewrite is then void.
+    let cache_now = cache::now(now);
+    let cache_set = cache::set_for(&key);
+    // The hit path: an established player's game packet, from the cache.
+    if let (Kind::Other, Some(set)) = (kind, &cache_set) {
+        if let Some(hit) = set.hit(&key, cache_now) {
+            let group = maps::group(hit.group);
+            if group.epoch as u16 == hit.epoch {
+                return match towards(ctx, pkt, group.backend, now) {
+                    Ok(next) => send(pkt, next),
+                    Err(verdict) => verdict,
+                };
+            }
+        }
+    }
+    let (session, established) = match SESSIONS.get_ptr_mut(key) {
+        Some(s) => (Some(s), true),
+        None => (PENDING.get_ptr_mut(key), false),
+    };
     // Decide where the packet goes first (route included); change session
     // state only once the handshake pacer has let it through.
     let (group, admitted) = match session {
@@ -77,34 +95,29 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
             Err(counter) => return verdict(counter, xdp_action::XDP_DROP),
         },
     };
-    let backend_id = group.backend;
-    let Some(backend) = maps::backend(backend_id) else {
-        return verdict(Counter::DropNoBackend, xdp_action::XDP_DROP);
+    let next = match towards(ctx, pkt, group.backend, now) {
+        Ok(next) => next,
+        Err(verdict) => return verdict,
     };
-    if forward::ttl_expiring(pkt) {
-        return verdict(Counter::PassTtl, xdp_action::XDP_PASS);
-    }
-    let route = forward::route_to_backend(ctx, pkt, backend_id, backend.addr, now);
-    if let Route::Local | Route::Unroutable = route {
-        // No route to the shard (or it is an address of this node): drop
-        // before touching the packet.
-        return verdict(Counter::DropUnroutable, xdp_action::XDP_DROP);
-    }
     // Only a handshake that will really be sent on takes a pacer slot.
     let token = match kind {
-        Kind::Handshake => match meter::admit(backend_id) {
+        Kind::Handshake => match meter::admit(next.backend_id) {
             Some(token) => Some(token),
             None => return verdict(Counter::DropMetered, xdp_action::XDP_DROP),
         },
         _ => None,
     };
     match admitted {
-        // The fresh handshake re-syncs a moved session: it belongs to its new shard now.
-        Admitted::Session { session, resync: true } => {
-            session.epoch = group.epoch;
-            events::session(key, SESSION_RESYNCED, session.group, group.epoch);
+        Admitted::Session { session, resync } => {
+            // The fresh handshake re-syncs a moved session: it belongs to its new shard now.
+            if resync {
+                session.epoch = group.epoch;
+                events::session(key, SESSION_RESYNCED, session.group, group.epoch);
+            }
+            if let (true, Some(set)) = (established, &cache_set) {
+                set.fill(&key, session.group, session.epoch, session.last_seen_ns, cache_now);
+            }
         }
-        Admitted::Session { .. } => {}
         Admitted::New { group_id } => {
             let session = Session { group: group_id, epoch: group.epoch, last_seen_ns: now };
             if PENDING.insert(key, session, 0).is_err() {
@@ -130,9 +143,41 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
             );
         }
     }
-    forward::rewrite_addr(pkt, Addr::Dst, backend.addr);
-    stats::backend_packet(backend_id, pkt.ip_len() as u64, Direction::ToShard);
-    match forward::send(pkt, route) {
+    send(pkt, next)
+}
+
+/// Where a packet for a backend goes next, once it is known to be sendable.
+struct Next {
+    backend_id: u32,
+    addr: u32,
+    route: Route,
+}
+
+/// The shard behind `backend_id` and the route to it; the verdict instead
+/// when the packet must not be rewritten (no backend, TTL, no route).
+#[inline(always)]
+fn towards(ctx: &XdpContext, pkt: &Packet, backend_id: u32, now: u64) -> Result<Next, u32> {
+    let Some(backend) = maps::backend(backend_id) else {
+        return Err(verdict(Counter::DropNoBackend, xdp_action::XDP_DROP));
+    };
+    if forward::ttl_expiring(pkt) {
+        return Err(verdict(Counter::PassTtl, xdp_action::XDP_PASS));
+    }
+    let route = forward::route_to_backend(ctx, pkt, backend_id, backend.addr, now);
+    if route.is_dead_end() {
+        // No route to the shard (or it is an address of this node): drop
+        // before touching the packet.
+        return Err(verdict(Counter::DropUnroutable, xdp_action::XDP_DROP));
+    }
+    Ok(Next { backend_id, addr: backend.addr, route })
+}
+
+/// Rewrites the destination to the shard and sends the packet on.
+#[inline(always)]
+fn send(pkt: &Packet, next: Next) -> u32 {
+    forward::rewrite_addr(pkt, Addr::Dst, next.addr);
+    stats::backend_packet(next.backend_id, pkt.ip_len() as u64, Direction::ToShard);
+    match forward::send(pkt, next.route) {
         Sent::Redirected(action) => verdict(Counter::IngressRedirect, action),
         Sent::Passed => verdict(Counter::IngressPassNeigh, xdp_action::XDP_PASS),
     }

@@ -15,6 +15,7 @@
 #![allow(internal_features)]
 
 mod atomic;
+mod cache;
 mod events;
 mod forward;
 mod ingress;

@@ -6,10 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use proxy_common::{
-    counters::COUNTER_COUNT, Backend, BackendStats, Frontend, FrontendKey, Group, Meter, NextHop, PortEntry,
+    counters::COUNTER_COUNT, Backend, BackendStats, CacheSet, Frontend, FrontendKey, Group, Meter, NextHop, PortEntry,
     QueryAnswer, QuerySettings, QuerySource, Reverse, Session, SessionKey, ShardState, MAX_BACKENDS,
     MAX_CLIENT_NEXTHOPS, MAX_FRONTENDS, MAX_GROUPS, MAX_PENDING, MAX_QUERY_SOURCES, MAX_SESSIONS, PLACEMENT_SLOTS,
-    PORT_FRONTEND, PORT_SHARED, QUERY_SLOTS, SESSION_EVENTS_BYTES,
+    PORT_FRONTEND, PORT_SHARED, QUERY_SLOTS, SESSION_CACHE_SETS, SESSION_EVENTS_BYTES,
 };
 
 /// UDP port (header byte order) -> frontend hint; see `PortEntry`.
@@ -56,6 +56,18 @@ pub static REVERSE: HashMap<u32, Reverse> = HashMap::pinned(MAX_BACKENDS, 0);
 /// expires idle ones.
 #[map]
 pub static SESSIONS: HashMap<SessionKey, Session> = HashMap::pinned(MAX_SESSIONS, 0);
+
+/// Established sessions cached for the hit path (see `cache`): one
+/// partition of `SESSION_CACHE_SETS` sets per CPU; the agent sizes it to the
+/// machine's CPUs at load. A cache, so never pinned.
+#[map]
+pub static SESSION_CACHE: Array<CacheSet> = Array::with_max_entries(SESSION_CACHE_SETS, 0);
+
+/// `[0]`: bumped by the agent after it rewrites or removes SESSIONS
+/// entries, voiding every cached entry. Pinned: the agent writes the
+/// running program's.
+#[map]
+pub static SESSION_CACHE_GENERATION: Array<u32> = Array::pinned(1, 0);
 
 /// Admitted handshakes not yet answered by their shard.
 #[map]

@@ -7,7 +7,7 @@ use proxy_common::{samp, Counter, Reverse, SessionKey, SESSION_PROMOTED};
 
 use crate::{
     events,
-    forward::{self, Addr, Route, Sent},
+    forward::{self, Addr, Sent, Via},
     maps::{PENDING, SESSIONS},
     parse::{ptr_at, Packet, PAYLOAD_OFF},
     stats::{self, verdict, Direction},
@@ -24,10 +24,10 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, rev: Reverse) -> u32 {
     // SAFETY: coarse clock helper, no arguments.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let route = forward::route_to_client(ctx, pkt, rev.vip, now);
-    match route {
+    match route.via {
         // A reply to a socket on this host (the agent's health probe): leave it be.
-        Route::Local => return verdict(Counter::PassReplyLocal, xdp_action::XDP_PASS),
-        Route::Unroutable => return verdict(Counter::DropUnroutable, xdp_action::XDP_DROP),
+        Via::Local => return verdict(Counter::PassReplyLocal, xdp_action::XDP_PASS),
+        Via::Unroutable => return verdict(Counter::DropUnroutable, xdp_action::XDP_DROP),
         _ => {}
     }
     if answers_handshake(ctx, pkt) {

@@ -86,6 +86,16 @@ pub fn key(client: Ipv4Addr, port: u16) -> SessionKey {
     SessionKey { client_addr: addr_to_map(client.octets()), client_port: port_to_map(port), frontend: 0 }
 }
 
+/// Pins the calling thread to `cpu`.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: cpu_set_t is plain data; sched_setaffinity pins this thread only.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
 pub struct Bed {
     pub ns: NetNs,
     pub dp: Dataplane,
@@ -130,6 +140,8 @@ impl Bed {
     pub fn run_prog(&self, prog: &Xdp, input: &[u8], repeat: u32) -> (u32, Vec<u8>, u64) {
         self.ns
             .run(|| {
+                // One CPU for every run: the session cache is per CPU.
+                pin_to_cpu(0);
                 let mut out = vec![0u8; input.len() + 2048];
                 let opts =
                     TestRunOptions { data_in: Some(input), data_out: Some(&mut out), repeat, ..Default::default() };
@@ -156,6 +168,8 @@ impl Bed {
         let epoch = self.group_epoch(group).wrapping_add(moving as u32);
         let s = Session { group, epoch, last_seen_ns: 0 };
         self.tables.sessions.insert(key(client, port), s, 0).expect("writing SESSIONS");
+        // As the agent does after rewriting sessions.
+        self.tables.void_session_cache().expect("voiding the session cache");
     }
 
     pub fn group_epoch(&self, group: u32) -> u32 {

@@ -165,6 +165,41 @@ fn moving_sessions_wait_for_a_fresh_handshake() {
 }
 
 #[test]
+fn cached_sessions_follow_the_agent_at_once() {
+    let mut bed = bed();
+    bed.session(CLIENT, 50020, GROUP_A, false);
+    let p = to_vip(CLIENT, 50020, &game_packet());
+    let to_a = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
+    check(&bed, "first packet: table path, fills the cache", &p.frame(), XDP_REDIRECT, &to_a, Counter::IngressRedirect);
+    // Rewrite the session behind the cache's back (moving to group B): the
+    // cache still serves it, which shows the hit path never read the table.
+    let k = key(CLIENT, 50020);
+    let old = bed.tables.sessions.get(&k, 0).unwrap();
+    let moved = Session { group: GROUP_B, epoch: bed.group_epoch(GROUP_B).wrapping_add(1), ..old };
+    bed.tables.sessions.insert(k, moved, 0).unwrap();
+    check(&bed, "served from the cache", &p.frame(), XDP_REDIRECT, &to_a, Counter::IngressRedirect);
+    // The agent's way: the rewrite voids the cache in the same call.
+    bed.tables.rewrite_sessions(false, &[(k, moved)], &[(k, old)]).unwrap();
+    check(
+        &bed,
+        "after the agent's rewrite the move holds at once",
+        &p.frame(),
+        XDP_DROP,
+        &p.frame(),
+        Counter::DropMoving,
+    );
+    // A whole-group move needs no voiding: the group's epoch changes.
+    bed.session(CLIENT, 50021, GROUP_A, false);
+    let p = to_vip(CLIENT, 50021, &game_packet());
+    let to_a = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
+    check(&bed, "cached", &p.frame(), XDP_REDIRECT, &to_a, Counter::IngressRedirect);
+    let mut group = bed.tables.groups.get(&GROUP_A, 0).unwrap();
+    group.epoch = group.epoch.wrapping_add(1);
+    bed.tables.groups.set(GROUP_A, group, 0).unwrap();
+    check(&bed, "its group moved: held", &p.frame(), XDP_DROP, &p.frame(), Counter::DropMoving);
+}
+
+#[test]
 fn return_paths() {
     let mut bed = bed();
     let reply = |dst: Ipv4Addr, dport: u16, sport: u16| Udp::new(SHARD_A, sport, dst, dport, &[26, 0x34, 0x12]);

@@ -133,12 +133,7 @@ fn a_million_spoofed_handshakes_churn_only_the_pending_table() {
 fn hammer(bed: &Bed, cpu: usize, stop: &AtomicBool, frame: impl Fn(u64) -> Vec<u8> + Send + Sync) -> u64 {
     bed.ns
         .run(|| {
-            // SAFETY: cpu_set_t is plain data; sched_setaffinity pins this thread only.
-            unsafe {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                libc::CPU_SET(cpu, &mut set);
-                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-            }
+            pin_to_cpu(cpu);
             let mut runs = 0u64;
             while !stop.load(Ordering::Relaxed) && runs < 2_000_000 {
                 let input = frame(runs);

@@ -116,6 +116,13 @@ fn mount_bpffs(target: &Path) -> Result<()> {
 }
 
 /// Asks the kernel (not sysfs, which may belong to another namespace).
+/// One partition of the session cache per possible CPU (the program indexes
+/// it by CPU id): 4 MiB each.
+fn session_cache_sets() -> Result<u32> {
+    let cpus = aya::util::nr_cpus().map_err(|(path, e)| anyhow::anyhow!("reading {path}: {e}"))?;
+    Ok(cpus as u32 * proxy_common::SESSION_CACHE_SETS)
+}
+
 fn interface_exists(name: &str) -> bool {
     let Ok(c) = CString::new(name) else {
         return false;
@@ -142,6 +149,7 @@ impl Dataplane {
             .default_map_pin_directory(pin_dir)
             .map_max_entries(names::SESSIONS, sizes.sessions)
             .map_max_entries(names::PENDING, sizes.pending)
+            .map_max_entries(names::SESSION_CACHE, session_cache_sets()?)
             .load(object)
             .with_context(|| format!("loading the XDP object (maps pinned in {}); if a pinned map has a different layout after an upgrade, remove the folder to start afresh", pin_dir.display()))?;
         for name in [programs::PROXY, programs::PASS_BASELINE] {

@@ -32,6 +32,7 @@ pub struct Tables {
     pub backend_stats: PerCpuArray<MapData, BackendStats>,
     pub query_answers: Array<MapData, QueryAnswer>,
     pub query_settings: Array<MapData, QuerySettings>,
+    pub session_cache_generation: Array<MapData, u32>,
 }
 
 /// One untyped map from a loaded object or a pin.
@@ -122,6 +123,7 @@ impl Tables {
             backend_stats: typed(s, names::BACKEND_STATS)?,
             query_answers: typed(s, names::QUERY_ANSWERS)?,
             query_settings: typed(s, names::QUERY_SETTINGS)?,
+            session_cache_generation: typed(s, names::SESSION_CACHE_GENERATION)?,
         })
     }
 
@@ -219,7 +221,21 @@ impl Tables {
         old: &[(SessionKey, Session)],
     ) -> Result<()> {
         let (map, name) = if pending { (&self.pending, "PENDING") } else { (&self.sessions, "SESSIONS") };
-        batch::update_all_or_nothing(map, new, old).with_context(|| format!("writing {} sessions of {name}", new.len()))
+        let written = batch::update_all_or_nothing(map, new, old)
+            .with_context(|| format!("writing {} sessions of {name}", new.len()));
+        // Whatever was written (or rolled back), no cached copy may outlive it.
+        let voided = if pending { Ok(()) } else { self.void_session_cache() };
+        written.and(voided)
+    }
+
+    /// Voids every entry of the data plane's session cache: the next packet
+    /// of each player reads SESSIONS again. Needed after rewriting sessions
+    /// (a move must take effect at once); removals need none, since a cached
+    /// entry is trusted for about a second only and a removed session's
+    /// players are idle or moving.
+    pub fn void_session_cache(&mut self) -> Result<()> {
+        let now = self.session_cache_generation.get(&0, 0).context("reading SESSION_CACHE_GENERATION")?;
+        self.session_cache_generation.set(0, now.wrapping_add(1), 0).context("writing SESSION_CACHE_GENERATION")
     }
 
     /// Removes one session; `Ok(false)` when it was already gone.
