@@ -36,6 +36,11 @@ enum Command {
     Run {
         #[arg(long, short)]
         config: PathBuf,
+        /// Run this XDP object instead of the one built into the agent (a
+        /// rebuilt data plane, from the same source tree's `cargo xtask
+        /// build-ebpf`). A running data plane is upgraded in place.
+        #[arg(long)]
+        xdp_object: Option<PathBuf>,
     },
     /// Validate a config file and print what it describes; changes nothing.
     Check {
@@ -163,7 +168,7 @@ fn main() -> ExitCode {
                 }
             })
             .map_err(anyhow::Error::from),
-        Command::Run { config: path } => {
+        Command::Run { config: path, xdp_object } => {
             let level = config::load(&path).map(|c| c.raw.log_level).unwrap_or_else(|_| "info".into());
             init_logging(&level);
             tokio::runtime::Builder::new_multi_thread()
@@ -171,7 +176,7 @@ fn main() -> ExitCode {
                 .enable_all()
                 .build()
                 .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(run::run(&path)))
+                .and_then(|rt| rt.block_on(run::run(&path, xdp_object.as_deref())))
         }
         Command::Detach { config, bpffs } => detach(config, bpffs),
         Command::Status(t) => remote(Request::Status, &t),

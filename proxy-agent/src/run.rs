@@ -17,17 +17,18 @@ use crate::{
         Cluster,
     },
     config, control,
-    dataplane::{links, scanner, session_events::SessionEvents, tables, Dataplane, TableSizes},
+    dataplane::{ebpf_object, links, scanner, session_events::SessionEvents, tables, Dataplane, TableSizes},
     health, http,
     protocol::Request,
     query,
 };
 
-pub async fn run(config_path: &Path) -> Result<()> {
+pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
     // Validate everything before touching the kernel: a bad file attaches nothing.
     let cfg = config::load(config_path)?;
     let sizes = TableSizes { sessions: cfg.raw.max_sessions, pending: cfg.raw.max_pending };
-    let (mut dp, tables) = Dataplane::load_sized(&cfg.raw.bpffs, sizes)?;
+    let object = ebpf_object::chosen(xdp_object)?;
+    let (mut dp, tables) = Dataplane::load_object(&cfg.raw.bpffs, sizes, &object)?;
     let mut cluster = Cluster::start(cfg.clone(), tables).context("filling the maps")?;
     // Queries whose answer the data plane cannot fit go to this node's own
     // address on the frontend's port, where the responder answers them.

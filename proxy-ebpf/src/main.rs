@@ -33,6 +33,8 @@ use crate::parse::Parsed;
 
 #[xdp]
 pub fn samp_proxy(ctx: XdpContext) -> u32 {
+    #[cfg(feature = "rebuilt-variant")]
+    aya_log_ebpf::trace!(&ctx, "rebuilt variant");
     let pkt = match parse::parse(&ctx) {
         Parsed::Udp(pkt) => pkt,
         Parsed::Pass(counter) => return stats::verdict(counter, xdp_action::XDP_PASS),

@@ -20,6 +20,14 @@ pub struct Agent {
     /// The agent's control socket.
     pub socket: PathBuf,
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// Extra arguments for `proxy-agent run` (e.g. `--xdp-object`).
+    pub run_args: Vec<String>,
+}
+
+/// The rebuilt variant of the XDP object that `cargo xtask build-ebpf` keeps
+/// beside the one the agent embeds (one more log line: another program).
+pub fn rebuilt_object() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proxy-ebpf/target/proxy-ebpf-rebuilt")
 }
 
 /// The agent binary: `PROXY_AGENT_BIN`, else `target/<profile>/proxy-agent`
@@ -46,7 +54,14 @@ impl Agent {
             &config_path,
             format!("{yaml}\nbpffs: {}\ncontrol_socket: {}\n", pins.path.display(), socket.display()),
         )?;
-        let mut agent = Agent { child: None, pins, config_path, socket, logs: Arc::new(Mutex::new(Vec::new())) };
+        let mut agent = Agent {
+            child: None,
+            pins,
+            config_path,
+            socket,
+            logs: Arc::new(Mutex::new(Vec::new())),
+            run_args: Vec::new(),
+        };
         agent.spawn(ns)?;
         Ok(agent)
     }
@@ -75,6 +90,7 @@ impl Agent {
             .spawn_command(&bin)?
             .args(["run", "--config"])
             .arg(&self.config_path)
+            .args(&self.run_args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -1,14 +1,18 @@
 //! The agent can die, stop and restart while players play: the XDP links
 //! and maps are pinned, so the kernel keeps forwarding (and keeps rewriting
 //! every shard reply to the public address) while no agent runs, and a new
-//! agent adopts them, swapping its program in atomically.
+//! agent adopts them, swapping its program in atomically: the same program
+//! after a crash or a stop, a rebuilt one on an upgrade (`--xdp-object`).
 
 use std::{collections::HashMap, time::Duration};
 
 use proxy_agent::protocol::Request;
 use proxy_common::Counter;
 use serde_json::Value;
-use tests::scenario::{wait_for, Scenario};
+use tests::{
+    agent::rebuilt_object,
+    scenario::{wait_for, Scenario},
+};
 
 const PLAYERS: usize = 100;
 /// Game packets a second per player: one every 50 ms.
@@ -28,6 +32,27 @@ fn shard_players(st: &Value) -> HashMap<String, (u64, u64)> {
         .collect()
 }
 
+/// Each pinned XDP link of the agent: (link, program id, program tag), by
+/// link name. bpftool reads links and programs (not aya's objects).
+fn linked_programs(sc: &Scenario) -> Vec<(String, u64, String)> {
+    let bpftool = |args: &[&str]| -> Value {
+        let out = std::process::Command::new("bpftool").arg("-j").args(args).output().unwrap();
+        assert!(out.status.success(), "bpftool {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let mut links: Vec<_> =
+        std::fs::read_dir(sc.agent.pins.path.join("links")).unwrap().map(|e| e.unwrap().path()).collect();
+    links.sort();
+    links
+        .iter()
+        .map(|link| {
+            let id = bpftool(&["link", "show", "pinned", link.to_str().unwrap()])["prog_id"].as_u64().unwrap();
+            let tag = bpftool(&["prog", "show", "id", &id.to_string()])["tag"].as_str().unwrap().to_string();
+            (link.file_name().unwrap().to_string_lossy().into_owned(), id, tag)
+        })
+        .collect()
+}
+
 #[test]
 fn players_keep_flowing_through_agent_deaths_and_restarts() {
     let mut sc = Scenario::start(2, |t| t.config(&[500, 500], "")).unwrap();
@@ -40,13 +65,18 @@ fn players_keep_flowing_through_agent_deaths_and_restarts() {
         players.snapshot().iter().map(|p| (p.local.clone(), p.current_shard().unwrap().to_string())).collect();
     let before = shard_players(&sc.agent.request(&Request::Status).unwrap());
 
-    for how in ["SIGKILL", "SIGTERM"] {
+    for (round, how) in ["SIGKILL", "SIGTERM", "upgrade"].into_iter().enumerate() {
+        let programs_before = linked_programs(&sc);
         let redirected = sc.agent.tables().unwrap().counter(Counter::IngressRedirect).unwrap();
         players.reset_gaps();
         let received: HashMap<String, u64> = players.snapshot().iter().map(|p| (p.local.clone(), p.received)).collect();
         match how {
             "SIGKILL" => sc.agent.kill().unwrap(),
             _ => assert!(sc.agent.stop().unwrap().success(), "{how}: clean exit"),
+        }
+        if how == "upgrade" {
+            // The new agent runs a rebuilt data plane (another program).
+            sc.agent.run_args = vec!["--xdp-object".into(), rebuilt_object().display().to_string()];
         }
         // No agent runs: every player keeps getting its echoes (a second's worth).
         wait_for(&format!("echoes with no agent ({how})"), Duration::from_secs(10), || {
@@ -56,8 +86,18 @@ fn players_keep_flowing_through_agent_deaths_and_restarts() {
             players.snapshot().iter().map(|p| (p.local.clone(), p.received)).collect();
         sc.agent.restart(&sc.topo.proxy).unwrap();
         wait_for("the new agent to say it adopted the pinned links", Duration::from_secs(5), || {
-            sc.agent.log_text().matches("adopted").count() >= 3 * (1 + (how == "SIGTERM") as usize)
+            sc.agent.log_text().matches("adopted").count() >= 3 * (round + 1)
         });
+        let programs_after = linked_programs(&sc);
+        assert_eq!(programs_after.len(), programs_before.len(), "{how}: every link is still there");
+        for ((link, id_before, tag_before), (_, id_after, tag_after)) in programs_before.iter().zip(&programs_after) {
+            assert_ne!(id_before, id_after, "{how}: the new agent's program replaced the old one in {link}");
+            if how == "upgrade" {
+                assert_ne!(tag_before, tag_after, "{how}: {link} runs the rebuilt program");
+            } else {
+                assert_eq!(tag_before, tag_after, "{how}: {link} runs the same program again");
+            }
+        }
         wait_for(&format!("echoes after the restart ({how})"), Duration::from_secs(10), || {
             players.snapshot().iter().all(|p| p.received >= while_down[&p.local] + RATE_HZ as u64)
         });

@@ -69,9 +69,23 @@ fn build_ebpf() -> Result<(), String> {
     if !linker.exists() {
         return Err(format!("{} is missing: run `bash scripts/setup.sh` first", linker.display()));
     }
+    eprintln!("xtask: building the XDP object with {} (RUSTC_BOOTSTRAP={})", tc.toolchain, tc.bootstrap as u8);
+    // First the rebuilt variant (one more log line, for the upgrade test),
+    // kept aside; then the object the agent embeds, last, at its usual path.
+    let object = root().join("proxy-ebpf/target/bpfel-unknown-none/release/proxy-ebpf");
+    run(&mut ebpf_cargo(&tc, &["--features", "rebuilt-variant"]))?;
+    std::fs::copy(&object, root().join(REBUILT_OBJECT)).map_err(|e| format!("keeping the rebuilt variant: {e}"))?;
+    run(&mut ebpf_cargo(&tc, &[]))
+}
+
+/// Where `build-ebpf` keeps the rebuilt variant of the XDP object.
+const REBUILT_OBJECT: &str = "proxy-ebpf/target/proxy-ebpf-rebuilt";
+
+fn ebpf_cargo(tc: &EbpfToolchain, extra: &[&str]) -> Command {
     let path = format!("{}:{}", tc.linker_dir, std::env::var("PATH").unwrap_or_default());
     let mut cmd = Command::new("rustup");
     cmd.args(["run", &tc.toolchain, "cargo", "build", "--release"])
+        .args(extra)
         .current_dir(root().join("proxy-ebpf"))
         .env("PATH", path)
         // The outer cargo's settings must not leak into the BPF build.
@@ -84,8 +98,7 @@ fn build_ebpf() -> Result<(), String> {
     if tc.bootstrap {
         cmd.env("RUSTC_BOOTSTRAP", "1");
     }
-    eprintln!("xtask: building the XDP object with {} (RUSTC_BOOTSTRAP={})", tc.toolchain, tc.bootstrap as u8);
-    run(&mut cmd)
+    cmd
 }
 
 fn cargo() -> Command {

@@ -141,10 +141,14 @@ impl Dataplane {
     /// As `load`, with the session tables sized by the config. Pins made
     /// with other sizes are refused (a running data plane cannot be resized).
     pub fn load_sized(pin_dir: &Path, sizes: TableSizes) -> Result<(Self, Tables)> {
+        Self::load_object(pin_dir, sizes, ebpf_object::bytes()?)
+    }
+
+    /// As `load_sized`, with the XDP object given.
+    pub fn load_object(pin_dir: &Path, sizes: TableSizes, object: &[u8]) -> Result<(Self, Tables)> {
         prepare_pin_dir(pin_dir)?;
         layout::check_or_record(pin_dir, &format!("--bpffs {}", pin_dir.display()))?;
         sizes.check_pinned(pin_dir)?;
-        let object = ebpf_object::bytes()?;
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .map_max_entries(names::SESSIONS, sizes.sessions)
