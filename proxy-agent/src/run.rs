@@ -99,7 +99,11 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
         ),
     }
     if let Some(listener) = metrics {
-        tokio::spawn(http::serve(listener, owner.clone()));
+        let shard_api = http::ShardApi { secret: cfg.raw.shard_secret() };
+        if shard_api.secret.is_none() {
+            log::info!("area transfers are off: no shard_secret (or {})", config::SHARD_SECRET_ENV);
+        }
+        tokio::spawn(http::serve(listener, owner.clone(), shard_api));
     }
     // SAFETY: the logger owns the ring buffer's fd and lives inside the AsyncFd,
     // so the fd stays open for as long as it is registered.

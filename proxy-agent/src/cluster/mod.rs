@@ -51,6 +51,7 @@ pub mod placement;
 pub mod plan;
 mod reconcile;
 mod status;
+mod transfer;
 
 pub use plan::ShardIds;
 

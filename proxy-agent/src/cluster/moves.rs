@@ -27,7 +27,10 @@ impl Cluster {
 
     /// The sessions the selectors name, in their order, each once; an
     /// IP:port is looked up directly, an IP alone walks the index.
-    fn sessions_of(&self, clients: &[ClientSelector]) -> Result<Vec<(SessionKey, Session, bool)>, ControlError> {
+    pub(super) fn sessions_of(
+        &self,
+        clients: &[ClientSelector],
+    ) -> Result<Vec<(SessionKey, Session, bool)>, ControlError> {
         let mut chosen: Vec<(SessionKey, Session, bool)> = Vec::new();
         let mut seen: HashSet<SessionKey> = HashSet::new();
         for sel in clients {

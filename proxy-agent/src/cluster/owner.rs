@@ -74,9 +74,19 @@ pub enum Msg {
         result: Result<Scan, String>,
         took: Duration,
     },
+    /// A shard asks for one of its players to move (an area transfer).
+    Transfer(TransferAsk, oneshot::Sender<Result<(String, MoveReport), ControlError>>),
     /// The programs are attached: the data plane forwards.
     Attached,
     Shutdown(oneshot::Sender<()>),
+}
+
+/// An area transfer request: who asked (the TCP peer), for whom, to where.
+#[derive(Debug, Clone)]
+pub struct TransferAsk {
+    pub requester: std::net::Ipv4Addr,
+    pub client: std::net::SocketAddrV4,
+    pub to: String,
 }
 
 /// The other threads' end of the owner.
@@ -102,6 +112,14 @@ impl OwnerHandle {
 
     pub fn health_round(&self, results: Vec<(String, Option<ProbeResult>)>) {
         let _ = self.tx.send(Msg::HealthRound(results));
+    }
+
+    /// Asks for an area transfer; the reply names the shard that held the
+    /// player and what moved.
+    pub async fn transfer(&self, ask: TransferAsk) -> Result<(String, MoveReport), ControlError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Msg::Transfer(ask, tx)).map_err(|_| ControlError::Unavailable)?;
+        rx.await.map_err(|_| ControlError::Unavailable)?
     }
 
     pub fn attached(&self) {
@@ -264,6 +282,14 @@ impl Owner {
                 }
             }
             Msg::Scanned { generation, result, took } => self.scanned(generation, result, took),
+            Msg::Transfer(ask, reply) => {
+                let result = self.transfer(ask);
+                let changed = result.is_ok();
+                let _ = reply.send(result);
+                if changed {
+                    self.publish();
+                }
+            }
             Msg::Attached => {
                 self.attached = true;
                 self.publish();
@@ -462,6 +488,22 @@ impl Owner {
         let what = format!("{} players moving to {} ({} already there)", report.moved, report.to, report.already_there);
         self.events.record("migration", &from_label, Some(&report.to), report.groups.clone(), report.moved, what);
         Ok(report)
+    }
+
+    /// An area transfer, recorded as an event whether it moved or not.
+    fn transfer(&mut self, ask: TransferAsk) -> Result<(String, MoveReport), ControlError> {
+        let result = self.cluster.transfer(ask.requester, ask.client, &ask.to);
+        match &result {
+            Ok((from, report)) => {
+                let what = format!("client {} asked by its shard ({} moving)", ask.client, report.moved);
+                self.events.record("transfer", from, Some(&report.to), report.groups.clone(), report.moved, what);
+            }
+            Err(e) => {
+                let what = format!("client {} asked by {}: {e}", ask.client, ask.requester);
+                self.events.record("transfer_refused", &ask.requester.to_string(), Some(&ask.to), vec![], 0, what);
+            }
+        }
+        result
     }
 
     fn drain(&mut self, shard: &str, drained: bool) -> Result<DrainView, ControlError> {

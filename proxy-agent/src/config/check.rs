@@ -143,6 +143,15 @@ impl Checker<'_> {
                 "use a burst of at least 1 (50 is the default)",
             ));
         }
+        if let Some(secret) = &raw.shard_secret {
+            if secret.len() < 16 || !secret.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~".contains(&b)) {
+                return Err(self.error(
+                    &[K("shard_secret")],
+                    "a shard secret shorter than 16 characters, or with characters a form body must escape",
+                    "use 16 or more of A-Z a-z 0-9 - _ . ~ (e.g. `openssl rand -hex 24`), or set SAMP_PROXY_SHARD_SECRET",
+                ));
+            }
+        }
         if !["error", "warn", "info", "debug", "trace"].contains(&raw.log_level.as_str()) {
             return Err(self.error(
                 &[K("log_level")],

@@ -49,6 +49,11 @@ pub struct Config {
     /// off when absent.
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The secret shards send with area-transfer requests (`POST
+    /// /shard/transfer` on `metrics_listen`); transfers are off without it.
+    /// The environment variable `SAMP_PROXY_SHARD_SECRET` wins over the file.
+    #[serde(default)]
+    pub shard_secret: Option<String>,
     /// SA:MP query probes of every shard.
     #[serde(default)]
     pub health: HealthConfig,
@@ -209,6 +214,16 @@ fn default_move_timeout() -> u64 {
 
 fn default_log_level() -> String {
     "info".into()
+}
+
+/// Where the shard secret comes from when the environment has it.
+pub const SHARD_SECRET_ENV: &str = "SAMP_PROXY_SHARD_SECRET";
+
+impl Config {
+    /// The shard secret in force: the environment's, else the file's.
+    pub fn shard_secret(&self) -> Option<String> {
+        std::env::var(SHARD_SECRET_ENV).ok().filter(|s| !s.is_empty()).or_else(|| self.shard_secret.clone())
+    }
 }
 
 /// A config that passed validation, with addresses parsed.

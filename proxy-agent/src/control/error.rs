@@ -58,6 +58,13 @@ pub enum ControlError {
     ReloadRolledBack(String),
     /// The agent is stopping.
     Unavailable,
+    /// An area transfer asked from an address that is no shard's.
+    NotAShard(String),
+    /// An area transfer of a client the asking shard does not hold.
+    NotYourPlayer {
+        client: String,
+        shard: String,
+    },
 }
 
 impl ControlError {
@@ -111,6 +118,10 @@ impl fmt::Display for ControlError {
                 write!(f, "reload failed while writing maps, the old config was restored: {why}")
             }
             Unavailable => f.write_str("the agent is shutting down; try again when it is back"),
+            NotAShard(addr) => write!(f, "{addr} is not the address of any shard"),
+            NotYourPlayer { client, shard } => {
+                write!(f, "client {client} is not playing on shard `{shard}`: a shard may transfer only its own players")
+            }
         }
     }
 }

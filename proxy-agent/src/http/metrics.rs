@@ -23,7 +23,8 @@ pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 const QUERY_TYPES: [&str; 6] = ["info", "rules", "clients", "detail", "ping", "openmp"];
 /// Reasons a query is dropped: counters `drop_query_<reason>`.
 const QUERY_DROPS: [&str; 4] = ["rcon", "budget", "malformed", "unanswered"];
-const EVENT_KINDS: [&str; 5] = ["failover", "failover_parked", "migration", "health_down", "health_up"];
+const EVENT_KINDS: [&str; 7] =
+    ["failover", "failover_parked", "migration", "health_down", "health_up", "transfer", "transfer_refused"];
 const RELOAD_RESULTS: [&str; 3] = ["ok", "refused", "rolled_back"];
 
 /// The metrics text of one status snapshot.
@@ -100,7 +101,7 @@ pub fn render(st: &StatusView) -> prometheus::Result<String> {
     )?)?;
     let events = r.counter(
         "samp_proxy_events_total",
-        "Health changes, failovers and migrations since the agent started",
+        "Health changes, failovers, migrations and area transfers since the agent started",
         &["kind"],
     )?;
     for kind in EVENT_KINDS {

@@ -1,12 +1,13 @@
 //! HTTP on `metrics_listen` (hyper, HTTP/1.1): `/metrics` in the Prometheus
-//! text format, `/live` and `/ready` for probes. Every answer is built from
-//! the cluster owner's last published snapshot: a request never waits for
-//! the owner and reads no map. New routes go in [`route`], the one place
-//! that maps a request to its answer.
+//! text format, `/live` and `/ready` for probes, and the shard-facing
+//! `/shard/transfer` (see `transfer`). Every answer but a transfer is built
+//! from the cluster owner's last published snapshot: such a request never
+//! waits for the owner and reads no map. Read-only routes go in [`route`].
 
 mod metrics;
+pub mod transfer;
 
-use std::{convert::Infallible, time::Duration};
+use std::{convert::Infallible, net::IpAddr, time::Duration};
 
 use http_body_util::Full;
 use hyper::{
@@ -19,7 +20,7 @@ use hyper::{
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
-pub use self::metrics::render;
+pub use self::{metrics::render, transfer::ShardApi};
 use crate::cluster::owner::{OwnerHandle, Snapshot};
 
 /// A client gets this long to send its request head.
@@ -30,11 +31,11 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 const PLAIN: &str = "text/plain; charset=utf-8";
 
-pub async fn serve(listener: TcpListener, owner: OwnerHandle) {
+pub async fn serve(listener: TcpListener, owner: OwnerHandle, shard_api: ShardApi) {
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(connection(stream, owner.clone()));
+            Ok((stream, peer)) => {
+                tokio::spawn(connection(stream, peer.ip(), owner.clone(), shard_api.clone()));
             }
             Err(e) => crate::control::back_off("metrics: accepting a connection", e).await,
         }
@@ -44,10 +45,17 @@ pub async fn serve(listener: TcpListener, owner: OwnerHandle) {
 /// One connection, one request: keep-alive is off, so the answer ends the
 /// connection (a scrape every few seconds gains nothing from reuse, and
 /// clients that read until the server closes keep working).
-async fn connection(stream: TcpStream, owner: OwnerHandle) {
+async fn connection(stream: TcpStream, peer: IpAddr, owner: OwnerHandle, shard_api: ShardApi) {
     let service = service_fn(move |req: Request<Incoming>| {
-        let answer = route(req.method(), req.uri().path(), &owner.snapshot());
-        async move { Ok::<_, Infallible>(answer) }
+        let (owner, shard_api) = (owner.clone(), shard_api.clone());
+        async move {
+            let answer = if req.uri().path() == transfer::PATH {
+                transfer::handle(req, peer, &shard_api, &owner).await
+            } else {
+                route(req.method(), req.uri().path(), &owner.snapshot())
+            };
+            Ok::<_, Infallible>(answer)
+        }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -82,7 +90,7 @@ fn route(method: &Method, path: &str, snapshot: &Snapshot) -> Response<Full<Byte
             None => text(StatusCode::OK, PLAIN, "ok\n"),
             Some(reason) => text(StatusCode::SERVICE_UNAVAILABLE, PLAIN, format!("not ready: {reason}\n")),
         },
-        _ => text(StatusCode::NOT_FOUND, PLAIN, "try /metrics, /live or /ready\n"),
+        _ => text(StatusCode::NOT_FOUND, PLAIN, "try /metrics, /live, /ready or /shard/transfer\n"),
     }
 }
 
@@ -154,7 +162,10 @@ mod tests {
         assert_eq!((r.status(), body(r).as_str()), (StatusCode::OK, "ok\n"));
 
         let r = route(&Method::GET, "/nope", &snap);
-        assert_eq!((r.status(), body(r).as_str()), (StatusCode::NOT_FOUND, "try /metrics, /live or /ready\n"));
+        assert_eq!(
+            (r.status(), body(r).as_str()),
+            (StatusCode::NOT_FOUND, "try /metrics, /live, /ready or /shard/transfer\n")
+        );
         let r = route(&Method::POST, "/metrics", &snap);
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(r.headers()[ALLOW], "GET, HEAD");
