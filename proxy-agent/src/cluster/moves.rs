@@ -3,11 +3,11 @@
 //! to a target the policy picks), and draining. Each is checked in full
 //! before the first write and is all or nothing.
 
-use std::collections::HashSet;
+use std::{collections::HashSet, net::SocketAddrV4};
 
 use anyhow::Result;
 use proxy_common::{
-    net::{addr_to_map, port_to_map},
+    net::{addr_from_map, addr_to_map, port_from_map, port_to_map},
     Session, SessionKey, ShardState, SHARD_DRAINED,
 };
 
@@ -113,6 +113,7 @@ impl Cluster {
             }
             written.push(pending);
         }
+        let clients_from = self.clients_by_shard(&to_move);
         for (key, old, pending) in &to_move {
             self.index.set(*key, moved(old), *pending);
         }
@@ -123,7 +124,23 @@ impl Cluster {
             moved: to_move.len(),
             already_there: already.len(),
             groups: Vec::new(),
+            clients_from,
         })
+    }
+
+    /// Players grouped by the shard their sessions point at now.
+    fn clients_by_shard(&self, sessions: &[(SessionKey, Session, bool)]) -> Vec<(String, Vec<SocketAddrV4>)> {
+        let mut by_shard: Vec<(String, Vec<SocketAddrV4>)> = Vec::new();
+        for (key, s, _) in sessions {
+            let Some(i) = self.shard_by_backend(self.group(s.group).backend) else { continue };
+            let client = SocketAddrV4::new(addr_from_map(key.client_addr).into(), port_from_map(key.client_port));
+            let name = &self.cfg.shards[i].name;
+            match by_shard.iter_mut().find(|(n, _)| n == name) {
+                Some((_, list)) => list.push(client),
+                None => by_shard.push((name.clone(), vec![client])),
+            }
+        }
+        by_shard
     }
 
     /// Moves every player of shard `from` to shard `to`, together: each group
@@ -231,7 +248,7 @@ impl Cluster {
         self.ids[from].home_group = fresh;
         let loads = self.loads();
         self.refresh_placement(&loads)?;
-        Ok(MoveReport { to: self.cfg.shards[to].name.clone(), moved: players, already_there: 0, groups })
+        Ok(MoveReport { to: self.cfg.shards[to].name.clone(), moved: players, already_there: 0, groups, clients_from: Vec::new() })
     }
 
     /// Sets or clears a shard's drained flag; returns whether it changed.

@@ -29,6 +29,7 @@ use super::{
     now_ns, ClientSelector, Cluster,
 };
 use crate::{
+    leases::mover::{LeaseMove, LeaseMover, LeaseOutcome},
     config::{self, HealthConfig},
     control::{
         error::ControlError,
@@ -76,6 +77,10 @@ pub enum Msg {
     },
     /// A shard asks for one of its players to move (an area transfer).
     Transfer(TransferAsk, oneshot::Sender<Result<(String, MoveReport), ControlError>>),
+    /// Account leases follow moves from now on, through this mover.
+    UseLeases(LeaseMover),
+    /// What became of a lease move.
+    LeaseOutcome(LeaseOutcome),
     /// The programs are attached: the data plane forwards.
     Attached,
     Shutdown(oneshot::Sender<()>),
@@ -120,6 +125,14 @@ impl OwnerHandle {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Msg::Transfer(ask, tx)).map_err(|_| ControlError::Unavailable)?;
         rx.await.map_err(|_| ControlError::Unavailable)?
+    }
+
+    pub fn use_leases(&self, mover: LeaseMover) {
+        let _ = self.tx.send(Msg::UseLeases(mover));
+    }
+
+    pub fn lease_outcome(&self, outcome: LeaseOutcome) {
+        let _ = self.tx.send(Msg::LeaseOutcome(outcome));
     }
 
     pub fn attached(&self) {
@@ -170,6 +183,8 @@ pub struct Owner {
     reloads: BTreeMap<String, u64>,
     probe_rtt: HistogramView,
     responder_counts: Arc<ResponderCounts>,
+    /// Hands account leases along with the players, when leases are on.
+    leases: Option<LeaseMover>,
 }
 
 /// The time between full scans: often enough for the idle timeout to be
@@ -216,6 +231,7 @@ pub fn spawn(
         reloads: BTreeMap::new(),
         probe_rtt: HistogramView::for_probe_rtt(),
         responder_counts,
+        leases: None,
     };
     owner.drain_ring();
     owner.publish();
@@ -289,6 +305,19 @@ impl Owner {
                 if changed {
                     self.publish();
                 }
+            }
+            Msg::UseLeases(mover) => self.leases = Some(mover),
+            Msg::LeaseOutcome(o) => {
+                let kind = match (&o.result, o.gave_up) {
+                    (Ok(_), _) => "lease_move",
+                    (Err(_), false) => "lease_move_failed",
+                    (Err(_), true) => "lease_move_gave_up",
+                };
+                let seconds = self.leases.as_ref().map(|m| m.lease_seconds).unwrap_or(0);
+                let moved = *o.result.as_ref().unwrap_or(&0) as usize;
+                let (from, to) = (o.attempted.from().to_string(), o.attempted.to().to_string());
+                self.events.record(kind, &from, Some(&to), vec![], moved, o.detail(seconds));
+                self.publish();
             }
             Msg::Attached => {
                 self.attached = true;
@@ -469,6 +498,7 @@ impl Owner {
                     players,
                     format!("manual: {players} players moving together to {}", report.to),
                 );
+                self.leases_follow_shard(&shard, &report.to);
                 Ok(Reply::Moved(report))
             }
         }
@@ -476,6 +506,7 @@ impl Owner {
 
     fn migrate(&mut self, clients: Vec<String>, from: Option<String>, to: String) -> Result<MoveReport, ControlError> {
         let from_label = from.clone().unwrap_or_else(|| format!("clients {}", clients.join(" ")));
+        let whole_shard = from.is_some();
         let report = match (clients.is_empty(), from) {
             (false, None) => {
                 let sel = clients.iter().map(|c| c.parse::<ClientSelector>()).collect::<Result<Vec<_>, _>>()?;
@@ -487,7 +518,28 @@ impl Owner {
         };
         let what = format!("{} players moving to {} ({} already there)", report.moved, report.to, report.already_there);
         self.events.record("migration", &from_label, Some(&report.to), report.groups.clone(), report.moved, what);
+        if whole_shard {
+            self.leases_follow_shard(&from_label, &report.to);
+        } else {
+            self.leases_follow_clients(&report);
+        }
         Ok(report)
+    }
+
+    /// The leases of a whole shard's players go where its groups went.
+    fn leases_follow_shard(&self, from: &str, to: &str) {
+        if let Some(mover) = &self.leases {
+            mover.send(LeaseMove::Shard { from: from.into(), to: to.into() });
+        }
+    }
+
+    /// The leases of chosen players go with them.
+    fn leases_follow_clients(&self, report: &MoveReport) {
+        if let Some(mover) = &self.leases {
+            for (from, clients) in &report.clients_from {
+                mover.send(LeaseMove::Clients { from: from.clone(), clients: clients.clone(), to: report.to.clone() });
+            }
+        }
     }
 
     /// An area transfer, recorded as an event whether it moved or not.
@@ -497,6 +549,7 @@ impl Owner {
             Ok((from, report)) => {
                 let what = format!("client {} asked by its shard ({} moving)", ask.client, report.moved);
                 self.events.record("transfer", from, Some(&report.to), report.groups.clone(), report.moved, what);
+                self.leases_follow_clients(report);
             }
             Err(e) => {
                 let what = format!("client {} asked by {}: {e}", ask.client, ask.requester);
@@ -593,6 +646,7 @@ impl Owner {
             Ok(r) => {
                 let detail = format!("{} players moving together to {}", r.moved, r.to);
                 self.events.record("failover", &name, Some(&r.to), r.groups.clone(), r.moved, detail);
+                self.leases_follow_shard(&name, &r.to);
                 true
             }
             Err(why) => {

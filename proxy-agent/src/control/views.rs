@@ -158,6 +158,10 @@ pub struct MoveReport {
     pub already_there: usize,
     /// Groups repointed (a whole-shard move).
     pub groups: Vec<u32>,
+    /// For a move of chosen players: who moved, by the shard they were on
+    /// (what their account leases follow). Not part of the reply.
+    #[serde(skip)]
+    pub clients_from: Vec<(String, Vec<std::net::SocketAddrV4>)>,
 }
 
 /// `drain` and `undrain`.

@@ -23,8 +23,18 @@ pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 const QUERY_TYPES: [&str; 6] = ["info", "rules", "clients", "detail", "ping", "openmp"];
 /// Reasons a query is dropped: counters `drop_query_<reason>`.
 const QUERY_DROPS: [&str; 4] = ["rcon", "budget", "malformed", "unanswered"];
-const EVENT_KINDS: [&str; 7] =
-    ["failover", "failover_parked", "migration", "health_down", "health_up", "transfer", "transfer_refused"];
+const EVENT_KINDS: [&str; 10] = [
+    "failover",
+    "failover_parked",
+    "migration",
+    "health_down",
+    "health_up",
+    "transfer",
+    "transfer_refused",
+    "lease_move",
+    "lease_move_failed",
+    "lease_move_gave_up",
+];
 const RELOAD_RESULTS: [&str; 3] = ["ok", "refused", "rolled_back"];
 
 /// The metrics text of one status snapshot.
@@ -101,7 +111,7 @@ pub fn render(st: &StatusView) -> prometheus::Result<String> {
     )?)?;
     let events = r.counter(
         "samp_proxy_events_total",
-        "Health changes, failovers, migrations and area transfers since the agent started",
+        "Health changes, failovers, migrations, area transfers and lease moves since the agent started",
         &["kind"],
     )?;
     for kind in EVENT_KINDS {
