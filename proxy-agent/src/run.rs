@@ -19,6 +19,7 @@ use crate::{
     config, control,
     dataplane::{ebpf_object, links, scanner, session_events::SessionEvents, tables, Dataplane, TableSizes},
     health, http,
+    leases::mover::LeaseMover,
     protocol::Request,
     query,
 };
@@ -42,6 +43,11 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
             let _ = inbox.send(Msg::Scanned { generation, result, took });
         })
     })?;
+    if let Some(leases) = cfg.raw.leases.clone() {
+        // Moves made from here on hand their players' account leases along.
+        let reporter = owner.clone();
+        owner.use_leases(LeaseMover::spawn(leases, move |outcome| reporter.lease_outcome(outcome)));
+    }
     let listener = control::bind(&cfg.raw.control_socket).await?;
     let metrics =
         match cfg.raw.metrics_listen {
