@@ -14,7 +14,8 @@ set -euo pipefail
 log() { printf '[setup] %s\n' "$*" >&2; }
 
 need_debs=()
-for pair in ip:iproute2 ethtool:ethtool ping:iputils-ping nft:nftables tcpdump:tcpdump bpftool:bpftool promtool:prometheus; do
+for pair in ip:iproute2 ethtool:ethtool ping:iputils-ping nft:nftables tcpdump:tcpdump bpftool:bpftool promtool:prometheus \
+    mariadbd:mariadb-server mariadb:mariadb-client; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need_debs+=("$pkg")
 done

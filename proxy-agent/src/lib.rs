@@ -5,7 +5,8 @@
 //! `cluster` (THE model and the owner thread: the only writer of the maps),
 //! `dataplane` (load, attach, typed maps, batch I/O, events, scans),
 //! `health` (SA:MP probes), `http` (metrics), `control` (the socket, its
-//! protocol, typed views and errors), `run` (wiring).
+//! protocol, typed views and errors), `leases` (account leases in MariaDB),
+//! `run` (wiring).
 
 pub mod cli;
 pub mod cluster;
@@ -14,6 +15,7 @@ pub mod control;
 pub mod dataplane;
 pub mod health;
 pub mod http;
+pub mod leases;
 pub mod query;
 pub mod run;
 

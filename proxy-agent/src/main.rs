@@ -101,6 +101,9 @@ enum Command {
     Reload(Target),
     /// Health changes, failovers and migrations, oldest first.
     Events(Target),
+    /// The account-lease database (`leases:` in the config).
+    #[command(subcommand)]
+    Db(DbCommand),
     /// Move every player of a shard to ONE other shard now, as a health failure would.
     Failover {
         shard: String,
@@ -110,6 +113,48 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Apply the missing schema versions (tables, procedures) and write the
+    /// lease time; safe to run again. The database URL comes from
+    /// SAMP_PROXY_DATABASE_URL or `leases.database`.
+    Migrate {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn db(cmd: DbCommand) -> anyhow::Result<()> {
+    let DbCommand::Migrate { config: path } = cmd;
+    let cfg = config::load(&path)?;
+    // Without a `leases:` block the defaults apply and the URL must come
+    // from the environment; `connect` says so when it does not.
+    let leases = cfg.raw.leases.unwrap_or_default();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let store = proxy_agent::leases::LeaseStore::connect(&leases).await?;
+        let result = async {
+            let applied = store.migrate().await?;
+            let version = store.schema_version().await?;
+            Ok::<_, anyhow::Error>((applied, version))
+        }
+        .await;
+        let _ = store.close().await;
+        let (applied, version) = result?;
+        if applied.is_empty() {
+            println!("already at version {version}; lease_seconds {}", leases.lease_seconds);
+        } else {
+            let list: Vec<String> = applied.iter().map(u32::to_string).collect();
+            println!(
+                "schema at version {version}; applied: {}; lease_seconds {}",
+                list.join(", "),
+                leases.lease_seconds
+            );
+        }
+        Ok(())
+    })
 }
 
 fn init_logging(level: &str) {
@@ -166,6 +211,14 @@ fn main() -> ExitCode {
                         s.name, s.address, s.capacity, s.role, cfg.frontends[s.frontend].name
                     );
                 }
+                if let Some(l) = &cfg.raw.leases {
+                    let db = l.database.as_deref().map(proxy_agent::leases::redact);
+                    println!(
+                        "leases {} lease_seconds {}",
+                        db.unwrap_or_else(|| format!("from {}", proxy_agent::leases::DATABASE_ENV)),
+                        l.lease_seconds
+                    );
+                }
             })
             .map_err(anyhow::Error::from),
         Command::Run { config: path, xdp_object } => {
@@ -187,6 +240,7 @@ fn main() -> ExitCode {
         Command::Undrain { shard, target } => remote(Request::Undrain { shard }, &target),
         Command::Reload(t) => remote(Request::Reload, &t),
         Command::Events(t) => remote(Request::Events, &t),
+        Command::Db(cmd) => db(cmd),
         Command::Failover { shard, to, target } => remote(Request::Failover { shard, to }, &target),
     };
     match result {

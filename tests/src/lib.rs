@@ -1,9 +1,11 @@
 //! Test harness for the SA:MP cluster proxy: network namespaces, packet
-//! builders, SA:MP simulators (players and shards), the agent as a process.
+//! builders, SA:MP simulators (players and shards), the agent as a process,
+//! a private MariaDB for the lease tests.
 //! Used by the integration tests in `tests/`, the demo and the benchmarks.
 
 pub mod agent;
 pub mod bed;
+pub mod mariadb;
 pub mod netns;
 pub mod packet;
 pub mod pins;

@@ -32,6 +32,7 @@ impl Checker<'_> {
     pub fn check(self, raw: Config) -> Result<Validated, ConfigError> {
         self.check_paths(&raw)?;
         self.check_timing(&raw)?;
+        self.check_leases(&raw)?;
         let frontends = self.check_frontends(&raw)?;
         let shards = self.check_shards(&raw, &frontends)?;
         self.check_every_frontend_served(&frontends, &shards)?;
@@ -157,6 +158,43 @@ impl Checker<'_> {
                 &[K("log_level")],
                 format!("unknown log level `{}`", raw.log_level),
                 "use error, warn, info, debug or trace",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The lease database: its URL (when given here) and the lease times.
+    fn check_leases(&self, raw: &Config) -> Result<(), ConfigError> {
+        let Some(leases) = &raw.leases else {
+            return Ok(());
+        };
+        if let Some(url) = &leases.database {
+            crate::leases::check_url(url).map_err(|problem| {
+                self.error(
+                    &[K("leases"), K("database")],
+                    problem,
+                    format!(
+                        "write mysql://USER:PASSWORD@HOST:PORT/DATABASE, or leave it out and set {}",
+                        crate::leases::DATABASE_ENV
+                    ),
+                )
+            })?;
+        }
+        if !(1..=crate::leases::MAX_LEASE_SECONDS).contains(&leases.lease_seconds) {
+            return Err(self.error(
+                &[K("leases"), K("lease_seconds")],
+                format!("a lease of {} s", leases.lease_seconds),
+                format!(
+                    "use 1..={} seconds (30 is the default; shards renew a few times per lease)",
+                    crate::leases::MAX_LEASE_SECONDS
+                ),
+            ));
+        }
+        if !(100..=60_000).contains(&leases.connect_timeout_ms) {
+            return Err(self.error(
+                &[K("leases"), K("connect_timeout_ms")],
+                format!("{} ms to connect", leases.connect_timeout_ms),
+                "use 100..=60000 ms (5000 is the default)",
             ));
         }
         Ok(())

@@ -80,6 +80,9 @@ pub struct Config {
     /// past it they are dropped in the kernel, so the proxy is no reflector.
     #[serde(default = "default_query_budget")]
     pub query_budget_per_second: u32,
+    /// Account leases in MariaDB (`proxy-agent db migrate`); off when absent.
+    #[serde(default)]
+    pub leases: Option<crate::leases::LeaseConfig>,
     pub frontends: Vec<FrontendConfig>,
     pub shards: Vec<ShardConfig>,
 }
