@@ -239,6 +239,13 @@ impl MariaDb {
         format!("mysql://{user}:{password}@127.0.0.1:{}/{}?prefer_socket=false", self.port, self.database)
     }
 
+    /// The test user's URL over the server's Unix socket: reachable from
+    /// every network namespace (the agent runs in the proxy's), since the
+    /// socket is a file.
+    pub fn socket_url(&self) -> String {
+        format!("mysql://{}:{}@localhost/{}?socket={}", self.user, self.password, self.database, self.socket.display())
+    }
+
     pub fn password(&self) -> &str {
         &self.password
     }
@@ -276,8 +283,22 @@ impl MariaDb {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// Freezes the server (SIGSTOP): connections hang as with a database
+    /// host that stopped answering. `resume` thaws it. Stopping a frozen
+    /// server thaws it first.
+    pub fn freeze(&self, frozen: bool) {
+        if let Some(child) = &self.child {
+            let signal = if frozen { libc::SIGSTOP } else { libc::SIGCONT };
+            // SAFETY: kill(2) on our own child's pid, which we have not reaped.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, signal);
+            }
+        }
+    }
+
     /// Stops the server: SIGTERM, then SIGKILL past the deadline.
     pub fn stop(&mut self) {
+        self.freeze(false);
         let Some(mut child) = self.child.take() else {
             return;
         };

@@ -248,7 +248,13 @@ impl Cluster {
         self.ids[from].home_group = fresh;
         let loads = self.loads();
         self.refresh_placement(&loads)?;
-        Ok(MoveReport { to: self.cfg.shards[to].name.clone(), moved: players, already_there: 0, groups, clients_from: Vec::new() })
+        Ok(MoveReport {
+            to: self.cfg.shards[to].name.clone(),
+            moved: players,
+            already_there: 0,
+            groups,
+            clients_from: Vec::new(),
+        })
     }
 
     /// Sets or clears a shard's drained flag; returns whether it changed.

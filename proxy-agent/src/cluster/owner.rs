@@ -29,7 +29,6 @@ use super::{
     now_ns, ClientSelector, Cluster,
 };
 use crate::{
-    leases::mover::{LeaseMove, LeaseMover, LeaseOutcome},
     config::{self, HealthConfig},
     control::{
         error::ControlError,
@@ -38,6 +37,7 @@ use crate::{
     },
     dataplane::session_events::SessionEvents,
     health::{ProbeResult, Transition},
+    leases::mover::{LeaseMove, LeaseMover, LeaseOutcome},
     query::ResponderCounts,
 };
 

@@ -16,6 +16,7 @@ use std::fmt;
 use serde::Deserialize;
 
 pub mod migrate;
+pub mod mover;
 pub mod script;
 pub mod store;
 
