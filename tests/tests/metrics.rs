@@ -216,7 +216,7 @@ fn metrics_pass_promtool_and_agree_with_the_traffic() {
     let live = get(&sc, "/live");
     assert_eq!((live.status, live.body.as_str()), (200, "ok\n"));
     let nope = get(&sc, "/nope");
-    assert_eq!((nope.status, nope.body.as_str()), (404, "try /metrics, /live or /ready\n"));
+    assert_eq!((nope.status, nope.body.as_str()), (404, "try /metrics, /live, /ready or /shard/transfer\n"));
 
     let players = sc.players(10, &sc.player_config()).unwrap();
     Scenario::wait_playing(&players, 5);
