@@ -33,6 +33,7 @@ pub struct Tables {
     pub query_answers: Array<MapData, QueryAnswer>,
     pub query_settings: Array<MapData, QuerySettings>,
     pub session_cache_generation: Array<MapData, u32>,
+    pub peers: HashMap<MapData, u32, u32>,
 }
 
 /// One untyped map from a loaded object or a pin.
@@ -124,6 +125,7 @@ impl Tables {
             query_answers: typed(s, names::QUERY_ANSWERS)?,
             query_settings: typed(s, names::QUERY_SETTINGS)?,
             session_cache_generation: typed(s, names::SESSION_CACHE_GENERATION)?,
+            peers: typed(s, names::PEERS)?,
         })
     }
 
