@@ -240,6 +240,14 @@ impl Tables {
         self.session_cache_generation.set(0, now.wrapping_add(1), 0).context("writing SESSION_CACHE_GENERATION")
     }
 
+    /// Moves a pending session to the established table (as the data plane
+    /// does when the shard's acceptance crosses this node).
+    pub fn promote(&mut self, key: &SessionKey, session: Session) -> Result<()> {
+        self.sessions.insert(key, session, 0).context("promoting a session into SESSIONS")?;
+        self.remove_session(true, key)?;
+        Ok(())
+    }
+
     /// Removes one session; `Ok(false)` when it was already gone.
     pub fn remove_session(&mut self, pending: bool, key: &SessionKey) -> Result<bool> {
         let map = if pending { &mut self.pending } else { &mut self.sessions };
