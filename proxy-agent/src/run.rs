@@ -18,7 +18,9 @@ use crate::{
     },
     config::{self, NodeRole},
     control,
-    dataplane::{ebpf_object, links, pod_routes, scanner, session_events::SessionEvents, tables, Dataplane, TableSizes},
+    dataplane::{
+        ebpf_object, links, pod_routes, scanner, session_events::SessionEvents, tables, Dataplane, TableSizes,
+    },
     health, http,
     leases::mover::LeaseMover,
     protocol::Request,
@@ -134,12 +136,16 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let shard_addrs: Vec<std::net::Ipv4Addr> = cfg.shards.iter().map(|s| s.address).collect();
-    let mut pods = tokio::time::interval(std::time::Duration::from_secs(1));
+    let mut pods = tokio::time::interval(std::time::Duration::from_millis(250));
     println!("READY");
     loop {
         tokio::select! {
-            _ = pods.tick(), if cfg.raw.role == NodeRole::Return => follow_pods(&mut dp, &shard_addrs, cfg.raw.xdp_mode),
+            _ = pods.tick(), if cfg.raw.role == NodeRole::Return => {
+                // The shards of the config in force (a reload may change them).
+                let shards: Vec<std::net::Ipv4Addr> =
+                    owner.snapshot().status.shards.iter().filter_map(|s| s.address.parse().ok()).collect();
+                follow_pods(&mut dp, &shards, cfg.raw.xdp_mode);
+            }
             _ = term.recv() => { log::info!("SIGTERM: stopping; the data plane keeps forwarding"); break; }
             _ = int.recv() => { log::info!("interrupt: stopping; the data plane keeps forwarding"); break; }
             _ = hup.recv() => {

@@ -160,8 +160,9 @@ impl Bed {
 
     /// Every session event the program wrote since the last call.
     pub fn session_events(&self) -> Vec<proxy_common::SessionEvent> {
-        let ring = proxy_agent::tables::session_events(&mut |name| proxy_agent::tables::open_pin(self._pins.path(), name))
-            .expect("opening SESSION_EVENTS");
+        let ring =
+            proxy_agent::tables::session_events(&mut |name| proxy_agent::tables::open_pin(self._pins.path(), name))
+                .expect("opening SESSION_EVENTS");
         let mut events = Vec::new();
         proxy_agent::dataplane::session_events::SessionEvents::new(ring).drain(|e| events.push(e));
         events

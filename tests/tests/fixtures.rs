@@ -213,7 +213,11 @@ fn a_game_node_reports_accepted_players_and_leaves_probe_answers_alone() {
     let events = bed.session_events();
     assert_eq!(events.len(), 1, "{events:?}");
     let e = events[0];
-    assert_eq!((e.kind, e.key, e.group), (proxy_common::SESSION_ANSWERED, key(CLIENT, 40100), 1), "backend 1 is shard A");
+    assert_eq!(
+        (e.kind, e.key, e.group),
+        (proxy_common::SESSION_ANSWERED, key(CLIENT, 40100), 1),
+        "backend 1 is shard A"
+    );
     // A cookie (26) proves nothing: no report.
     let cookie = Udp::new(SHARD_A, PORT, CLIENT, 40101, &[26, 1, 2]);
     let want = forwarded(cookie.clone(), VIP, CLIENT, CLI0_MAC, CLIENT_MAC);
@@ -224,7 +228,14 @@ fn a_game_node_reports_accepted_players_and_leaves_probe_answers_alone() {
     let peer = Ipv4Addr::new(198, 18, 60, 5);
     bed.tables.peers.insert(proxy_common::net::addr_to_map(peer.octets()), 1, 0).unwrap();
     let probe_answer = Udp::new(SHARD_A, PORT, peer, 50000, b"SAMP....i");
-    check(&bed, "probe answer to a peer", &probe_answer.frame(), XDP_PASS, &probe_answer.frame(), Counter::PassReplyLocal);
+    check(
+        &bed,
+        "probe answer to a peer",
+        &probe_answer.frame(),
+        XDP_PASS,
+        &probe_answer.frame(),
+        Counter::PassReplyLocal,
+    );
     // The shard's other traffic (another source port) is not ours.
     let other = Udp::new(SHARD_A, 3306, CLIENT, 40100, &[1, 2, 3]);
     check(&bed, "shard's other traffic", &other.frame(), XDP_PASS, &other.frame(), Counter::PassNotOurs);

@@ -49,7 +49,8 @@ impl Cluster {
             .iter()
             .filter_map(|e| {
                 let shard = self.shard_by_backend(e.group)?;
-                let client = SocketAddrV4::new(addr_from_map(e.key.client_addr).into(), port_from_map(e.key.client_port));
+                let client =
+                    SocketAddrV4::new(addr_from_map(e.key.client_addr).into(), port_from_map(e.key.client_port));
                 Some(Answered { client, shard: self.cfg.shards[shard].address })
             })
             .collect()

@@ -57,7 +57,11 @@ impl Checker<'_> {
         }
         if let Some(secret) = &raw.node_secret {
             if secret.len() < 16 {
-                return Err(self.error(&[K("node_secret")], "a node secret shorter than 16 characters", "use 16 or more"));
+                return Err(self.error(
+                    &[K("node_secret")],
+                    "a node secret shorter than 16 characters",
+                    "use 16 or more",
+                ));
             }
         }
         if raw.interfaces.is_empty() && raw.role != NodeRole::Return {

@@ -7,8 +7,8 @@ pub mod batch;
 pub mod ebpf_object;
 pub mod layout;
 pub mod links;
-pub mod scanner;
 pub mod pod_routes;
+pub mod scanner;
 pub mod session_events;
 pub mod tables;
 

@@ -26,7 +26,8 @@ fn parse(table: &str) -> Vec<Route> {
         .skip(1)
         .filter_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
-            let (dest, gateway, flags, metric, mask) = (hex(f.get(1)?)?, hex(f.get(2)?)?, hex(f.get(3)?)?, f.get(6)?, hex(f.get(7)?)?);
+            let (dest, gateway, flags, metric, mask) =
+                (hex(f.get(1)?)?, hex(f.get(2)?)?, hex(f.get(3)?)?, f.get(6)?, hex(f.get(7)?)?);
             (flags & RTF_UP != 0).then(|| Route {
                 iface: f[0].to_string(),
                 dest: u32::from_be_bytes(dest.to_le_bytes()),

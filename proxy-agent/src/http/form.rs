@@ -50,4 +50,3 @@ fn decode(s: &str) -> Result<String, String> {
     }
     String::from_utf8(out).map_err(|_| "the form is not UTF-8".into())
 }
-

@@ -57,7 +57,8 @@ pub async fn report(
         while let Ok(more) = batches.try_recv() {
             batch.extend(more);
         }
-        let body = format!("secret={secret}&answered={}", Answered::encode(&batch).replace(':', "%3A").replace('@', "%40"));
+        let body =
+            format!("secret={secret}&answered={}", Answered::encode(&batch).replace(':', "%3A").replace('@', "%40"));
         for agent in &agents {
             if let Err(e) = post(*agent, &body).await {
                 log::warn!("telling {agent} of {} accepted players: {e}", batch.len());
