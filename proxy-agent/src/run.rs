@@ -77,7 +77,11 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
         .collect();
     log::info!(
         "attached to {} ({:?} mode); maps and links pinned in {}; control socket {}",
-        attached.join(", "),
+        if attached.is_empty() {
+            "no interface yet (a return node finds its pods' veths)".to_string()
+        } else {
+            attached.join(", ")
+        },
         cfg.raw.xdp_mode,
         dp.pin_dir().display(),
         cfg.raw.control_socket.display()

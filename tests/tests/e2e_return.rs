@@ -36,6 +36,15 @@ fn replies_go_straight_from_the_game_nodes_to_the_players() {
     // s1 on game1; s2 and the standby s3 on game2.
     let topo = DsrTopology::build(&[0, 1, 1], 4).unwrap();
     let shards_yaml = topo.shards_yaml(&["active", "active", "standby"]);
+    // The shards run before the agents probe them (a shard that fails its
+    // first probes comes back as a standby).
+    let mut sims: Vec<_> = (0..3)
+        .map(|p| {
+            let cfg = ShardConfig { name: format!("s{}", p + 1), max_players: 1000, seed: 2000 + p as u32 };
+            Some(shard::spawn(topo.pod_socket(p).unwrap(), cfg))
+        })
+        .collect();
+
     let ingress = Agent::start(
         &topo.ingress,
         &format!(
@@ -51,19 +60,21 @@ fn replies_go_straight_from_the_game_nodes_to_the_players() {
             pods.iter().all(|p| games[g].pins.path.join("links").join(p).exists())
         });
     }
-    let mut sims: Vec<_> = (0..3)
-        .map(|p| {
-            let cfg = ShardConfig { name: format!("s{}", p + 1), max_players: 1000, seed: 2000 + p as u32 };
-            Some(shard::spawn(topo.pod_socket(p).unwrap(), cfg))
-        })
-        .collect();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut cfg = PlayerConfig::new(SocketAddrV4::new(VIP, PORT), Duration::from_secs(300));
     cfg.reconnect_after = Duration::from_millis(1500);
     cfg.rate_hz = 20.0;
     let sockets = topo.player_sockets(PLAYERS).unwrap();
     let players = rt.block_on(async { player::start(sockets, &cfg) }).unwrap();
-    wait_for("players to connect", Duration::from_secs(60), || players.snapshot().iter().all(|p| p.connected));
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !players.snapshot().iter().all(|p| p.connected) {
+        if std::time::Instant::now() > deadline {
+            let logs: Vec<String> = std::iter::once(&ingress).chain(&games).map(|a| a.log_text()).collect();
+            let st = ingress.request(&Request::Status).unwrap();
+            panic!("players did not connect; ingress status {st}\nlogs:\n{}", logs.join("\n-----\n"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     wait_for("echoes", Duration::from_secs(60), || players.snapshot().iter().all(|p| p.received >= 5));
     let stats = players.snapshot();
     assert!(!on_shard(&stats, "s1").is_empty() && !on_shard(&stats, "s2").is_empty(), "players on both game nodes");
@@ -138,13 +149,55 @@ fn replies_go_straight_from_the_game_nodes_to_the_players() {
     let wrong_after: u64 = players.snapshot().iter().map(|p| p.wrong_source).sum();
     println!("replies masqueraded while the new pod's veth had no program yet: {}", wrong_after - wrong_before);
 
-    // s1 dies: its players move, together, to the standby s3 on game2.
+    // s1 dies: its players move, together, to one shard on game2 (the
+    // standby s3, or s2 if the pod recreation above made s2 the empty
+    // standby: its recovery makes it one).
     let on_s1: Vec<String> = on_shard(&players.snapshot(), "s1").iter().map(|p| p.local.clone()).collect();
     sims[0].take().unwrap().stop();
-    wait_for("s1's players on the standby", Duration::from_secs(30), || {
+    let failover_target = || -> Option<String> {
+        let events = ingress.request(&Request::Events).unwrap();
+        events.as_array()?.iter().rev().find(|e| e["kind"] == "failover" && e["shard"] == "s1")?["target"]
+            .as_str()
+            .map(str::to_string)
+    };
+    wait_for("s1's failover", Duration::from_secs(20), || failover_target().is_some());
+    let target = failover_target().unwrap();
+    assert!(target == "s2" || target == "s3", "{target}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
         let now = players.snapshot();
-        on_s1.iter().all(|l| now.iter().any(|p| &p.local == l && p.current_shard() == Some("s3")))
-    });
+        let stuck: Vec<String> = now
+            .iter()
+            .filter(|p| on_s1.contains(&p.local) && p.current_shard() != Some(target.as_str()))
+            .map(|p| {
+                let at: Vec<String> = sims
+                    .iter()
+                    .flatten()
+                    .map(|sim| format!("{}: {:?}", sim.name, sim.stats().clients.get(&p.local).map(|c| (c.connected, c.packets, c.handshakes))))
+                    .collect();
+                format!(
+                    "{} on {:?} ({} connects, {} handshakes, shards {:?}, wrong source {}, received {}, sent {}) at shards {at:?}",
+                    p.local,
+                    p.current_shard(),
+                    p.connects,
+                    p.handshakes_sent,
+                    p.shards,
+                    p.wrong_source,
+                    p.received,
+                    p.sent
+                )
+            })
+            .collect();
+        if stuck.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let st = ingress.request(&Request::Status).unwrap();
+            let sessions = ingress.request(&Request::Sessions { shard: None, client: None }).unwrap();
+            panic!("s1's players not all on {target}: {stuck:?}\ncounters {}\nsessions {sessions}", st["counters"]);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let wrong_final: u64 = players.snapshot().iter().map(|p| p.wrong_source).sum();
     assert_eq!(wrong_final, wrong_after, "after the failover every reply still came from the VIP");
     assert_eq!(count(&ingress, &returns), 0, "still no reply crossed the ingress node");
