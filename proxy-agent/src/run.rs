@@ -16,8 +16,11 @@ use crate::{
         owner::{self, Msg},
         Cluster,
     },
-    config, control,
-    dataplane::{ebpf_object, links, scanner, session_events::SessionEvents, tables, Dataplane, TableSizes},
+    config::{self, NodeRole},
+    control,
+    dataplane::{
+        ebpf_object, links, pod_routes, scanner, session_events::SessionEvents, tables, Dataplane, TableSizes,
+    },
     health, http,
     leases::mover::LeaseMover,
     protocol::Request,
@@ -56,6 +59,11 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
             })?),
             None => None,
         };
+    // Shards' answers to these nodes' probes keep the shard's address.
+    {
+        let peers: Vec<std::net::Ipv4Addr> = cfg.raw.ingress_agents.iter().map(|a| *a.ip()).collect();
+        cluster_peers(&cfg.raw.bpffs, &peers)?;
+    }
     let logger = dp.take_logger()?;
     dp.attach(&cfg.raw.interfaces, cfg.raw.xdp_mode)?;
     owner.attached();
@@ -69,7 +77,11 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
         .collect();
     log::info!(
         "attached to {} ({:?} mode); maps and links pinned in {}; control socket {}",
-        attached.join(", "),
+        if attached.is_empty() {
+            "no interface yet (a return node finds its pods' veths)".to_string()
+        } else {
+            attached.join(", ")
+        },
         cfg.raw.xdp_mode,
         dp.pin_dir().display(),
         cfg.raw.control_socket.display()
@@ -85,7 +97,16 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
     }
     let socket_path = cfg.raw.control_socket.clone();
     tokio::spawn(control::serve(listener, owner.clone()));
-    tokio::spawn(health::probe_loop(owner.clone()));
+    if cfg.raw.role == NodeRole::Return {
+        // The ingress nodes probe the shards and decide; this node only
+        // sends its shards' replies on, and reports whom they accepted.
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        owner.report_answered(tx);
+        let secret = cfg.raw.node_secret().context("a return node needs node_secret")?;
+        tokio::spawn(http::node::report(rx, cfg.raw.ingress_agents.clone(), secret));
+    } else {
+        tokio::spawn(health::probe_loop(owner.clone()));
+    }
     match responder {
         Some(addr) => {
             let mut ports: Vec<u16> = cfg.frontends.iter().map(|f| f.address.port()).collect();
@@ -105,7 +126,7 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
         ),
     }
     if let Some(listener) = metrics {
-        let shard_api = http::ShardApi { secret: cfg.raw.shard_secret() };
+        let shard_api = http::ShardApi { secret: cfg.raw.shard_secret(), node_secret: cfg.raw.node_secret() };
         if shard_api.secret.is_none() {
             log::info!("area transfers are off: no shard_secret (or {})", config::SHARD_SECRET_ENV);
         }
@@ -119,9 +140,16 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let mut pods = tokio::time::interval(std::time::Duration::from_millis(250));
     println!("READY");
     loop {
         tokio::select! {
+            _ = pods.tick(), if cfg.raw.role == NodeRole::Return => {
+                // The shards of the config in force (a reload may change them).
+                let shards: Vec<std::net::Ipv4Addr> =
+                    owner.snapshot().status.shards.iter().filter_map(|s| s.address.parse().ok()).collect();
+                follow_pods(&mut dp, &shards, cfg.raw.xdp_mode);
+            }
             _ = term.recv() => { log::info!("SIGTERM: stopping; the data plane keeps forwarding"); break; }
             _ = int.recv() => { log::info!("interrupt: stopping; the data plane keeps forwarding"); break; }
             _ = hup.recv() => {
@@ -144,4 +172,30 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
         dp.pin_dir().display()
     );
     Ok(())
+}
+
+/// Writes the proxy's own nodes into `PEERS` (read at start).
+fn cluster_peers(bpffs: &Path, peers: &[std::net::Ipv4Addr]) -> Result<()> {
+    let mut map: aya::maps::HashMap<_, u32, u32> = tables::open_pin(bpffs, proxy_common::maps::PEERS)?.try_into()?;
+    for p in peers {
+        map.insert(proxy_common::net::addr_to_map(p.octets()), 1, 0).context("writing PEERS")?;
+    }
+    Ok(())
+}
+
+/// A game node follows its shards' pods: attaches to the interface of each
+/// new local shard, forgets the interfaces of pods that went away.
+fn follow_pods(dp: &mut Dataplane, shards: &[std::net::Ipv4Addr], mode: config::XdpModeName) {
+    for gone in dp.forget_missing() {
+        log::info!("{gone} is gone (its pod went away); its XDP program went with it");
+    }
+    let attached: Vec<String> = dp.attached().iter().map(|(n, _)| n.clone()).collect();
+    let new: Vec<String> = pod_routes::local_interfaces(shards).into_iter().filter(|i| !attached.contains(i)).collect();
+    if new.is_empty() {
+        return;
+    }
+    match dp.attach(&new, mode) {
+        Ok(()) => log::info!("attached to {} (local shards' interfaces)", new.join(", ")),
+        Err(e) => log::warn!("attaching to {}: {e:#}", new.join(", ")),
+    }
 }

@@ -32,7 +32,7 @@ counters! {
     PassNotOurs => "pass_not_ours", "UDP that is neither to a frontend nor a shard reply";
     PassQueryAgent => "pass_query_agent", "Queries whose answer does not fit one frame, passed to the agent's responder";
     PassTtl => "pass_ttl", "Packets with TTL <= 1, left to the kernel (ICMP time exceeded)";
-    PassReplyLocal => "pass_reply_local", "Shard replies to a local socket (health probes), untouched";
+    PassReplyLocal => "pass_reply_local", "Shard replies to this node or another proxy node (health probes), untouched";
     IngressRedirect => "ingress_redirect", "Player packets rewritten to their shard and redirected";
     IngressPassNeigh => "ingress_pass_neigh", "Player packets rewritten, kernel resolves the next hop";
     ReturnRedirect => "return_redirect", "Shard replies rewritten to come from the VIP and redirected";

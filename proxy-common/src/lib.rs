@@ -19,6 +19,9 @@ pub const MAX_FRONTENDS: u32 = 16;
 pub const PLACEMENT_SLOTS: u32 = 4093;
 /// Group ids are `1..MAX_GROUPS`; 0 means "no group" so a zeroed slot never routes.
 pub const MAX_GROUPS: u32 = 4096;
+/// Addresses of the proxy's own nodes (`PEERS`): a shard's packets to them
+/// (answers to health probes) are not player replies.
+pub const MAX_PEERS: u32 = 64;
 /// Backend ids are `1..MAX_BACKENDS`; 0 means "no backend".
 pub const MAX_BACKENDS: u32 = 1024;
 /// Established sessions (players whose shard has answered them).
@@ -53,6 +56,7 @@ pub mod maps {
     pub const QUERY_SETTINGS: &str = "QUERY_SETTINGS";
     pub const SESSION_CACHE: &str = "SESSION_CACHE";
     pub const SESSION_CACHE_GENERATION: &str = "SESSION_CACHE_GENERATION";
+    pub const PEERS: &str = "PEERS";
 }
 
 /// Program names in the object.
@@ -75,6 +79,11 @@ pub const SESSION_PLACED: u32 = 1;
 pub const SESSION_PROMOTED: u32 = 2;
 /// `SessionEvent::kind`: a moved player handshook again; its epoch is the group's now.
 pub const SESSION_RESYNCED: u32 = 3;
+/// `SessionEvent::kind`: a shard accepted a player (ID_OPEN_CONNECTION_REPLY)
+/// that has no pending session on this node: on a game node (the `return`
+/// role) its agent tells the ingress nodes, which promote the player there.
+/// `group` holds the shard's backend id.
+pub const SESSION_ANSWERED: u32 = 4;
 
 /// One record of `SESSION_EVENTS`: every change the data plane makes to the
 /// session tables (other than `last_seen_ns` and LRU evictions), so the agent

@@ -8,7 +8,7 @@ use aya_ebpf::{
 use proxy_common::{
     counters::COUNTER_COUNT, Backend, BackendStats, CacheSet, Frontend, FrontendKey, Group, Meter, NextHop, PortEntry,
     QueryAnswer, QuerySettings, QuerySource, Reverse, Session, SessionKey, ShardState, MAX_BACKENDS,
-    MAX_CLIENT_NEXTHOPS, MAX_FRONTENDS, MAX_GROUPS, MAX_PENDING, MAX_QUERY_SOURCES, MAX_SESSIONS, PLACEMENT_SLOTS,
+    MAX_CLIENT_NEXTHOPS, MAX_FRONTENDS, MAX_GROUPS, MAX_PEERS, MAX_PENDING, MAX_QUERY_SOURCES, MAX_SESSIONS, PLACEMENT_SLOTS,
     PORT_FRONTEND, PORT_SHARED, QUERY_SLOTS, SESSION_CACHE_SETS, SESSION_EVENTS_BYTES,
 };
 
@@ -51,6 +51,11 @@ pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
 /// Shard IPv4 -> how its replies must look to the client.
 #[map]
 pub static REVERSE: HashMap<u32, Reverse> = HashMap::pinned(MAX_BACKENDS, 0);
+
+/// The proxy's own nodes (ingress agents that probe the shards): a shard's
+/// packets to them are answers to probes, never rewritten. Value unused.
+#[map]
+pub static PEERS: HashMap<u32, u32> = HashMap::pinned(MAX_PEERS, 0);
 
 /// Established sessions: a plain hash, never evicted by traffic; the agent
 /// expires idle ones.
@@ -124,6 +129,13 @@ pub fn frontend(key: &FrontendKey) -> Option<Frontend> {
     // SAFETY: the value is copied out at once; FRONTENDS is preallocated and
     // only written by the agent with whole-value updates.
     unsafe { FRONTENDS.get(key).copied() }
+}
+
+/// True when `addr` is one of the proxy's own nodes.
+#[inline(always)]
+pub fn is_peer(addr: u32) -> bool {
+    // SAFETY: only the presence of the key is read.
+    unsafe { PEERS.get(&addr).is_some() }
 }
 
 #[inline(always)]

@@ -3,12 +3,12 @@
 //! it promotes the player's pending session to established.
 
 use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext};
-use proxy_common::{samp, Counter, Reverse, SessionKey, SESSION_PROMOTED};
+use proxy_common::{samp, Counter, Reverse, SessionKey, SESSION_ANSWERED, SESSION_PROMOTED};
 
 use crate::{
     events,
     forward::{self, Addr, Sent, Via},
-    maps::{PENDING, SESSIONS},
+    maps::{self, PENDING, SESSIONS},
     parse::{ptr_at, Packet, PAYLOAD_OFF},
     stats::{self, verdict, Direction},
 };
@@ -17,6 +17,11 @@ use crate::{
 pub fn handle(ctx: &XdpContext, pkt: &Packet, rev: Reverse) -> u32 {
     if pkt.src_port() != rev.port {
         return verdict(Counter::PassNotOurs, xdp_action::XDP_PASS);
+    }
+    // An answer to another proxy node's health probe (a game node forwards
+    // it unchanged): the prober must see the shard's own address.
+    if maps::is_peer(pkt.dst_addr()) {
+        return verdict(Counter::PassReplyLocal, xdp_action::XDP_PASS);
     }
     if forward::ttl_expiring(pkt) {
         return verdict(Counter::PassTtl, xdp_action::XDP_PASS);
@@ -31,7 +36,7 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, rev: Reverse) -> u32 {
         _ => {}
     }
     if answers_handshake(ctx, pkt) {
-        promote(pkt, rev.frontend);
+        promote(pkt, rev);
     }
     forward::rewrite_addr(pkt, Addr::Src, rev.vip);
     stats::backend_packet(rev.backend, pkt.ip_len() as u64, Direction::FromShard);
@@ -59,16 +64,21 @@ fn answers_handshake(ctx: &XdpContext, pkt: &Packet) -> bool {
     id == samp::ID_OPEN_CONNECTION_REPLY && pkt.payload_len == 2
 }
 
-/// The shard accepted the player: it is real, move it out of the LRU.
+/// The shard accepted the player: it is real, move it out of the LRU. With
+/// no pending session here (a game node: the player was placed on an
+/// ingress node) the agent is told, and tells the ingress nodes.
 #[inline(always)]
-fn promote(pkt: &Packet, frontend: u16) {
-    let key = SessionKey { client_addr: pkt.dst_addr(), client_port: pkt.dst_port(), frontend };
+fn promote(pkt: &Packet, rev: Reverse) {
+    let key = SessionKey { client_addr: pkt.dst_addr(), client_port: pkt.dst_port(), frontend: rev.frontend };
     // SAFETY: the value is copied out at once.
-    if let Some(session) = unsafe { PENDING.get(key) }.copied() {
-        if SESSIONS.insert(key, session, 0).is_ok() {
-            let _ = PENDING.remove(key);
-            stats::count(Counter::SessionPromoted);
-            events::session(key, SESSION_PROMOTED, session.group, session.epoch);
+    match unsafe { PENDING.get(key) }.copied() {
+        Some(session) => {
+            if SESSIONS.insert(key, session, 0).is_ok() {
+                let _ = PENDING.remove(key);
+                stats::count(Counter::SessionPromoted);
+                events::session(key, SESSION_PROMOTED, session.group, session.epoch);
+            }
         }
+        None => events::session(key, SESSION_ANSWERED, rev.backend, 0),
     }
 }

@@ -158,6 +158,16 @@ impl Bed {
         (v, out)
     }
 
+    /// Every session event the program wrote since the last call.
+    pub fn session_events(&self) -> Vec<proxy_common::SessionEvent> {
+        let ring =
+            proxy_agent::tables::session_events(&mut |name| proxy_agent::tables::open_pin(self._pins.path(), name))
+                .expect("opening SESSION_EVENTS");
+        let mut events = Vec::new();
+        proxy_agent::dataplane::session_events::SessionEvents::new(ring).drain(|e| events.push(e));
+        events
+    }
+
     pub fn counter(&self, c: Counter) -> u64 {
         self.tables.counter(c).expect("reading counters")
     }

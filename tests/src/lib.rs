@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod bed;
+pub mod dsr;
 pub mod mariadb;
 pub mod netns;
 pub mod packet;

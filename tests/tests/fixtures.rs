@@ -199,6 +199,48 @@ fn cached_sessions_follow_the_agent_at_once() {
     check(&bed, "its group moved: held", &p.frame(), XDP_DROP, &p.frame(), Counter::DropMoving);
 }
 
+/// The return role on a game node: the player was placed on an ingress
+/// node, so nothing is pending here; the shard's acceptance is rewritten
+/// and sent on, and reported for the ingress nodes. Answers to another
+/// proxy node's probe keep the shard's address.
+#[test]
+fn a_game_node_reports_accepted_players_and_leaves_probe_answers_alone() {
+    let mut bed = bed();
+    let _ = bed.session_events();
+    let accepted = Udp::new(SHARD_A, PORT, CLIENT, 40100, &[25, 0]);
+    let want = forwarded(accepted.clone(), VIP, CLIENT, CLI0_MAC, CLIENT_MAC);
+    check(&bed, "acceptance, nothing pending here", &accepted.frame(), XDP_REDIRECT, &want, Counter::ReturnRedirect);
+    let events = bed.session_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = events[0];
+    assert_eq!(
+        (e.kind, e.key, e.group),
+        (proxy_common::SESSION_ANSWERED, key(CLIENT, 40100), 1),
+        "backend 1 is shard A"
+    );
+    // A cookie (26) proves nothing: no report.
+    let cookie = Udp::new(SHARD_A, PORT, CLIENT, 40101, &[26, 1, 2]);
+    let want = forwarded(cookie.clone(), VIP, CLIENT, CLI0_MAC, CLIENT_MAC);
+    check(&bed, "cookie", &cookie.frame(), XDP_REDIRECT, &want, Counter::ReturnRedirect);
+    assert!(bed.session_events().is_empty());
+
+    // A probe answer to a proxy node (a PEER) keeps the shard's address.
+    let peer = Ipv4Addr::new(198, 18, 60, 5);
+    bed.tables.peers.insert(proxy_common::net::addr_to_map(peer.octets()), 1, 0).unwrap();
+    let probe_answer = Udp::new(SHARD_A, PORT, peer, 50000, b"SAMP....i");
+    check(
+        &bed,
+        "probe answer to a peer",
+        &probe_answer.frame(),
+        XDP_PASS,
+        &probe_answer.frame(),
+        Counter::PassReplyLocal,
+    );
+    // The shard's other traffic (another source port) is not ours.
+    let other = Udp::new(SHARD_A, 3306, CLIENT, 40100, &[1, 2, 3]);
+    check(&bed, "shard's other traffic", &other.frame(), XDP_PASS, &other.frame(), Counter::PassNotOurs);
+}
+
 #[test]
 fn return_paths() {
     let mut bed = bed();

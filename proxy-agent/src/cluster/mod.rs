@@ -40,6 +40,7 @@ use crate::{
     health::Health,
 };
 
+pub mod answered;
 pub mod answers;
 mod event_log;
 mod expiry;

@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::Result;
-use proxy_common::{Counter, MAX_PENDING};
+use proxy_common::{Counter, MAX_PENDING, SESSION_ANSWERED};
 use tokio::sync::{oneshot, watch};
 
 use super::{
@@ -29,6 +29,7 @@ use super::{
     now_ns, ClientSelector, Cluster,
 };
 use crate::{
+    cluster::answered::Answered,
     config::{self, HealthConfig},
     control::{
         error::ControlError,
@@ -79,6 +80,10 @@ pub enum Msg {
     Transfer(TransferAsk, oneshot::Sender<Result<(String, MoveReport), ControlError>>),
     /// Account leases follow moves from now on, through this mover.
     UseLeases(LeaseMover),
+    /// A `return` node: players local shards accepted go here.
+    ReportAnswered(tokio::sync::mpsc::UnboundedSender<Vec<Answered>>),
+    /// An ingress node: game nodes' shards accepted these players.
+    Answered(Vec<Answered>, oneshot::Sender<usize>),
     /// What became of a lease move.
     LeaseOutcome(LeaseOutcome),
     /// The programs are attached: the data plane forwards.
@@ -125,6 +130,19 @@ impl OwnerHandle {
         let (tx, rx) = oneshot::channel();
         self.tx.send(Msg::Transfer(ask, tx)).map_err(|_| ControlError::Unavailable)?;
         rx.await.map_err(|_| ControlError::Unavailable)?
+    }
+
+    pub fn report_answered(&self, tx: tokio::sync::mpsc::UnboundedSender<Vec<Answered>>) {
+        let _ = self.tx.send(Msg::ReportAnswered(tx));
+    }
+
+    /// Players game nodes' shards accepted: promoted where pending here.
+    pub async fn answered(&self, list: Vec<Answered>) -> usize {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Answered(list, tx)).is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
     }
 
     pub fn use_leases(&self, mover: LeaseMover) {
@@ -174,6 +192,8 @@ pub struct Owner {
     parked: Vec<String>,
     expired_idle: u64,
     expired_moving: u64,
+    /// Pending players promoted because a game node's shard accepted them.
+    promoted_by_nodes: u64,
     ring: SessionEvents,
     scan: ScanState,
     publish: watch::Sender<Arc<Snapshot>>,
@@ -185,6 +205,8 @@ pub struct Owner {
     responder_counts: Arc<ResponderCounts>,
     /// Hands account leases along with the players, when leases are on.
     leases: Option<LeaseMover>,
+    /// A `return` node: where the players local shards accepted go.
+    answered_reporter: Option<tokio::sync::mpsc::UnboundedSender<Vec<Answered>>>,
 }
 
 /// The time between full scans: often enough for the idle timeout to be
@@ -213,6 +235,7 @@ pub fn spawn(
         parked: Vec::new(),
         expired_idle: 0,
         expired_moving: 0,
+        promoted_by_nodes: 0,
         ring,
         scan: ScanState {
             scanner,
@@ -232,6 +255,7 @@ pub fn spawn(
         probe_rtt: HistogramView::for_probe_rtt(),
         responder_counts,
         leases: None,
+        answered_reporter: None,
     };
     owner.drain_ring();
     owner.publish();
@@ -307,6 +331,18 @@ impl Owner {
                 }
             }
             Msg::UseLeases(mover) => self.leases = Some(mover),
+            Msg::ReportAnswered(tx) => self.answered_reporter = Some(tx),
+            Msg::Answered(list, reply) => {
+                let promoted = match self.cluster.promote_answered(&list) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        log::warn!("promoting players accepted on game nodes: {e:#}");
+                        0
+                    }
+                };
+                self.promoted_by_nodes += promoted as u64;
+                let _ = reply.send(promoted);
+            }
             Msg::LeaseOutcome(o) => {
                 let kind = match (&o.result, o.gave_up) {
                     (Ok(_), _) => "lease_move",
@@ -331,7 +367,16 @@ impl Owner {
     fn drain_ring(&mut self) {
         let now = now_ns();
         let index = &mut self.cluster.index;
-        self.ring.drain(|ev| index.apply(&ev, now));
+        let mut answered = Vec::new();
+        self.ring.drain(|ev| {
+            if ev.kind == SESSION_ANSWERED {
+                answered.push(ev);
+            }
+            index.apply(&ev, now);
+        });
+        if let (Some(reporter), false) = (&self.answered_reporter, answered.is_empty()) {
+            let _ = reporter.send(self.cluster.answered_players(&answered));
+        }
     }
 
     /// The periodic work; errors are logged and retried next tick.

@@ -8,7 +8,7 @@ use std::{
 
 use super::{
     lines::{locate, render_path},
-    Config, ConfigError, Frontend, PathPart, Role, Shard, Validated, MAX_SHARD_CAPACITY,
+    Config, ConfigError, Frontend, NodeRole, PathPart, Role, Shard, Validated, MAX_SHARD_CAPACITY,
 };
 use PathPart::{Index as I, Key as K};
 
@@ -41,7 +41,30 @@ impl Checker<'_> {
 
     /// Interfaces, bpffs and the control socket.
     fn check_paths(&self, raw: &Config) -> Result<(), ConfigError> {
-        if raw.interfaces.is_empty() {
+        if raw.role == NodeRole::Return && raw.ingress_agents.is_empty() {
+            return Err(self.error(
+                &[K("ingress_agents")],
+                "a return node with no ingress agent to report accepted players to",
+                "list the ingress agents' metrics_listen addresses, e.g. `ingress_agents: [10.0.0.1:9477]`",
+            ));
+        }
+        if raw.role == NodeRole::Return && raw.node_secret().is_none() {
+            return Err(self.error(
+                &[K("node_secret")],
+                "a return node with no node secret",
+                "set `node_secret` (the ingress agents' own) or SAMP_PROXY_NODE_SECRET",
+            ));
+        }
+        if let Some(secret) = &raw.node_secret {
+            if secret.len() < 16 {
+                return Err(self.error(
+                    &[K("node_secret")],
+                    "a node secret shorter than 16 characters",
+                    "use 16 or more",
+                ));
+            }
+        }
+        if raw.interfaces.is_empty() && raw.role != NodeRole::Return {
             return Err(self.error(
                 &[K("interfaces")],
                 "no interface to attach to",

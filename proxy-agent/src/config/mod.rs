@@ -23,9 +23,26 @@ pub const MAX_SHARD_CAPACITY: u32 = 1000;
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// What this node does: `both` (players in and shard replies out, on
+    /// one node: the default), `ingress` (players in; the shards' nodes
+    /// send the replies) or `return` (a game node: its shards' replies are
+    /// rewritten where they enter the node and sent straight to players).
+    #[serde(default)]
+    pub role: NodeRole,
     /// Interfaces the XDP program attaches to: the player-facing NIC and the
-    /// shard-facing one(s); one NIC may be both.
+    /// shard-facing one(s); one NIC may be both. On a `return` node the
+    /// local shards' interfaces are found from the routes and may be left out.
+    #[serde(default)]
     pub interfaces: Vec<String>,
+    /// `return` nodes: the ingress agents (their `metrics_listen`), told of
+    /// every player a local shard accepted; their addresses also mark the
+    /// shards' answers to health probes, which keep the shard's address.
+    #[serde(default)]
+    pub ingress_agents: Vec<SocketAddrV4>,
+    /// The secret between proxy nodes (`/node/answered`); the environment
+    /// variable `SAMP_PROXY_NODE_SECRET` wins over the file.
+    #[serde(default)]
+    pub node_secret: Option<String>,
     /// `driver` (native XDP, the default) or `skb` (generic, any NIC, slower).
     #[serde(default)]
     pub xdp_mode: XdpModeName,
@@ -132,6 +149,15 @@ fn default_query_budget() -> u32 {
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    #[default]
+    Both,
+    Ingress,
+    Return,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
 pub enum XdpModeName {
     #[default]
     Driver,
@@ -226,6 +252,16 @@ impl Config {
     /// The shard secret in force: the environment's, else the file's.
     pub fn shard_secret(&self) -> Option<String> {
         std::env::var(SHARD_SECRET_ENV).ok().filter(|s| !s.is_empty()).or_else(|| self.shard_secret.clone())
+    }
+}
+
+/// Where the node secret comes from when the environment has it.
+pub const NODE_SECRET_ENV: &str = "SAMP_PROXY_NODE_SECRET";
+
+impl Config {
+    /// The node secret in force: the environment's, else the file's.
+    pub fn node_secret(&self) -> Option<String> {
+        std::env::var(NODE_SECRET_ENV).ok().filter(|s| !s.is_empty()).or_else(|| self.node_secret.clone())
     }
 }
 

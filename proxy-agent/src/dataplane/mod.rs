@@ -7,6 +7,7 @@ pub mod batch;
 pub mod ebpf_object;
 pub mod layout;
 pub mod links;
+pub mod pod_routes;
 pub mod scanner;
 pub mod session_events;
 pub mod tables;
@@ -237,6 +238,19 @@ impl Dataplane {
         let link = prog.attach(iface, XdpMode::Driver).with_context(|| format!("attaching XDP_PASS to {iface}"))?;
         self.links.push(link);
         Ok(())
+    }
+
+    /// Forgets interfaces that no longer exist (a deleted pod's veth took its
+    /// XDP program with it) and removes their link pins; returns their names.
+    pub fn forget_missing(&mut self) -> Vec<String> {
+        let (gone, kept): (Vec<_>, Vec<_>) = self.attached.drain(..).partition(|(n, _)| !interface_exists(n));
+        self.attached = kept;
+        gone.into_iter()
+            .map(|(n, _)| {
+                let _ = std::fs::remove_file(links::link_pin(&self.pin_dir, &n));
+                n
+            })
+            .collect()
     }
 
     /// The interfaces this agent runs on, and whether it adopted each.

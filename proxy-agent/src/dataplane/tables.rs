@@ -33,6 +33,7 @@ pub struct Tables {
     pub query_answers: Array<MapData, QueryAnswer>,
     pub query_settings: Array<MapData, QuerySettings>,
     pub session_cache_generation: Array<MapData, u32>,
+    pub peers: HashMap<MapData, u32, u32>,
 }
 
 /// One untyped map from a loaded object or a pin.
@@ -124,6 +125,7 @@ impl Tables {
             query_answers: typed(s, names::QUERY_ANSWERS)?,
             query_settings: typed(s, names::QUERY_SETTINGS)?,
             session_cache_generation: typed(s, names::SESSION_CACHE_GENERATION)?,
+            peers: typed(s, names::PEERS)?,
         })
     }
 
@@ -236,6 +238,14 @@ impl Tables {
     pub fn void_session_cache(&mut self) -> Result<()> {
         let now = self.session_cache_generation.get(&0, 0).context("reading SESSION_CACHE_GENERATION")?;
         self.session_cache_generation.set(0, now.wrapping_add(1), 0).context("writing SESSION_CACHE_GENERATION")
+    }
+
+    /// Moves a pending session to the established table (as the data plane
+    /// does when the shard's acceptance crosses this node).
+    pub fn promote(&mut self, key: &SessionKey, session: Session) -> Result<()> {
+        self.sessions.insert(key, session, 0).context("promoting a session into SESSIONS")?;
+        self.remove_session(true, key)?;
+        Ok(())
     }
 
     /// Removes one session; `Ok(false)` when it was already gone.

@@ -4,7 +4,9 @@
 //! from the cluster owner's last published snapshot: such a request never
 //! waits for the owner and reads no map. Read-only routes go in [`route`].
 
+mod form;
 mod metrics;
+pub mod node;
 pub mod transfer;
 
 use std::{convert::Infallible, net::IpAddr, time::Duration};
@@ -51,6 +53,8 @@ async fn connection(stream: TcpStream, peer: IpAddr, owner: OwnerHandle, shard_a
         async move {
             let answer = if req.uri().path() == transfer::PATH {
                 transfer::handle(req, peer, &shard_api, &owner).await
+            } else if req.uri().path() == node::PATH {
+                node::handle(req, &shard_api, &owner).await
             } else {
                 route(req.method(), req.uri().path(), &owner.snapshot())
             };

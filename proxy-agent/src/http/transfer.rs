@@ -15,7 +15,7 @@ use hyper::{
     Method, Request, Response, StatusCode,
 };
 
-use super::{text, PLAIN};
+use super::{form, text, PLAIN};
 use crate::{
     cluster::owner::{OwnerHandle, TransferAsk},
     control::error::ControlError,
@@ -25,10 +25,12 @@ pub const PATH: &str = "/shard/transfer";
 /// A form of three short fields fits many times over.
 const MAX_BODY: usize = 4096;
 
-/// What the shard API needs beyond the owner: the secret, if transfers are on.
+/// What the node-facing routes need beyond the owner: the shard secret (if
+/// transfers are on) and the node secret (if game nodes may report).
 #[derive(Clone, Default)]
 pub struct ShardApi {
     pub secret: Option<String>,
+    pub node_secret: Option<String>,
 }
 
 /// Answers one `/shard/transfer` request from `peer`.
@@ -44,7 +46,7 @@ pub async fn handle(
     }
 }
 
-type Refusal = (StatusCode, String);
+pub(super) type Refusal = (StatusCode, String);
 
 async fn transfer(req: Request<Incoming>, peer: IpAddr, api: &ShardApi, owner: &OwnerHandle) -> Result<(), Refusal> {
     let form = match *req.method() {
@@ -71,7 +73,7 @@ async fn transfer(req: Request<Incoming>, peer: IpAddr, api: &ShardApi, owner: &
     owner.transfer(ask).await.map(|_| ()).map_err(|e| (status_of(&e), e.to_string()))
 }
 
-async fn body_text(body: Incoming) -> Result<String, Refusal> {
+pub(super) async fn body_text(body: Incoming) -> Result<String, Refusal> {
     let bytes = Limited::new(body, MAX_BODY)
         .collect()
         .await
@@ -93,7 +95,7 @@ fn status_of(e: &ControlError) -> StatusCode {
 }
 
 /// Compares in time independent of where the inputs differ.
-fn same_secret(given: &[u8], secret: &[u8]) -> bool {
+pub(super) fn same_secret(given: &[u8], secret: &[u8]) -> bool {
     given.len() == secret.len() && given.iter().zip(secret).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
@@ -108,44 +110,9 @@ struct Form {
 impl Form {
     /// `application/x-www-form-urlencoded`: every field once, nothing else.
     fn parse(text: &str) -> Result<Form, String> {
-        let (mut secret, mut client, mut to) = (None, None, None);
-        for pair in text.trim_end_matches(['\r', '\n']).split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let (name, value) = (decode(name)?, decode(value)?);
-            let slot = match name.as_str() {
-                "secret" => &mut secret,
-                "client" => &mut client,
-                "to" => &mut to,
-                other => return Err(format!("unknown field `{other}`; send secret, client and to")),
-            };
-            if slot.replace(value).is_some() {
-                return Err(format!("field `{name}` given twice"));
-            }
-        }
-        let need = |v: Option<String>, name: &str| v.ok_or_else(|| format!("missing field `{name}`"));
-        Ok(Form { secret: need(secret, "secret")?, client: need(client, "client")?, to: need(to, "to")? })
+        let mut f = form::parse(text, &["secret", "client", "to"])?;
+        Ok(Form { secret: f.take("secret")?, client: f.take("client")?, to: f.take("to")? })
     }
-}
-
-/// Percent-decoding, with `+` for a space.
-fn decode(s: &str) -> Result<String, String> {
-    let mut out = Vec::with_capacity(s.len());
-    let mut bytes = s.bytes();
-    while let Some(b) = bytes.next() {
-        match b {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let hex = [bytes.next(), bytes.next()];
-                let digit = |d: Option<u8>| d.and_then(|d| (d as char).to_digit(16));
-                match (digit(hex[0]), digit(hex[1])) {
-                    (Some(hi), Some(lo)) => out.push((hi * 16 + lo) as u8),
-                    _ => return Err("a bad %-escape in the form".into()),
-                }
-            }
-            b => out.push(b),
-        }
-    }
-    String::from_utf8(out).map_err(|_| "the form is not UTF-8".into())
 }
 
 #[cfg(test)]
@@ -159,7 +126,7 @@ mod tests {
         assert_eq!(Form::parse("secret=a&client=b").unwrap_err(), "missing field `to`");
         assert_eq!(
             Form::parse("secret=a&client=b&to=c&x=1").unwrap_err(),
-            "unknown field `x`; send secret, client and to"
+            "unknown field `x`; send secret, client, to"
         );
         assert_eq!(Form::parse("secret=a&secret=b&client=b&to=c").unwrap_err(), "field `secret` given twice");
         assert_eq!(Form::parse("secret=%zz&client=b&to=c").unwrap_err(), "a bad %-escape in the form");

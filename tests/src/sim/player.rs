@@ -72,6 +72,8 @@ pub struct PlayerStats {
     pub last_echo_ms: Option<u64>,
     /// The longest silence between two echoes since the last `reset_gaps`.
     pub max_gap_ms: u64,
+    /// The shard of the last echo.
+    pub last_shard: Option<String>,
 }
 
 impl PlayerStats {
@@ -86,11 +88,15 @@ impl PlayerStats {
             Some((_, n)) => *n += 1,
             None => self.shards.push((shard.to_string(), 1)),
         }
+        if self.last_shard.as_deref() != Some(shard) {
+            self.last_shard = Some(shard.to_string());
+        }
     }
 
-    /// The shard this player was last echoed by.
+    /// The shard this player was last echoed by (a player back on a shard
+    /// it visited before is on that shard, whatever the order of `shards`).
     pub fn current_shard(&self) -> Option<&str> {
-        self.shards.last().map(|(s, _)| s.as_str())
+        self.last_shard.as_deref()
     }
 }
 

@@ -1,0 +1,205 @@
+//! Direct server return on a cluster-shaped topology (see `tests::dsr`): the
+//! ingress node steers players' packets to shard pods on two game nodes;
+//! each game node's agent (`role: return`) rewrites its pods' replies to come
+//! from the public address where they enter the node, so replies never cross
+//! the ingress node, and reports the players its shards accepted so the
+//! ingress promotes them. The game nodes masquerade everything else.
+
+use std::{
+    net::{SocketAddrV4, UdpSocket},
+    time::Duration,
+};
+
+use proxy_agent::protocol::Request;
+use proxy_common::Counter;
+use tests::{
+    agent::Agent,
+    dsr::{game_ip, DsrTopology, INGRESS_IP},
+    scenario::{on_shard, wait_for},
+    sim::{
+        player::{self, PlayerConfig},
+        shard::{self, ShardConfig},
+    },
+    topology::{PORT, VIP},
+};
+
+const SECRET: &str = "node-secret-0123456789";
+const PLAYERS: usize = 10;
+
+fn count(agent: &Agent, counters: &[Counter]) -> u64 {
+    let t = agent.tables().unwrap();
+    counters.iter().map(|&c| t.counter(c).unwrap()).sum()
+}
+
+#[test]
+fn replies_go_straight_from_the_game_nodes_to_the_players() {
+    // s1 on game1; s2 and the standby s3 on game2.
+    let topo = DsrTopology::build(&[0, 1, 1], 4).unwrap();
+    let shards_yaml = topo.shards_yaml(&["active", "active", "standby"]);
+    // The shards run before the agents probe them (a shard that fails its
+    // first probes comes back as a standby).
+    let mut sims: Vec<_> = (0..3)
+        .map(|p| {
+            let cfg = ShardConfig { name: format!("s{}", p + 1), max_players: 1000, seed: 2000 + p as u32 };
+            Some(shard::spawn(topo.pod_socket(p).unwrap(), cfg))
+        })
+        .collect();
+
+    let ingress = Agent::start(
+        &topo.ingress,
+        &format!(
+            "role: ingress\ninterfaces: [eth0]\nmetrics_listen: 0.0.0.0:9477\nnode_secret: {SECRET}\n{shards_yaml}"
+        ),
+    )
+    .unwrap();
+    let game_yaml = format!("role: return\ningress_agents: [{INGRESS_IP}:9477]\nnode_secret: {SECRET}\n{shards_yaml}");
+    let games: Vec<Agent> = topo.games.iter().map(|g| Agent::start(g, &game_yaml).unwrap()).collect();
+    // Each game agent finds its pods' veths from the routes by itself.
+    for (g, pods) in [(0, vec!["p-s1"]), (1, vec!["p-s2", "p-s3"])] {
+        wait_for("the game agents on their pods' veths", Duration::from_secs(10), || {
+            pods.iter().all(|p| games[g].pins.path.join("links").join(p).exists())
+        });
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut cfg = PlayerConfig::new(SocketAddrV4::new(VIP, PORT), Duration::from_secs(300));
+    cfg.reconnect_after = Duration::from_millis(1500);
+    cfg.rate_hz = 20.0;
+    let sockets = topo.player_sockets(PLAYERS).unwrap();
+    let players = rt.block_on(async { player::start(sockets, &cfg) }).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !players.snapshot().iter().all(|p| p.connected) {
+        if std::time::Instant::now() > deadline {
+            let logs: Vec<String> = std::iter::once(&ingress).chain(&games).map(|a| a.log_text()).collect();
+            let st = ingress.request(&Request::Status).unwrap();
+            panic!("players did not connect; ingress status {st}\nlogs:\n{}", logs.join("\n-----\n"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    wait_for("echoes", Duration::from_secs(60), || players.snapshot().iter().all(|p| p.received >= 5));
+    let stats = players.snapshot();
+    assert!(!on_shard(&stats, "s1").is_empty() && !on_shard(&stats, "s2").is_empty(), "players on both game nodes");
+
+    // Admission still rests on the shards' acceptance, reported by the game nodes.
+    wait_for("every player established on the ingress", Duration::from_secs(10), || {
+        ingress.request(&Request::Status).unwrap()["totals"]["established"] == PLAYERS
+    });
+
+    // Replies never cross the ingress node; players see only the VIP.
+    let returns = [Counter::ReturnRedirect, Counter::ReturnPassNeigh];
+    let ins = [Counter::IngressRedirect, Counter::IngressPassNeigh];
+    let (in0, ret0) = (count(&ingress, &ins), games.iter().map(|g| count(g, &returns)).sum::<u64>());
+    std::thread::sleep(Duration::from_secs(2));
+    let (in1, ret1) = (count(&ingress, &ins), games.iter().map(|g| count(g, &returns)).sum::<u64>());
+    let player_seconds = PLAYERS as f64 * 2.0;
+    println!(
+        "ingress node: {:.1} packets per player-second with direct return; the game nodes sent {:.1} replies per player-second past it (without DSR the ingress node handled {:.1})",
+        (in1 - in0) as f64 / player_seconds,
+        (ret1 - ret0) as f64 / player_seconds,
+        (in1 - in0 + ret1 - ret0) as f64 / player_seconds
+    );
+    assert_eq!(count(&ingress, &returns), 0, "the ingress node saw a shard reply");
+    assert!(ret1 > ret0 && in1 > in0);
+    for p in players.snapshot() {
+        assert_eq!(
+            (p.wrong_source, p.wrong_seen),
+            (0, 0),
+            "{}: replies from the VIP, its own address at the shard",
+            p.local
+        );
+    }
+
+    // The shards' other traffic is masqueraded by the game node as before.
+    let client = topo.client_ips[0];
+    let rx = topo.client.run(|| UdpSocket::bind(SocketAddrV4::new(client, 6000)).unwrap()).unwrap();
+    rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let tx = topo.pods[1].run(|| UdpSocket::bind("0.0.0.0:5000").unwrap()).unwrap();
+    tx.send_to(b"db or dns", SocketAddrV4::new(client, 6000)).unwrap();
+    let mut buf = [0u8; 64];
+    let (_, from) = rx.recv_from(&mut buf).unwrap();
+    assert_eq!(from.ip(), std::net::IpAddr::V4(game_ip(1)), "masqueraded to game2's address");
+
+    // A migration still works: one s2 player to s1 (across game nodes).
+    let mover = on_shard(&players.snapshot(), "s2")[0].local.clone();
+    ingress.request(&Request::Migrate { clients: vec![mover.clone()], from: None, to: "s1".into() }).unwrap();
+    wait_for("the migrated player on s1", Duration::from_secs(20), || {
+        players.snapshot().iter().any(|p| p.local == mover && p.current_shard() == Some("s1"))
+    });
+
+    // A pod is deleted and recreated (a new veth): the game agent follows.
+    let wrong_before: u64 = players.snapshot().iter().map(|p| p.wrong_source).sum();
+    topo.delete_pod(1).unwrap();
+    wait_for("the deleted pod's link forgotten", Duration::from_secs(10), || {
+        !games[1].pins.path.join("links").join("p-s2").exists()
+    });
+    topo.add_pod(1).unwrap();
+    wait_for("the new pod's veth attached", Duration::from_secs(10), || {
+        games[1].pins.path.join("links").join("p-s2").exists()
+    });
+    let on_s2: Vec<String> = on_shard(&players.snapshot(), "s2").iter().map(|p| p.local.clone()).collect();
+    players.reset_gaps();
+    let received: Vec<u64> = players.snapshot().iter().map(|p| p.received).collect();
+    wait_for("s2's players echoed again through the new pod veth", Duration::from_secs(20), || {
+        players
+            .snapshot()
+            .iter()
+            .zip(&received)
+            .filter(|(p, _)| on_s2.contains(&p.local))
+            .all(|(p, r)| p.received > r + 5)
+    });
+    let wrong_after: u64 = players.snapshot().iter().map(|p| p.wrong_source).sum();
+    println!("replies masqueraded while the new pod's veth had no program yet: {}", wrong_after - wrong_before);
+
+    // s1 dies: its players move, together, to one shard on game2 (the
+    // standby s3, or s2 if the pod recreation above made s2 the empty
+    // standby: its recovery makes it one).
+    let on_s1: Vec<String> = on_shard(&players.snapshot(), "s1").iter().map(|p| p.local.clone()).collect();
+    sims[0].take().unwrap().stop();
+    let failover_target = || -> Option<String> {
+        let events = ingress.request(&Request::Events).unwrap();
+        events.as_array()?.iter().rev().find(|e| e["kind"] == "failover" && e["shard"] == "s1")?["target"]
+            .as_str()
+            .map(str::to_string)
+    };
+    wait_for("s1's failover", Duration::from_secs(20), || failover_target().is_some());
+    let target = failover_target().unwrap();
+    assert!(target == "s2" || target == "s3", "{target}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = players.snapshot();
+        let stuck: Vec<String> = now
+            .iter()
+            .filter(|p| on_s1.contains(&p.local) && p.current_shard() != Some(target.as_str()))
+            .map(|p| {
+                let at: Vec<String> = sims
+                    .iter()
+                    .flatten()
+                    .map(|sim| format!("{}: {:?}", sim.name, sim.stats().clients.get(&p.local).map(|c| (c.connected, c.packets, c.handshakes))))
+                    .collect();
+                format!(
+                    "{} on {:?} ({} connects, {} handshakes, shards {:?}, wrong source {}, received {}, sent {}) at shards {at:?}",
+                    p.local,
+                    p.current_shard(),
+                    p.connects,
+                    p.handshakes_sent,
+                    p.shards,
+                    p.wrong_source,
+                    p.received,
+                    p.sent
+                )
+            })
+            .collect();
+        if stuck.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let st = ingress.request(&Request::Status).unwrap();
+            let sessions = ingress.request(&Request::Sessions { shard: None, client: None }).unwrap();
+            panic!("s1's players not all on {target}: {stuck:?}\ncounters {}\nsessions {sessions}", st["counters"]);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let wrong_final: u64 = players.snapshot().iter().map(|p| p.wrong_source).sum();
+    assert_eq!(wrong_final, wrong_after, "after the failover every reply still came from the VIP");
+    assert_eq!(count(&ingress, &returns), 0, "still no reply crossed the ingress node");
+    players.stop();
+}
