@@ -102,7 +102,9 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
         // sends its shards' replies on, and reports whom they accepted.
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         owner.report_answered(tx);
-        let secret = cfg.raw.node_secret().context("a return node needs node_secret")?;
+        let secret = cfg.raw.node_secret().context(
+            "a return node needs the node secret: set `node_secret` (the ingress agents' own) or SAMP_PROXY_NODE_SECRET",
+        )?;
         tokio::spawn(http::node::report(rx, cfg.raw.ingress_agents.clone(), secret));
     } else {
         tokio::spawn(health::probe_loop(owner.clone()));

@@ -48,13 +48,6 @@ impl Checker<'_> {
                 "list the ingress agents' metrics_listen addresses, e.g. `ingress_agents: [10.0.0.1:9477]`",
             ));
         }
-        if raw.role == NodeRole::Return && raw.node_secret().is_none() {
-            return Err(self.error(
-                &[K("node_secret")],
-                "a return node with no node secret",
-                "set `node_secret` (the ingress agents' own) or SAMP_PROXY_NODE_SECRET",
-            ));
-        }
         if let Some(secret) = &raw.node_secret {
             if secret.len() < 16 {
                 return Err(self.error(
