@@ -1,21 +1,12 @@
 //! Taking sessions out: moved players who never came back (decided from the
-//! index every tick, no table read) and idle players (decided at each full
-//! scan, which carries the data plane's `last_seen_ns`).
+//! index every tick, no table read) and idle players (decided as each chunk
+//! of a full scan is merged: the scan carries the data plane's
+//! `last_seen_ns`).
 
 use anyhow::Result;
-use proxy_common::SessionKey;
+use proxy_common::{Session, SessionKey};
 
-use super::{
-    index::{MergeReport, Scan},
-    Cluster,
-};
-
-/// Sessions one pass removed.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Expired {
-    pub idle: usize,
-    pub moving: usize,
-}
+use super::{index::MergeReport, Cluster};
 
 impl Cluster {
     /// Removes moved sessions whose client has not handshaken again within
@@ -29,11 +20,11 @@ impl Cluster {
             .index
             .iter()
             .filter(|(_, s)| {
-                let g = self.group(s.group);
-                if g.epoch == s.epoch {
+                let g = self.group(s.group());
+                if g.epoch == s.epoch() {
                     return false;
                 }
-                let since = s.last_seen_ns.max(self.moved_at.get(&s.group).copied().unwrap_or(0));
+                let since = s.last_seen_ns().max(self.moved_at.get(&s.group()).copied().unwrap_or(0));
                 now.saturating_sub(since) > move_ns
             })
             .map(|(k, s)| (*k, s.pending))
@@ -41,29 +32,42 @@ impl Cluster {
         self.remove_sessions(&overdue)
     }
 
-    /// Folds a full scan (begun in generation `started`) into the index, and
-    /// first removes the sessions it shows idle longer than `idle_ns` that
-    /// nothing has touched since the scan began.
-    pub fn merge_scan(
+    /// Folds one chunk of a full scan (begun in generation `started`, see
+    /// `SessionIndex::merge_chunk`) into the index, adding what it found to
+    /// `report`, and first removes the sessions it shows idle longer than
+    /// `idle_ns` that nothing has touched since the scan began. Returns how
+    /// many of those the tables still held.
+    pub fn merge_scan_chunk(
         &mut self,
         started: u64,
-        mut scan: Scan,
+        pending: bool,
+        entries: &[(SessionKey, Session)],
         now: u64,
         idle_ns: u64,
-    ) -> Result<(MergeReport, Expired)> {
-        let idle = |s: &proxy_common::Session| now.saturating_sub(s.last_seen_ns) > idle_ns;
-        let mut victims: Vec<(SessionKey, bool)> = Vec::new();
-        for (pending, list) in [(false, &mut scan.established), (true, &mut scan.pending)] {
-            list.retain(|(k, s)| {
-                let expire = idle(s) && !self.index.changed_since(k, started);
-                if expire {
-                    victims.push((*k, pending));
-                }
-                !expire
-            });
+        report: &mut MergeReport,
+    ) -> Result<usize> {
+        let idle: Vec<usize> = (0..entries.len())
+            .filter(|&i| {
+                let (key, s) = &entries[i];
+                now.saturating_sub(s.last_seen_ns) > idle_ns && !self.index.changed_since(key, started)
+            })
+            .collect();
+        let mut removed = 0;
+        for &i in &idle {
+            let key = &entries[i].0;
+            // Already gone (LRU eviction, a promotion racing) is fine.
+            if self.tables.remove_session(pending, key)? {
+                removed += 1;
+            }
+            // An idle PENDING copy of a session this scan found established
+            // is a leftover of its promotion, not the session.
+            if !(pending && self.index.scanned_established(key)) {
+                self.index.remove(key);
+            }
         }
-        let idle = self.remove_sessions(&victims)?;
-        Ok((self.index.merge(started, scan), Expired { idle, moving: 0 }))
+        let kept = entries.iter().enumerate().filter(|(i, _)| idle.binary_search(i).is_err()).map(|(_, e)| *e);
+        self.index.merge_chunk(started, pending, kept, report);
+        Ok(removed)
     }
 
     /// Removes sessions from their tables and the index; returns how many the

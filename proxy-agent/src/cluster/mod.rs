@@ -157,7 +157,7 @@ impl Cluster {
     /// shard state, every session), reuses the ids they already hold, and
     /// writes the config's routing.
     pub fn start(cfg: Validated, tables: Tables) -> Result<Cluster> {
-        let scan = tables.scan_sessions()?;
+        let index = SessionIndex::from_tables(&tables)?;
         let mut cluster = Cluster {
             cfg,
             groups: tables.read_groups()?,
@@ -169,7 +169,7 @@ impl Cluster {
             frontend_ids: Vec::new(),
             moved_at: HashMap::new(),
             last_placement: Vec::new(),
-            index: SessionIndex::from_scan(scan),
+            index,
             half_applied: false,
             written_answers: HashMap::new(),
             responder: None,

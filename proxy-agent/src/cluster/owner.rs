@@ -22,12 +22,7 @@ use anyhow::Result;
 use proxy_common::{Counter, MAX_PENDING, SESSION_ANSWERED};
 use tokio::sync::{oneshot, watch};
 
-use super::{
-    answers::FrontendAnswers,
-    event_log::EventLog,
-    index::{MergeReport, Scan},
-    now_ns, ClientSelector, Cluster,
-};
+use super::{answers::FrontendAnswers, event_log::EventLog, index::MergeReport, now_ns, ClientSelector, Cluster};
 use crate::{
     cluster::answered::Answered,
     config::{self, HealthConfig},
@@ -36,7 +31,7 @@ use crate::{
         protocol::Request,
         views::{AgentView, DrainView, HistogramView, IndexView, MoveReport, ReloadView, Reply, StatusView},
     },
-    dataplane::session_events::SessionEvents,
+    dataplane::{scanner::ScanPart, session_events::SessionEvents},
     health::{ProbeResult, Transition},
     leases::mover::{LeaseMove, LeaseMover, LeaseOutcome},
     query::ResponderCounts,
@@ -71,9 +66,10 @@ pub enum Msg {
     Control(Request, oneshot::Sender<ControlReply>),
     ProbePlan(oneshot::Sender<ProbePlan>),
     HealthRound(Vec<(String, Option<ProbeResult>)>),
+    /// A part of the scan of `generation` (see `scanner`).
     Scanned {
         generation: u64,
-        result: Result<Scan, String>,
+        result: Result<ScanPart, String>,
         took: Duration,
     },
     /// A shard asks for one of its players to move (an area transfer).
@@ -174,6 +170,11 @@ impl OwnerHandle {
 struct ScanState {
     scanner: mpsc::Sender<u64>,
     in_flight: bool,
+    /// The generation of the scan in flight.
+    generation: u64,
+    /// What merging its chunks found so far.
+    merged: MergeReport,
+    expired: usize,
     last_started: Instant,
     interval: Duration,
     done: u64,
@@ -240,6 +241,9 @@ pub fn spawn(
         scan: ScanState {
             scanner,
             in_flight: false,
+            generation: 0,
+            merged: MergeReport::default(),
+            expired: 0,
             last_started: Instant::now(),
             interval,
             done: 0,
@@ -421,45 +425,69 @@ impl Owner {
         let generation = self.cluster.index.begin_scan();
         if self.scan.scanner.send(generation).is_ok() {
             self.scan.in_flight = true;
+            self.scan.generation = generation;
+            self.scan.merged = MergeReport::default();
+            self.scan.expired = 0;
             self.scan.last_started = Instant::now();
             self.scan.lost_at_start = lost;
         }
     }
 
-    fn scanned(&mut self, generation: u64, result: Result<Scan, String>, took: Duration) {
-        self.scan.in_flight = false;
-        let scan = match result {
-            Ok(s) => s,
+    /// Merges a scan's chunk as it comes (the owner answers requests between
+    /// two), and finishes the merge at its end.
+    fn scanned(&mut self, generation: u64, result: Result<ScanPart, String>, took: Duration) {
+        if !self.scan.in_flight || generation != self.scan.generation {
+            return; // a scan given up on: its chunks go back unread
+        }
+        let idle_ns = self.cluster.cfg.raw.session_idle_timeout_ms * 1_000_000;
+        let chunk = match result {
+            Ok(ScanPart::Chunk(chunk)) => chunk,
+            Ok(ScanPart::Done) => return self.scan_done(generation, took),
             Err(e) => {
-                log::warn!("scanning the session tables: {e}; the index stays as the events left it");
+                self.give_up_scan();
+                log::warn!("scanning the session tables: {e}; the index keeps the events and the chunks merged so far");
                 return;
             }
         };
-        let idle_ns = self.cluster.cfg.raw.session_idle_timeout_ms * 1_000_000;
-        match self.cluster.merge_scan(generation, scan, now_ns(), idle_ns) {
-            Ok((report, expired)) => {
-                self.scan.done += 1;
-                self.scan.last_ms = Some(took.as_secs_f64() * 1000.0);
-                self.scan.repaired.added += report.added;
-                self.scan.repaired.removed += report.removed;
-                self.scan.repaired.corrected += report.corrected;
-                self.expired_idle += expired.idle as u64;
-                if expired.idle > 0 {
-                    log::info!("expired {} idle sessions", expired.idle);
-                }
-                let loads = self.cluster.loads();
-                if let Err(e) = self.cluster.refresh_placement(&loads) {
-                    log::warn!("refreshing placement after a scan: {e:#}");
-                }
-                if report.added + report.corrected > 0 {
-                    log::warn!(
-                        "the session scan repaired the index: {} sessions no event reported, {} corrected",
-                        report.added,
-                        report.corrected
-                    );
-                }
+        let merged = &mut self.scan.merged;
+        match self.cluster.merge_scan_chunk(generation, chunk.pending, chunk.entries(), now_ns(), idle_ns, merged) {
+            Ok(idle) => self.scan.expired += idle,
+            Err(e) => {
+                self.give_up_scan();
+                log::warn!("applying the session scan: {e:#}");
             }
-            Err(e) => log::warn!("applying the session scan: {e:#}"),
+        }
+    }
+
+    /// Ignores the rest of the scan in flight (the next one starts clean);
+    /// the idle sessions its chunks removed still count.
+    fn give_up_scan(&mut self) {
+        self.scan.in_flight = false;
+        self.expired_idle += std::mem::take(&mut self.scan.expired) as u64;
+    }
+
+    fn scan_done(&mut self, generation: u64, took: Duration) {
+        self.scan.in_flight = false;
+        let mut report = std::mem::take(&mut self.scan.merged);
+        report.removed += self.cluster.index.finish_scan(generation);
+        let expired = std::mem::take(&mut self.scan.expired);
+        self.scan.done += 1;
+        self.scan.last_ms = Some(took.as_secs_f64() * 1000.0);
+        self.scan.repaired.add(&report);
+        self.expired_idle += expired as u64;
+        if expired > 0 {
+            log::info!("expired {expired} idle sessions");
+        }
+        let loads = self.cluster.loads();
+        if let Err(e) = self.cluster.refresh_placement(&loads) {
+            log::warn!("refreshing placement after a scan: {e:#}");
+        }
+        if report.added + report.corrected > 0 {
+            log::warn!(
+                "the session scan repaired the index: {} sessions no event reported, {} corrected",
+                report.added,
+                report.corrected
+            );
         }
     }
 

@@ -111,13 +111,13 @@ impl Cluster {
             if client.is_some_and(|c| !c.matches(k)) {
                 continue;
             }
-            let g = self.group(s.group);
+            let g = self.group(s.group());
             let idx = self.shard_by_backend(g.backend);
             if shard_filter.is_some() && idx != shard_filter {
                 continue;
             }
             let fe = self.frontend_ids.iter().position(|&id| id == k.frontend as u32);
-            let state = if g.epoch != s.epoch {
+            let state = if g.epoch != s.epoch() {
                 "moving"
             } else if s.pending {
                 "pending"
@@ -129,9 +129,9 @@ impl Cluster {
                     .to_string(),
                 frontend: fe.map(|i| self.cfg.frontends[i].name.clone()).unwrap_or_else(|| "?".into()),
                 shard: idx.map(|i| self.cfg.shards[i].name.clone()).unwrap_or_else(|| "(none)".into()),
-                group: s.group,
+                group: s.group(),
                 state: state.into(),
-                idle_ms: now.saturating_sub(s.last_seen_ns) / 1_000_000,
+                idle_ms: now.saturating_sub(s.last_seen_ns()) / 1_000_000,
             });
         }
         out.sort_by(|a, b| a.client.cmp(&b.client));

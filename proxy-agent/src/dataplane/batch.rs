@@ -50,6 +50,17 @@ fn fd<K: Pod, V>(map: &impl IterableMap<K, V>) -> u32 {
 /// Every entry of a hash, LRU hash or array map (arrays: `K` = u32 index).
 pub fn dump<K: Pod + Default, V: Pod + Default>(map: &impl IterableMap<K, V>) -> io::Result<Vec<(K, V)>> {
     let mut out = Vec::new();
+    dump_each(map, |keys, values| out.extend(keys.iter().copied().zip(values.iter().copied())))?;
+    Ok(out)
+}
+
+/// Every entry of a hash, LRU hash or array map, handed to `each` as it is
+/// read, up to 4096 at a time (keys and values in the same order): the
+/// whole map is never held.
+pub fn dump_each<K: Pod + Default, V: Pod + Default>(
+    map: &impl IterableMap<K, V>,
+    mut each: impl FnMut(&[K], &[V]),
+) -> io::Result<()> {
     let mut keys = vec![K::default(); CHUNK];
     let mut values = vec![V::default(); CHUNK];
     let (mut token_in, mut token_out) = (0u64, 0u64);
@@ -70,9 +81,11 @@ pub fn dump<K: Pod + Default, V: Pod + Default>(map: &impl IterableMap<K, V>) ->
             Err(e) => return Err(e),
         };
         let n = attr.count as usize;
-        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        if n > 0 {
+            each(&keys[..n], &values[..n]);
+        }
         if done {
-            return Ok(out);
+            return Ok(());
         }
         token_in = token_out;
         first = false;

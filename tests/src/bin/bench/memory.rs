@@ -1,7 +1,10 @@
 //! `cargo xtask bench memory`: what the session tables cost the kernel, from
 //! the kernel's own accounting (`memlock` in each map's fdinfo), with
 //! 1,048,576 sessions; and the agent's resident memory (VmRSS) with 100,000
-//! and 1,000,000 established sessions indexed.
+//! and 1,000,000 established sessions indexed: as soon as the index holds
+//! them, then once one more full scan has been merged (what the agent keeps
+//! while it scans and after), with the peak (VmHWM) so far; and after a
+//! restart that finds the million sessions pinned.
 
 use std::{
     os::fd::{AsFd, AsRawFd},
@@ -42,13 +45,18 @@ fn memlock(path: &std::path::Path) -> Result<u64> {
         .context("no memlock line in the map's fdinfo")
 }
 
-fn rss_kib(pid: u32) -> Result<u64> {
+/// A `/proc/PID/status` figure in KiB (`VmRSS`, `VmHWM`).
+fn proc_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .context("no VmRSS")
+        .with_context(|| format!("no {field}"))
+}
+
+fn rss_kib(pid: u32) -> Result<u64> {
+    proc_kib(pid, "VmRSS")
 }
 
 pub fn memory() -> Result<()> {
@@ -80,7 +88,7 @@ pub fn memory() -> Result<()> {
 
     // 2. The agent's resident memory with its index.
     let extra = format!("max_sessions: {MILLION}\nsession_idle_timeout_ms: 600000\n");
-    let sc = Scenario::start(2, |t| t.config(&[1000, 1000], &extra))?;
+    let mut sc = Scenario::start(2, |t| t.config(&[1000, 1000], &extra))?;
     let pid = sc.agent.pid().context("agent pid")?;
     let tables = sc.agent.tables()?;
     let st = sc.agent.request(&Request::Status)?;
@@ -99,6 +107,30 @@ pub fn memory() -> Result<()> {
             sc.agent.request(&Request::Status).map(|s| s["totals"]["players"] == n as u64).unwrap_or(false)
         });
         println!("  {n:>9} sessions: {} KiB (goal: 50 MiB)", rss_kib(pid)?);
+        let scans = || -> u64 {
+            let st = sc.agent.request(&Request::Status).ok();
+            st.and_then(|s| s["agent"]["index"]["scans"].as_u64()).unwrap_or(0)
+        };
+        // The scan that indexed them may still be finishing: wait for the
+        // end of the one after it.
+        let after = scans() + 2;
+        wait_for("a full scan of the sessions", Duration::from_secs(60), || scans() >= after);
+        println!(
+            "  {n:>9} sessions, after a full scan: {} KiB; peak so far (VmHWM, as the index grew): {} KiB",
+            rss_kib(pid)?,
+            proc_kib(pid, "VmHWM")?
+        );
     }
+    sc.agent.stop()?;
+    sc.agent.restart(&sc.topo.proxy)?;
+    let pid = sc.agent.pid().context("agent pid")?;
+    wait_for("the restarted agent to index the sessions", Duration::from_secs(60), || {
+        sc.agent.request(&Request::Status).map(|s| s["totals"]["players"] == written as u64).unwrap_or(false)
+    });
+    println!(
+        "  restarted with {written} sessions pinned: {} KiB; peak (VmHWM): {} KiB",
+        rss_kib(pid)?,
+        proc_kib(pid, "VmHWM")?
+    );
     Ok(())
 }
