@@ -19,7 +19,7 @@ use std::{
 };
 
 use anyhow::Result;
-use proxy_common::{Counter, MAX_PENDING, SESSION_ANSWERED};
+use proxy_common::{Counter, SESSION_ANSWERED};
 use tokio::sync::{oneshot, watch};
 
 use super::{answers::FrontendAnswers, event_log::EventLog, index::MergeReport, now_ns, ClientSelector, Cluster};
@@ -418,7 +418,7 @@ impl Owner {
         });
         let due = self.scan.last_started.elapsed() >= self.scan.interval
             || lost > self.scan.lost_at_start
-            || self.cluster.index.pending_len() > 2 * MAX_PENDING as usize;
+            || self.cluster.index.pending_len() > 2 * self.cluster.cfg.raw.max_pending as usize;
         if !due {
             return;
         }
