@@ -177,14 +177,20 @@ pub struct QuerySettings {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct QuerySource {
-    /// The second (monotonic clock) in the high half, queries answered in
-    /// it in the low half: one word, so both change in one compare-and-swap.
-    pub second_and_count: u64,
+    /// When the window opened (monotonic clock >> `TICK_SHIFT`) in the high
+    /// half, queries let through in it in the low half: one word, so both
+    /// change in one compare-and-swap.
+    pub start_and_count: u64,
 }
 
 impl QuerySource {
-    pub const fn pack(second: u32, count: u32) -> u64 {
-        ((second as u64) << 32) | count as u64
+    /// Clock ticks of 2^20 ns (about 1 ms).
+    pub const TICK_SHIFT: u32 = 20;
+    /// One second in ticks (rounded up: a window never lasts less).
+    pub const WINDOW_TICKS: u32 = (1_000_000_000u64 >> Self::TICK_SHIFT) as u32 + 1;
+
+    pub const fn pack(start: u32, count: u32) -> u64 {
+        ((start as u64) << 32) | count as u64
     }
 
     pub const fn unpack(word: u64) -> (u32, u32) {

@@ -67,9 +67,10 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
     }
 }
 
-/// One more query from `src` in this second; false past the budget. Exact
-/// while both CPUs answer the same source: the window and its count are one
-/// word, changed only by compare-and-swap.
+/// One more query from `src` in its one-second window (which opens at its
+/// first query); false past the budget. Exact while both CPUs answer the
+/// same source: the window's start and its count are one word, changed only
+/// by compare-and-swap.
 #[inline(always)]
 fn within_budget(src: u32) -> bool {
     let limit = QUERY_SETTINGS.get(0).map(|l| l.per_second).unwrap_or(0);
@@ -77,7 +78,7 @@ fn within_budget(src: u32) -> bool {
         return true;
     }
     // SAFETY: coarse clock helper, no arguments.
-    let second = (unsafe { bpf_ktime_get_coarse_ns() } / 1_000_000_000) as u32;
+    let tick = (unsafe { bpf_ktime_get_coarse_ns() } >> QuerySource::TICK_SHIFT) as u32;
     if QUERY_SOURCES.get_ptr_mut(&src).is_none() {
         // NOEXIST: when another CPU inserted it first, share its budget.
         // A full LRU evicts an old source: at worst that one starts afresh.
@@ -87,17 +88,21 @@ fn within_budget(src: u32) -> bool {
         return false;
     };
     // SAFETY: a live map value.
-    let word = unsafe { &raw mut (*s).second_and_count };
+    let word = unsafe { &raw mut (*s).start_and_count };
     for _ in 0..atomic::ATTEMPTS {
         // SAFETY: `word` points into the live map value.
         let seen = unsafe { atomic::load(word) };
-        let (at, count) = QuerySource::unpack(seen);
-        let count = if at == second { count } else { 0 };
+        let (start, count) = QuerySource::unpack(seen);
+        let (start, count) = if count == 0 || tick.wrapping_sub(start) >= QuerySource::WINDOW_TICKS {
+            (tick, 0)
+        } else {
+            (start, count)
+        };
         if count >= limit {
             return false;
         }
         // SAFETY: as above.
-        if unsafe { atomic::replace(word, seen, QuerySource::pack(second, count + 1)) } {
+        if unsafe { atomic::replace(word, seen, QuerySource::pack(start, count + 1)) } {
             return true;
         }
     }
