@@ -166,12 +166,7 @@ impl DsrTopology {
 
     /// `count` player sockets in the client namespace.
     pub fn player_sockets(&self, count: usize) -> Result<Vec<UdpSocket>> {
-        let ips = self.client_ips.clone();
-        self.client.run(move || {
-            (0..count)
-                .map(|i| UdpSocket::bind(SocketAddrV4::new(ips[i % ips.len()], 0)).map_err(anyhow::Error::from))
-                .collect::<Result<Vec<_>>>()
-        })?
+        crate::topology::player_sockets(&self.client, &self.client_ips, count)
     }
 
     /// The shards of a config: pod `p` is shard `s{p+1}`, with its role.

@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod bed;
 pub mod dsr;
+pub mod http;
 pub mod mariadb;
 pub mod netns;
 pub mod packet;

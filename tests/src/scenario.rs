@@ -69,6 +69,21 @@ impl Scenario {
         self.shard_stats(i).clients.get(client).map(|c| c.packets).unwrap_or(0)
     }
 
+    /// Stops the players and waits until every game packet each one sent
+    /// has reached the shard it plays on (shards are named `s1`, `s2`, ...).
+    pub fn assert_every_packet_arrived(&self, players: &Players) {
+        players.stop();
+        std::thread::sleep(Duration::from_millis(100));
+        let stats = players.snapshot();
+        wait_for("every game packet at its shard", Duration::from_secs(5), || {
+            stats.iter().all(|p| {
+                let shard = p.current_shard().unwrap();
+                let i: usize = shard[1..].parse::<usize>().unwrap() - 1;
+                self.packets_at(i, &p.local) == p.sent
+            })
+        });
+    }
+
     /// Waits until every player is connected and has had `echoes` echoes.
     pub fn wait_playing(players: &Players, echoes: u64) {
         wait_for("players to connect", Duration::from_secs(60), || players.snapshot().iter().all(|p| p.connected));

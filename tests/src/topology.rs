@@ -109,12 +109,7 @@ impl Topology {
     /// `count` player sockets in the client namespace, spread over the client
     /// IPs, each on its own ephemeral port.
     pub fn player_sockets(&self, count: usize) -> Result<Vec<UdpSocket>> {
-        let ips = self.client_ips.clone();
-        self.client.run(move || {
-            (0..count)
-                .map(|i| UdpSocket::bind(SocketAddrV4::new(ips[i % ips.len()], 0)).map_err(anyhow::Error::from))
-                .collect::<Result<Vec<_>>>()
-        })?
+        player_sockets(&self.client, &self.client_ips, count)
     }
 
     /// A socket on the shard's port in shard `i`'s namespace.
@@ -145,6 +140,17 @@ impl Topology {
         y.push_str(extra);
         y
     }
+}
+
+/// `count` UDP sockets in `ns`, spread over `ips`, each on its own
+/// ephemeral port: players.
+pub fn player_sockets(ns: &NetNs, ips: &[Ipv4Addr], count: usize) -> Result<Vec<UdpSocket>> {
+    let ips = ips.to_vec();
+    ns.run(move || {
+        (0..count)
+            .map(|i| UdpSocket::bind(SocketAddrV4::new(ips[i % ips.len()], 0)).map_err(anyhow::Error::from))
+            .collect::<Result<Vec<_>>>()
+    })?
 }
 
 /// Trap 2: senders must not leave partial checksums for XDP to see; trap 1:

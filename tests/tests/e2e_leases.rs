@@ -10,8 +10,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    net::{Ipv4Addr, SocketAddrV4},
     time::{Duration, Instant},
 };
 
@@ -90,24 +89,9 @@ fn event_count(sc: &Scenario, kind: &str) -> usize {
 }
 
 fn transfer(sc: &Scenario, shard: usize, client: &str, to: &str) -> (u16, String) {
-    let gateway = Ipv4Addr::new(198, 18, 11 + shard as u8, 1);
+    let gateway = SocketAddrV4::new(Ipv4Addr::new(198, 18, 11 + shard as u8, 1), HTTP_PORT);
     let body = format!("secret={SECRET}&client={client}&to={to}");
-    let raw = sc.topo.shards[shard]
-        .run(|| {
-            let mut s = TcpStream::connect(SocketAddrV4::new(gateway, HTTP_PORT)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let head = format!(
-                "POST /shard/transfer HTTP/1.1\r\nHost: agent\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            s.write_all(head.as_bytes()).unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
-        })
-        .unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    (head.split_whitespace().nth(1).unwrap().parse().unwrap(), body.to_string())
+    tests::http::request(&sc.topo.shards[shard], gateway, "POST", "/shard/transfer", &body)
 }
 
 /// The shard that holds a live lease of `account`, if any (read as an
@@ -124,17 +108,7 @@ fn holder(sc: &Scenario, leases: &LeaseStore, account: &str) -> Option<String> {
 
 /// The agent's `/metrics`, read from the proxy's own namespace.
 fn metrics(sc: &Scenario) -> String {
-    sc.topo
-        .proxy
-        .run(|| {
-            let mut s = TcpStream::connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, HTTP_PORT)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n").unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
-        })
-        .unwrap()
+    tests::http::request(&sc.topo.proxy, SocketAddrV4::new(Ipv4Addr::LOCALHOST, HTTP_PORT), "GET", "/metrics", "").1
 }
 
 #[test]

@@ -202,16 +202,7 @@ fn a_spoofed_query_flood_is_answered_up_to_each_budget_and_players_keep_every_pa
     assert_eq!(counter(&sc, Counter::DropQueryBudget) - dropped, (SOURCES * (PER_SOURCE - BUDGET)) as u64);
 
     // Every game packet the players sent reached their shard.
-    players.stop();
-    std::thread::sleep(Duration::from_millis(100));
-    let stats = players.snapshot();
-    wait_for("every game packet at its shard", Duration::from_secs(5), || {
-        stats.iter().all(|p| {
-            let shard = p.current_shard().unwrap();
-            let i: usize = shard[1..].parse::<usize>().unwrap() - 1;
-            sc.packets_at(i, &p.local) == p.sent
-        })
-    });
+    sc.assert_every_packet_arrived(&players);
     let st = sc.agent.request(&Request::Status).unwrap();
     assert_eq!(st["totals"]["established"], 20, "the flood left the established table alone");
 }

@@ -5,8 +5,7 @@
 //! cluster's secret; every refusal changes nothing.
 
 use std::{
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpStream},
+    net::{Ipv4Addr, SocketAddrV4},
     time::{Duration, Instant},
 };
 
@@ -20,26 +19,9 @@ const SECRET: &str = "test-secret-0123456789";
 const HTTP_PORT: u16 = 9180;
 const PLAYERS: usize = 8;
 
-/// One HTTP/1.1 request from namespace `ns` to the agent at `agent`:
-/// (status, body).
+/// One HTTP/1.1 request from namespace `ns` to the agent at `agent`.
 fn http(ns: &NetNs, agent: Ipv4Addr, method: &str, target: &str, body: &str) -> (u16, String) {
-    let raw = ns
-        .run(|| {
-            let mut s = TcpStream::connect(SocketAddrV4::new(agent, HTTP_PORT)).unwrap();
-            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let head = format!(
-                "{method} {target} HTTP/1.1\r\nHost: agent\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            s.write_all(head.as_bytes()).unwrap();
-            s.write_all(body.as_bytes()).unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).unwrap();
-            out
-        })
-        .unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no end of head in `{raw}`"));
-    (head.split_whitespace().nth(1).unwrap().parse().unwrap(), body.to_string())
+    tests::http::request(ns, SocketAddrV4::new(agent, HTTP_PORT), method, target, body)
 }
 
 /// The proxy's address on shard `i`'s link (the shard's gateway).
