@@ -8,8 +8,8 @@ use aya_ebpf::{
 use proxy_common::{
     counters::COUNTER_COUNT, Backend, BackendStats, CacheSet, Frontend, FrontendKey, Group, Meter, NextHop, PortEntry,
     QueryAnswer, QuerySettings, QuerySource, Reverse, Session, SessionKey, ShardState, MAX_BACKENDS,
-    MAX_CLIENT_NEXTHOPS, MAX_FRONTENDS, MAX_GROUPS, MAX_PEERS, MAX_PENDING, MAX_QUERY_SOURCES, MAX_SESSIONS, PLACEMENT_SLOTS,
-    PORT_FRONTEND, PORT_SHARED, QUERY_SLOTS, SESSION_CACHE_SETS, SESSION_EVENTS_BYTES,
+    MAX_CLIENT_NEXTHOPS, MAX_FRONTENDS, MAX_GROUPS, MAX_PEERS, MAX_PENDING, MAX_QUERY_SOURCES, MAX_SESSIONS,
+    PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED, QUERY_SLOTS, SESSION_CACHE_SETS, SESSION_EVENTS_BYTES,
 };
 
 /// UDP port (header byte order) -> frontend hint; see `PortEntry`.
