@@ -135,19 +135,24 @@ impl DsrTopology {
 
     /// Creates pod `p`'s veth and namespace side, and the router's route to it.
     pub fn add_pod(&self, p: usize) -> Result<()> {
+        self.add_pod_as(p, &format!("p-s{}", p + 1), 21 + p as u8)
+    }
+
+    /// Pod `p`'s namespace as a new pod: host-side veth `gif`, the pod at
+    /// 198.18.`subnet`.2 (a recreated pod gets a new IP).
+    pub fn add_pod_as(&self, p: usize, gif: &str, subnet: u8) -> Result<()> {
         let g = self.pod_game[p];
         let (game, pod) = (&self.games[g], &self.pods[p]);
-        let gif = format!("p-s{}", p + 1);
-        veth(game, &gif, pod, "eth0")?;
-        game.ip(&["addr", "add", &format!("198.18.{}.1/24", 21 + p), "dev", &gif])?;
-        game.ip(&["link", "set", &gif, "up"])?;
-        offloads(game, &gif)?;
-        pod.ip(&["addr", "add", &format!("{}/24", pod_ip(p)), "dev", "eth0"])?;
+        veth(game, gif, pod, "eth0")?;
+        game.ip(&["addr", "add", &format!("198.18.{subnet}.1/24"), "dev", gif])?;
+        game.ip(&["link", "set", gif, "up"])?;
+        offloads(game, gif)?;
+        pod.ip(&["addr", "add", &format!("198.18.{subnet}.2/24"), "dev", "eth0"])?;
         pod.ip(&["link", "set", "eth0", "up"])?;
-        pod.ip(&["route", "add", "default", "via", &format!("198.18.{}.1", 21 + p)])?;
+        pod.ip(&["route", "add", "default", "via", &format!("198.18.{subnet}.1")])?;
         offloads(pod, "eth0")?;
-        let _ =
-            self.router.ip(&["route", "replace", &format!("198.18.{}.0/24", 21 + p), "via", &game_ip(g).to_string()]);
+        let route = format!("198.18.{subnet}.0/24");
+        let _ = self.router.ip(&["route", "replace", &route, "via", &game_ip(g).to_string()]);
         Ok(())
     }
 

@@ -201,5 +201,60 @@ fn replies_go_straight_from_the_game_nodes_to_the_players() {
     let wrong_final: u64 = players.snapshot().iter().map(|p| p.wrong_source).sum();
     assert_eq!(wrong_final, wrong_after, "after the failover every reply still came from the VIP");
     assert_eq!(count(&ingress, &returns), 0, "still no reply crossed the ingress node");
+
+    // s2's pod is deleted for good and a new pod comes up on game2 at a new
+    // IP, shard s4: the operator's config says so on every node (reload);
+    // game2's agent finds the new pod's veth from its route.
+    sims[1].take().unwrap().stop();
+    topo.delete_pod(1).unwrap();
+    let players_on = |name: &str| -> u64 {
+        let st = ingress.request(&Request::Status).unwrap();
+        st["shards"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .map_or(0, |s| s["players"].as_u64().unwrap())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while players_on("s2") != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "s2's players did not move off the deleted pod; events {}",
+            ingress.request(&Request::Events).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    topo.add_pod_as(1, "p-s4", 25).unwrap();
+    sims[1] = Some(shard::spawn(
+        topo.pod_socket(1).unwrap(),
+        ShardConfig { name: "s4".into(), max_players: 1000, seed: 2100 },
+    ));
+    for agent in std::iter::once(&ingress).chain(&games) {
+        let text = std::fs::read_to_string(&agent.config_path).unwrap();
+        let s2 = "  - name: s2\n    address: 198.18.22.2\n    capacity: 100\n    role: active\n";
+        assert!(text.contains(s2), "{text}");
+        let text = text.replace(s2, "  - name: s4\n    address: 198.18.25.2\n    capacity: 100\n    role: active\n");
+        std::fs::write(&agent.config_path, text).unwrap();
+        agent.request(&Request::Reload).unwrap();
+    }
+    wait_for("game2's agent on the new pod's veth", Duration::from_secs(10), || {
+        games[1].pins.path.join("links").join("p-s4").exists()
+    });
+    let returned = count(&games[1], &returns);
+    let newcomers = rt.block_on(async { player::start(topo.player_sockets(6).unwrap(), &cfg) }).unwrap();
+    wait_for("newcomers playing", Duration::from_secs(60), || newcomers.snapshot().iter().all(|p| p.received >= 5));
+    let on_s4 = on_shard(&newcomers.snapshot(), "s4").len();
+    assert!(
+        on_s4 > 0,
+        "placement uses the new shard: {:?}",
+        newcomers.snapshot().iter().map(|p| p.current_shard()).collect::<Vec<_>>()
+    );
+    for p in newcomers.snapshot() {
+        assert_eq!(p.wrong_source, 0, "{}: replies from the VIP", p.local);
+    }
+    assert!(count(&games[1], &returns) > returned, "game2 rewrote the new pod's replies");
+    assert_eq!(count(&ingress, &returns), 0);
+    newcomers.stop();
     players.stop();
 }

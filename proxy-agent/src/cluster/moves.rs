@@ -207,7 +207,9 @@ impl Cluster {
         }
         (0..self.cfg.shards.len())
             .filter(eligible)
-            .filter(|&i| self.role(i) == Role::Active && self.free_slots(i, loads) >= players)
+            // A standby that already took a group serves players: it is a
+            // shard with room like any active one.
+            .filter(|&i| (self.role(i) == Role::Active || !empty(i)) && self.free_slots(i, loads) >= players)
             .max_by_key(|&i| (self.free_slots(i, loads), std::cmp::Reverse(i)))
             .ok_or_else(|| ControlError::NoFailoverTarget {
                 from: self.cfg.shards[from].name.clone(),
