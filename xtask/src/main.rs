@@ -6,7 +6,8 @@
 //!   cargo xtask demo [ARGS]       build, then the namespace demo
 //!   cargo xtask fuzz [--packets N --seed S]  random and mutated frames through the program
 //!   cargo xtask bench WHAT        build, then a benchmark: fastpath | migrate |
-//!                                 failover | agent [--baseline-agent PATH]
+//!                                 failover | agent [--baseline-agent PATH] | query |
+//!                                 memory | e2e [--rate N --repeats N --seconds S]
 
 use std::{
     path::{Path, PathBuf},
@@ -175,7 +176,7 @@ fn fuzz(args: &[String]) -> Result<(), String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(task) = args.first() else {
-        return fail("usage: cargo xtask build-ebpf | build | test | demo [--seconds N --players N] | bench fastpath|migrate|failover|agent|query | fuzz [--packets N --seed S]");
+        return fail("usage: cargo xtask build-ebpf | build | test | demo [--seconds N --players N] | bench fastpath|migrate|failover|agent|query|memory|e2e | fuzz [--packets N --seed S]");
     };
     let rest = &args[1..];
     let result = match task.as_str() {

@@ -48,6 +48,7 @@ use tests::{
 };
 
 mod agent;
+mod e2e;
 mod memory;
 mod query;
 
@@ -98,6 +99,9 @@ enum What {
     },
     /// Kernel memory of the session tables for 1 M sessions, and the agent's RSS.
     Memory,
+    /// The same player traffic through routing, ours (XDP), nftables DNAT and
+    /// a userspace relay: loss-free pps, CPU per packet over routing, latency.
+    E2e(e2e::E2eArgs),
     /// Time to apply migrations of 1, 100 and 1000 sessions and of a whole group.
     Migrate {
         /// Runs per size; the median is printed.
@@ -408,6 +412,7 @@ fn main() -> Result<()> {
         What::Agent { sessions, baseline_agent } => agent::agent(&sessions, baseline_agent),
         What::Query { calls, seconds, rate } => query::query(calls, seconds, rate),
         What::Memory => memory::memory(),
+        What::E2e(args) => e2e::e2e(&args),
         What::Failover { players, reconnect_ms } => {
             println!(
                 "failover: s1 (active) dies, its players move to s2 (standby); default health and pacing settings"
