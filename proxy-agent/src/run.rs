@@ -182,6 +182,8 @@ fn cluster_peers(bpffs: &Path, peers: &[std::net::Ipv4Addr]) -> Result<()> {
     for p in peers {
         map.insert(proxy_common::net::addr_to_map(p.octets()), 1, 0).context("writing PEERS")?;
     }
+    let mut in_use: aya::maps::Array<_, u32> = tables::open_pin(bpffs, proxy_common::maps::PEERS_IN_USE)?.try_into()?;
+    in_use.set(0, u32::from(!peers.is_empty()), 0).context("writing PEERS_IN_USE")?;
     Ok(())
 }
 

@@ -57,6 +57,7 @@ pub mod maps {
     pub const SESSION_CACHE: &str = "SESSION_CACHE";
     pub const SESSION_CACHE_GENERATION: &str = "SESSION_CACHE_GENERATION";
     pub const PEERS: &str = "PEERS";
+    pub const PEERS_IN_USE: &str = "PEERS_IN_USE";
 }
 
 /// Program names in the object.

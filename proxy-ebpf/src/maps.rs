@@ -57,6 +57,11 @@ pub static REVERSE: HashMap<u32, Reverse> = HashMap::pinned(MAX_BACKENDS, 0);
 #[map]
 pub static PEERS: HashMap<u32, u32> = HashMap::pinned(MAX_PEERS, 0);
 
+/// `[0]` is 1 when `PEERS` holds any address: an inlined array read spares
+/// the hash lookup on nodes that have no peers (ingress and single nodes).
+#[map]
+pub static PEERS_IN_USE: Array<u32> = Array::pinned(1, 0);
+
 /// Established sessions: a plain hash, never evicted by traffic; the agent
 /// expires idle ones.
 #[map]
@@ -134,6 +139,9 @@ pub fn frontend(key: &FrontendKey) -> Option<Frontend> {
 /// True when `addr` is one of the proxy's own nodes.
 #[inline(always)]
 pub fn is_peer(addr: u32) -> bool {
+    if PEERS_IN_USE.get(0).copied().unwrap_or(0) == 0 {
+        return false;
+    }
     // SAFETY: only the presence of the key is read.
     unsafe { PEERS.get(&addr).is_some() }
 }

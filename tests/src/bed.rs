@@ -158,6 +158,14 @@ impl Bed {
         (v, out)
     }
 
+    /// Tells the program that `PEERS` holds addresses (as a return node's
+    /// agent does).
+    pub fn peers_in_use(&self) {
+        let map = proxy_agent::tables::open_pin(self._pins.path(), proxy_common::maps::PEERS_IN_USE).unwrap();
+        let mut flag: aya::maps::Array<_, u32> = map.try_into().unwrap();
+        flag.set(0, 1, 0).unwrap();
+    }
+
     /// Every session event the program wrote since the last call.
     pub fn session_events(&self) -> Vec<proxy_common::SessionEvent> {
         let ring =

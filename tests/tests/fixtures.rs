@@ -227,6 +227,7 @@ fn a_game_node_reports_accepted_players_and_leaves_probe_answers_alone() {
     // A probe answer to a proxy node (a PEER) keeps the shard's address.
     let peer = Ipv4Addr::new(198, 18, 60, 5);
     bed.tables.peers.insert(proxy_common::net::addr_to_map(peer.octets()), 1, 0).unwrap();
+    bed.peers_in_use();
     let probe_answer = Udp::new(SHARD_A, PORT, peer, 50000, b"SAMP....i");
     check(
         &bed,
