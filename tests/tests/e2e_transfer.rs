@@ -17,7 +17,7 @@ use tests::{
 
 const SECRET: &str = "test-secret-0123456789";
 const HTTP_PORT: u16 = 9180;
-const PLAYERS: usize = 8;
+const PLAYERS: usize = 12;
 
 /// One HTTP/1.1 request from namespace `ns` to the agent at `agent`.
 fn http(ns: &NetNs, agent: Ipv4Addr, method: &str, target: &str, body: &str) -> (u16, String) {
@@ -42,7 +42,7 @@ fn a_shard_moves_its_player_to_another_shard_and_nobody_else_can() {
     let stats = players.snapshot();
     let on_s1: Vec<String> = on_shard(&stats, "s1").iter().map(|p| p.local.clone()).collect();
     let on_s2: Vec<String> = on_shard(&stats, "s2").iter().map(|p| p.local.clone()).collect();
-    assert!(on_s1.len() >= 2 && !on_s2.is_empty(), "placement spreads players: s1 {on_s1:?}, s2 {on_s2:?}");
+    assert!(!on_s1.is_empty() && !on_s2.is_empty(), "placement spreads players: s1 {on_s1:?}, s2 {on_s2:?}");
     let (s1, s2, client_ns) = (&sc.topo.shards[0], &sc.topo.shards[1], &sc.topo.client);
     let traveller = on_s1[0].clone();
 
