@@ -8,11 +8,11 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use anyhow::Result;
 use proxy_common::{
-    net::{addr_from_map, addr_to_map, port_from_map, port_to_map},
+    net::{addr_to_map, port_to_map},
     SessionEvent, SessionKey,
 };
 
-use super::Cluster;
+use super::{client_of, Cluster};
 
 /// One accepted player: the client and the address of the shard that
 /// accepted it (backend ids differ between nodes; addresses do not).
@@ -49,8 +49,7 @@ impl Cluster {
             .iter()
             .filter_map(|e| {
                 let shard = self.shard_by_backend(e.group)?;
-                let client =
-                    SocketAddrV4::new(addr_from_map(e.key.client_addr).into(), port_from_map(e.key.client_port));
+                let client = client_of(&e.key);
                 Some(Answered { client, shard: self.cfg.shards[shard].address })
             })
             .collect()

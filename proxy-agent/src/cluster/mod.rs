@@ -29,7 +29,7 @@ use std::{
 
 use anyhow::Result;
 use proxy_common::{
-    net::{addr_to_map, port_to_map},
+    net::{addr_from_map, addr_to_map, port_from_map, port_to_map},
     Group, SessionKey, ShardState, MAX_GROUPS, SHARD_DRAINED,
 };
 
@@ -81,6 +81,11 @@ impl Load {
 
 /// Players per backend id.
 pub type Loads = HashMap<u32, Load>;
+
+/// The player a session key names, as `ip:port`.
+pub fn client_of(key: &SessionKey) -> SocketAddrV4 {
+    SocketAddrV4::new(addr_from_map(key.client_addr).into(), port_from_map(key.client_port))
+}
 
 /// Which players a `migrate --client` names: an IP (every port) or IP:port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

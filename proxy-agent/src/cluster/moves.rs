@@ -7,11 +7,11 @@ use std::{collections::HashSet, net::SocketAddrV4};
 
 use anyhow::Result;
 use proxy_common::{
-    net::{addr_from_map, addr_to_map, port_from_map, port_to_map},
+    net::{addr_to_map, port_to_map},
     Session, SessionKey, ShardState, SHARD_DRAINED,
 };
 
-use super::{allocate_group, index::Indexed, now_ns, ClientSelector, Cluster, Loads};
+use super::{allocate_group, client_of, index::Indexed, now_ns, ClientSelector, Cluster, Loads};
 use crate::{
     config::Role,
     control::{error::ControlError, views::MoveReport},
@@ -133,7 +133,7 @@ impl Cluster {
         let mut by_shard: Vec<(String, Vec<SocketAddrV4>)> = Vec::new();
         for (key, s, _) in sessions {
             let Some(i) = self.shard_by_backend(self.group(s.group).backend) else { continue };
-            let client = SocketAddrV4::new(addr_from_map(key.client_addr).into(), port_from_map(key.client_port));
+            let client = client_of(key);
             let name = &self.cfg.shards[i].name;
             match by_shard.iter_mut().find(|(n, _)| n == name) {
                 Some((_, list)) => list.push(client),

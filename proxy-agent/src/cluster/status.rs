@@ -2,15 +2,11 @@
 //! metrics) and session views, built from the index and the mirrors; the
 //! only map reads are the counters, once per call.
 
-use std::{
-    collections::BTreeMap,
-    net::{Ipv4Addr, SocketAddrV4},
-};
+use std::collections::BTreeMap;
 
 use anyhow::Result;
-use proxy_common::net::{addr_from_map, port_from_map};
 
-use super::{now_ns, ClientSelector, Cluster, Loads};
+use super::{client_of, now_ns, ClientSelector, Cluster, Loads};
 use crate::{
     config::Role,
     control::{
@@ -125,8 +121,7 @@ impl Cluster {
                 "established"
             };
             out.push(SessionView {
-                client: SocketAddrV4::new(Ipv4Addr::from(addr_from_map(k.client_addr)), port_from_map(k.client_port))
-                    .to_string(),
+                client: client_of(k).to_string(),
                 frontend: fe.map(|i| self.cfg.frontends[i].name.clone()).unwrap_or_else(|| "?".into()),
                 shard: idx.map(|i| self.cfg.shards[i].name.clone()).unwrap_or_else(|| "(none)".into()),
                 group: s.group(),

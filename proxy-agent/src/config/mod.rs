@@ -248,21 +248,25 @@ fn default_log_level() -> String {
 /// Where the shard secret comes from when the environment has it.
 pub const SHARD_SECRET_ENV: &str = "SAMP_PROXY_SHARD_SECRET";
 
-impl Config {
-    /// The shard secret in force: the environment's, else the file's.
-    pub fn shard_secret(&self) -> Option<String> {
-        std::env::var(SHARD_SECRET_ENV).ok().filter(|s| !s.is_empty()).or_else(|| self.shard_secret.clone())
-    }
-}
-
 /// Where the node secret comes from when the environment has it.
 pub const NODE_SECRET_ENV: &str = "SAMP_PROXY_NODE_SECRET";
 
 impl Config {
+    /// The shard secret in force: the environment's, else the file's.
+    pub fn shard_secret(&self) -> Option<String> {
+        env_or(SHARD_SECRET_ENV, &self.shard_secret)
+    }
+
     /// The node secret in force: the environment's, else the file's.
     pub fn node_secret(&self) -> Option<String> {
-        std::env::var(NODE_SECRET_ENV).ok().filter(|s| !s.is_empty()).or_else(|| self.node_secret.clone())
+        env_or(NODE_SECRET_ENV, &self.node_secret)
     }
+}
+
+/// A secret from the environment variable `name` when set and not empty,
+/// else the config file's.
+fn env_or(name: &str, file: &Option<String>) -> Option<String> {
+    std::env::var(name).ok().filter(|s| !s.is_empty()).or_else(|| file.clone())
 }
 
 /// A config that passed validation, with addresses parsed.
