@@ -8,6 +8,7 @@
 //! protocol, typed views and errors), `leases` (account leases in MariaDB),
 //! `run` (wiring).
 
+pub mod agones;
 pub mod cli;
 pub mod cluster;
 pub mod config;

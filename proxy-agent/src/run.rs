@@ -51,6 +51,10 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
         let reporter = owner.clone();
         owner.use_leases(LeaseMover::spawn(leases, move |outcome| reporter.lease_outcome(outcome)));
     }
+    if cfg.uses_agones() {
+        // Shards follow the Agones GameServers from here on.
+        owner.use_agones(crate::agones::spawn(&cfg, owner.clone()));
+    }
     let listener = control::bind(&cfg.raw.control_socket).await?;
     let metrics =
         match cfg.raw.metrics_listen {
@@ -107,7 +111,10 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
         )?;
         tokio::spawn(http::node::report(rx, cfg.raw.ingress_agents.clone(), secret));
     } else {
-        tokio::spawn(health::probe_loop(owner.clone()));
+        // Shards the data plane sees refuse players are probed at once.
+        let (urgent_tx, urgent_rx) = tokio::sync::mpsc::unbounded_channel();
+        owner.urgent_probes(urgent_tx);
+        tokio::spawn(health::probe_loop(owner.clone(), urgent_rx));
     }
     match responder {
         Some(addr) => {

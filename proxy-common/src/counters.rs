@@ -58,7 +58,14 @@ counters! {
     DropQueryMalformed => "drop_query_malformed", "Queries with an unknown opcode or a wrong length";
     DropQueryUnanswered => "drop_query_unanswered", "Queries with no answer to give (an `o` the shards disagree on, or none built yet)";
     SessionEventLost => "session_event_lost", "Session events the agent's ring buffer had no room for (its next scan repairs the index)";
+    DropShardIcmp => "drop_shard_icmp", "ICMP errors about a player's packet to a shard (port unreachable when its process is gone), on their way to the player: they carry the shard's own address";
 }
 
-/// Number of counters; the size of the `COUNTERS` map.
+/// Number of counters.
 pub const COUNTER_COUNT: u32 = Counter::ALL.len() as u32;
+
+/// Slots of the pinned `COUNTERS` map: room for counters to come, so a
+/// counter appended at the end does not change the pinned layout.
+pub const COUNTER_SLOTS: u32 = 64;
+
+const _: () = assert!(COUNTER_COUNT <= COUNTER_SLOTS, "COUNTERS has no slot left: raise COUNTER_SLOTS (a new layout)");

@@ -85,6 +85,14 @@ pub const SESSION_RESYNCED: u32 = 3;
 /// role) its agent tells the ingress nodes, which promote the player there.
 /// `group` holds the shard's backend id.
 pub const SESSION_ANSWERED: u32 = 4;
+/// `SessionEvent::kind`: a shard's kernel refused a player's packet to its
+/// game port (ICMP port unreachable): its server process is likely gone. No
+/// session changed: `group` holds the shard's backend id, `key` the player.
+/// The agent probes that shard at once. At most one per shard every
+/// [`SHARD_REFUSED_GAP_NS`] (per CPU race aside).
+pub const SESSION_SHARD_REFUSED: u32 = 5;
+/// The least time between two `SESSION_SHARD_REFUSED` events of one shard.
+pub const SHARD_REFUSED_GAP_NS: u64 = 10_000_000;
 
 /// One record of `SESSION_EVENTS`: every change the data plane makes to the
 /// session tables (other than `last_seen_ns` and LRU evictions), so the agent

@@ -21,6 +21,7 @@ use crate::{
 
 const AF_INET: u8 = 2;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMP: u8 = 1;
 
 /// What the FIB said about the packet's destination.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -88,6 +89,25 @@ pub fn route(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32) -> Route {
         BPF_FIB_LKUP_RET_NOT_FWDED => Route::only(Via::Local),
         _ => Route::only(Via::Unroutable),
     }
+}
+
+/// True when the FIB hands an ICMP packet from `src` to `dst` to this host
+/// (a local destination, or forwarding off): a socket here gets it.
+#[inline(always)]
+pub fn icmp_is_local(ctx: &XdpContext, src: u32, dst: u32, tos: u8, tot_len: u16) -> bool {
+    // SAFETY: FibParams is plain old data; all-zero is a valid request.
+    let mut p: FibParams = unsafe { mem::zeroed() };
+    p.family = AF_INET;
+    p.l4_protocol = IPPROTO_ICMP;
+    p.__bindgen_anon_1.tot_len = tot_len;
+    p.__bindgen_anon_2.tos = tos;
+    p.__bindgen_anon_3.ipv4_src = src;
+    p.__bindgen_anon_4.ipv4_dst = dst;
+    // SAFETY: the context pointer is valid for the program's run.
+    p.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    // SAFETY: `p` is a valid, initialised parameter block of the right size.
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, &mut p as *mut _, mem::size_of::<FibParams>() as i32, 0) };
+    rc as u32 == BPF_FIB_LKUP_RET_NOT_FWDED
 }
 
 /// A fresh cached answer, else the FIB's (cached again when it is a route).

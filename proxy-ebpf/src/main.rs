@@ -3,8 +3,11 @@
 //! One program, attached to every interface the agent names, handles both
 //! directions: UDP to a frontend (VIP:port) is steered to the player's shard by
 //! rewriting the destination IP only; UDP from a shard's IP and the frontend
-//! port is rewritten to come from the VIP. Everything else passes untouched.
-//! Module map: `parse` (headers), `ingress` (player -> shard), `query`
+//! port is rewritten to come from the VIP; ICMP errors about a player's
+//! packet to a shard are dropped (they carry the shard's address) and a
+//! refusal tells the agent. Everything else passes untouched.
+//! Module map: `parse` (headers), `ingress` (player -> shard), `icmp`
+//! (shard ICMP errors), `query`
 //! (the cluster's answers to the server browser), `reply`
 //! (shard -> player), `forward` (FIB + redirect), `stats` (counters), `events`
 //! (session changes for the agent), `maps`.
@@ -18,6 +21,7 @@ mod atomic;
 mod cache;
 mod events;
 mod forward;
+mod icmp;
 mod ingress;
 mod maps;
 mod meter;
@@ -37,6 +41,7 @@ pub fn samp_proxy(ctx: XdpContext) -> u32 {
     aya_log_ebpf::trace!(&ctx, "rebuilt variant");
     let pkt = match parse::parse(&ctx) {
         Parsed::Udp(pkt) => pkt,
+        Parsed::Icmp(ip) => return icmp::handle(&ctx, ip),
         Parsed::Pass(counter) => return stats::verdict(counter, xdp_action::XDP_PASS),
         Parsed::Drop(counter) => return stats::verdict(counter, xdp_action::XDP_DROP),
     };

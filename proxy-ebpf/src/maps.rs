@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use proxy_common::{
-    counters::COUNTER_COUNT, Backend, BackendStats, CacheSet, Frontend, FrontendKey, Group, Meter, NextHop, PortEntry,
+    counters::COUNTER_SLOTS, Backend, BackendStats, CacheSet, Frontend, FrontendKey, Group, Meter, NextHop, PortEntry,
     QueryAnswer, QuerySettings, QuerySource, Reverse, Session, SessionKey, ShardState, MAX_BACKENDS,
     MAX_CLIENT_NEXTHOPS, MAX_FRONTENDS, MAX_GROUPS, MAX_PEERS, MAX_PENDING, MAX_QUERY_SOURCES, MAX_SESSIONS,
     PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED, QUERY_SLOTS, SESSION_CACHE_SETS, SESSION_EVENTS_BYTES,
@@ -103,7 +103,12 @@ pub static QUERY_SETTINGS: Array<QuerySettings> = Array::pinned(1, 0);
 pub static QUERY_SOURCES: LruHashMap<u32, QuerySource> = LruHashMap::with_max_entries(MAX_QUERY_SOURCES, 0);
 
 #[map]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_SLOTS, 0);
+
+/// `[backend]`: coarse-clock time of the shard's last `SESSION_SHARD_REFUSED`
+/// event (see `icmp`). A rate limit only, so never pinned.
+#[map]
+pub static SHARD_REFUSED_AT: Array<u64> = Array::with_max_entries(MAX_BACKENDS, 0);
 
 #[map]
 pub static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::pinned(MAX_BACKENDS, 0);

@@ -9,8 +9,11 @@ use proxy_common::Counter;
 
 const ETH_P_IPV4: u16 = 0x0800;
 const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMP: u8 = 1;
 /// More-fragments flag and fragment offset bits of the IPv4 `frags` field.
-const IP_MF_OR_OFFSET: u16 = 0x3fff;
+pub const IP_MF_OR_OFFSET: u16 = 0x3fff;
+/// Fragment offset bits of the IPv4 `frags` field.
+pub const IP_OFFSET: u16 = 0x1fff;
 
 pub const L3_OFF: usize = EthHdr::LEN;
 pub const L4_OFF: usize = EthHdr::LEN + Ipv4Hdr::LEN;
@@ -38,6 +41,8 @@ pub struct Packet {
 
 pub enum Parsed {
     Udp(Packet),
+    /// ICMP (any IPv4 header length, not a later fragment): `icmp` decides.
+    Icmp(*mut Ipv4Hdr),
     Pass(Counter),
     Drop(Counter),
 }
@@ -89,10 +94,16 @@ pub fn parse(ctx: &XdpContext) -> Parsed {
     if iph.vihl >> 4 != 4 || ihl < 5 {
         return Parsed::Drop(Counter::DropMalformed);
     }
+    let frags = u16::from_be_bytes(iph.frags);
+    // Before the options check: an ICMP error about a player's packet to a
+    // shard must not pass whatever its header carries.
+    if iph.proto == IPPROTO_ICMP && frags & IP_OFFSET == 0 {
+        return Parsed::Icmp(ip);
+    }
     if ihl != 5 {
         return Parsed::Pass(Counter::PassIpOptions);
     }
-    if u16::from_be_bytes(iph.frags) & IP_MF_OR_OFFSET != 0 {
+    if frags & IP_MF_OR_OFFSET != 0 {
         return Parsed::Pass(Counter::PassFragment);
     }
     if iph.proto != IPPROTO_UDP {

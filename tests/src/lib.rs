@@ -4,9 +4,12 @@
 //! Used by the integration tests in `tests/`, the demo and the benchmarks.
 
 pub mod agent;
+pub mod agones;
 pub mod bed;
 pub mod dsr;
 pub mod http;
+pub mod icmp_capture;
+pub mod kube_api;
 pub mod mariadb;
 pub mod netns;
 pub mod packet;

@@ -15,6 +15,7 @@ use proxy_common::Counter;
 use tests::{
     agent::Agent,
     dsr::{game_ip, DsrTopology, INGRESS_IP},
+    icmp_capture::IcmpCapture,
     scenario::{on_shard, wait_for},
     sim::{
         player::{self, PlayerConfig},
@@ -25,6 +26,10 @@ use tests::{
 
 const SECRET: &str = "node-secret-0123456789";
 const PLAYERS: usize = 10;
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
 
 fn count(agent: &Agent, counters: &[Counter]) -> u64 {
     let t = agent.tables().unwrap();
@@ -153,7 +158,9 @@ fn replies_go_straight_from_the_game_nodes_to_the_players() {
     // standby s3, or s2 if the pod recreation above made s2 the empty
     // standby: its recovery makes it one).
     let on_s1: Vec<String> = on_shard(&players.snapshot(), "s1").iter().map(|p| p.local.clone()).collect();
+    let mut capture = IcmpCapture::start(&topo.client);
     sims[0].take().unwrap().stop();
+    let killed_ms = unix_ms();
     let failover_target = || -> Option<String> {
         let events = ingress.request(&Request::Events).unwrap();
         events.as_array()?.iter().rev().find(|e| e["kind"] == "failover" && e["shard"] == "s1")?["target"]
@@ -163,6 +170,21 @@ fn replies_go_straight_from_the_game_nodes_to_the_players() {
     wait_for("s1's failover", Duration::from_secs(20), || failover_target().is_some());
     let target = failover_target().unwrap();
     assert!(target == "s2" || target == "s3", "{target}");
+    // The pod lives, its server does not: its port unreachable to the
+    // players is dropped on game1 (the same program on the pod's veth); the
+    // ingress node's own probes (a peer's, passed) see the refusals.
+    let events = ingress.request(&Request::Events).unwrap();
+    let down = events.as_array().unwrap().iter().rfind(|e| e["kind"] == "health_down" && e["shard"] == "s1").unwrap();
+    assert_eq!(down["detail"], "its game port refused two probes in a row (the server process is gone)", "{down}");
+    println!(
+        "s1's pod refused: marked down by the ingress node's probes {} ms after the kill",
+        down["at_ms"].as_u64().unwrap().saturating_sub(killed_ms)
+    );
+    assert!(count(&games[0], &[Counter::DropShardIcmp]) > 0, "game1 saw no refusal of a player");
+    assert_eq!(count(&ingress, &[Counter::DropShardIcmp]), 0, "a shard's ICMP crossed the ingress node");
+    let seen = capture.stop();
+    let pods: Vec<_> = (0..3).map(tests::dsr::pod_ip).collect();
+    assert!(IcmpCapture::naming(&seen, &pods).is_empty(), "ICMP naming a pod reached the players: {seen:?}");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let now = players.snapshot();

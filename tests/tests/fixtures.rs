@@ -17,7 +17,7 @@ use aya::programs::{TestRun, TestRunOptions};
 use proxy_common::{Counter, Session};
 use tests::{
     bed::*,
-    packet::{ipv4_checksum_ok, udp_checksum_ok, Udp, ETH_LEN, HEADERS, IP_LEN},
+    packet::{ipv4_checksum_ok, udp_checksum_ok, IcmpError, Udp, ETH_LEN, HEADERS, IP_LEN},
 };
 
 fn bed() -> Bed {
@@ -547,4 +547,101 @@ fn queries_are_answered_for_the_whole_cluster_in_the_kernel() {
     let mut to_agent = p.clone();
     to_agent.dst = LOCAL;
     check(&bed, "a long answer is the agent's", &p.frame(), XDP_PASS, &to_agent.frame(), Counter::PassQueryAgent);
+}
+
+/// A shard whose process died answers its players' packets with ICMP port
+/// unreachable from its own address: dropped before any player sees it, and
+/// the agent is told (once per shard per few ms). The agent's own probe,
+/// or another proxy node's, gets its refusal; other ICMP is not ours.
+#[test]
+fn a_shards_icmp_never_reaches_a_player() {
+    let mut bed = bed();
+    let _ = bed.session_events();
+    let refused_at = |client: Ipv4Addr, sport: u16| {
+        IcmpError::port_unreachable(SHARD_A, client, &Udp::new(client, sport, SHARD_A, PORT, &game_packet()))
+    };
+    let dropped = |bed: &Bed, name: &str, f: &[u8]| check(bed, name, f, XDP_DROP, f, Counter::DropShardIcmp);
+    let passed = |bed: &Bed, name: &str, f: &[u8], c: Counter| check(bed, name, f, XDP_PASS, f, c);
+
+    dropped(&bed, "port unreachable from a shard to its player", &refused_at(CLIENT, 40000).frame());
+    let events = bed.session_events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = events[0];
+    assert_eq!(
+        (e.kind, e.key, e.group),
+        (proxy_common::SESSION_SHARD_REFUSED, key(CLIENT, 40000), 1),
+        "backend 1 is shard A; the key names the player"
+    );
+    // A dying shard refuses every packet: the ring hears of it once per
+    // SHARD_REFUSED_GAP_NS, however many arrive (50 runs take microseconds).
+    let before = bed.counter(Counter::DropShardIcmp);
+    let (verdict, _, _) = bed.run_prog(bed.dp.program(), &refused_at(CLIENT, 40001).frame(), 50);
+    assert_eq!(verdict, XDP_DROP);
+    assert_eq!(bed.counter(Counter::DropShardIcmp), before + 50);
+    assert!(bed.session_events().len() <= 1, "one event per shard per gap");
+    std::thread::sleep(std::time::Duration::from_nanos(2 * proxy_common::SHARD_REFUSED_GAP_NS));
+    dropped(&bed, "a refusal after the gap", &refused_at(CLIENT_NO_NEIGH, 40002).frame());
+    assert_eq!(bed.session_events().len(), 1, "a new gap, a new event");
+
+    // Not a refusal, or not from the shard itself: dropped all the same
+    // (each names the shard's address), no event (past the gap, so the
+    // gap is not what holds it back).
+    std::thread::sleep(std::time::Duration::from_nanos(2 * proxy_common::SHARD_REFUSED_GAP_NS));
+    let about_a = Udp::new(CLIENT, 40003, SHARD_A, PORT, &game_packet());
+    let unreachable = IcmpError::about(Ipv4Addr::new(198, 18, 50, 77), CLIENT, 3, 1, &about_a);
+    dropped(&bed, "a router's host unreachable about a packet to a shard", &unreachable.frame());
+    let frag_needed = IcmpError::about(SHARD_A, CLIENT, 3, 4, &about_a);
+    dropped(&bed, "fragmentation needed from a shard", &frag_needed.frame());
+    assert!(bed.session_events().is_empty(), "only the shard's own port unreachable is news");
+    // The shard's refusals, whatever their headers carry.
+    let mut short_quote = refused_at(CLIENT, 40004);
+    short_quote.quoted.truncate(IP_LEN + 8);
+    dropped(&bed, "a quote cut after the UDP header, as RFC 792 allows", &short_quote.frame());
+    let mut options = refused_at(CLIENT, 40005);
+    options.options = vec![1, 1, 1, 0];
+    dropped(&bed, "outer IPv4 options", &options.frame());
+    let mut inner_options = refused_at(CLIENT, 40006);
+    inner_options.quoted[0] = 0x46;
+    inner_options.quoted.splice(IP_LEN..IP_LEN, [1, 1, 1, 0]);
+    dropped(&bed, "quoted IPv4 options", &inner_options.frame());
+    let refusals = bed.session_events();
+    assert!(refusals.iter().all(|e| (e.kind, e.group) == (proxy_common::SESSION_SHARD_REFUSED, 1)), "{refusals:?}");
+    // Past the gap again: no event below is held back by it.
+    std::thread::sleep(std::time::Duration::from_nanos(2 * proxy_common::SHARD_REFUSED_GAP_NS));
+
+    // The agent's probe on this node (the FIB says local), or another
+    // proxy node's (PEERS), must see the refusal: passed untouched.
+    let probe = Udp::new(Ipv4Addr::new(198, 18, 50, 1), 50100, SHARD_A, PORT, b"SAMPxxxxxxp1234");
+    let to_prober = IcmpError::port_unreachable(SHARD_A, probe.src, &probe);
+    passed(&bed, "the agent's own probe refused", &to_prober.frame(), Counter::PassReplyLocal);
+    passed(&bed, "refused, to this node's other address", &refused_at(LOCAL, 50101).frame(), Counter::PassReplyLocal);
+    let peer = Ipv4Addr::new(198, 18, 60, 5);
+    bed.tables.peers.insert(proxy_common::net::addr_to_map(peer.octets()), 1, 0).unwrap();
+    bed.peers_in_use();
+    passed(&bed, "an ingress node's probe refused", &refused_at(peer, 50102).frame(), Counter::PassReplyLocal);
+    assert!(bed.session_events().is_empty(), "the prober sees its own refusal");
+
+    // Not ours: ICMP about anything but a packet to a shard's game port.
+    let stranger = Ipv4Addr::new(198, 18, 60, 7);
+    let elsewhere = Udp::new(CLIENT, 40007, Ipv4Addr::new(198, 18, 99, 9), 9999, &[1, 2, 3]);
+    let f = IcmpError::port_unreachable(stranger, CLIENT, &elsewhere).frame();
+    passed(&bed, "ICMP from a stranger about a stranger", &f, Counter::PassNotUdp);
+    let other_port = Udp::new(CLIENT, 40008, SHARD_A, 3306, &[1, 2, 3]);
+    let f = IcmpError::port_unreachable(SHARD_A, CLIENT, &other_port).frame();
+    passed(&bed, "a shard's refusal of another port", &f, Counter::PassNotUdp);
+    let mut echo_reply = refused_at(CLIENT, 40009);
+    echo_reply.kind = 0;
+    echo_reply.code = 0;
+    passed(&bed, "an echo reply from a shard", &echo_reply.frame(), Counter::PassNotUdp);
+    let mut cut = refused_at(CLIENT, 40010);
+    cut.quoted.truncate(IP_LEN + 2);
+    passed(&bed, "a quote too short to name a port", &cut.frame(), Counter::PassNotUdp);
+    let mut tcp = refused_at(CLIENT, 40011);
+    tcp.quoted[9] = 6;
+    passed(&bed, "about TCP", &tcp.frame(), Counter::PassNotUdp);
+    let mut foreign_options = IcmpError::port_unreachable(stranger, CLIENT, &elsewhere);
+    foreign_options.options = vec![1, 1, 1, 0];
+    passed(&bed, "not ours, with options", &foreign_options.frame(), Counter::PassIpOptions);
+    assert!(bed.session_events().is_empty());
+    let _ = &mut bed;
 }

@@ -1,14 +1,18 @@
 //! Random and mutated frames through the data plane (BPF_PROG_TEST_RUN):
 //! whatever comes in, no frame leaves with a checksum the program broke, no
-//! frame goes to a shard its sender does not belong to, and a frame that is
-//! not ours leaves as it came. 100,000 frames from a fixed seed here;
+//! frame goes to a shard its sender does not belong to, no ICMP error naming
+//! a shard's game port goes on to a player, and a frame that is not ours
+//! leaves as it came. 100,000 frames from a fixed seed here;
 //! `cargo xtask fuzz --packets N [--seed S]` runs more (the seed of a failure
 //! is printed: add it to `SEEDS` below to keep it).
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use proxy_common::csum::{finish_be, sum_be};
-use tests::{bed::*, packet::Udp};
+use tests::{
+    bed::*,
+    packet::{IcmpError, Udp},
+};
 
 /// Seeds run every time (the first is the CI default; add failures here).
 const SEEDS: &[u64] = &[0x5a3d_2024_0001];
@@ -112,13 +116,37 @@ fn fix_checksums(f: &mut [u8]) {
     f[40..42].copy_from_slice(&c.to_be_bytes());
 }
 
+/// When `f` is an ICMP error quoting a UDP packet to a shard's game port
+/// (IPv4 options allowed in both headers), its destination.
+fn shard_icmp(f: &[u8]) -> Option<Ipv4Addr> {
+    let ip = f.get(14..34)?;
+    if f[12..14] != [0x08, 0x00] || ip[0] >> 4 != 4 || ip[0] & 0x0f < 5 || ip[9] != 1 {
+        return None;
+    }
+    if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
+        return None;
+    }
+    let icmp = 14 + (ip[0] & 0x0f) as usize * 4;
+    if ![3, 4, 5, 11, 12].contains(f.get(icmp..icmp + 8)?.first()?) {
+        return None;
+    }
+    let q = f.get(icmp + 8..icmp + 28)?;
+    if q[0] >> 4 != 4 || q[0] & 0x0f < 5 || q[9] != 17 || u16::from_be_bytes([q[6], q[7]]) & 0x1fff != 0 {
+        return None;
+    }
+    let ports = icmp + 8 + (q[0] & 0x0f) as usize * 4;
+    let dport = u16::from_be_bytes(f.get(ports..ports + 4)?[2..4].try_into().ok()?);
+    let shard = Ipv4Addr::new(q[16], q[17], q[18], q[19]);
+    (SHARDS.contains(&shard) && dport == PORT).then(|| Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]))
+}
+
 const SHARDS: [Ipv4Addr; 3] = [SHARD_A, SHARD_B, Ipv4Addr::new(198, 18, 70, 2)];
 
 fn template(rng: &mut Rng) -> Vec<u8> {
     let port = 50_000 + rng.below(10) as u16;
     let stranger = Ipv4Addr::new(198, 18, 60, 10 + rng.below(5) as u8);
     let client = if rng.below(2) == 0 { CLIENT } else { stranger };
-    let mut p = match rng.below(8) {
+    let mut p = match rng.below(10) {
         0 => Udp::new(client, port, VIP, PORT, &game_packet()),
         1 => Udp::new(client, port, VIP, PORT, &handshake(rng.next() as u16)),
         2 => Udp::new(client, port, VIP, PORT, &query()),
@@ -131,6 +159,25 @@ fn template(rng: &mut Rng) -> Vec<u8> {
         4 => Udp::new(SHARDS[rng.below(3)], PORT, client, port, &[26, 1, 2]),
         5 => Udp::new(SHARDS[rng.below(3)], PORT, client, port, &[0xE3; 40]),
         6 => Udp::new(client, port, Ipv4Addr::new(198, 18, 99, 9), 9999, &[1, 2, 3]),
+        // A shard refusing a player's packet, or a probe on this node; or
+        // any ICMP error about any of these templates.
+        8 => {
+            let shard = SHARDS[rng.below(3)];
+            let to = [client, LOCAL, Ipv4Addr::new(198, 18, 50, 1)][rng.below(3)];
+            let about = Udp::new(to, port, shard, PORT, &game_packet());
+            return IcmpError::port_unreachable(shard, to, &about).frame();
+        }
+        9 => {
+            let about = Udp::new(client, port, SHARDS[rng.below(3)], [PORT, 3306][rng.below(2)], &[7; 9]);
+            let from = [SHARD_A, Ipv4Addr::new(198, 18, 50, 77)][rng.below(2)];
+            let mut e =
+                IcmpError::about(from, client, [3, 4, 5, 11, 12, 0, 8][rng.below(7)], rng.below(16) as u8, &about);
+            if rng.below(4) == 0 {
+                e.options = vec![1; 4 * (1 + rng.below(3))];
+            }
+            e.quoted.truncate(rng.below(e.quoted.len() + 1));
+            return e.frame();
+        }
         _ => {
             let mut raw = vec![0u8; 14 + rng.below(120)];
             raw.iter_mut().for_each(|b| *b = rng.next() as u8);
@@ -181,6 +228,7 @@ fn run(seed: u64, packets: usize) {
     }
     let mut rng = Rng(seed);
     let mut verdicts: HashMap<u32, usize> = HashMap::new();
+    let mut shard_icmps = 0;
     for i in 0..packets {
         let mut f = template(&mut rng);
         mutate(&mut rng, &mut f);
@@ -188,6 +236,23 @@ fn run(seed: u64, packets: usize) {
         let (verdict, out) = bed.run(&f);
         *verdicts.entry(verdict).or_default() += 1;
         let case = || format!("seed {seed:#x} packet {i}: in {f:02x?}\nout {out:02x?}");
+        if let Some(dst) = shard_icmp(&f) {
+            // An ICMP error naming a shard's game port: never changed; only
+            // this node (the agent's probe) may get it, never a player.
+            assert_eq!(out, f, "a shard's ICMP changed: {}", case());
+            shard_icmps += 1;
+            let octets = dst.octets();
+            let local = [Ipv4Addr::new(198, 18, 50, 1), LOCAL].contains(&dst);
+            let player = octets[..3] == [198, 18, 60] && !matches!(octets[3], 0 | 1 | 255);
+            if local {
+                assert_eq!(verdict, XDP_PASS, "the prober's refusal held back: {}", case());
+            } else if player {
+                assert_eq!(verdict, XDP_DROP, "a shard's ICMP let through to a player: {}", case());
+            } else {
+                assert!(verdict == XDP_PASS || verdict == XDP_DROP, "verdict {verdict}: {}", case());
+            }
+            continue;
+        }
         let to_frontend = before.udp && before.dst == VIP && before.dport == PORT;
         let from_shard = before.udp && SHARDS.contains(&before.src) && before.sport == PORT;
         if !(to_frontend || from_shard) {
@@ -223,7 +288,7 @@ fn run(seed: u64, packets: usize) {
             assert_eq!((after.src, after.sport, after.dport), (before.src, before.sport, before.dport), "{}", case());
         }
     }
-    println!("fuzz seed {seed:#x}: {packets} frames, verdicts {verdicts:?}");
+    println!("fuzz seed {seed:#x}: {packets} frames, verdicts {verdicts:?}, {shard_icmps} ICMP errors naming a shard");
 }
 
 #[test]

@@ -20,6 +20,13 @@
 //!   ConfigMap pass the agent's own validation, and the real agent runs with
 //!   exactly the capabilities the DaemonSets grant, and fails without any one
 //!   of them.
+//! - The Agones overlay (`deploy/with-agones`, applied instead of
+//!   `deploy/base`) changes only what the Agones source needs: both
+//!   DaemonSets mount the service account token and set POD_NAME and
+//!   POD_NAMESPACE from the downward API; its ConfigMap's configs pass the
+//!   agent's own parser, list no shard and discover them from Agones (the
+//!   example Fleet is their pool); and its Roles grant exactly the API calls
+//!   the agent makes, in the namespaces it makes them, and no more.
 //! - The Dockerfile (no Docker engine here) is read: a builder stage builds
 //!   the XDP object, then the agent; the final stage has no compiler.
 //!
@@ -48,7 +55,15 @@ const SETUP_HINT: &str = "run `bash scripts/setup.sh`: it installs kubernetes-va
 
 /// Every kustomization the project ships; the test finds them all, these
 /// must be among them.
-const KUSTOMIZATIONS: [&str; 5] = ["base", "monitoring", "grafana", "agones-example", "agones-rbac"];
+const KUSTOMIZATIONS: [&str; 6] = ["base", "monitoring", "grafana", "agones-example", "agones-rbac", AGONES_OVERLAY];
+
+/// The overlay an operator applies instead of deploy/base when the shards
+/// are Agones GameServers.
+const AGONES_OVERLAY: &str = "with-agones";
+
+/// Folders of the agents' own config files (configMapGenerator sources, not
+/// Kubernetes manifests).
+const AGENT_CONFIG_DIRS: [&str; 2] = ["base/config", "with-agones/config"];
 
 /// Manifest files that no kustomization lists, on purpose.
 const OUTSIDE_KUSTOMIZATIONS: [&str; 1] = ["base/secret.example.yaml"];
@@ -319,7 +334,7 @@ fn manifest_files() -> Vec<PathBuf> {
         .into_iter()
         .filter(|f| f.extension().is_some_and(|e| e == "yaml" || e == "yml"))
         .filter(|f| !f.file_name().is_some_and(|n| n == "kustomization.yaml" || n == "kustomizeconfig.yaml"))
-        .filter(|f| !f.starts_with(deploy().join("base/config")))
+        .filter(|f| !AGENT_CONFIG_DIRS.iter().any(|d| f.starts_with(deploy().join(d))))
         .collect()
 }
 
@@ -1122,6 +1137,471 @@ fn the_granted_capabilities_are_enough_and_each_is_needed() {
         let _ = std::fs::remove_file(&cfg);
     }
     let _ = std::fs::remove_file(&cfg);
+}
+
+// ---------------------------------------------------------------------------
+// The Agones overlay: deploy/base, plus the token, the grants and the
+// configs for shards from Agones.
+
+/// What the agent's Agones source calls in each game servers' namespace
+/// (apiGroup, resource, verb): it lists and watches GameServers (kube-rs'
+/// watcher), gets one when an allocation's answer has no pod IP, merge-patches
+/// their annotations (the decider's records), and creates
+/// GameServerAllocations.
+const GAME_NAMESPACE_CALLS: [(&str, &str, &str); 5] = [
+    ("agones.dev", "gameservers", "get"),
+    ("agones.dev", "gameservers", "list"),
+    ("agones.dev", "gameservers", "watch"),
+    ("agones.dev", "gameservers", "patch"),
+    ("allocation.agones.dev", "gameserverallocations", "create"),
+];
+
+/// One RBAC permission: apiGroup, resource, verb, and the one object's name
+/// when the rule is limited to names.
+type Grant = (String, String, String, Option<String>);
+
+/// A Role's rules, one grant per group, resource, verb and name.
+fn grants(role: &Value) -> BTreeSet<Grant> {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array().into_iter().flatten().map(|s| s.as_str().unwrap_or("?").to_string()).collect()
+    };
+    let mut out = BTreeSet::new();
+    for rule in role["rules"].as_array().into_iter().flatten() {
+        let names: Vec<Option<String>> = match strings(&rule["resourceNames"]) {
+            names if names.is_empty() => vec![None],
+            names => names.into_iter().map(Some).collect(),
+        };
+        // Anything else a rule may carry (nonResourceURLs) is a grant too.
+        if !rule["nonResourceURLs"].is_null() {
+            out.insert(("".into(), format!("nonResourceURLs {}", rule["nonResourceURLs"]), "*".into(), None));
+        }
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                for verb in strings(&rule["verbs"]) {
+                    for n in &names {
+                        out.insert((group.clone(), resource.clone(), verb.clone(), n.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+fn grant(group: &str, resource: &str, verb: &str, name_: Option<&str>) -> Grant {
+    (group.into(), resource.into(), verb.into(), name_.map(str::to_string))
+}
+
+fn namespace(v: &Value) -> &str {
+    v["metadata"]["namespace"].as_str().unwrap_or("")
+}
+
+/// One of the agents' configs in a ConfigMap, through the agent's own parser.
+fn config_in(config_map: &Value, file: &str) -> Result<proxy_agent::config::Validated, String> {
+    let text =
+        config_map["data"][file].as_str().ok_or_else(|| format!("ConfigMap {} has no {file}", name(config_map)))?;
+    proxy_agent::config::parse(&format!("deploy/{AGONES_OVERLAY} ConfigMap {}: {file}", name(config_map)), text)
+        .map_err(|e| format!("the agent refuses {file} of the overlay's ConfigMap: {e}"))
+}
+
+/// The env var `var` of a container, if it is there.
+fn env_var<'a>(container: &'a Value, var: &str) -> Option<&'a Value> {
+    container["env"].as_array().into_iter().flatten().find(|e| e["name"] == var)
+}
+
+/// Everything wrong with the Agones overlay in `built` (empty: nothing).
+fn check_agones_overlay(built: &Built) -> Vec<String> {
+    let mut errors = Vec::new();
+    let overlay = &built[AGONES_OVERLAY];
+    let base = &built["base"];
+    let of_kind = |docs: &[Value], k: &str| docs.iter().filter(|d| kind(d) == k).cloned().collect::<Vec<_>>();
+
+    // Everything of deploy/base is there, unchanged but for the DaemonSets
+    // and the ConfigMap (its name carries the hash of its content).
+    for b in base {
+        let same = overlay.iter().find(|o| kind(o) == kind(b) && name(o) == name(b) && namespace(o) == namespace(b));
+        match (kind(b), same) {
+            ("ConfigMap" | "DaemonSet", _) => {}
+            (_, None) => errors.push(format!("the overlay lacks deploy/base's {} {}", kind(b), name(b))),
+            (_, Some(o)) if o != b => errors.push(format!("the overlay changes deploy/base's {} {}", kind(b), name(b))),
+            _ => {}
+        }
+    }
+    for k in ["ClusterRole", "ClusterRoleBinding"] {
+        if !of_kind(overlay, k).is_empty() {
+            errors.push(format!("the overlay carries a {k}: the agent needs nothing cluster-wide"));
+        }
+    }
+
+    // The ConfigMap: the agents' configs for Agones.
+    let config_maps: Vec<Value> =
+        of_kind(overlay, "ConfigMap").into_iter().filter(|c| name(c).starts_with("samp-proxy-config")).collect();
+    let [config_map] = config_maps.as_slice() else {
+        errors.push(format!("the overlay should have one ConfigMap samp-proxy-config*, has {}", config_maps.len()));
+        return errors;
+    };
+    let keys: Vec<&String> = config_map["data"].as_object().map(|d| d.keys().collect()).unwrap_or_default();
+    if keys != ["ingress.yaml", "return.yaml"] {
+        errors.push(format!("the overlay's ConfigMap holds {keys:?}, not ingress.yaml and return.yaml"));
+    }
+    let (ingress, ret) = match (config_in(config_map, "ingress.yaml"), config_in(config_map, "return.yaml")) {
+        (Ok(i), Ok(r)) => (i, r),
+        (i, r) => {
+            errors.extend(i.err().into_iter().chain(r.err()));
+            return errors;
+        }
+    };
+    for (file, text) in config_map["data"].as_object().unwrap() {
+        for line in text.as_str().unwrap_or("").lines().filter(|l| !l.trim_start().starts_with('#')) {
+            if line.contains("shard_secret") || line.contains("database:") || line.contains("mysql://") {
+                errors.push(format!("the overlay's ConfigMap {file}: a secret in the ConfigMap: {line}"));
+            }
+        }
+    }
+    use proxy_agent::config::NodeRole;
+    for (file, v, role) in [("ingress.yaml", &ingress, NodeRole::Ingress), ("return.yaml", &ret, NodeRole::Return)] {
+        if v.raw.role != role {
+            errors.push(format!("{file}: role {:?}, not {role:?}", v.raw.role));
+        }
+        if !v.raw.shards.is_empty() {
+            errors.push(format!(
+                "{file}: lists {} shards; the overlay's configs list none (its shards are GameServers)",
+                v.raw.shards.len()
+            ));
+        }
+        if v.frontends.is_empty() || v.frontends.iter().any(|f| f.agones.is_none()) {
+            errors.push(format!("{file}: every frontend should discover its shards from Agones (`agones:`)"));
+        }
+        let k = v.kubernetes();
+        if k.api_url.is_some() {
+            errors.push(format!(
+                "{file}: kubernetes.api_url is set; in the pod the service account's token is the way in"
+            ));
+        }
+        if k.identity.is_some() {
+            errors.push(format!(
+                "{file}: kubernetes.identity is set: every replica would hold the Lease as one (POD_NAME)"
+            ));
+        }
+    }
+    // The return agents follow the same GameServers, never grow, and never
+    // hold the ingress agents' Lease (they probe nothing, so they cannot
+    // decide).
+    let mut ret_frontends = ret.frontends.clone();
+    for (r, i) in ret_frontends.iter_mut().zip(&ingress.frontends) {
+        if let (Some(ra), Some(ia)) = (&mut r.agones, &i.agones) {
+            if ra.headroom != 0 {
+                errors.push(format!(
+                    "return.yaml: frontend {} has headroom {}: growth is the ingress decider's",
+                    r.name, ra.headroom
+                ));
+            }
+            ra.headroom = ia.headroom;
+        }
+    }
+    if ret_frontends != ingress.frontends {
+        errors
+            .push("return.yaml's frontends (their `agones:` but headroom included) differ from ingress.yaml's".into());
+    }
+    // The DaemonSets: base's, with the token, POD_NAME, POD_NAMESPACE and the
+    // overlay's ConfigMap; nothing else changed.
+    let mut agents = Vec::new();
+    for component in ["ingress", "return"] {
+        let ds_name = format!("samp-proxy-{component}");
+        let find_ds = |docs: &[Value]| docs.iter().find(|d| kind(d) == "DaemonSet" && name(d) == ds_name).cloned();
+        let (Some(ds), Some(base_ds)) = (find_ds(overlay), find_ds(base)) else {
+            errors.push(format!("the overlay has no DaemonSet {ds_name}"));
+            continue;
+        };
+        let what = format!("the overlay's DaemonSet {ds_name}");
+        let pod = &ds["spec"]["template"]["spec"];
+        if pod["automountServiceAccountToken"] != true {
+            errors.push(format!("{what}: automountServiceAccountToken is not true: no token, no API"));
+        }
+        let c = &pod["containers"][0];
+        for (var, field) in [("POD_NAME", "metadata.name"), ("POD_NAMESPACE", "metadata.namespace")] {
+            let from = env_var(c, var).map(|e| &e["valueFrom"]["fieldRef"]["fieldPath"]);
+            if from.and_then(Value::as_str) != Some(field) {
+                errors.push(format!("{what}: env {var} is not the downward API's {field}"));
+            }
+        }
+        let config_volume = pod["volumes"].as_array().into_iter().flatten().find(|v| v["name"] == "config");
+        if config_volume.map(|v| &v["configMap"]["name"]) != Some(&config_map["metadata"]["name"]) {
+            errors.push(format!("{what}: the config volume is not the overlay's ConfigMap {}", name(config_map)));
+        }
+        // Take out what the overlay sets; the rest must be base's.
+        let rest = |ds: &Value| {
+            let mut ds = ds.clone();
+            let pod = &mut ds["spec"]["template"]["spec"];
+            pod.as_object_mut().unwrap().remove("automountServiceAccountToken");
+            for v in pod["volumes"].as_array_mut().into_iter().flatten() {
+                if v["name"] == "config" {
+                    v["configMap"]["name"] = json!("(the ConfigMap)");
+                }
+            }
+            let c = &mut pod["containers"][0];
+            let mut env: Vec<Value> = c["env"].as_array().cloned().unwrap_or_default();
+            env.retain(|e| e["name"] != "POD_NAME" && e["name"] != "POD_NAMESPACE");
+            env.sort_by_key(|e| e["name"].to_string());
+            c["env"] = json!(env);
+            ds
+        };
+        if rest(&ds) != rest(&base_ds) {
+            errors.push(format!("{what} changes more than the token, POD_NAME, POD_NAMESPACE and the ConfigMap"));
+        }
+        let sa = pod["serviceAccountName"].as_str().unwrap_or("default").to_string();
+        agents.push((sa, namespace(&ds).to_string()));
+    }
+    agents.sort();
+    agents.dedup();
+
+    // The grants: exactly the calls, in the namespaces they are made in.
+    let mut wanted: BTreeMap<String, BTreeSet<Grant>> = BTreeMap::new();
+    for fe in &ingress.frontends {
+        let Some(a) = &fe.agones else { continue };
+        let set = wanted.entry(a.namespace.clone()).or_default();
+        set.extend(GAME_NAMESPACE_CALLS.iter().map(|(g, r, v)| grant(g, r, v, None)));
+    }
+    // Only ingress agents hold or follow the Lease: a return agent (a game
+    // node) follows the GameServers and never joins the election.
+    for (file, v) in [("ingress.yaml", &ingress)] {
+        let k = v.kubernetes();
+        // Absent: the pod's namespace (POD_NAMESPACE, from the downward API).
+        let Some(agent_ns) = agents.first().map(|(_, ns)| ns.clone()) else { continue };
+        let lease_ns = k.lease_namespace.clone().unwrap_or(agent_ns);
+        if lease_ns.is_empty() {
+            errors.push(format!("{file}: the Lease's namespace is unknown"));
+        }
+        let set = wanted.entry(lease_ns).or_default();
+        set.insert(grant("coordination.k8s.io", "leases", "create", None)); // create cannot be limited to a name
+        for verb in ["get", "update"] {
+            set.insert(grant("coordination.k8s.io", "leases", verb, Some(&k.lease_name)));
+        }
+    }
+    let mut granted: BTreeMap<String, BTreeSet<Grant>> = BTreeMap::new();
+    let bindings = of_kind(overlay, "RoleBinding");
+    for role in of_kind(overlay, "Role") {
+        let bound: Vec<&Value> = bindings
+            .iter()
+            .filter(|b| {
+                namespace(b) == namespace(&role)
+                    && b["roleRef"]["kind"] == "Role"
+                    && b["roleRef"]["name"] == role["metadata"]["name"]
+            })
+            .collect();
+        if bound.is_empty() {
+            errors.push(format!("Role {}/{} is bound to nobody", namespace(&role), name(&role)));
+        }
+        granted.entry(namespace(&role).to_string()).or_default().extend(grants(&role));
+    }
+    for b in &bindings {
+        let subjects: Vec<(String, String)> = b["subjects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                let kind_ = s["kind"].as_str().unwrap_or("");
+                (
+                    format!("{kind_}/{}", s["name"].as_str().unwrap_or("")),
+                    s["namespace"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect();
+        let agents_sa: Vec<(String, String)> =
+            agents.iter().map(|(sa, ns)| (format!("ServiceAccount/{sa}"), ns.clone())).collect();
+        if subjects != agents_sa {
+            errors.push(format!(
+                "RoleBinding {}/{} binds {subjects:?}, not the agents' {agents_sa:?}",
+                namespace(b),
+                name(b)
+            ));
+        }
+        if b["roleRef"]["apiGroup"] != "rbac.authorization.k8s.io" || b["roleRef"]["kind"] != "Role" {
+            errors.push(format!("RoleBinding {}/{} refers to {}", namespace(b), name(b), b["roleRef"]));
+        }
+    }
+    for ns in wanted.keys().chain(granted.keys()).collect::<BTreeSet<_>>() {
+        let (want, have) = (wanted.get(ns).cloned().unwrap_or_default(), granted.get(ns).cloned().unwrap_or_default());
+        let extra: Vec<&Grant> = have.difference(&want).collect();
+        let missing: Vec<&Grant> = want.difference(&have).collect();
+        if !extra.is_empty() {
+            errors.push(format!("the Roles in namespace {ns} grant {extra:?} beyond what the agent calls"));
+        }
+        if !missing.is_empty() {
+            errors.push(format!("the Roles in namespace {ns} miss {missing:?}, which the agent calls"));
+        }
+    }
+
+    // The example Fleet is the pool: its GameServers (in the frontend's
+    // namespace) carry pool_labels, Agones' own agones.dev/fleet included,
+    // but not the frontend's labels (allocations put those on); they listen
+    // on the frontend's port; and a Buffer autoscaler keeps some Ready.
+    let example = &built["agones-example"];
+    for fe in &ingress.frontends {
+        let Some(a) = &fe.agones else { continue };
+        let pools: Vec<&Value> = example
+            .iter()
+            .filter(|f| kind(f) == "Fleet" && namespace(f) == a.namespace)
+            .filter(|f| {
+                let mut labels: BTreeMap<String, String> =
+                    serde_json::from_value(f["spec"]["template"]["metadata"]["labels"].clone()).unwrap_or_default();
+                labels.insert("agones.dev/fleet".into(), name(f).into());
+                a.pool_labels.iter().all(|(k, v)| labels.get(k) == Some(v))
+            })
+            .collect();
+        let [fleet] = pools.as_slice() else {
+            errors.push(format!(
+                "frontend {}: pool_labels {:?} in namespace {} match {} Fleets of deploy/agones-example, not one",
+                fe.name,
+                a.pool_labels,
+                a.namespace,
+                pools.len()
+            ));
+            continue;
+        };
+        let template_labels = &fleet["spec"]["template"]["metadata"]["labels"];
+        if a.labels.iter().all(|(k, v)| template_labels[k] == v.as_str()) {
+            errors.push(format!(
+                "Fleet {} puts the frontend's labels {:?} on every GameServer: any allocation would make a shard",
+                name(fleet),
+                a.labels
+            ));
+        }
+        let ports = fleet["spec"]["template"]["spec"]["ports"].as_array().cloned().unwrap_or_default();
+        if !ports.iter().any(|p| p["containerPort"] == fe.address.port() && p["portPolicy"] == "None") {
+            errors.push(format!(
+                "Fleet {} has no port {} (portPolicy None) for frontend {}",
+                name(fleet),
+                fe.address.port(),
+                fe.name
+            ));
+        }
+        let buffered = example.iter().any(|f| {
+            kind(f) == "FleetAutoscaler"
+                && f["spec"]["fleetName"] == fleet["metadata"]["name"]
+                && f["spec"]["policy"]["type"] == "Buffer"
+        });
+        if !buffered {
+            errors.push(format!(
+                "Fleet {} has no Buffer FleetAutoscaler: failovers would find the pool empty",
+                name(fleet)
+            ));
+        }
+    }
+    errors
+}
+
+#[test]
+fn agones_overlay_mounts_the_token_and_grants_exactly_the_agents_calls() {
+    let errors = check_agones_overlay(built());
+    assert!(errors.is_empty(), "deploy/{AGONES_OVERLAY}:\n{}", errors.join("\n"));
+    let config_map = object(AGONES_OVERLAY, "ConfigMap", "samp-proxy-config");
+    let ingress = config_in(config_map, "ingress.yaml").unwrap();
+    let roles: Vec<String> = built()[AGONES_OVERLAY]
+        .iter()
+        .filter(|d| kind(d) == "Role")
+        .map(|r| {
+            let verbs: Vec<String> = grants(r)
+                .into_iter()
+                .map(|(_, res, verb, n)| format!("{res} {verb}{}", n.map(|n| format!(" {n}")).unwrap_or_default()))
+                .collect();
+            format!("{}/{}: {}", namespace(r), name(r), verbs.join(", "))
+        })
+        .collect();
+    println!(
+        "deploy/{AGONES_OVERLAY}: token and POD_NAME/POD_NAMESPACE on both DaemonSets; configs pass the agent's parser \
+         ({} Agones frontend(s), Lease {}); Roles:\n  {}",
+        ingress.frontends.iter().filter(|f| f.agones.is_some()).count(),
+        ingress.kubernetes().lease_name,
+        roles.join("\n  ")
+    );
+}
+
+/// A copy of the built kustomizations with the object of `kind_` named
+/// `name_*` changed.
+fn with_named_change(dir: &str, kind_: &str, name_: &str, change: impl Fn(&mut Value)) -> Built {
+    let mut copy = built().clone();
+    let obj = copy.get_mut(dir).unwrap().iter_mut().find(|d| kind(d) == kind_ && name(d).starts_with(name_)).unwrap();
+    change(obj);
+    copy
+}
+
+#[test]
+fn broken_agones_overlays_fail() {
+    let edit_config = |file: &'static str, from: &'static str, to: &'static str| {
+        with_named_change(AGONES_OVERLAY, "ConfigMap", "samp-proxy-config", move |c| {
+            let text = c["data"][file].as_str().unwrap().to_string();
+            assert!(text.contains(from), "{file} has no {from:?}");
+            c["data"][file] = json!(text.replace(from, to));
+        })
+    };
+    let cases: Vec<(&str, Built, &str)> = vec![
+        (
+            "a Role that may also delete GameServers",
+            with_named_change(AGONES_OVERLAY, "Role", "samp-proxy-agones", |r| {
+                r["rules"][0]["verbs"].as_array_mut().unwrap().push(json!("delete"));
+            }),
+            "\"delete\", None)] beyond what the agent calls",
+        ),
+        (
+            "a Role that may not watch GameServers",
+            with_named_change(AGONES_OVERLAY, "Role", "samp-proxy-agones", |r| {
+                r["rules"][0]["verbs"] = json!(["get", "list", "patch"])
+            }),
+            "\"watch\", None)], which the agent calls",
+        ),
+        (
+            "a Lease Role for another name",
+            with_named_change(AGONES_OVERLAY, "Role", "samp-proxy-leader", |r| {
+                r["rules"][1]["resourceNames"] = json!(["samp-proxy"])
+            }),
+            "beyond what the agent calls",
+        ),
+        (
+            "the ingress DaemonSet without the token",
+            with_named_change(AGONES_OVERLAY, "DaemonSet", "samp-proxy-ingress", |d| {
+                d["spec"]["template"]["spec"]["automountServiceAccountToken"] = json!(false);
+            }),
+            "automountServiceAccountToken is not true",
+        ),
+        (
+            "the return DaemonSet without POD_NAME",
+            with_named_change(AGONES_OVERLAY, "DaemonSet", "samp-proxy-return", |d| {
+                d["spec"]["template"]["spec"]["containers"][0]["env"]
+                    .as_array_mut()
+                    .unwrap()
+                    .retain(|e| e["name"] != "POD_NAME");
+            }),
+            "env POD_NAME is not the downward API's metadata.name",
+        ),
+        (
+            "the ingress DaemonSet off the host network",
+            with_named_change(AGONES_OVERLAY, "DaemonSet", "samp-proxy-ingress", |d| {
+                d["spec"]["template"]["spec"]["hostNetwork"] = json!(false);
+            }),
+            "changes more than the token",
+        ),
+        (
+            "pool_labels naming another fleet",
+            edit_config("ingress.yaml", "agones.dev/fleet: openmp-shards", "agones.dev/fleet: other-shards"),
+            "match 0 Fleets of deploy/agones-example",
+        ),
+        (
+            "listed shards beside Agones",
+            edit_config("ingress.yaml", "shards: []", "shards: [{name: s1, address: 10.244.1.10, capacity: 500}]"),
+            "ingress.yaml: lists 1 shards; the overlay's configs list none",
+        ),
+        (
+            "a config the agent refuses",
+            edit_config("ingress.yaml", "pool_labels: {agones.dev/fleet: openmp-shards}", "pool_labels: {}"),
+            "the agent refuses ingress.yaml",
+        ),
+    ];
+    for (what, broken, expected) in cases {
+        let errors = check_agones_overlay(&broken).join("\n");
+        assert!(errors.contains(expected), "{what}: expected {expected:?} among:\n{errors}");
+        println!("refused as it should be: {what}: {}", errors.lines().find(|l| l.contains(expected)).unwrap());
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -15,6 +15,21 @@ pub fn status(st: &StatusView) {
     println!("total: {} players / {} slots ({} pending, {} moving)", t.players, t.capacity, t.pending, t.moving);
     let a = &st.agent;
     println!("expired: {} idle, {} moved-but-never-reconnected", a.expired_idle, a.expired_moving);
+    if let Some(k) = &a.kubernetes {
+        let decider = match (k.leading, &k.holder) {
+            (true, _) => "this replica".to_string(),
+            (false, Some(h)) if !h.is_empty() => h.clone(),
+            _ => "nobody".to_string(),
+        };
+        let pools: Vec<String> = k.pool_ready.iter().map(|(f, n)| format!("{f}: {n} Ready")).collect();
+        println!("kubernetes: decider {decider}; pools {}; allocating {}", pools.join(", "), k.allocating);
+        if let Some(e) = &k.api_error {
+            println!("kubernetes API UNREACHABLE: {e} (forwarding goes on with the shards known)");
+        }
+        for u in &k.unusable {
+            println!("GameServer {}/{} cannot be a shard: {}; fix: {}", u.namespace, u.name, u.problem, u.fix);
+        }
+    }
 }
 
 pub fn shards(shards: &[ShardView]) {

@@ -865,6 +865,10 @@ mod tests {
         assert_eq!(idx.get(&key(1)).unwrap().epoch(), 1);
         idx.apply(&ev(1, 99, 0, 0), 40);
         assert_eq!(idx.get(&key(1)).unwrap().group(), 3, "unknown kinds change nothing");
+        // A shard's refusal names a player but changes no session.
+        idx.apply(&ev(1, proxy_common::SESSION_SHARD_REFUSED, 7, 0), 50);
+        idx.apply(&ev(2, proxy_common::SESSION_SHARD_REFUSED, 7, 0), 50);
+        assert_eq!((idx.len(), idx.get(&key(1)).unwrap().group()), (1, 3), "a refusal is no session event");
     }
 
     #[test]

@@ -133,6 +133,9 @@ pub struct Cluster {
     pub health: HashMap<String, Health>,
     /// Roles changed at run time (a recovered shard becomes `recovered_role`).
     pub role_override: HashMap<String, Role>,
+    /// Discovered shards whose GameServer left `Allocated` or was deleted,
+    /// with why: down for good, kept only until their players have moved.
+    pub departed: HashMap<String, String>,
     /// Per config shard.
     pub ids: Vec<ShardIds>,
     /// Per config frontend: its id in FRONTENDS (and its PLACEMENT row).
@@ -170,6 +173,7 @@ impl Cluster {
             tables,
             health: HashMap::new(),
             role_override: HashMap::new(),
+            departed: HashMap::new(),
             ids: Vec::new(),
             frontend_ids: Vec::new(),
             moved_at: HashMap::new(),
@@ -295,7 +299,8 @@ impl Cluster {
     }
 
     pub fn is_up(&self, i: usize) -> bool {
-        self.health.get(&self.cfg.shards[i].name).map(|h| h.up).unwrap_or(true)
+        let name = &self.cfg.shards[i].name;
+        !self.departed.contains_key(name) && self.health.get(name).map(|h| h.up).unwrap_or(true)
     }
 
     /// True when a group other than the shard's own home group points at it.
@@ -305,27 +310,45 @@ impl Cluster {
     }
 
     /// A shard's share of new players: its free slots, or 0 when it must get
-    /// none (drained; down; standby that has not received a group; full).
+    /// none (see `takes_players`; full).
     fn weight(&self, i: usize, loads: &Loads) -> u32 {
-        if self.drained(i) || !self.is_up(i) {
-            return 0;
-        }
-        if self.role(i) == Role::Standby && !self.holds_foreign_group(i) {
+        if !self.takes_players(i) {
             return 0;
         }
         self.free_slots(i, loads) as u32
     }
 
+    /// False when a shard must get no new players: drained, down, or a
+    /// standby that has not received a group.
+    pub fn takes_players(&self, i: usize) -> bool {
+        let standing_by = self.role(i) == Role::Standby && !self.holds_foreign_group(i);
+        self.is_up(i) && !self.drained(i) && !standing_by
+    }
+
+    /// A discovered shard whose size only its probe can tell, not probed yet.
+    pub fn size_unknown(&self, i: usize) -> bool {
+        self.cfg.shards[i].capacity_from_probe()
+            && self.health.get(&self.cfg.shards[i].name).and_then(|h| h.max_players).is_none()
+    }
+
+    /// Any session (established, pending or moving) routed to shard `i`.
+    pub fn has_sessions(&self, i: usize, loads: &Loads) -> bool {
+        loads.get(&self.ids[i].backend).is_some_and(|l| l.established + l.pending + l.moving > 0)
+    }
+
     /// Room for players: the configured capacity (or the server's own
     /// `max_players`, if lower) minus its players (sessions here, or what the
-    /// server reports, whichever is more).
+    /// server reports, whichever is more). A discovered shard with no cap
+    /// has no room until its probe reported `max_players`.
     pub fn free_slots(&self, i: usize, loads: &Loads) -> usize {
         let sessions = self.players_on(i, loads);
         let health = self.health.get(&self.cfg.shards[i].name);
         let reported = health.and_then(|h| h.players).unwrap_or(0) as usize;
         let mut capacity = self.cfg.shards[i].capacity as usize;
-        if let Some(max) = health.and_then(|h| h.max_players).filter(|&m| m > 0) {
-            capacity = capacity.min(max as usize);
+        match health.and_then(|h| h.max_players).filter(|&m| m > 0) {
+            Some(max) => capacity = capacity.min(max as usize),
+            None if self.cfg.shards[i].capacity_from_probe() => capacity = 0,
+            None => {}
         }
         capacity.saturating_sub(sessions.max(reported))
     }

@@ -19,8 +19,13 @@ use std::{
 };
 
 use anyhow::Result;
-use proxy_common::{Counter, SESSION_ANSWERED};
+use proxy_common::{Counter, SESSION_ANSWERED, SESSION_SHARD_REFUSED};
 use tokio::sync::{oneshot, watch};
+
+#[path = "owner_agones.rs"]
+mod agones;
+
+use agones::AgonesState;
 
 use super::{answers::FrontendAnswers, event_log::EventLog, index::MergeReport, now_ns, ClientSelector, Cluster};
 use crate::{
@@ -32,14 +37,17 @@ use crate::{
         views::{AgentView, DrainView, HistogramView, IndexView, MoveReport, ReloadView, Reply, StatusView},
     },
     dataplane::{scanner::ScanPart, session_events::SessionEvents},
-    health::{ProbeResult, Transition},
+    health::{ProbeOutcome, Transition, UrgentProbe},
     leases::mover::{LeaseMove, LeaseMover, LeaseOutcome},
     query::ResponderCounts,
 };
 
 /// How often the owner looks at the event ring when nothing else wakes it:
-/// a 1 MiB ring holds about 32,000 events, so 50 ms keeps up with a flood.
-const RING_POLL: Duration = Duration::from_millis(50);
+/// a 1 MiB ring holds about 32,000 events, so this keeps up with a flood;
+/// and a shard's refusal of its players (a crashed process) waits at most
+/// this long before the shard is probed. A look at an empty ring costs a
+/// few microseconds.
+const RING_POLL: Duration = Duration::from_millis(10);
 const TICK: Duration = Duration::from_secs(1);
 /// The longest time between two full scans (repairs and idle expiry).
 const MAX_SCAN_INTERVAL: Duration = Duration::from_secs(10);
@@ -65,7 +73,11 @@ pub type ControlReply = Result<Reply, ControlError>;
 pub enum Msg {
     Control(Request, oneshot::Sender<ControlReply>),
     ProbePlan(oneshot::Sender<ProbePlan>),
-    HealthRound(Vec<(String, Option<ProbeResult>)>),
+    HealthRound(Vec<(String, ProbeOutcome)>),
+    /// An urgent probe's outcome (a confirmed refusal), folded in as a round's.
+    ProbedNow(String, ProbeOutcome),
+    /// Where to ask the health loop for urgent probes.
+    UrgentProbes(tokio::sync::mpsc::UnboundedSender<UrgentProbe>),
     /// A part of the scan of `generation` (see `scanner`).
     Scanned {
         generation: u64,
@@ -84,6 +96,16 @@ pub enum Msg {
     LeaseOutcome(LeaseOutcome),
     /// The programs are attached: the data plane forwards.
     Attached,
+    /// Shards come from Agones through this task from now on.
+    UseAgones(crate::agones::AgonesHandle),
+    /// Every GameServer of a watched namespace, after a change.
+    GameServers(String, Vec<crate::agones::gameserver::GameServer>),
+    /// The decider's Lease: held, followed, or unreachable.
+    Leadership(crate::agones::lease::Leadership),
+    /// An API user failed (Some) or works again (None).
+    KubernetesError(String, Option<String>),
+    /// What an allocation came to, and how long it took.
+    Allocation(crate::agones::allocate::Ask, crate::agones::allocate::Answer, Duration),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -116,8 +138,18 @@ impl OwnerHandle {
         rx.await.ok()
     }
 
-    pub fn health_round(&self, results: Vec<(String, Option<ProbeResult>)>) {
+    pub fn health_round(&self, results: Vec<(String, ProbeOutcome)>) {
         let _ = self.tx.send(Msg::HealthRound(results));
+    }
+
+    /// An urgent probe of `shard` found this.
+    pub fn probed_now(&self, shard: String, outcome: ProbeOutcome) {
+        let _ = self.tx.send(Msg::ProbedNow(shard, outcome));
+    }
+
+    /// Shards the data plane saw refuse a player are probed at once through `tx`.
+    pub fn urgent_probes(&self, tx: tokio::sync::mpsc::UnboundedSender<UrgentProbe>) {
+        let _ = self.tx.send(Msg::UrgentProbes(tx));
     }
 
     /// Asks for an area transfer; the reply names the shard that held the
@@ -153,6 +185,31 @@ impl OwnerHandle {
         let _ = self.tx.send(Msg::Attached);
     }
 
+    pub fn use_agones(&self, handle: crate::agones::AgonesHandle) {
+        let _ = self.tx.send(Msg::UseAgones(handle));
+    }
+
+    pub fn gameservers(&self, namespace: String, list: Vec<crate::agones::gameserver::GameServer>) {
+        let _ = self.tx.send(Msg::GameServers(namespace, list));
+    }
+
+    pub fn leadership(&self, l: crate::agones::lease::Leadership) {
+        let _ = self.tx.send(Msg::Leadership(l));
+    }
+
+    pub fn kubernetes_error(&self, who: &str, error: Option<String>) {
+        let _ = self.tx.send(Msg::KubernetesError(who.into(), error));
+    }
+
+    pub fn allocation(
+        &self,
+        ask: crate::agones::allocate::Ask,
+        answer: crate::agones::allocate::Answer,
+        took: Duration,
+    ) {
+        let _ = self.tx.send(Msg::Allocation(ask, answer, took));
+    }
+
     /// The last published snapshot; never waits for the owner.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.borrow().clone()
@@ -186,6 +243,11 @@ struct ScanState {
 
 pub struct Owner {
     cluster: Cluster,
+    /// The config file as last loaded; the cluster's config is this plus
+    /// the shards discovered from Agones.
+    file: crate::config::Validated,
+    /// Shards from Agones GameServers (inert without `agones` frontends).
+    agones: AgonesState,
     config_path: PathBuf,
     events: EventLog,
     /// Shards that went down whose players found no room yet: retried on
@@ -208,6 +270,8 @@ pub struct Owner {
     leases: Option<LeaseMover>,
     /// A `return` node: where the players local shards accepted go.
     answered_reporter: Option<tokio::sync::mpsc::UnboundedSender<Vec<Answered>>>,
+    /// The health loop's urgent probes (nodes that probe: not `return`).
+    urgent_probes: Option<tokio::sync::mpsc::UnboundedSender<UrgentProbe>>,
 }
 
 /// The time between full scans: often enough for the idle timeout to be
@@ -230,6 +294,8 @@ pub fn spawn(
     let (publish, snapshot) = watch::channel(Arc::new(Snapshot::default()));
     let interval = scan_interval(cluster.cfg.raw.session_idle_timeout_ms);
     let mut owner = Owner {
+        file: cluster.cfg.clone(),
+        agones: AgonesState::default(),
         cluster,
         config_path,
         events: EventLog::default(),
@@ -260,6 +326,7 @@ pub fn spawn(
         responder_counts,
         leases: None,
         answered_reporter: None,
+        urgent_probes: None,
     };
     owner.drain_ring();
     owner.publish();
@@ -312,8 +379,10 @@ impl Owner {
                 let _ = reply.send(ProbePlan { targets, health: c.raw.health.clone() });
             }
             Msg::HealthRound(results) => {
-                for r in results.iter().filter_map(|(_, r)| r.as_ref()) {
-                    self.probe_rtt.observe(r.rtt.as_secs_f64());
+                for (_, outcome) in &results {
+                    if let ProbeOutcome::Answered(r) = outcome {
+                        self.probe_rtt.observe(r.rtt.as_secs_f64());
+                    }
                 }
                 self.health_rounds += 1;
                 let changed = self.health_round(results);
@@ -336,6 +405,15 @@ impl Owner {
             }
             Msg::UseLeases(mover) => self.leases = Some(mover),
             Msg::ReportAnswered(tx) => self.answered_reporter = Some(tx),
+            Msg::UrgentProbes(tx) => self.urgent_probes = Some(tx),
+            Msg::ProbedNow(shard, outcome) => {
+                if self.health_round(vec![(shard, outcome)]) {
+                    if let Err(e) = self.cluster.write_answers() {
+                        log::warn!("writing the query answers: {e:#}");
+                    }
+                    self.publish();
+                }
+            }
             Msg::Answered(list, reply) => {
                 let promoted = match self.cluster.promote_answered(&list) {
                     Ok(n) => n,
@@ -363,6 +441,23 @@ impl Owner {
                 self.attached = true;
                 self.publish();
             }
+            Msg::UseAgones(handle) => self.use_agones(handle),
+            Msg::GameServers(namespace, list) => {
+                self.on_gameservers(namespace, list);
+                self.publish();
+            }
+            Msg::Leadership(l) => {
+                self.on_leadership(l);
+                self.publish();
+            }
+            Msg::KubernetesError(who, error) => {
+                self.on_kubernetes_error(&who, error);
+                self.publish();
+            }
+            Msg::Allocation(ask, answer, took) => {
+                self.on_allocation(ask, answer, took);
+                self.publish();
+            }
             Msg::Shutdown(_) => unreachable!("handled by run"),
         }
     }
@@ -372,14 +467,41 @@ impl Owner {
         let now = now_ns();
         let index = &mut self.cluster.index;
         let mut answered = Vec::new();
+        let mut refusing = Vec::new();
         self.ring.drain(|ev| {
-            if ev.kind == SESSION_ANSWERED {
-                answered.push(ev);
+            match ev.kind {
+                SESSION_ANSWERED => answered.push(ev),
+                // A shard to probe now; no session changed (the index ignores it).
+                SESSION_SHARD_REFUSED => refusing.push(ev.group),
+                _ => {}
             }
             index.apply(&ev, now);
         });
         if let (Some(reporter), false) = (&self.answered_reporter, answered.is_empty()) {
             let _ = reporter.send(self.cluster.answered_players(&answered));
+        }
+        self.probe_refusing(refusing);
+    }
+
+    /// The data plane saw these shards (backend ids) refuse a player's
+    /// packet: the health loop probes each one still up at once (two
+    /// refusals in a row take it down without waiting for the next round).
+    fn probe_refusing(&self, mut backends: Vec<u32>) {
+        let Some(urgent) = &self.urgent_probes else { return };
+        backends.sort_unstable();
+        backends.dedup();
+        let c = &self.cluster;
+        for backend in backends {
+            let Some(i) = c.ids.iter().position(|id| id.backend == backend) else { continue };
+            if !c.is_up(i) {
+                continue;
+            }
+            let s = &c.cfg.shards[i];
+            let _ = urgent.send(UrgentProbe {
+                shard: s.name.clone(),
+                addr: SocketAddrV4::new(s.address, c.cfg.frontends[s.frontend].address.port()),
+                wait: Duration::from_millis(c.cfg.raw.health.timeout_ms),
+            });
         }
     }
 
@@ -399,6 +521,11 @@ impl Owner {
         let loads = self.cluster.loads();
         if let Err(e) = self.cluster.refresh_placement(&loads) {
             log::warn!("refreshing placement: {e:#}");
+        }
+        if self.agones.handle.is_some() {
+            // Departed shards whose players have all moved leave the maps.
+            self.reconcile_desired();
+            self.maybe_grow();
         }
         self.maybe_scan();
         self.last_tick_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
@@ -516,7 +643,8 @@ impl Owner {
                 events_total: self.events.totals().clone(),
                 parked_failovers: self.parked.len(),
                 last_tick_ms: self.last_tick_ms,
-                ready: self.attached && self.health_rounds > 0 && !c.half_applied,
+                ready: self.attached && self.health_rounds > 0 && !c.half_applied && self.agones.api_error().is_none(),
+                kubernetes: self.kubernetes_view(),
                 reloads: self.reloads.clone(),
                 probe_rtt: self.probe_rtt.clone(),
                 queries_answered: self.responder_counts.by_type().into_iter().collect(),
@@ -652,7 +780,16 @@ impl Owner {
         if new.raw.bpffs != old.bpffs || new.raw.control_socket != old.control_socket {
             ignored.push("bpffs/control_socket (restart the agent to change them)");
         }
-        let mut changes = self.cluster.reconcile(new)?;
+        let namespaces = |c: &crate::config::Validated| -> Vec<Option<String>> {
+            c.frontends.iter().map(|f| f.agones.as_ref().map(|a| a.namespace.clone())).collect()
+        };
+        if namespaces(&new) != namespaces(&self.file) || new.raw.kubernetes != self.file.raw.kubernetes {
+            ignored.push("kubernetes/agones namespaces (restart the agent to change them)");
+        }
+        let discovered = self.cluster.cfg.shards.iter().filter(|s| s.source != crate::config::ShardSource::File);
+        let desired = crate::agones::discover::compose(&new, &discovered.cloned().collect::<Vec<_>>());
+        let mut changes = self.cluster.reconcile(desired)?;
+        self.file = new;
         self.scan.interval = scan_interval(self.cluster.cfg.raw.session_idle_timeout_ms);
         changes.extend(ignored.into_iter().map(|i| format!("not applied: {i}")));
         log::info!(
@@ -666,7 +803,7 @@ impl Owner {
     /// down fails over (or parks), a shard coming back becomes
     /// `recovered_role`, parked shards are retried. Returns whether anything
     /// changed.
-    fn health_round(&mut self, results: Vec<(String, Option<ProbeResult>)>) -> bool {
+    fn health_round(&mut self, results: Vec<(String, ProbeOutcome)>) -> bool {
         let cfg = self.cluster.cfg.raw.health.clone();
         let mut changed = false;
         for (name, result) in results {
@@ -674,10 +811,10 @@ impl Owner {
             let transition = self.cluster.health.entry(name.clone()).or_default().record(result, &cfg);
             match transition {
                 Transition::None => {}
-                Transition::WentDown => {
+                Transition::WentDown(reason) => {
                     changed = true;
                     let players = self.cluster.players_on(i, &self.cluster.loads());
-                    let why = format!("{} probes unanswered", cfg.down_after);
+                    let why = reason.detail(&cfg);
                     self.events.record("health_down", &name, None, vec![], players, why);
                     self.fail_over(i, players);
                 }
@@ -691,14 +828,7 @@ impl Owner {
                 }
             }
         }
-        for name in std::mem::take(&mut self.parked) {
-            if let Ok(i) = self.cluster.shard(&name) {
-                if !self.cluster.is_up(i) {
-                    let players = self.cluster.players_on(i, &self.cluster.loads());
-                    changed |= self.fail_over(i, players);
-                }
-            }
-        }
+        changed |= self.retry_parked();
         if changed {
             let loads = self.cluster.loads();
             if let Err(e) = self.cluster.refresh_placement(&loads) {
@@ -708,12 +838,29 @@ impl Owner {
         changed
     }
 
+    /// Tries the parked failovers again; returns whether any moved.
+    fn retry_parked(&mut self) -> bool {
+        let mut moved = false;
+        for name in std::mem::take(&mut self.parked) {
+            if let Ok(i) = self.cluster.shard(&name) {
+                if !self.cluster.is_up(i) {
+                    let players = self.cluster.players_on(i, &self.cluster.loads());
+                    moved |= self.fail_over(i, players);
+                }
+            }
+        }
+        moved
+    }
+
     /// Runs an automatic failover of shard `i` (holding `players`) and
     /// records it; with no room the shard is parked. Returns whether anything moved.
     fn fail_over(&mut self, i: usize, players: usize) -> bool {
         let name = self.cluster.cfg.shards[i].name.clone();
         if players == 0 {
             return false;
+        }
+        if let Some(moved) = self.agones_fail_over(i, players) {
+            return moved;
         }
         match self.cluster.failover(i, None) {
             Ok(r) => {

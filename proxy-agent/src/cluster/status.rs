@@ -54,7 +54,11 @@ impl Cluster {
                     frontend: self.cfg.frontends[s.frontend].name.clone(),
                     role: role_name(self.role(i)).into(),
                     drained: self.drained(i),
-                    health: health.map(|h| h.label()).unwrap_or("unchecked").into(),
+                    health: match self.departed.contains_key(&s.name) {
+                        true => "departed",
+                        false => health.map(|h| h.label()).unwrap_or("unchecked"),
+                    }
+                    .into(),
                     rtt_ms: health.and_then(|h| h.rtt_ms),
                     reported_players: health.and_then(|h| h.players),
                     parked: parked(&s.name),
@@ -62,7 +66,10 @@ impl Cluster {
                     established: load.established,
                     pending: load.pending,
                     moving: load.moving,
-                    capacity: s.capacity,
+                    capacity: match (s.capacity_from_probe(), health.and_then(|h| h.max_players)) {
+                        (true, max) => u32::from(max.unwrap_or(0)),
+                        (false, _) => s.capacity,
+                    },
                     free_slots: self.free_slots(i, loads),
                     backend: id.backend,
                     home_group: id.home_group,
@@ -73,6 +80,12 @@ impl Cluster {
                         packets_from_shard: stats.packets_out,
                         bytes_from_shard: stats.bytes_out,
                     },
+                    source: match s.source {
+                        crate::config::ShardSource::File => "file",
+                        crate::config::ShardSource::GameServer { .. } => "gameserver",
+                    }
+                    .into(),
+                    departed: self.departed.get(&s.name).cloned(),
                 })
             })
             .collect()

@@ -33,6 +33,7 @@ impl Checker<'_> {
         self.check_paths(&raw)?;
         self.check_timing(&raw)?;
         self.check_leases(&raw)?;
+        self.check_kubernetes(&raw)?;
         let frontends = self.check_frontends(&raw)?;
         let shards = self.check_shards(&raw, &frontends)?;
         self.check_every_frontend_served(&frontends, &shards)?;
@@ -216,6 +217,79 @@ impl Checker<'_> {
         Ok(())
     }
 
+    /// The Kubernetes API settings (used when a frontend has `agones`).
+    fn check_kubernetes(&self, raw: &Config) -> Result<(), ConfigError> {
+        let Some(k) = &raw.kubernetes else {
+            return Ok(());
+        };
+        if let Some(url) = &k.api_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(self.error(
+                    &[K("kubernetes"), K("api_url")],
+                    format!("`{url}` is not an http(s) URL"),
+                    "write the API server's URL, e.g. https://10.96.0.1:443, or leave it out inside the cluster",
+                ));
+            }
+        }
+        if !(1000..=300_000).contains(&k.lease_duration_ms) {
+            return Err(self.error(
+                &[K("kubernetes"), K("lease_duration_ms")],
+                format!("a lease of {} ms", k.lease_duration_ms),
+                "use 1000..=300000 ms (5000 is the default: a dead decider is replaced within that)",
+            ));
+        }
+        if !(10..=60_000).contains(&k.allocation_timeout_ms) {
+            return Err(self.error(
+                &[K("kubernetes"), K("allocation_timeout_ms")],
+                format!("{} ms", k.allocation_timeout_ms),
+                "use 10..=60000 ms (300 is the default: players wait for it before the fallback)",
+            ));
+        }
+        if k.lease_name.is_empty() || k.lease_name.len() > 253 {
+            return Err(self.error(
+                &[K("kubernetes"), K("lease_name")],
+                "an empty or over-long name",
+                "use a DNS name, e.g. samp-proxy-leader",
+            ));
+        }
+        Ok(())
+    }
+
+    /// A frontend's Agones source: a namespace and the labels that tell its
+    /// shards and its pool apart.
+    fn check_agones(&self, i: usize, a: &super::AgonesFrontend) -> Result<(), ConfigError> {
+        let at = |f| [K("frontends"), I(i), K("agones"), K(f)];
+        if a.namespace.is_empty() || a.namespace.len() > 63 {
+            return Err(self.error(
+                &at("namespace"),
+                "no namespace",
+                "name the namespace of the GameServers, e.g. `game`",
+            ));
+        }
+        if a.labels.is_empty() {
+            return Err(self.error(
+                &at("labels"),
+                "no labels: every Allocated GameServer of the namespace would be taken as a shard",
+                "give the frontend's shards a label, e.g. `labels: {samp-proxy.dev/frontend: main}`",
+            ));
+        }
+        if a.pool_labels.is_empty() {
+            return Err(self.error(
+                &at("pool_labels"),
+                "no pool labels: any Ready GameServer of the namespace could be allocated",
+                "name the standby fleet, e.g. `pool_labels: {agones.dev/fleet: samp-shards}`",
+            ));
+        }
+        if a.headroom > 100_000 {
+            return Err(self.error(
+                &at("headroom"),
+                format!("{} free slots", a.headroom),
+                "use 0 (never grow) up to the players you expect at once",
+            ));
+        }
+        Ok(())
+    }
+
     fn check_frontends(&self, raw: &Config) -> Result<Vec<Frontend>, ConfigError> {
         if raw.frontends.is_empty() {
             return Err(self.error(
@@ -288,17 +362,25 @@ impl Checker<'_> {
                     ));
                 }
             }
-            frontends.push(Frontend { name: fe.name.clone(), address, query: fe.query.clone() });
+            if let Some(agones) = &fe.agones {
+                self.check_agones(i, agones)?;
+            }
+            frontends.push(Frontend {
+                name: fe.name.clone(),
+                address,
+                query: fe.query.clone(),
+                agones: fe.agones.clone(),
+            });
         }
         Ok(frontends)
     }
 
     fn check_shards(&self, raw: &Config, frontends: &[Frontend]) -> Result<Vec<Shard>, ConfigError> {
-        if raw.shards.is_empty() {
+        if raw.shards.is_empty() && frontends.iter().all(|f| f.agones.is_none()) {
             return Err(self.error(
                 &[K("shards")],
                 "no shard",
-                "add at least one shard with name, address and capacity",
+                "add at least one shard with name, address and capacity, or let a frontend discover them (`agones:`)",
             ));
         }
         if raw.shards.len() >= proxy_common::MAX_BACKENDS as usize {
@@ -382,14 +464,22 @@ impl Checker<'_> {
                     format!("capacity must be 1..={MAX_SHARD_CAPACITY} (the server's max_players)"),
                 ));
             }
-            shards.push(Shard { name: sh.name.clone(), address, frontend, capacity: sh.capacity, role: sh.role });
+            shards.push(Shard {
+                name: sh.name.clone(),
+                address,
+                frontend,
+                capacity: sh.capacity,
+                role: sh.role,
+                source: super::ShardSource::File,
+            });
         }
         Ok(shards)
     }
 
     fn check_every_frontend_served(&self, frontends: &[Frontend], shards: &[Shard]) -> Result<(), ConfigError> {
         for (i, fe) in frontends.iter().enumerate() {
-            if !shards.iter().any(|s| s.frontend == i && s.role == Role::Active) {
+            // Discovered shards come and go: an empty list is a state, not a mistake.
+            if fe.agones.is_none() && !shards.iter().any(|s| s.frontend == i && s.role == Role::Active) {
                 return Err(self.error(
                     &[K("frontends"), I(i), K("name")],
                     format!("frontend `{}` has no active shard", fe.name),

@@ -100,8 +100,66 @@ pub struct Config {
     /// Account leases in MariaDB (`proxy-agent db migrate`); off when absent.
     #[serde(default)]
     pub leases: Option<crate::leases::LeaseConfig>,
+    /// The Kubernetes API, for frontends whose shards are Agones
+    /// GameServers (`frontends[].agones`); defaults when left out.
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesConfig>,
     pub frontends: Vec<FrontendConfig>,
+    /// Shards listed by hand; may be empty when every frontend discovers
+    /// its shards from Agones.
+    #[serde(default)]
     pub shards: Vec<ShardConfig>,
+}
+
+/// How the agent reaches the Kubernetes API and shares decisions with the
+/// other replicas.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KubernetesConfig {
+    /// The API server; absent = in the cluster (the pod's service account),
+    /// else the kubeconfig (`KUBECONFIG`, `~/.kube/config`).
+    pub api_url: Option<String>,
+    /// The coordination.k8s.io Lease whose holder decides failovers and growth.
+    pub lease_name: String,
+    /// Its namespace; absent = `POD_NAMESPACE`, else `default`.
+    pub lease_namespace: Option<String>,
+    /// How long a decider's lease lasts without renewal (renewed every third).
+    pub lease_duration_ms: u64,
+    /// This replica's name in the Lease; absent = `POD_NAME`, else the host name.
+    pub identity: Option<String>,
+    /// How long a GameServerAllocation may take before the fallback applies.
+    pub allocation_timeout_ms: u64,
+}
+
+impl Default for KubernetesConfig {
+    fn default() -> Self {
+        Self {
+            api_url: None,
+            lease_name: "samp-proxy-leader".into(),
+            lease_namespace: None,
+            lease_duration_ms: 5000,
+            identity: None,
+            allocation_timeout_ms: 300,
+        }
+    }
+}
+
+/// A frontend whose shards are Agones GameServers.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AgonesFrontend {
+    /// Where the GameServers live.
+    pub namespace: String,
+    /// Labels of this frontend's shards: an `Allocated` GameServer carrying
+    /// them is an active shard; every allocation puts them on its GameServer.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Labels of the standby pool: a `Ready` GameServer carrying them can be
+    /// allocated (usually `agones.dev/fleet: NAME`).
+    pub pool_labels: std::collections::BTreeMap<String, String>,
+    /// Allocate one more shard when the active shards' free slots fall under
+    /// this (0 = never grow).
+    #[serde(default)]
+    pub headroom: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -173,6 +231,9 @@ pub struct FrontendConfig {
     /// What the server browser is told about this frontend.
     #[serde(default)]
     pub query: QueryConfig,
+    /// Shards discovered from Agones GameServers (besides any listed).
+    #[serde(default)]
+    pub agones: Option<AgonesFrontend>,
 }
 
 /// A frontend's face in the server browser (answers to `i` and `r`).
@@ -282,6 +343,7 @@ pub struct Frontend {
     pub name: String,
     pub address: SocketAddrV4,
     pub query: QueryConfig,
+    pub agones: Option<AgonesFrontend>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -292,6 +354,36 @@ pub struct Shard {
     pub frontend: usize,
     pub capacity: u32,
     pub role: Role,
+    pub source: ShardSource,
+}
+
+/// Where a shard comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShardSource {
+    /// Listed in the YAML file.
+    File,
+    /// An Agones GameServer. Without a cap (`capped`), its capacity is the
+    /// `max_players` its query probe reports (no players until known).
+    GameServer { namespace: String, capped: bool },
+}
+
+impl Shard {
+    /// True when only the probe's `max_players` says how many it holds.
+    pub fn capacity_from_probe(&self) -> bool {
+        matches!(self.source, ShardSource::GameServer { capped: false, .. })
+    }
+}
+
+impl Validated {
+    /// True when some frontend discovers shards from Agones.
+    pub fn uses_agones(&self) -> bool {
+        self.frontends.iter().any(|f| f.agones.is_some())
+    }
+
+    /// The Kubernetes settings in force (defaults when the block is absent).
+    pub fn kubernetes(&self) -> KubernetesConfig {
+        self.raw.kubernetes.clone().unwrap_or_default()
+    }
 }
 
 /// A config mistake: where it is and how to fix it.

@@ -33,7 +33,7 @@ pub struct ShardView {
     /// active | standby
     pub role: String,
     pub drained: bool,
-    /// unchecked | up | down
+    /// unchecked | up | down | departed (its GameServer left)
     pub health: String,
     pub rtt_ms: Option<f64>,
     pub reported_players: Option<u16>,
@@ -51,6 +51,12 @@ pub struct ShardView {
     pub home_group: u32,
     pub groups: Vec<u32>,
     pub traffic: TrafficView,
+    /// `file`, or `gameserver` (discovered from Agones).
+    #[serde(default)]
+    pub source: String,
+    /// Why a discovered shard is down for good (its GameServer left).
+    #[serde(default)]
+    pub departed: Option<String>,
 }
 
 /// Packets and IPv4 bytes forwarded to and from one shard.
@@ -94,6 +100,28 @@ pub struct AgentView {
     pub queries_answered: BTreeMap<String, u64>,
     /// Full scans of the session tables, and what they had to repair.
     pub index: IndexView,
+    /// Shards from Agones: absent when no frontend uses it.
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesView>,
+}
+
+/// The Agones source as this replica sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct KubernetesView {
+    /// This replica holds the decider's Lease.
+    pub leading: bool,
+    /// Who holds it, as last read.
+    pub holder: Option<String>,
+    /// Why the API is unreachable, when it is (forwarding goes on).
+    pub api_error: Option<String>,
+    /// Ready GameServers in each Agones frontend's pool.
+    pub pool_ready: BTreeMap<String, usize>,
+    /// GameServers that should be shards but cannot be, with the fix.
+    pub unusable: Vec<crate::agones::discover::Unusable>,
+    /// Allocations by outcome: allocated | unallocated | contention | error | timeout.
+    pub allocations: BTreeMap<String, u64>,
+    /// Allocations asked and not answered yet.
+    pub allocating: usize,
 }
 
 /// A cumulative histogram: `buckets` are (upper bound, observations at or

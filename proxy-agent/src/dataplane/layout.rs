@@ -7,7 +7,7 @@ use std::{fs, path::Path};
 use anyhow::{bail, Context, Result};
 
 /// Bumped whenever a pinned map's type, key, value or size changes.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// bpffs holds only pinned objects and folders, so the version is a folder:
 /// `layout-v<N>`.
 const LAYOUT_PREFIX: &str = "layout-v";

@@ -2,14 +2,31 @@
 //! server answers on its port; an `i` (info) query reports its players and
 //! slots, which feed placement. Consecutive misses mark a shard down,
 //! consecutive answers up again (hysteresis: no flapping).
+//!
+//! A shard whose process is gone while its host lives is seen dead at once:
+//! its kernel refuses the probe (ICMP port unreachable, which a connected UDP
+//! socket reports as ECONNREFUSED); a second ping from a new socket a few
+//! milliseconds later confirms it, so one stray ICMP cannot fail a shard
+//! over; two refusals in a row mark it down without waiting for
+//! `down_after` misses. Silence (a host gone, a link cut, a hung server)
+//! keeps the miss count. The data plane sees a crash first (the shard
+//! refuses its players' packets): the owner then asks for an immediate probe
+//! of that shard outside the rounds ([`UrgentProbe`]).
 
 use std::{
+    collections::HashSet,
+    io,
     net::{Ipv4Addr, SocketAddrV4},
-    time::{Duration, Instant},
+    sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use serde::Serialize;
-use tokio::{net::UdpSocket, time::timeout};
+use tokio::{
+    net::UdpSocket,
+    sync::mpsc::UnboundedReceiver,
+    time::{timeout_at, Instant},
+};
 
 use crate::{cluster::owner::OwnerHandle, config::HealthConfig};
 
@@ -17,21 +34,70 @@ pub mod answers;
 
 use answers::ShardAnswers;
 
+/// The ping goes out alone first; the other queries follow its echo, or
+/// this long, whichever is first. A dead shard's kernel then refuses one
+/// datagram per probe, not five: it rate-limits ICMP errors per destination
+/// (`net.ipv4.icmp_ratelimit`: a burst of 6, then 1 a second), and the
+/// confirming ping needs one of them.
+const PING_HEAD_START: Duration = Duration::from_millis(5);
+/// How long after a refusal the confirming ping goes out.
+const CONFIRM_AFTER: Duration = Duration::from_millis(5);
+
 /// Probes every shard each `health.interval_ms`, all at once, and hands the
-/// round to the cluster's owner (which fails over what went down).
-pub async fn probe_loop(owner: OwnerHandle) {
+/// round to the cluster's owner (which fails over what went down). Probes
+/// the owner asks for at once (`urgent`) run beside the rounds.
+pub async fn probe_loop(owner: OwnerHandle, urgent: UnboundedReceiver<UrgentProbe>) {
+    tokio::spawn(urgent_probes(owner.clone(), urgent));
     let mut nonce: u32 = std::process::id();
     while let Some(plan) = owner.probe_plan().await {
-        let started = tokio::time::Instant::now();
+        let started = Instant::now();
         let mut probes = tokio::task::JoinSet::new();
         for (name, addr) in plan.targets {
-            nonce = nonce.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            nonce = next_nonce(nonce);
             let wait = Duration::from_millis(plan.health.timeout_ms);
             let n = nonce;
             probes.spawn(async move { (name, probe(addr, wait, n).await) });
         }
         owner.health_round(probes.join_all().await);
         tokio::time::sleep_until(started + Duration::from_millis(plan.health.interval_ms)).await;
+    }
+}
+
+fn next_nonce(n: u32) -> u32 {
+    n.wrapping_mul(1_664_525).wrapping_add(1_013_904_223)
+}
+
+/// A probe of one shard now, outside the rounds: the data plane saw the
+/// shard refuse a player's packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrgentProbe {
+    pub shard: String,
+    pub addr: SocketAddrV4,
+    /// `health.timeout_ms`.
+    pub wait: Duration,
+}
+
+/// Runs each urgent probe at once, one per shard at a time (asks for a shard
+/// already being probed are dropped). A ping is enough: only a confirmed
+/// refusal goes to the owner, which folds it in as a round's would be; an
+/// answer or silence waits for the next round (so a stray ICMP adds no miss).
+async fn urgent_probes(owner: OwnerHandle, mut asks: UnboundedReceiver<UrgentProbe>) {
+    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let mut nonce = std::process::id().rotate_left(16);
+    while let Some(ask) = asks.recv().await {
+        if !in_flight.lock().unwrap_or_else(|e| e.into_inner()).insert(ask.shard.clone()) {
+            continue;
+        }
+        nonce = next_nonce(nonce);
+        let (owner, in_flight, n) = (owner.clone(), in_flight.clone(), nonce);
+        tokio::spawn(async move {
+            let outcome = ping(ask.addr, ask.wait, n).await;
+            in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&ask.shard);
+            log::debug!("urgent probe of {} ({}): {}", ask.shard, ask.addr, outcome.label());
+            if outcome == ProbeOutcome::Refused {
+                owner.probed_now(ask.shard, outcome);
+            }
+        });
     }
 }
 
@@ -60,49 +126,159 @@ pub struct ProbeResult {
     pub rtt: Duration,
     /// (players, max players) when the `i` answer came too.
     pub info: Option<(u16, u16)>,
-    /// Its `r`, `c` and `o` answers, for the cluster's own answers.
-    pub answers: ShardAnswers,
+    /// Its `r`, `c` and `o` answers, for the cluster's own answers; `None`
+    /// when only a ping was asked (the last answers stand).
+    pub answers: Option<ShardAnswers>,
 }
 
-/// Probes a shard once: `None` when the ping is not echoed within `wait`.
-/// Also asks `i`, `r`, `c` and `o`, and waits for them within `wait` (a
-/// shard that never answers `o`, as SA:MP 0.3.7, just ends the wait then).
-pub async fn probe(shard: SocketAddrV4, wait: Duration, nonce: u32) -> Option<ProbeResult> {
-    let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).await.ok()?;
-    socket.connect(shard).await.ok()?;
+/// What one probe found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ProbeOutcome {
+    /// The ping was echoed.
+    Answered(ProbeResult),
+    /// The shard's port refused the probe and, a few ms later, a second
+    /// ping: the host lives, the game server does not.
+    Refused,
+    /// No echo within the wait (host gone, link cut, server hung, or one
+    /// refusal not confirmed).
+    Silent,
+}
+
+impl ProbeOutcome {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Answered(_) => "answered",
+            Self::Refused => "refused",
+            Self::Silent => "silent",
+        }
+    }
+}
+
+/// What to ask a shard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    /// `p`, then `i`, `r`, `c` and `o`.
+    Everything,
+    /// `p` only.
+    Ping,
+}
+
+/// Probes a shard once: the ping must be echoed within `wait`. Also asks
+/// `i`, `r`, `c` and `o`, and waits for them within `wait` (a shard that
+/// never answers `o`, as SA:MP 0.3.7, just ends the wait then).
+pub async fn probe(shard: SocketAddrV4, wait: Duration, nonce: u32) -> ProbeOutcome {
+    probe_asking(shard, wait, nonce, Ask::Everything).await
+}
+
+/// Pings a shard once (with the same confirmation of a refusal).
+pub async fn ping(shard: SocketAddrV4, wait: Duration, nonce: u32) -> ProbeOutcome {
+    probe_asking(shard, wait, nonce, Ask::Ping).await
+}
+
+async fn probe_asking(shard: SocketAddrV4, wait: Duration, nonce: u32, ask: Ask) -> ProbeOutcome {
+    let deadline = Instant::now() + wait;
+    match attempt(shard, deadline, nonce, ask).await {
+        Attempt::Done(outcome) => outcome,
+        Attempt::Refused => {
+            // Confirm from a new socket (a new port): an error left over on
+            // the first one, or one stray ICMP, cannot confirm itself.
+            tokio::time::sleep(CONFIRM_AFTER).await;
+            let deadline = deadline.max(Instant::now() + CONFIRM_AFTER);
+            match attempt(shard, deadline, next_nonce(nonce), Ask::Ping).await {
+                Attempt::Refused => ProbeOutcome::Refused,
+                Attempt::Done(outcome) => outcome,
+            }
+        }
+    }
+}
+
+enum Attempt {
+    /// The port refused before the ping was echoed.
+    Refused,
+    Done(ProbeOutcome),
+}
+
+fn refused(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::ConnectionRefused
+}
+
+/// One socket's probe. A connected UDP socket gets the shard's ICMP port
+/// unreachable as ECONNREFUSED, on a receive or the next send.
+async fn attempt(shard: SocketAddrV4, deadline: Instant, nonce: u32, ask: Ask) -> Attempt {
+    let Ok(socket) = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).await else {
+        return Attempt::Done(ProbeOutcome::Silent);
+    };
+    if socket.connect(shard).await.is_err() {
+        return Attempt::Done(ProbeOutcome::Silent);
+    }
     let ping = query(shard, b'p', &nonce.to_le_bytes());
     let [info, rules, clients, openmp] = [b'i', b'r', b'c', b'o'].map(|op| query(shard, op, &[]));
     let started = Instant::now();
-    for q in [&ping, &info, &rules, &clients, &openmp] {
-        socket.send(q).await.ok()?;
+    match socket.send(&ping).await {
+        Err(e) if refused(&e) => return Attempt::Refused,
+        Err(_) => return Attempt::Done(ProbeOutcome::Silent),
+        Ok(_) => {}
     }
     let (mut alive, mut rtt, mut players) = (false, Duration::ZERO, None);
     let mut answers = ShardAnswers::default();
+    let mut rest_sent = ask == Ask::Ping;
     let mut buf = [0u8; 65_536];
-    let deadline = started + wait;
-    while !(alive
-        && players.is_some()
-        && answers.rules.is_some()
-        && answers.clients.is_some()
-        && answers.openmp.is_some())
-    {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(Ok(n)) = timeout(left, socket.recv(&mut buf)).await else { break };
-        let reply = &buf[..n];
-        if reply == ping.as_slice() {
-            alive = true;
-            rtt = started.elapsed();
-        } else if let Some(p) = parse_info(reply, &info) {
-            players = Some(p);
-        } else if let Some(b) = answers::body(reply, &rules) {
-            answers.rules = answers::parse_rules(b);
-        } else if let Some(b) = answers::body(reply, &clients) {
-            answers.clients = answers::parse_clients(b);
-        } else if let Some(b) = answers::body(reply, &openmp) {
-            answers.openmp = Some(b.to_vec());
+    loop {
+        let all_in = match ask {
+            Ask::Ping => alive,
+            Ask::Everything => {
+                alive
+                    && players.is_some()
+                    && answers.rules.is_some()
+                    && answers.clients.is_some()
+                    && answers.openmp.is_some()
+            }
+        };
+        if all_in {
+            break;
+        }
+        if !rest_sent && (alive || Instant::now() >= started + PING_HEAD_START) {
+            rest_sent = true;
+            for q in [&info, &rules, &clients, &openmp] {
+                match socket.send(q).await {
+                    Ok(_) => {}
+                    Err(e) if refused(&e) && !alive => return Attempt::Refused,
+                    Err(_) => break,
+                }
+            }
+        }
+        let until = if rest_sent { deadline } else { (started + PING_HEAD_START).min(deadline) };
+        match timeout_at(until, socket.recv(&mut buf)).await {
+            Err(_) if Instant::now() >= deadline => break,
+            Err(_) => continue, // the head start is over: send the rest
+            Ok(Err(e)) if refused(&e) && !alive => return Attempt::Refused,
+            Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                let reply = &buf[..n];
+                if reply == ping.as_slice() {
+                    alive = true;
+                    rtt = started.elapsed();
+                } else if let Some(p) = parse_info(reply, &info) {
+                    players = Some(p);
+                } else if let Some(b) = answers::body(reply, &rules) {
+                    answers.rules = answers::parse_rules(b);
+                } else if let Some(b) = answers::body(reply, &clients) {
+                    answers.clients = answers::parse_clients(b);
+                } else if let Some(b) = answers::body(reply, &openmp) {
+                    answers.openmp = Some(b.to_vec());
+                }
+            }
         }
     }
-    alive.then_some(ProbeResult { rtt, info: players, answers })
+    let outcome = match alive {
+        true => ProbeOutcome::Answered(ProbeResult {
+            rtt,
+            info: players,
+            answers: (ask == Ask::Everything).then_some(answers),
+        }),
+        false => ProbeOutcome::Silent,
+    };
+    Attempt::Done(outcome)
 }
 
 /// A shard's health as the agent tracks it.
@@ -141,16 +317,38 @@ impl Default for Health {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
     None,
-    WentDown,
+    WentDown(DownReason),
     CameUp,
 }
 
+/// Why a shard was marked down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DownReason {
+    /// `down_after` probes in a row went unanswered.
+    Missed,
+    /// Its game port refused two probes in a row.
+    Refused,
+}
+
+impl DownReason {
+    /// The `health_down` event's detail.
+    pub fn detail(self, cfg: &HealthConfig) -> String {
+        match self {
+            Self::Missed => format!("{} probes unanswered", cfg.down_after),
+            Self::Refused => "its game port refused two probes in a row (the server process is gone)".into(),
+        }
+    }
+}
+
 impl Health {
-    /// Folds one probe result in, with hysteresis.
-    pub fn record(&mut self, result: Option<ProbeResult>, cfg: &HealthConfig) -> Transition {
+    /// Folds one probe's outcome in, with hysteresis: `down_after` misses
+    /// in a row mark a shard down, `up_after` answers up again; a confirmed
+    /// refusal marks it down at once (the server process is gone: no
+    /// answer is coming), and counts as a miss.
+    pub fn record(&mut self, outcome: ProbeOutcome, cfg: &HealthConfig) -> Transition {
         self.unchecked = false;
-        match result {
-            Some(r) => {
+        match outcome {
+            ProbeOutcome::Answered(r) => {
                 self.misses = 0;
                 self.successes = self.successes.saturating_add(1);
                 self.rtt_ms = Some(r.rtt.as_secs_f64() * 1000.0);
@@ -158,18 +356,21 @@ impl Health {
                     self.players = Some(p);
                     self.max_players = Some(m);
                 }
-                self.answers = r.answers;
+                if let Some(answers) = r.answers {
+                    self.answers = answers;
+                }
                 if !self.up && self.successes >= cfg.up_after {
                     self.up = true;
                     return Transition::CameUp;
                 }
             }
-            None => {
+            ProbeOutcome::Refused | ProbeOutcome::Silent => {
                 self.successes = 0;
                 self.misses = self.misses.saturating_add(1);
-                if self.up && self.misses >= cfg.down_after {
+                let refused = outcome == ProbeOutcome::Refused;
+                if self.up && (refused || self.misses >= cfg.down_after) {
                     self.up = false;
-                    return Transition::WentDown;
+                    return Transition::WentDown(if refused { DownReason::Refused } else { DownReason::Missed });
                 }
             }
         }
@@ -189,26 +390,87 @@ impl Health {
 mod tests {
     use super::*;
 
-    fn ok() -> Option<ProbeResult> {
-        Some(ProbeResult { rtt: Duration::from_millis(1), info: Some((5, 100)), answers: ShardAnswers::default() })
+    fn ok() -> ProbeOutcome {
+        ProbeOutcome::Answered(ProbeResult {
+            rtt: Duration::from_millis(1),
+            info: Some((5, 100)),
+            answers: Some(ShardAnswers::default()),
+        })
     }
+
+    const SILENT: ProbeOutcome = ProbeOutcome::Silent;
+    const REFUSED: ProbeOutcome = ProbeOutcome::Refused;
+    const MISSED: Transition = Transition::WentDown(DownReason::Missed);
+    const GONE: Transition = Transition::WentDown(DownReason::Refused);
 
     #[test]
     fn hysteresis_needs_consecutive_results() {
         let cfg = HealthConfig::default();
         let mut h = Health::default();
-        assert_eq!(h.record(None, &cfg), Transition::None);
-        assert_eq!(h.record(None, &cfg), Transition::None);
+        assert_eq!(h.record(SILENT, &cfg), Transition::None);
+        assert_eq!(h.record(SILENT, &cfg), Transition::None);
         assert_eq!(h.record(ok(), &cfg), Transition::None, "a flap resets the count");
-        assert_eq!(h.record(None, &cfg), Transition::None);
-        assert_eq!(h.record(None, &cfg), Transition::None);
-        assert_eq!(h.record(None, &cfg), Transition::WentDown);
+        assert_eq!(h.record(SILENT, &cfg), Transition::None);
+        assert_eq!(h.record(SILENT, &cfg), Transition::None);
+        assert_eq!(h.record(SILENT, &cfg), MISSED);
         assert_eq!(h.record(ok(), &cfg), Transition::None);
-        assert_eq!(h.record(None, &cfg), Transition::None);
+        assert_eq!(h.record(SILENT, &cfg), Transition::None);
         assert_eq!(h.record(ok(), &cfg), Transition::None);
         assert_eq!(h.record(ok(), &cfg), Transition::None);
         assert_eq!(h.record(ok(), &cfg), Transition::CameUp);
         assert_eq!(h.players, Some(5));
+    }
+
+    #[test]
+    fn a_refusal_marks_a_shard_down_at_once() {
+        let cfg = HealthConfig::default();
+        let mut h = Health::default();
+        assert_eq!(h.record(ok(), &cfg), Transition::None);
+        assert_eq!(h.record(REFUSED, &cfg), GONE, "no waiting for down_after misses");
+        assert!(!h.up);
+        assert_eq!(h.label(), "down");
+        assert_eq!(h.record(REFUSED, &cfg), Transition::None, "already down");
+        // Coming back takes up_after answers in a row, as after misses; a
+        // refusal in between starts the count again.
+        assert_eq!(h.record(ok(), &cfg), Transition::None);
+        assert_eq!(h.record(ok(), &cfg), Transition::None);
+        assert_eq!(h.record(REFUSED, &cfg), Transition::None);
+        assert_eq!(h.record(ok(), &cfg), Transition::None);
+        assert_eq!(h.record(ok(), &cfg), Transition::None);
+        assert_eq!(h.record(ok(), &cfg), Transition::CameUp);
+        // After misses short of down_after, a refusal ends the wait.
+        assert_eq!(h.record(SILENT, &cfg), Transition::None);
+        assert_eq!(h.record(SILENT, &cfg), Transition::None);
+        assert_eq!(h.record(REFUSED, &cfg), GONE);
+        // A shard refused at its very first probe (configured, not running).
+        let mut fresh = Health::default();
+        assert_eq!(fresh.record(REFUSED, &cfg), GONE);
+    }
+
+    #[test]
+    fn silence_keeps_the_miss_count_whatever_came_before() {
+        let cfg = HealthConfig { down_after: 2, ..HealthConfig::default() };
+        let mut h = Health::default();
+        assert_eq!(h.record(SILENT, &cfg), Transition::None);
+        assert_eq!(h.record(SILENT, &cfg), MISSED);
+        assert_eq!(MISSED, Transition::WentDown(DownReason::Missed));
+        assert_eq!(DownReason::Missed.detail(&cfg), "2 probes unanswered");
+        assert_eq!(
+            DownReason::Refused.detail(&cfg),
+            "its game port refused two probes in a row (the server process is gone)"
+        );
+    }
+
+    #[test]
+    fn a_ping_only_answer_keeps_the_last_answers() {
+        let cfg = HealthConfig::default();
+        let mut h = Health::default();
+        let rules = ShardAnswers { rules: Some(vec![("shard".into(), "s1".into())]), ..ShardAnswers::default() };
+        let full = ProbeResult { rtt: Duration::from_millis(1), info: Some((7, 50)), answers: Some(rules.clone()) };
+        h.record(ProbeOutcome::Answered(full), &cfg);
+        let ping_only = ProbeResult { rtt: Duration::from_millis(2), info: None, answers: None };
+        h.record(ProbeOutcome::Answered(ping_only), &cfg);
+        assert_eq!((h.answers.clone(), h.players, h.rtt_ms), (rules, Some(7), Some(2.0)));
     }
 
     #[test]
@@ -219,5 +481,49 @@ mod tests {
         assert_eq!(parse_info(&reply, &req), Some((7, 50)));
         reply[4] ^= 1;
         assert_eq!(parse_info(&reply, &req), None);
+    }
+
+    /// A loopback port nobody listens on (bound, then closed).
+    fn closed_port() -> SocketAddrV4 {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let std::net::SocketAddr::V4(a) = s.local_addr().unwrap() else { unreachable!() };
+        a
+    }
+
+    /// Real sockets on loopback (whose ICMP the kernel never rate-limits):
+    /// a closed port is refused twice, a silent one is silence, an echo an answer.
+    #[tokio::test]
+    async fn probes_tell_a_refusal_from_silence_and_from_an_answer() {
+        let wait = Duration::from_millis(150);
+        let started = Instant::now();
+        assert_eq!(probe(closed_port(), wait, 1).await, ProbeOutcome::Refused);
+        assert_eq!(ping(closed_port(), wait, 2).await, ProbeOutcome::Refused);
+        assert!(started.elapsed() < wait, "a refusal needs no timeout: {:?}", started.elapsed());
+
+        let mute = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let std::net::SocketAddr::V4(mute_addr) = mute.local_addr().unwrap() else { unreachable!() };
+        let started = Instant::now();
+        assert_eq!(probe(mute_addr, wait, 3).await, ProbeOutcome::Silent);
+        assert!(started.elapsed() >= wait);
+
+        // An echo of the ping only (as a server busy with the rest would).
+        let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let std::net::SocketAddr::V4(echo_addr) = echo.local_addr().unwrap() else { unreachable!() };
+        tokio::spawn(async move {
+            let mut buf = [0u8; 512];
+            while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+                if buf[10] == b'p' {
+                    let _ = echo.send_to(&buf[..n], from).await;
+                }
+            }
+        });
+        match probe(echo_addr, wait, 4).await {
+            ProbeOutcome::Answered(r) => assert_eq!((r.info, r.answers.is_some()), (None, true)),
+            other => panic!("{other:?}"),
+        }
+        match ping(echo_addr, wait, 5).await {
+            ProbeOutcome::Answered(r) => assert_eq!(r.answers, None, "a ping asks nothing else"),
+            other => panic!("{other:?}"),
+        }
     }
 }

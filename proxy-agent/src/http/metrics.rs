@@ -23,7 +23,7 @@ pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 const QUERY_TYPES: [&str; 6] = ["info", "rules", "clients", "detail", "ping", "openmp"];
 /// Reasons a query is dropped: counters `drop_query_<reason>`.
 const QUERY_DROPS: [&str; 4] = ["rcon", "budget", "malformed", "unanswered"];
-const EVENT_KINDS: [&str; 10] = [
+const EVENT_KINDS: [&str; 14] = [
     "failover",
     "failover_parked",
     "migration",
@@ -34,6 +34,10 @@ const EVENT_KINDS: [&str; 10] = [
     "lease_move",
     "lease_move_failed",
     "lease_move_gave_up",
+    "decider",
+    "gameserver_unusable",
+    "grow",
+    "grow_failed",
 ];
 const RELOAD_RESULTS: [&str; 3] = ["ok", "refused", "rolled_back"];
 
@@ -139,6 +143,10 @@ pub fn render(st: &StatusView) -> prometheus::Result<String> {
     .with_label_values(&[] as &[&str])
     .set(if a.ready { 1.0 } else { 0.0 });
 
+    if let Some(k) = &a.kubernetes {
+        kubernetes(&r, k)?;
+    }
+
     let i = &a.index;
     r.gauge("samp_proxy_index_sessions", "Sessions in the agent's index (established and pending)", &[])?
         .with_label_values(&[] as &[&str])
@@ -160,6 +168,43 @@ pub fn render(st: &StatusView) -> prometheus::Result<String> {
         .set(1.0);
 
     TextEncoder::new().encode_to_string(&r.0.gather())
+}
+
+/// The Agones source: API reachability, the decider, pools, allocations.
+fn kubernetes(r: &Scrape, k: &crate::control::views::KubernetesView) -> prometheus::Result<()> {
+    let one = |b: bool| if b { 1.0 } else { 0.0 };
+    r.gauge(
+        "samp_proxy_kubernetes_api_up",
+        "1 when the Kubernetes API answers the watch and the Lease; 0: forwarding goes on with the shards known",
+        &[],
+    )?
+    .with_label_values(&[] as &[&str])
+    .set(one(k.api_error.is_none()));
+    r.gauge("samp_proxy_decider", "1 on the replica that holds the decider's Lease", &[])?
+        .with_label_values(&[] as &[&str])
+        .set(one(k.leading));
+    let pool =
+        r.gauge("samp_proxy_pool_ready_gameservers", "Ready GameServers in each frontend's pool", &["frontend"])?;
+    for (fe, n) in &k.pool_ready {
+        pool.with_label_values(&[fe]).set(*n as f64);
+    }
+    let unusable = r.gauge(
+        "samp_proxy_unusable_gameservers",
+        "Allocated GameServers with the frontend's labels that cannot be shards (see `proxy-agent status`)",
+        &["frontend"],
+    )?;
+    for fe in k.pool_ready.keys() {
+        unusable.with_label_values(&[fe]).set(k.unusable.iter().filter(|u| &u.frontend == fe).count() as f64);
+    }
+    let allocations = r.counter(
+        "samp_proxy_allocations_total",
+        "GameServerAllocations by outcome: allocated, unallocated, contention, error, timeout",
+        &["outcome"],
+    )?;
+    for outcome in ["allocated", "unallocated", "contention", "error", "timeout"] {
+        allocations.with_label_values(&[outcome]).inc_by(k.allocations.get(outcome).copied().unwrap_or(0));
+    }
+    Ok(())
 }
 
 /// One scrape's registry.

@@ -99,17 +99,20 @@ fn route(method: &Method, path: &str, snapshot: &Snapshot) -> Response<Full<Byte
 }
 
 /// Why the agent is not ready yet, in one line; `None` when it is.
-fn not_ready(snapshot: &Snapshot) -> Option<&'static str> {
+fn not_ready(snapshot: &Snapshot) -> Option<String> {
     let st = &snapshot.status;
-    if st.agent.ready {
-        None
+    let reason = if st.agent.ready {
+        return None;
     } else if snapshot.taken.is_none() {
-        Some("the agent is starting and has published no status yet")
+        "the agent is starting and has published no status yet".to_string()
+    } else if let Some(e) = st.agent.kubernetes.as_ref().and_then(|k| k.api_error.as_ref()) {
+        format!("the Kubernetes API is unreachable ({e}); forwarding goes on with the shards known")
     } else if !st.shards.is_empty() && st.shards.iter().all(|s| s.health == "unchecked") {
-        Some("no health round has finished yet")
+        "no health round has finished yet".to_string()
     } else {
-        Some("the programs are not attached yet, or a reload or failover is half applied")
-    }
+        "the programs are not attached yet, or a reload or failover is half applied".to_string()
+    };
+    Some(reason)
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {

@@ -681,10 +681,16 @@ fn failover(run: &Run) -> Result<()> {
                 } else {
                     format!("its {} groups", e.groups.len())
                 };
+                // Why s1 was marked down: its refusals (a killed process)
+                // or, on a silent host, the missed probes.
+                let why = events
+                    .iter()
+                    .rfind(|d| d.kind == "health_down" && d.shard == "s1")
+                    .map_or_else(|| "it went down".to_string(), |d| d.detail.clone());
                 println!(
-                    "    failover: {:.2} s after the kill the agent had missed 3 probes and repointed {groups} \
+                    "    failover: s1 went down: {why}; {} ms after the kill the agent had repointed {groups} \
                      ({} players) to {target}, one GROUPS write each",
-                    after.as_secs_f64(),
+                    after.as_millis(),
                     e.players
                 );
                 run.tell(|t| {

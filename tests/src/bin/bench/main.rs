@@ -49,6 +49,7 @@ use tests::{
 
 mod agent;
 mod e2e;
+mod failover;
 mod memory;
 mod query;
 
@@ -69,7 +70,13 @@ enum What {
     /// Failover with default settings: shard death to group repointed, and
     /// each player's reconnect handshake to its arrival at the standby.
     Failover {
-        /// Player counts to run, one scenario each.
+        /// Runs of each death x setup (part 1).
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// The stand-in API's allocation delays, one Agones column each.
+        #[arg(long, value_delimiter = ',', default_value = "50,200")]
+        api_delays_ms: Vec<u64>,
+        /// Player counts to run, one scenario each (part 2).
         #[arg(long, value_delimiter = ',', default_value = "50,500")]
         players: Vec<usize>,
         /// Silence after which a simulated client reconnects.
@@ -413,7 +420,9 @@ fn main() -> Result<()> {
         What::Query { calls, seconds, rate } => query::query(calls, seconds, rate),
         What::Memory => memory::memory(),
         What::E2e(args) => e2e::e2e(&args),
-        What::Failover { players, reconnect_ms } => {
+        What::Failover { runs, api_delays_ms, players, reconnect_ms } => {
+            failover::matrix(runs, &api_delays_ms)?;
+            println!();
             println!(
                 "failover: s1 (active) dies, its players move to s2 (standby); default health and pacing settings"
             );

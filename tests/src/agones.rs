@@ -1,0 +1,59 @@
+//! Agones clusters for tests and benchmarks: the agent's config for a
+//! frontend whose shards are GameServers, and GameServers that stand for
+//! the simulated shards (`s1`, `s2`, ... at the shards' addresses, so a
+//! player's echoes name the GameServer it plays on), served by the
+//! stand-in API server (`kube_api`) in the agent's namespace.
+
+use std::net::TcpListener;
+
+use anyhow::Result;
+
+use crate::{
+    kube_api::{GameServerSpec, KubeApi},
+    topology::{shard_ip, Topology},
+};
+
+pub const NS: &str = "game";
+pub const FRONTEND_LABEL: (&str, &str) = ("samp-proxy.dev/frontend", "play");
+pub const FLEET_LABEL: (&str, &str) = ("agones.dev/fleet", "shards");
+pub const LEASE_NS: &str = "samp-proxy";
+pub const LEASE: &str = "samp-proxy-leader";
+
+/// The agent's config: no listed shard, every shard a GameServer; a 2 s
+/// Lease; `extra` appended verbatim.
+pub fn yaml(t: &Topology, api: &str, identity: &str, extra: &str) -> String {
+    format!(
+        "interfaces: [{ifs}]\n\
+         frontends:\n  - name: play\n    address: {vip}\n    agones:\n      namespace: {NS}\n      \
+         labels: {{{fk}: {fv}}}\n      pool_labels: {{{pk}: {pv}}}\n\
+         kubernetes:\n  api_url: {api}\n  identity: {identity}\n  lease_duration_ms: 2000\n  lease_namespace: {LEASE_NS}\n\
+         {extra}",
+        ifs = t.proxy_ifs.join(", "),
+        vip = t.vip(),
+        fk = FRONTEND_LABEL.0,
+        fv = FRONTEND_LABEL.1,
+        pk = FLEET_LABEL.0,
+        pv = FLEET_LABEL.1,
+    )
+}
+
+/// GameServer `s{i+1}` for simulated shard `i`, in the fleet; `Allocated`
+/// also gives it the frontend's label (as an allocation does).
+pub fn gameserver(api: &KubeApi, i: usize, state: &str) -> Result<()> {
+    let mut gs = GameServerSpec::new(NS, &format!("s{}", i + 1)).label(FLEET_LABEL.0, FLEET_LABEL.1).state(state);
+    if state == "Allocated" {
+        gs = gs.label(FRONTEND_LABEL.0, FRONTEND_LABEL.1);
+    }
+    gs.pod_ip = shard_ip(i).to_string();
+    api.add_gameserver(&gs).map(|_| ())
+}
+
+/// A listener in the agent's namespace, for the stand-in API server.
+pub fn listener_in(t: &Topology) -> Result<TcpListener> {
+    t.proxy.run(|| TcpListener::bind("127.0.0.1:0"))?.map_err(Into::into)
+}
+
+/// A stand-in API server listening in the agent's namespace.
+pub fn api_in(t: &Topology) -> Result<KubeApi> {
+    KubeApi::start(listener_in(t)?)
+}
