@@ -6,10 +6,11 @@
 
 use std::net::TcpListener;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::{
     kube_api::{GameServerSpec, KubeApi},
+    scenario::Scenario,
     topology::{shard_ip, Topology},
 };
 
@@ -56,4 +57,39 @@ pub fn listener_in(t: &Topology) -> Result<TcpListener> {
 /// A stand-in API server listening in the agent's namespace.
 pub fn api_in(t: &Topology) -> Result<KubeApi> {
     KubeApi::start(listener_in(t)?)
+}
+
+/// A cluster whose shards are GameServers: one simulated shard per entry of
+/// `states` (the state of its GameServer `s1`, `s2`, ...), the stand-in API
+/// serving them in the agent's namespace, and the agent (`identity` in the
+/// Lease; `extra` appended to its config).
+pub fn scenario(states: &[&str], identity: &str, extra: &str) -> Result<(Scenario, KubeApi)> {
+    let mut api: Option<Result<KubeApi>> = None;
+    let sc = Scenario::start(states.len(), |t| {
+        let made = api_in(t).and_then(|a| {
+            for (i, state) in states.iter().enumerate() {
+                gameserver(&a, i, state)?;
+            }
+            Ok(a)
+        });
+        let config = made.as_ref().map(|a| yaml(t, &a.url(), identity, extra)).unwrap_or_default();
+        api = Some(made);
+        config
+    });
+    let api = api.context("the scenario made no API server")??;
+    Ok((sc?, api))
+}
+
+/// Another ingress node on the same API: its own players, XDP and copies of
+/// the shards (same addresses, other namespaces).
+pub fn replica(api: &KubeApi, shards: usize, identity: &str, extra: &str) -> Result<Scenario> {
+    let mut url: Option<Result<String>> = None;
+    let sc = Scenario::start(shards, |t| {
+        let u = listener_in(t).and_then(|l| api.serve_also(l));
+        let config = u.as_ref().map(|u| yaml(t, u, identity, extra)).unwrap_or_default();
+        url = Some(u);
+        config
+    });
+    url.context("the replica made no listener")??;
+    sc
 }

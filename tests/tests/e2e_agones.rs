@@ -10,16 +10,12 @@ use std::time::{Duration, Instant};
 use proxy_agent::protocol::Request;
 use serde_json::Value;
 use tests::{
-    agones::{api_in, listener_in, yaml, FLEET_LABEL, FRONTEND_LABEL, LEASE, LEASE_NS, NS},
-    kube_api::{AllocationAnswer, GameServerSpec, KubeApi},
+    agones::{self, FLEET_LABEL, FRONTEND_LABEL, LEASE, LEASE_NS, NS},
+    kube_api::{AllocationAnswer, GameServerSpec},
     scenario::{wait_for, Scenario},
     sim::player::Players,
     topology::shard_ip,
 };
-
-fn gameserver(api: &KubeApi, i: usize, state: &str) {
-    tests::agones::gameserver(api, i, state).unwrap();
-}
 
 fn status(sc: &Scenario) -> Value {
     sc.agent.request(&Request::Status).unwrap()
@@ -67,23 +63,16 @@ fn leading(sc: &Scenario) -> bool {
 
 #[test]
 fn gameservers_become_shards_and_a_deleted_one_fails_over_to_a_fresh_one() {
-    let mut api = None;
-    let sc = Scenario::start(4, |t| {
-        let a = api_in(t).unwrap();
-        gameserver(&a, 0, "Allocated");
-        gameserver(&a, 1, "Ready");
-        gameserver(&a, 2, "Ready");
-        // An Allocated GameServer of the frontend on another port: reported, never used.
-        let mut wrong = GameServerSpec::new(NS, "s4").label(FRONTEND_LABEL.0, FRONTEND_LABEL.1).state("Allocated");
-        wrong.pod_ip = shard_ip(3).to_string();
-        wrong.port = 7000;
-        a.add_gameserver(&wrong).unwrap();
-        let y = yaml(t, &a.url(), "replica-a", "metrics_listen: 127.0.0.1:9477\n");
-        api = Some(a);
-        y
-    })
-    .unwrap();
-    let api = api.unwrap();
+    let (sc, api) =
+        agones::scenario(&["Allocated", "Ready", "Ready"], "replica-a", "metrics_listen: 127.0.0.1:9477\n").unwrap();
+    // An Allocated GameServer of the frontend on another port: reported, never used.
+    let mut wrong = GameServerSpec::new(NS, "s4").label(FRONTEND_LABEL.0, FRONTEND_LABEL.1).state("Allocated");
+    wrong.pod_ip = shard_ip(3).to_string();
+    wrong.port = 7000;
+    api.add_gameserver(&wrong).unwrap();
+    wait_for("s4 reported", Duration::from_secs(10), || {
+        status(&sc)["agent"]["kubernetes"]["unusable"].as_array().is_some_and(|u| !u.is_empty())
+    });
     wait_up(&sc, "s1");
     wait_for("the decider's Lease", Duration::from_secs(10), || leading(&sc));
     let st = status(&sc);
@@ -167,18 +156,7 @@ fn gameservers_become_shards_and_a_deleted_one_fails_over_to_a_fresh_one() {
 
 #[test]
 fn a_failed_allocation_takes_the_fallback_and_an_empty_pool_parks_until_a_gameserver_is_ready() {
-    let mut api = None;
-    let sc = Scenario::start(4, |t| {
-        let a = api_in(t).unwrap();
-        gameserver(&a, 0, "Allocated");
-        gameserver(&a, 1, "Allocated");
-        gameserver(&a, 2, "Ready");
-        let y = yaml(t, &a.url(), "replica-a", "");
-        api = Some(a);
-        y
-    })
-    .unwrap();
-    let api = api.unwrap();
+    let (sc, api) = agones::scenario(&["Allocated", "Allocated", "Ready", "Scheduled"], "replica-a", "").unwrap();
     wait_up(&sc, "s1");
     wait_up(&sc, "s2");
     wait_for("the decider's Lease", Duration::from_secs(10), || leading(&sc));
@@ -228,7 +206,7 @@ fn a_failed_allocation_takes_the_fallback_and_an_empty_pool_parks_until_a_gamese
     std::thread::sleep(Duration::from_millis(300));
     assert!(players.snapshot().iter().all(|p| p.current_shard() == Some("s3")), "nobody moved anywhere meanwhile");
     let ready_at = Instant::now();
-    gameserver(&api, 3, "Ready");
+    api.set_gameserver_state(NS, "s4", "Ready").unwrap();
     wait_for("s3's players on the new s4", Duration::from_secs(30), || all_on(&players, "s4"));
     let evs = events(&sc);
     let failover = event(&evs, "failover", "s3").unwrap();
@@ -241,27 +219,11 @@ fn a_failed_allocation_takes_the_fallback_and_an_empty_pool_parks_until_a_gamese
 
 #[test]
 fn two_replicas_make_one_allocation_for_one_failure_and_the_other_takes_over_when_the_decider_dies() {
-    let mut api = None;
-    let a = Scenario::start(4, |t| {
-        let k = api_in(t).unwrap();
-        gameserver(&k, 0, "Allocated");
-        for i in 1..4 {
-            gameserver(&k, i, "Ready");
-        }
-        let y = yaml(t, &k.url(), "replica-a", "");
-        api = Some(k);
-        y
-    })
-    .unwrap();
-    let api = api.unwrap();
+    let (a, api) = agones::scenario(&["Allocated", "Ready", "Ready", "Ready"], "replica-a", "").unwrap();
     wait_for("replica-a holds the Lease", Duration::from_secs(10), || leading(&a));
     // A second ingress node: its own players, XDP and copies of the shards
     // (same addresses, another namespace), the same API server.
-    let b = Scenario::start(4, |t| {
-        let listener = listener_in(t).unwrap();
-        yaml(t, &api.serve_also(listener).unwrap(), "replica-b", "")
-    })
-    .unwrap();
+    let b = agones::replica(&api, 4, "replica-b", "").unwrap();
     wait_up(&a, "s1");
     wait_up(&b, "s1");
     wait_for("replica-b sees replica-a decide", Duration::from_secs(10), || {
@@ -303,27 +265,17 @@ fn two_replicas_make_one_allocation_for_one_failure_and_the_other_takes_over_whe
 
 #[test]
 fn growth_allocates_one_more_shard_when_free_slots_fall_under_the_headroom() {
-    let mut api = None;
-    let sc = Scenario::start(3, |t| {
-        let a = api_in(t).unwrap();
-        // s1 is capped at 4 players; the frontend wants 3 free slots.
-        let mut s1 = GameServerSpec::new(NS, "s1")
-            .label(FLEET_LABEL.0, FLEET_LABEL.1)
-            .label(FRONTEND_LABEL.0, FRONTEND_LABEL.1)
-            .annotation("samp-proxy.dev/capacity", "4")
-            .state("Allocated");
-        s1.pod_ip = shard_ip(0).to_string();
-        a.add_gameserver(&s1).unwrap();
-        gameserver(&a, 1, "Ready");
-        gameserver(&a, 2, "Ready");
-        let y = yaml(t, &a.url(), "replica-a", "").replace("pool_labels:", "headroom: 3\n      pool_labels:");
-        api = Some(a);
-        y
-    })
-    .unwrap();
-    let api = api.unwrap();
+    let (sc, api) = agones::scenario(&["Allocated", "Ready", "Ready"], "replica-a", "").unwrap();
     wait_for("s1 up", Duration::from_secs(20), || shard(&status(&sc), "s1").is_some_and(|s| s["health"] == "up"));
     wait_for("the decider's Lease", Duration::from_secs(10), || leading(&sc));
+    // s1 is capped at 4 players (an annotation, followed live), and a reload
+    // asks for 3 free slots.
+    api.modify_gameserver(NS, "s1", |gs| gs["metadata"]["annotations"]["samp-proxy.dev/capacity"] = "4".into())
+        .unwrap();
+    wait_for("s1 capped", Duration::from_secs(10), || shard(&status(&sc), "s1").is_some_and(|s| s["capacity"] == 4));
+    let config = std::fs::read_to_string(&sc.agent.config_path).unwrap();
+    std::fs::write(&sc.agent.config_path, config.replace("pool_labels:", "headroom: 3\n      pool_labels:")).unwrap();
+    sc.agent.request(&Request::Reload).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     assert!(api.allocations().is_empty(), "4 free slots, headroom 3: no growth yet");
 

@@ -75,32 +75,20 @@ fn shard_up(agent: &Agent, shard: &str) -> bool {
 /// replica (the slowest).
 fn run(setup: Setup, death: Death) -> Result<Duration> {
     let mut api: Option<KubeApi> = None;
-    let replicas = match setup {
-        Setup::Standby => 1,
-        Setup::Agones { replicas, .. } => replicas,
-    };
     let mut scenarios = Vec::new();
-    for r in 0..replicas {
-        let sc = Scenario::start(3, |t| match setup {
-            Setup::Standby => t.config_of(&[(0, 1000, "active"), (1, 1000, "standby")], ""),
-            Setup::Agones { delay_ms, .. } => {
-                let url = match &api {
-                    None => {
-                        let k = agones::api_in(t).expect("stand-in API");
-                        agones::gameserver(&k, 0, "Allocated").expect("s1");
-                        agones::gameserver(&k, 1, "Ready").expect("s2");
-                        agones::gameserver(&k, 2, "Ready").expect("s3");
-                        k.set_allocation_delay(Duration::from_millis(delay_ms));
-                        let url = k.url();
-                        api = Some(k);
-                        url
-                    }
-                    Some(k) => k.serve_also(agones::listener_in(t).expect("listener")).expect("second listener"),
-                };
-                agones::yaml(t, &url, &format!("replica-{r}"), "")
+    match setup {
+        Setup::Standby => {
+            scenarios.push(Scenario::start(3, |t| t.config_of(&[(0, 1000, "active"), (1, 1000, "standby")], ""))?)
+        }
+        Setup::Agones { delay_ms, replicas } => {
+            let (sc, k) = agones::scenario(&["Allocated", "Ready", "Ready"], "replica-0", "")?;
+            k.set_allocation_delay(Duration::from_millis(delay_ms));
+            scenarios.push(sc);
+            for r in 1..replicas {
+                scenarios.push(agones::replica(&k, 3, &format!("replica-{r}"), "")?);
             }
-        })?;
-        scenarios.push(sc);
+            api = Some(k);
+        }
     }
     for sc in &scenarios {
         wait_for("s1 up", Duration::from_secs(20), || shard_up(&sc.agent, "s1"));
