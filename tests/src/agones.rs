@@ -60,14 +60,15 @@ pub fn api_in(t: &Topology) -> Result<KubeApi> {
 }
 
 /// A cluster whose shards are GameServers: one simulated shard per entry of
-/// `states` (the state of its GameServer `s1`, `s2`, ...), the stand-in API
+/// `states` (the state of its GameServer `s1`, `s2`, ...; `-` for none: a
+/// shard the config lists), the stand-in API
 /// serving them in the agent's namespace, and the agent (`identity` in the
 /// Lease; `extra` appended to its config).
 pub fn scenario(states: &[&str], identity: &str, extra: &str) -> Result<(Scenario, KubeApi)> {
     let mut api: Option<Result<KubeApi>> = None;
     let sc = Scenario::start(states.len(), |t| {
         let made = api_in(t).and_then(|a| {
-            for (i, state) in states.iter().enumerate() {
+            for (i, state) in states.iter().enumerate().filter(|(_, s)| **s != "-") {
                 gameserver(&a, i, state)?;
             }
             Ok(a)

@@ -293,3 +293,33 @@ fn growth_allocates_one_more_shard_when_free_slots_fall_under_the_headroom() {
     assert_eq!(api.allocations().len(), 1);
     players.stop();
 }
+
+#[test]
+fn contention_falls_back_to_a_listed_standby_beside_discovered_shards() {
+    // s1 is a GameServer, s2 a standby listed in the file, s3 in the pool.
+    let listed = "shards:\n  - {name: s2, address: 198.18.12.2, capacity: 1000, role: standby}\n";
+    let (mut sc, api) = agones::scenario(&["Allocated", "-", "Ready"], "replica-a", listed).unwrap();
+    wait_up(&sc, "s1");
+    wait_for("the decider's Lease", Duration::from_secs(10), || leading(&sc));
+    let st = status(&sc);
+    assert_eq!(shard(&st, "s2").unwrap()["source"], "file");
+    assert_eq!(shard(&st, "s1").unwrap()["source"], "gameserver");
+    let players = sc.players(8, &sc.player_config()).unwrap();
+    Scenario::wait_playing(&players, 3);
+    assert!(all_on(&players, "s1"), "the standby takes no newcomer");
+
+    // s1's process crashes; Agones answers Contention: the listed standby.
+    api.queue_allocation_answer(AllocationAnswer::Contention);
+    sc.shards[0].stop();
+    wait(&sc, "s1's players on the listed standby s2", Duration::from_secs(30), || all_on(&players, "s2"));
+    let evs = events(&sc);
+    let detail = event(&evs, "failover", "s1").unwrap()["detail"].as_str().unwrap().to_string();
+    assert!(detail.contains("Contention") && detail.contains("a listed standby, s2"), "{detail}");
+    assert!(event(&evs, "health_down", "s1").unwrap()["detail"].as_str().unwrap().contains("refused"));
+    // s2 is no GameServer: the record goes on the dead shard's GameServer.
+    wait_for("the fallback recorded on s1's GameServer", Duration::from_secs(10), || {
+        api.gameserver(NS, "s1").is_some_and(|g| g["metadata"]["annotations"]["samp-proxy.dev/moved-to"] == "s2")
+    });
+    assert_eq!(api.allocations().len(), 1);
+    players.stop();
+}
