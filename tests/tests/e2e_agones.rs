@@ -86,6 +86,11 @@ fn gameservers_become_shards_and_a_deleted_one_fails_over_to_a_fresh_one() {
     assert_eq!(shard(&st, "s1").unwrap()["source"], "gameserver");
     let lease = api.lease(LEASE_NS, LEASE).expect("the Lease was created");
     assert_eq!(lease["spec"]["holderIdentity"], "replica-a");
+    let (ok, out, err) = sc.agent.cli(&["status"]).unwrap();
+    assert!(ok, "{err}");
+    for line in ["kubernetes: decider this replica; pools play: 2 Ready", "GameServer game/s4 cannot be a shard"] {
+        assert!(out.contains(line), "`proxy-agent status` lacks {line:?}:\n{out}");
+    }
 
     let cfg = sc.player_config();
     let players = sc.players(12, &cfg).unwrap();
