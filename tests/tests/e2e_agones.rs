@@ -259,8 +259,9 @@ fn two_replicas_make_one_allocation_for_one_failure_and_the_other_takes_over_whe
     assert!(took < Duration::from_millis(2600), "took {took:?}");
     assert_eq!(api.lease(LEASE_NS, LEASE).unwrap()["spec"]["holderIdentity"], "replica-b");
 
-    // The next failure is the new decider's: one more allocation.
-    api.delete_gameserver(NS, "s2").unwrap();
+    // The next failure is the new decider's: one more allocation. This
+    // time Agones marks the GameServer Unhealthy rather than deleting it.
+    api.set_gameserver_state(NS, "s2", "Unhealthy").unwrap();
     wait(&b, "replica-b's players on s3", Duration::from_secs(30), || all_on(&pb, "s3"));
     assert_eq!(api.allocations().len(), 2);
     assert_eq!(api.allocations()[1].gameserver(), Some("s3"));
