@@ -329,3 +329,33 @@ fn contention_falls_back_to_a_listed_standby_beside_discovered_shards() {
     assert_eq!(api.allocations().len(), 1);
     players.stop();
 }
+
+#[test]
+fn a_restarted_agent_keeps_every_discovered_shards_players_where_they_are() {
+    let (mut sc, api) = agones::scenario(&["Allocated", "Allocated"], "replica-a", "").unwrap();
+    wait_up(&sc, "s1");
+    wait_up(&sc, "s2");
+    let mut cfg = sc.player_config();
+    cfg.rate_hz = 20.0;
+    let players = sc.players(12, &cfg).unwrap();
+    Scenario::wait_playing(&players, 3);
+    // The agent stops (SIGTERM) and comes back: until its first GameServer
+    // list, the shards it discovered before exist only in the pinned maps,
+    // which must route and rewrite them as before.
+    sc.agent.stop().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    sc.agent.restart(&sc.topo.proxy).unwrap();
+    wait_up(&sc, "s1");
+    wait_up(&sc, "s2");
+    let before: Vec<u64> = players.snapshot().iter().map(|p| p.received).collect();
+    wait_for("every player echoed again after the restart", Duration::from_secs(10), || {
+        players.snapshot().iter().zip(&before).all(|(p, b)| p.received > b + 5)
+    });
+    for p in players.snapshot() {
+        assert_eq!(p.connects, 1, "player {} reconnected: {:?}", p.local, p.shards);
+        assert_eq!(p.shards.len(), 1, "player {} moved: {:?}", p.local, p.shards);
+        assert_eq!(p.wrong_source, 0, "player {} got a datagram from another address", p.local);
+    }
+    assert!(api.allocations().is_empty());
+    players.stop();
+}

@@ -136,6 +136,11 @@ pub struct Cluster {
     /// Discovered shards whose GameServer left `Allocated` or was deleted,
     /// with why: down for good, kept only until their players have moved.
     pub departed: HashMap<String, String>,
+    /// Shards come from Agones and no GameServer list has arrived since the
+    /// agent started: the shards the pinned maps hold beyond the file's
+    /// (discovered before a restart) keep their routes and reply rewrites
+    /// untouched until it does, so a restart moves and exposes nobody.
+    pub awaiting_discovery: bool,
     /// Per config shard.
     pub ids: Vec<ShardIds>,
     /// Per config frontend: its id in FRONTENDS (and its PLACEMENT row).
@@ -174,6 +179,7 @@ impl Cluster {
             health: HashMap::new(),
             role_override: HashMap::new(),
             departed: HashMap::new(),
+            awaiting_discovery: false,
             ids: Vec::new(),
             frontend_ids: Vec::new(),
             moved_at: HashMap::new(),
@@ -184,6 +190,7 @@ impl Cluster {
             responder: None,
             written_settings: None,
         };
+        cluster.awaiting_discovery = cluster.cfg.uses_agones();
         cluster.write_desired()?;
         Ok(cluster)
     }

@@ -524,7 +524,7 @@ impl Owner {
         }
         if self.agones.handle.is_some() {
             // Departed shards whose players have all moved leave the maps.
-            self.reconcile_desired();
+            self.reconcile_desired(false);
             self.maybe_grow();
         }
         self.maybe_scan();

@@ -97,7 +97,14 @@ impl Owner {
         let caught_up = |e: &GameServer| list.iter().any(|g| g.name == e.name && g.state != "Ready");
         self.agones.early.retain(|e| !(e.namespace == namespace && caught_up(e)));
         self.agones.gameservers.insert(namespace, list);
-        self.sync_discovered();
+        let watched = self.file.frontends.iter().filter_map(|f| f.agones.as_ref());
+        let all_listed = watched.clone().all(|a| self.agones.gameservers.contains_key(&a.namespace));
+        let first = self.cluster.awaiting_discovery && all_listed;
+        if first {
+            // Every namespace listed: what the pins hold beyond it is stale.
+            self.cluster.awaiting_discovery = false;
+        }
+        self.sync_discovered(first);
         if !self.agones.seen_first {
             // Records already on GameServers when the agent starts were
             // carried out before (the pinned maps kept their groups).
@@ -143,7 +150,8 @@ impl Owner {
     /// The discovered shards from the GameServers (plus those allocated
     /// here and not yet watched), reconciled into the maps; shards whose
     /// GameServer left are failed over at once.
-    fn sync_discovered(&mut self) {
+    /// `force`: reconcile even when the shard list did not change.
+    fn sync_discovered(&mut self, force: bool) {
         let mut all = self.agones.gameservers.clone();
         for gs in &self.agones.early {
             let list = all.entry(gs.namespace.clone()).or_default();
@@ -179,7 +187,7 @@ impl Owner {
             self.cluster.departed.insert(name.clone(), why.clone());
         }
         self.agones.discovery = found;
-        self.reconcile_desired();
+        self.reconcile_desired(force);
         for (name, why) in newly_departed {
             let Ok(i) = self.cluster.shard(&name) else { continue };
             let players = self.cluster.players_on(i, &self.cluster.loads());
@@ -190,7 +198,7 @@ impl Owner {
 
     /// The desired cluster (the file's shards, the discovered ones, and
     /// departed ones that still hold players) into the maps.
-    pub(super) fn reconcile_desired(&mut self) {
+    pub(super) fn reconcile_desired(&mut self, force: bool) {
         let loads = self.cluster.loads();
         let mut shards: Vec<Shard> = self.agones.discovery.shards.clone();
         let cluster = &self.cluster;
@@ -201,7 +209,7 @@ impl Owner {
         });
         shards.extend(keep.map(|(_, s)| s.clone()).collect::<Vec<_>>());
         let desired = discover::compose(&self.file, &shards);
-        if desired == self.cluster.cfg {
+        if desired == self.cluster.cfg && !force {
             return;
         }
         match self.cluster.reconcile(desired) {
@@ -277,7 +285,7 @@ impl Owner {
         let ms = took.as_secs_f64() * 1000.0;
         if let Answer::Allocated(gs) = &answer {
             self.agones.early.push(gs.clone());
-            self.sync_discovered();
+            self.sync_discovered(false);
         }
         match ask.purpose {
             Purpose::Growth => {

@@ -64,6 +64,9 @@ impl Cluster {
             }
             t.frontends.remove(&key).context("removing a stale frontend")?;
         }
+        if self.awaiting_discovery {
+            return Ok(()); // shards discovered before a restart keep their reply rewrite
+        }
         let keep: HashSet<u32> = plan.reverse.iter().map(|(k, _)| *k).collect();
         let stale: Vec<u32> = batch::dump(&t.reverse)
             .context("reading REVERSE")?
@@ -80,6 +83,9 @@ impl Cluster {
     /// Backends the config dropped lose their slot and bookkeeping; groups
     /// that pointed at them point nowhere (their packets are dropped).
     fn clear_stale(&mut self, live: &HashSet<u32>) -> Result<()> {
+        if self.awaiting_discovery {
+            return Ok(()); // their routes wait for the first GameServer list
+        }
         let backends = self.tables.read_backends()?;
         for (id, b) in backends.iter().enumerate().skip(1) {
             let id = id as u32;
