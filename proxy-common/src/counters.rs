@@ -59,6 +59,7 @@ counters! {
     DropQueryUnanswered => "drop_query_unanswered", "Queries with no answer to give (an `o` the shards disagree on, or none built yet)";
     SessionEventLost => "session_event_lost", "Session events the agent's ring buffer had no room for (its next scan repairs the index)";
     DropShardIcmp => "drop_shard_icmp", "ICMP errors about a player's packet to a shard (port unreachable when its process is gone), on their way to the player: they carry the shard's own address";
+    DropEgressShardIcmp => "drop_egress_shard_icmp", "ICMP errors this node's own kernel sent towards a player about its packet to a shard (host unreachable while a lost shard's neighbour fails), dropped on egress by the TC guard: they quote the shard's own address";
 }
 
 /// Number of counters.

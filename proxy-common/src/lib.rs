@@ -66,6 +66,8 @@ pub mod programs {
     pub const PROXY: &str = "samp_proxy";
     /// A bare XDP_PASS, the baseline the benchmarks measure against.
     pub const PASS_BASELINE: &str = "xdp_pass_baseline";
+    /// The egress guard (TC): drops this node's own ICMP errors that name a shard.
+    pub const EGRESS_GUARD: &str = "egress_guard";
 }
 
 /// Bytes of the `SESSION_EVENTS` ring buffer (a power of two): 1 MiB holds

@@ -5,12 +5,14 @@
 //! rewriting the destination IP only; UDP from a shard's IP and the frontend
 //! port is rewritten to come from the VIP; ICMP errors about a player's
 //! packet to a shard are dropped (they carry the shard's address) and a
-//! refusal tells the agent. Everything else passes untouched.
+//! refusal tells the agent. Everything else passes untouched. A second
+//! program, the egress guard (TC, `egress`), drops the ICMP errors this
+//! node's own kernel would send a player about a packet to a shard.
 //! Module map: `parse` (headers), `ingress` (player -> shard), `icmp`
 //! (shard ICMP errors), `query`
 //! (the cluster's answers to the server browser), `reply`
 //! (shard -> player), `forward` (FIB + redirect), `stats` (counters), `events`
-//! (session changes for the agent), `maps`.
+//! (session changes for the agent), `egress` (the TC egress guard), `maps`.
 #![no_std]
 #![no_main]
 // Compare-and-swap for the pacer and the query budget (see `atomic`).
@@ -19,6 +21,7 @@
 
 mod atomic;
 mod cache;
+mod egress;
 mod events;
 mod forward;
 mod icmp;
@@ -30,7 +33,11 @@ mod query;
 mod reply;
 mod stats;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::xdp_action,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use proxy_common::Counter;
 
 use crate::parse::Parsed;
@@ -54,6 +61,13 @@ pub fn samp_proxy(ctx: XdpContext) -> u32 {
         }
     }
     stats::verdict(Counter::PassNotOurs, xdp_action::XDP_PASS)
+}
+
+/// TC on the egress of every interface `samp_proxy` runs on: no ICMP
+/// error from this node's own kernel names a shard to a player (see `egress`).
+#[classifier]
+pub fn egress_guard(ctx: TcContext) -> i32 {
+    egress::guard(&ctx)
 }
 
 /// The baseline for benchmarks: the cheapest possible XDP program.

@@ -30,6 +30,15 @@ pub fn rebuilt_object() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../proxy-ebpf/target/proxy-ebpf-rebuilt")
 }
 
+/// The TCX programs on `iface`'s egress in `ns`, first to last: (name, program id).
+/// Where the agent's egress guard (`egress_guard`) shows.
+pub fn tcx_egress(ns: &NetNs, iface: &str) -> Result<Vec<(String, u32)>> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let iface = iface.to_string();
+    let (_, progs) = ns.run(move || SchedClassifier::query_tcx(&iface, TcAttachType::Egress))??;
+    Ok(progs.iter().map(|p| (p.name_as_str().unwrap_or("?").to_string(), p.id())).collect())
+}
+
 /// The agent binary: `PROXY_AGENT_BIN`, else `target/<profile>/proxy-agent`
 /// beside the running test binary.
 pub fn agent_bin() -> PathBuf {

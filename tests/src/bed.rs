@@ -28,6 +28,9 @@ pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
+/// The egress guard's verdicts (TC).
+pub const TC_ACT_OK: u32 = 0;
+pub const TC_ACT_SHOT: u32 = 2;
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);
 pub const PORT: u16 = 7777;
@@ -156,6 +159,28 @@ impl Bed {
     pub fn run(&self, input: &[u8]) -> (u32, Vec<u8>) {
         let (v, out, _) = self.run_prog(self.dp.program(), input, 1);
         (v, out)
+    }
+
+    /// Runs one frame through the egress guard (TC) inside the namespace,
+    /// `repeat` times: (verdict, output frame, kernel-measured ns per run).
+    pub fn run_guard(&self, input: &[u8], repeat: u32) -> (u32, Vec<u8>, u64) {
+        self.try_run_guard(input, repeat).expect("BPF_PROG_TEST_RUN of the egress guard")
+    }
+
+    /// As `run_guard`, but `None` when the kernel refuses the frame (its
+    /// skb test run takes no IPv4 frame shorter than an IPv4 header).
+    pub fn try_run_guard(&self, input: &[u8], repeat: u32) -> Option<(u32, Vec<u8>, u64)> {
+        self.ns
+            .run(|| {
+                pin_to_cpu(0);
+                let mut out = vec![0u8; input.len() + 2048];
+                let opts =
+                    TestRunOptions { data_in: Some(input), data_out: Some(&mut out), repeat, ..Default::default() };
+                let r = self.dp.egress_guard().test_run(opts).ok()?;
+                out.truncate(r.data_size_out as usize);
+                Some((r.return_value, out, r.duration.as_nanos() as u64))
+            })
+            .expect("running in the bed namespace")
     }
 
     /// Tells the program that `PEERS` holds addresses (as a return node's

@@ -141,6 +141,8 @@ fn players_stick_to_shards_that_see_their_real_address() {
     for ifname in &topo.proxy_ifs {
         let link = topo.proxy.ip(&["link", "show", ifname]).unwrap();
         assert!(link.contains("xdp"), "XDP left {ifname} with the agent: {link}");
+        let egress = tests::agent::tcx_egress(&topo.proxy, ifname).unwrap();
+        assert!(egress.iter().any(|(n, _)| n == "egress_guard"), "the egress guard left {ifname}: {egress:?}");
     }
     let out = std::process::Command::new(tests::agent::agent_bin())
         .args(["detach", "--bpffs"])
@@ -151,6 +153,8 @@ fn players_stick_to_shards_that_see_their_real_address() {
     for ifname in &topo.proxy_ifs {
         let link = topo.proxy.ip(&["link", "show", ifname]).unwrap();
         assert!(!link.contains("xdp"), "XDP still attached to {ifname} after detach: {link}");
+        let egress = tests::agent::tcx_egress(&topo.proxy, ifname).unwrap();
+        assert!(egress.is_empty(), "the egress guard still on {ifname} after detach: {egress:?}");
     }
     drop(agent);
     drop(topo);

@@ -5,7 +5,11 @@
 //! agent, which probes the shard at once: two refusals in a row take it down
 //! and its group is repointed, well inside the miss-count path (3 probes x
 //! 200 ms). With no players the agent's own probes see the refusal. A silent
-//! host (a hung server) still takes the miss-count path.
+//! host (a hung server) still takes the miss-count path. A shard whose
+//! whole host is lost makes this node's own kernel answer the players'
+//! packets (passed up while the neighbour resolves, then fails) with host
+//! unreachable quoting the shard's address: the egress guard drops every
+//! one, with the agent running or stopped.
 //!
 //! The tests take turns (a lock): the figures they print are times.
 
@@ -16,11 +20,13 @@ use std::{
 };
 
 use proxy_agent::protocol::Request;
+use proxy_common::Counter;
 use serde_json::Value;
 use tests::{
+    agent::tcx_egress,
     icmp_capture::IcmpCapture,
-    scenario::{wait_for, Scenario},
-    sim::player::Players,
+    scenario::{on_shard, wait_for, Scenario},
+    sim::player::{PlayerStats, Players},
     topology::PROXY_CLIENT_SIDE,
 };
 
@@ -214,4 +220,133 @@ fn a_silent_shard_still_takes_the_miss_count_path() {
     assert_eq!(counter(&sc, "drop_shard_icmp"), 0, "a hung server refuses nothing");
     wait_for("the players on s2", Duration::from_secs(30), || all_on(&players, "s2"));
     players.stop();
+}
+
+/// Players spread over two active shards (s1, s2) with a standby (s3).
+fn lost_host_scenario() -> (Scenario, Players) {
+    let sc = Scenario::start(3, |t| t.config_of(&[(0, 100, "active"), (1, 100, "active"), (2, 100, "standby")], ""))
+        .unwrap();
+    let mut cfg = sc.player_config();
+    cfg.reconnect_after = Duration::from_millis(500);
+    let players = sc.players(16, &cfg).unwrap();
+    Scenario::wait_playing(&players, 5);
+    let stats = players.snapshot();
+    assert!(!on_shard(&stats, "s1").is_empty() && !on_shard(&stats, "s2").is_empty(), "players on s1 and s2");
+    (sc, players)
+}
+
+fn locals_on(stats: &[PlayerStats], shard: &str) -> Vec<String> {
+    on_shard(stats, shard).iter().map(|p| p.local.clone()).collect()
+}
+
+/// s2's players saw nothing: one connection, one shard, no gap.
+fn undisturbed(players: &Players, on_s2: &[String], what: &str) {
+    for p in players.snapshot().iter().filter(|p| on_s2.contains(&p.local)) {
+        assert_eq!((p.connects, p.shards.len()), (1, 1), "{what}: {} on s2 was moved", p.local);
+        assert!(p.max_gap_ms < 500, "{what}: {} on s2 went {} ms without an echo", p.local, p.max_gap_ms);
+    }
+}
+
+/// s1's host is lost (its link goes down) while players play: the data
+/// plane passes their packets up while the neighbour resolves, and when it
+/// fails this node's kernel answers them with host unreachable quoting
+/// s1's address (a link-down test without the guard saw 24 reach 6
+/// players in 3 s). The egress guard drops every one, s1's players fail
+/// over to the standby, and s2's players see nothing of it.
+#[test]
+fn a_lost_hosts_unreachables_from_this_node_never_reach_a_player() {
+    let _turn = take_turn();
+    let (sc, players) = lost_host_scenario();
+    let mut capture = IcmpCapture::start(&sc.topo.client);
+    let stats = players.snapshot();
+    let (on_s1, on_s2) = (locals_on(&stats, "s1"), locals_on(&stats, "s2"));
+    players.reset_gaps();
+    let before = counter(&sc, "drop_egress_shard_icmp");
+    sc.topo.shards[0].ip(&["link", "set", "eth0", "down"]).unwrap();
+    let cut = Instant::now();
+    wait_for("the node's own host unreachables dropped", Duration::from_secs(20), || {
+        counter(&sc, "drop_egress_shard_icmp") > before
+    });
+    let first = cut.elapsed();
+    wait_for("s1's players on the standby", Duration::from_secs(30), || {
+        players.snapshot().iter().filter(|p| on_s1.contains(&p.local)).all(|p| p.current_shard() == Some("s3"))
+    });
+    // Packets still queued for s1's neighbour fail a round later: give them time.
+    std::thread::sleep(Duration::from_secs(4));
+    let dropped = counter(&sc, "drop_egress_shard_icmp") - before;
+    println!(
+        "s1's link cut: {} players moved to s3; this node's own ICMP naming s1 dropped on egress: {dropped} \
+         (the first {} ms after the cut)",
+        on_s1.len(),
+        first.as_millis()
+    );
+    assert!(event(&sc, "failover", "s1").is_some());
+    undisturbed(&players, &on_s2, "s1's host lost");
+    for p in players.snapshot() {
+        assert_eq!(p.wrong_source, 0, "{} got a datagram not from the public address", p.local);
+    }
+    players.stop();
+    assert_no_shard_icmp(&sc, &mut capture);
+}
+
+/// The guard's TCX links are pinned like the XDP links: with the agent
+/// stopped (SIGTERM) and players flowing, s1's host is lost and this node's
+/// host unreachables are still dropped; the restarted agent adopts the
+/// guard (its own program swapped into the pinned link), then fails s1's
+/// players over.
+#[test]
+fn the_egress_guard_outlives_the_agent() {
+    let _turn = take_turn();
+    let (mut sc, players) = lost_host_scenario();
+    let mut capture = IcmpCapture::start(&sc.topo.client);
+    let stats = players.snapshot();
+    let (on_s1, on_s2) = (locals_on(&stats, "s1"), locals_on(&stats, "s2"));
+    let guards = |sc: &Scenario| -> Vec<u32> {
+        sc.topo
+            .proxy_ifs
+            .iter()
+            .map(|i| {
+                let progs = tcx_egress(&sc.topo.proxy, i).unwrap();
+                assert!(sc.agent.pins.path.join("egress-links").join(i).exists(), "{i}: no pinned guard link");
+                match progs.as_slice() {
+                    [(name, id)] if name == "egress_guard" => *id,
+                    other => panic!("{i}: egress runs {other:?}, not the guard alone"),
+                }
+            })
+            .collect()
+    };
+    let before_stop = guards(&sc);
+    assert!(sc.agent.stop().unwrap().success(), "SIGTERM: clean exit");
+    players.reset_gaps();
+    let tables = sc.agent.tables().unwrap();
+    let before = tables.counter(Counter::DropEgressShardIcmp).unwrap();
+    let received: Vec<(String, u64)> = players.snapshot().iter().map(|p| (p.local.clone(), p.received)).collect();
+    sc.topo.shards[0].ip(&["link", "set", "eth0", "down"]).unwrap();
+    wait_for("host unreachables dropped with no agent running", Duration::from_secs(20), || {
+        tables.counter(Counter::DropEgressShardIcmp).unwrap() > before
+    });
+    assert_eq!(guards(&sc), before_stop, "the guard ran on, unchanged, with no agent");
+    let dropped_alone = tables.counter(Counter::DropEgressShardIcmp).unwrap() - before;
+    // s2's players kept playing through all of it.
+    for p in players.snapshot().iter().filter(|p| on_s2.contains(&p.local)) {
+        let was = received.iter().find(|(l, _)| *l == p.local).unwrap().1;
+        assert!(p.received > was + 20, "{} on s2 got no echo with the agent stopped", p.local);
+    }
+    sc.agent.restart(&sc.topo.proxy).unwrap();
+    let after_restart = guards(&sc);
+    for (i, (old, new)) in before_stop.iter().zip(&after_restart).enumerate() {
+        assert_ne!(old, new, "{}: the new agent's guard replaced the old one in its pinned link", sc.topo.proxy_ifs[i]);
+    }
+    wait_for("s1's players on the standby", Duration::from_secs(30), || {
+        players.snapshot().iter().filter(|p| on_s1.contains(&p.local)).all(|p| p.current_shard() == Some("s3"))
+    });
+    println!(
+        "agent stopped, s1's link cut: {dropped_alone} of this node's ICMP naming s1 dropped with no agent; \
+         restarted agent adopted the guard on {} interfaces, moved {} players to s3",
+        after_restart.len(),
+        on_s1.len()
+    );
+    undisturbed(&players, &on_s2, "s1's host lost while the agent was down");
+    players.stop();
+    assert_no_shard_icmp(&sc, &mut capture);
 }

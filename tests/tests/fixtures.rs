@@ -645,3 +645,107 @@ fn a_shards_icmp_never_reaches_a_player() {
     assert!(bed.session_events().is_empty());
     let _ = &mut bed;
 }
+
+/// The egress guard (TC): when a shard's host is lost, this node's own
+/// kernel answers the players' packets the data plane passed up with ICMP
+/// host unreachable, from the node's address but quoting the packet to the
+/// shard. Dropped on the way out and counted, whatever its headers carry;
+/// ICMP to a shard or to another proxy node, ICMP about anything else and
+/// every other packet leave untouched and uncounted.
+#[test]
+fn the_nodes_own_icmp_never_names_a_shard_to_a_player() {
+    let mut bed = bed();
+    let guard = |bed: &Bed, name: &str, f: &[u8], want: u32| {
+        let (shot, passed) = (
+            bed.counter(Counter::DropEgressShardIcmp),
+            [Counter::PassNotUdp, Counter::PassReplyLocal, Counter::DropShardIcmp].map(|c| bed.counter(c)),
+        );
+        let (verdict, out, _) = bed.run_guard(f, 1);
+        assert_eq!(verdict, want, "{name}: verdict");
+        assert_eq!(hex(&out), hex(f), "{name}: the guard never changes a packet");
+        let counted = u64::from(want == TC_ACT_SHOT);
+        assert_eq!(bed.counter(Counter::DropEgressShardIcmp), shot + counted, "{name}: drop_egress_shard_icmp");
+        let others = [Counter::PassNotUdp, Counter::PassReplyLocal, Counter::DropShardIcmp].map(|c| bed.counter(c));
+        assert_eq!(others, passed, "{name}: the guard counts nothing else");
+    };
+    let about = |client: Ipv4Addr, sport: u16| Udp::new(client, sport, SHARD_A, PORT, &game_packet());
+    let host_unreachable = |dst: Ipv4Addr, sport: u16| {
+        IcmpError::about(LOCAL, dst, 3, 1, &about(CLIENT, sport)) // from this node's own address
+    };
+
+    guard(
+        &bed,
+        "host unreachable to a player about its packet to a shard",
+        &host_unreachable(CLIENT, 41000).frame(),
+        TC_ACT_SHOT,
+    );
+    let mut short = host_unreachable(CLIENT, 41001);
+    short.quoted.truncate(IP_LEN + 8);
+    guard(&bed, "a quote cut after the UDP header", &short.frame(), TC_ACT_SHOT);
+    let mut options = host_unreachable(CLIENT, 41002);
+    options.options = vec![1, 1, 1, 0];
+    guard(&bed, "outer IPv4 options", &options.frame(), TC_ACT_SHOT);
+    let mut inner_options = host_unreachable(CLIENT, 41003);
+    inner_options.quoted[0] = 0x46;
+    inner_options.quoted.splice(IP_LEN..IP_LEN, [1, 1, 1, 0]);
+    guard(&bed, "quoted IPv4 options", &inner_options.frame(), TC_ACT_SHOT);
+    let frag_needed = IcmpError::about(LOCAL, CLIENT, 3, 4, &about(CLIENT, 41004));
+    guard(&bed, "fragmentation needed", &frag_needed.frame(), TC_ACT_SHOT);
+    let time_exceeded = IcmpError::about(LOCAL, CLIENT_NO_NEIGH, 11, 0, &about(CLIENT_NO_NEIGH, 41005));
+    guard(&bed, "time exceeded", &time_exceeded.frame(), TC_ACT_SHOT);
+    let shard_own = IcmpError::port_unreachable(SHARD_A, CLIENT, &about(CLIENT, 41006));
+    guard(&bed, "a shard's own refusal the kernel forwards", &shard_own.frame(), TC_ACT_SHOT);
+    // The kernel's ICMP is rate limited per destination; a burst of them
+    // is dropped one by one.
+    let before = bed.counter(Counter::DropEgressShardIcmp);
+    let (verdict, _, _) = bed.run_guard(&host_unreachable(CLIENT, 41007).frame(), 50);
+    assert_eq!((verdict, bed.counter(Counter::DropEgressShardIcmp)), (TC_ACT_SHOT, before + 50));
+
+    // ICMP to a shard (about its own traffic, or another's) names nothing
+    // it does not know; another proxy node's probe must see its answer.
+    guard(&bed, "to a shard", &host_unreachable(SHARD_B, 41008).frame(), TC_ACT_OK);
+    let peer = Ipv4Addr::new(198, 18, 60, 5);
+    guard(&bed, "to a proxy node not yet in PEERS", &host_unreachable(peer, 41009).frame(), TC_ACT_SHOT);
+    bed.tables.peers.insert(proxy_common::net::addr_to_map(peer.octets()), 1, 0).unwrap();
+    bed.peers_in_use();
+    guard(&bed, "to another proxy node (PEERS)", &host_unreachable(peer, 41010).frame(), TC_ACT_OK);
+
+    // ICMP about anything but a packet to a shard's game port.
+    let own_refusal = Udp::new(CLIENT, 41011, LOCAL, 9, b"anyone?");
+    let f = IcmpError::port_unreachable(LOCAL, CLIENT, &own_refusal).frame();
+    guard(&bed, "this node's refusal of its own closed port", &f, TC_ACT_OK);
+    let other_port = Udp::new(CLIENT, 41012, SHARD_A, 3306, &[1, 2, 3]);
+    guard(&bed, "about a shard's other port", &IcmpError::about(LOCAL, CLIENT, 3, 1, &other_port).frame(), TC_ACT_OK);
+    let from_shard = Udp::new(SHARD_A, PORT, CLIENT, 41013, &game_packet());
+    guard(&bed, "about a shard's reply", &IcmpError::about(LOCAL, SHARD_A, 3, 1, &from_shard).frame(), TC_ACT_OK);
+    let mut cut = host_unreachable(CLIENT, 41014);
+    cut.quoted.truncate(IP_LEN + 2);
+    guard(&bed, "a quote too short to name a port", &cut.frame(), TC_ACT_OK);
+    let mut echo_reply = host_unreachable(CLIENT, 41015);
+    (echo_reply.kind, echo_reply.code) = (0, 0);
+    guard(&bed, "an echo reply", &echo_reply.frame(), TC_ACT_OK);
+    let mut tcp = host_unreachable(CLIENT, 41016);
+    tcp.quoted[9] = 6;
+    guard(&bed, "about TCP", &tcp.frame(), TC_ACT_OK);
+    let mut later = host_unreachable(CLIENT, 41017).frame();
+    later[ETH_LEN + 6..ETH_LEN + 8].copy_from_slice(&[0x00, 0x10]);
+    guard(&bed, "a later fragment of an ICMP error", &later, TC_ACT_OK);
+
+    // Not ICMP: what the kernel forwards for the data plane, and the rest.
+    let reply = Udp::new(VIP, PORT, CLIENT, 41018, &game_packet()).frame();
+    guard(&bed, "a shard's rewritten reply the kernel forwards", &reply, TC_ACT_OK);
+    let to_shard = about(CLIENT, 41019).frame();
+    guard(&bed, "a player's packet the kernel forwards to its shard", &to_shard, TC_ACT_OK);
+    let mut arp = to_shard.clone();
+    arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
+    guard(&bed, "ARP", &arp, TC_ACT_OK);
+    // (The kernel's test run refuses an IPv4 frame shorter than its header.)
+    let runt = host_unreachable(CLIENT, 41020).frame();
+    guard(&bed, "ICMP cut inside its header", &runt[..ETH_LEN + IP_LEN + 4], TC_ACT_OK);
+
+    // What the guard costs a packet that is not ICMP, and one it drops.
+    let (_, _, udp_ns) = bed.run_guard(&reply, 100_000);
+    let (_, _, icmp_ns) = bed.run_guard(&host_unreachable(CLIENT, 41021).frame(), 100_000);
+    println!("egress guard (BPF_PROG_TEST_RUN, skb): UDP passed {udp_ns} ns, ICMP naming a shard dropped {icmp_ns} ns");
+    let _ = &mut bed;
+}

@@ -2,7 +2,9 @@
 //! whatever comes in, no frame leaves with a checksum the program broke, no
 //! frame goes to a shard its sender does not belong to, no ICMP error naming
 //! a shard's game port goes on to a player, and a frame that is not ours
-//! leaves as it came. 100,000 frames from a fixed seed here;
+//! leaves as it came. Every IPv4 ICMP frame also goes through the egress
+//! guard (TC), which must drop exactly those naming a shard's game port to
+//! anyone but a shard, and change nothing. 100,000 frames from a fixed seed here;
 //! `cargo xtask fuzz --packets N [--seed S]` runs more (the seed of a failure
 //! is printed: add it to `SEEDS` below to keep it).
 
@@ -229,10 +231,22 @@ fn run(seed: u64, packets: usize) {
     let mut rng = Rng(seed);
     let mut verdicts: HashMap<u32, usize> = HashMap::new();
     let mut shard_icmps = 0;
+    let (mut guarded, mut guard_drops) = (0, 0);
     for i in 0..packets {
         let mut f = template(&mut rng);
         mutate(&mut rng, &mut f);
         let before = read(&f);
+        if f.get(12..14) == Some(&[0x08, 0x00]) && f.get(23) == Some(&1) {
+            if let Some((verdict, out, _)) = bed.try_run_guard(&f, 1) {
+                let case = || format!("seed {seed:#x} packet {i} (egress guard): in {f:02x?}");
+                assert_eq!(out, f, "the egress guard changed a frame: {}", case());
+                let names_a_shard = shard_icmp(&f).is_some_and(|dst| !SHARDS.contains(&dst));
+                let want = if names_a_shard { TC_ACT_SHOT } else { TC_ACT_OK };
+                assert_eq!(verdict, want, "egress guard verdict: {}", case());
+                guarded += 1;
+                guard_drops += usize::from(names_a_shard);
+            }
+        }
         let (verdict, out) = bed.run(&f);
         *verdicts.entry(verdict).or_default() += 1;
         let case = || format!("seed {seed:#x} packet {i}: in {f:02x?}\nout {out:02x?}");
@@ -288,7 +302,10 @@ fn run(seed: u64, packets: usize) {
             assert_eq!((after.src, after.sport, after.dport), (before.src, before.sport, before.dport), "{}", case());
         }
     }
-    println!("fuzz seed {seed:#x}: {packets} frames, verdicts {verdicts:?}, {shard_icmps} ICMP errors naming a shard");
+    println!(
+        "fuzz seed {seed:#x}: {packets} frames, verdicts {verdicts:?}, {shard_icmps} ICMP errors naming a shard; \
+         egress guard: {guarded} ICMP frames, {guard_drops} dropped"
+    );
 }
 
 #[test]

@@ -5,6 +5,12 @@
 //! pinned link and swaps its own program in atomically (BPF_LINK_UPDATE):
 //! there is no moment without a program on the interface. Only
 //! `proxy-agent detach` takes the data plane off.
+//!
+//! The egress guard (a TC program on the egress of the same interfaces,
+//! attached through TCX, kernel 6.6 or later) is pinned the same way at
+//! `<bpffs>/egress-links/<interface>`, adopted the same way, and taken off
+//! by the same `detach`: the node's own ICMP errors naming a shard stay
+//! dropped while no agent runs.
 
 use std::{
     fs,
@@ -14,13 +20,29 @@ use std::{
 use anyhow::{Context, Result};
 use aya::programs::{
     links::{FdLink, PinnedLink},
+    tc::{SchedClassifierLink, TcAttachOptions},
     xdp::XdpLink,
-    Xdp, XdpMode,
+    LinkOrder, SchedClassifier, TcAttachType, Xdp, XdpMode,
 };
 
 /// Where an interface's pinned link lives.
 pub fn link_pin(pin_dir: &Path, interface: &str) -> PathBuf {
     pin_dir.join("links").join(interface)
+}
+
+/// The folder of the egress guard's pinned links, beside `links`.
+pub const GUARD_LINKS: &str = "egress-links";
+
+/// Where an interface's pinned egress guard link lives.
+pub fn guard_pin(pin_dir: &Path, interface: &str) -> PathBuf {
+    pin_dir.join(GUARD_LINKS).join(interface)
+}
+
+/// Removes both pins of an interface (its XDP link and its guard), which
+/// detaches whatever no one else holds.
+pub fn unpin(pin_dir: &Path, interface: &str) {
+    let _ = fs::remove_file(link_pin(pin_dir, interface));
+    let _ = fs::remove_file(guard_pin(pin_dir, interface));
 }
 
 /// How an interface got the program.
@@ -54,22 +76,64 @@ pub fn attach_or_adopt(prog: &mut Xdp, pin_dir: &Path, interface: &str, mode: Xd
     Ok(Attachment::New)
 }
 
-/// The interfaces with a pinned link.
+/// Runs the egress guard `prog` on `interface`'s egress: in the pinned
+/// TCX link if there is one (atomic replace), else in a new TCX link, last
+/// of the interface's TCX programs, that is then pinned. A pinned link
+/// whose interface went away (and came back under the same name) is
+/// replaced by a new one.
+pub fn guard_or_adopt(prog: &mut SchedClassifier, pin_dir: &Path, interface: &str) -> Result<Attachment> {
+    let pin = guard_pin(pin_dir, interface);
+    if pin.exists() {
+        let pinned =
+            PinnedLink::from_pin(&pin).with_context(|| format!("opening the pinned link {}", pin.display()))?;
+        let link = SchedClassifierLink::try_from(FdLink::from(pinned))
+            .with_context(|| format!("{} is not a TCX link; remove it and start again", pin.display()))?;
+        match prog.attach_to_link(link) {
+            Ok(_) => return Ok(Attachment::Adopted),
+            Err(e) => {
+                log::warn!("the pinned egress guard {} cannot be adopted ({e}); attaching a new one", pin.display());
+                fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+            }
+        }
+    }
+    fs::create_dir_all(pin.parent().expect("egress links folder")).context("creating the egress links folder")?;
+    let id = prog
+        .attach_with_options(interface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::last()))
+        .context("attaching the egress guard through TCX (a kernel of 6.6 or later is needed)")?;
+    let link = prog.take_link(id)?;
+    let fd = FdLink::try_from(link).context("the egress guard's TCX link is not a BPF link")?;
+    fd.pin(&pin).with_context(|| format!("pinning the link at {}", pin.display()))?;
+    Ok(Attachment::New)
+}
+
+/// The interfaces with a pinned link (XDP, egress guard or both).
 pub fn pinned(pin_dir: &Path) -> Vec<String> {
-    let mut out: Vec<String> = fs::read_dir(pin_dir.join("links"))
-        .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
-        .unwrap_or_default();
+    let names = |folder: &str| -> Vec<String> {
+        fs::read_dir(pin_dir.join(folder))
+            .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    };
+    let mut out = names("links");
+    out.extend(names(GUARD_LINKS));
     out.sort();
+    out.dedup();
     out
 }
 
 /// Takes the data plane off: removes every pinned link, which detaches the
-/// program from its interface. Returns the interfaces.
+/// programs (XDP and the egress guard) from their interfaces. Returns the
+/// interfaces.
 pub fn detach_all(pin_dir: &Path) -> Result<Vec<String>> {
     let names = pinned(pin_dir);
     for name in &names {
-        let pin = link_pin(pin_dir, name);
-        fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
+        for pin in [link_pin(pin_dir, name), guard_pin(pin_dir, name)] {
+            match fs::remove_file(&pin) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(e).with_context(|| format!("removing {}", pin.display()))
+                }
+                _ => {}
+            }
+        }
     }
     Ok(names)
 }

@@ -1,5 +1,6 @@
 //! The kernel side as the agent holds it: loading the XDP object, pinning
-//! its maps, attaching it to interfaces (this file); typed map handles
+//! its maps, attaching it to interfaces, XDP on their way in and the
+//! egress guard (TC) on their way out (this file); typed map handles
 //! (`tables`), batched map I/O (`batch`), the session event ring
 //! (`session_events`) and the background scan (`scanner`).
 
@@ -20,7 +21,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::{
-    programs::{xdp::XdpLinkId, Xdp, XdpMode},
+    programs::{xdp::XdpLinkId, SchedClassifier, Xdp, XdpMode},
     Ebpf, EbpfLoader,
 };
 use proxy_common::{maps as names, programs};
@@ -124,6 +125,13 @@ fn session_cache_sets() -> Result<u32> {
     Ok(cpus as u32 * proxy_common::SESSION_CACHE_SETS)
 }
 
+/// Removes pins this agent made (a failed attach), which detaches them.
+fn remove_pins(pins: &[PathBuf]) {
+    for pin in pins {
+        let _ = fs::remove_file(pin);
+    }
+}
+
 fn interface_exists(name: &str) -> bool {
     let Ok(c) = CString::new(name) else {
         return false;
@@ -162,6 +170,11 @@ impl Dataplane {
                 ebpf.program_mut(name).with_context(|| format!("the object has no program {name}"))?.try_into()?;
             prog.load().with_context(|| format!("the kernel refused program {name}"))?;
         }
+        let guard: &mut SchedClassifier = ebpf
+            .program_mut(programs::EGRESS_GUARD)
+            .with_context(|| format!("the object has no program {}", programs::EGRESS_GUARD))?
+            .try_into()?;
+        guard.load().with_context(|| format!("the kernel refused program {}", programs::EGRESS_GUARD))?;
         let tables = Tables::take(&mut ebpf)?;
         Ok((Self { ebpf, links: Vec::new(), attached: Vec::new(), pin_dir: pin_dir.to_path_buf() }, tables))
     }
@@ -180,6 +193,12 @@ impl Dataplane {
         self.xdp(programs::PASS_BASELINE)
     }
 
+    /// The egress guard (TC), for test runs.
+    pub fn egress_guard(&self) -> &SchedClassifier {
+        let prog = self.ebpf.program(programs::EGRESS_GUARD).expect("checked at load");
+        prog.try_into().expect("checked at load")
+    }
+
     fn xdp(&self, name: &str) -> &Xdp {
         let prog = self.ebpf.program(name).expect("checked at load");
         prog.try_into().expect("checked at load")
@@ -191,7 +210,9 @@ impl Dataplane {
     }
 
     /// Attaches to every interface, or to none: on any failure, what was
-    /// attached is detached again and the error names the interface.
+    /// attached is detached again and the error names the interface. Each
+    /// interface gets the XDP program on its way in and the egress guard
+    /// on its way out, both through pinned links.
     pub fn attach(&mut self, interfaces: &[String], mode: XdpModeName) -> Result<()> {
         for name in interfaces {
             if !interface_exists(name) {
@@ -202,21 +223,15 @@ impl Dataplane {
             XdpModeName::Driver => XdpMode::Driver,
             XdpModeName::Skb => XdpMode::Skb,
         };
+        // The pins this start made: on a failure they go again, while
+        // adopted links keep running.
         let mut created = Vec::new();
         for name in interfaces {
             let prog: &mut Xdp = self.ebpf.program_mut(programs::PROXY).expect("checked at load").try_into()?;
-            match links::attach_or_adopt(prog, &self.pin_dir, name, mode) {
-                Ok(how) => {
-                    if how == links::Attachment::New {
-                        created.push(name.clone());
-                    }
-                    self.attached.push((name.clone(), how));
-                }
+            let how = match links::attach_or_adopt(prog, &self.pin_dir, name, mode) {
+                Ok(how) => how,
                 Err(e) => {
-                    // What this start attached goes again; adopted links keep running.
-                    for n in &created {
-                        let _ = std::fs::remove_file(links::link_pin(&self.pin_dir, n));
-                    }
+                    remove_pins(&created);
                     let hint = if mode == XdpMode::Driver {
                         "; if the driver has no native XDP, set `xdp_mode: skb`"
                     } else {
@@ -224,7 +239,21 @@ impl Dataplane {
                     };
                     bail!("attaching XDP to `{name}` failed: {e:#}{hint}");
                 }
+            };
+            if how == links::Attachment::New {
+                created.push(links::link_pin(&self.pin_dir, name));
             }
+            let guard: &mut SchedClassifier =
+                self.ebpf.program_mut(programs::EGRESS_GUARD).expect("checked at load").try_into()?;
+            match links::guard_or_adopt(guard, &self.pin_dir, name) {
+                Ok(links::Attachment::New) => created.push(links::guard_pin(&self.pin_dir, name)),
+                Ok(links::Attachment::Adopted) => {}
+                Err(e) => {
+                    remove_pins(&created);
+                    bail!("attaching the egress guard (TC) to `{name}` failed: {e:#}");
+                }
+            }
+            self.attached.push((name.clone(), how));
         }
         Ok(())
     }
@@ -241,13 +270,13 @@ impl Dataplane {
     }
 
     /// Forgets interfaces that no longer exist (a deleted pod's veth took its
-    /// XDP program with it) and removes their link pins; returns their names.
+    /// programs with it) and removes their link pins; returns their names.
     pub fn forget_missing(&mut self) -> Vec<String> {
         let (gone, kept): (Vec<_>, Vec<_>) = self.attached.drain(..).partition(|(n, _)| !interface_exists(n));
         self.attached = kept;
         gone.into_iter()
             .map(|(n, _)| {
-                let _ = std::fs::remove_file(links::link_pin(&self.pin_dir, &n));
+                links::unpin(&self.pin_dir, &n);
                 n
             })
             .collect()
