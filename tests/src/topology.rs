@@ -80,19 +80,32 @@ impl Topology {
         p.ip(&["addr", "add", &format!("{PROXY_CLIENT_SIDE}/24"), "dev", "to-client"])?;
         p.ip(&["link", "set", "to-client", "up"])?;
         for i in 0..shards {
-            let ifname = format!("to-s{}", i + 1);
-            let s = &topo.shards[i];
-            veth(p, &ifname, s, "eth0")?;
-            let gw = Ipv4Addr::new(198, 18, 11 + i as u8, 1);
-            p.ip(&["addr", "add", &format!("{gw}/24"), "dev", &ifname])?;
-            p.ip(&["link", "set", &ifname, "up"])?;
-            s.ip(&["addr", "add", &format!("{}/24", topo.shard_ips[i]), "dev", "eth0"])?;
-            s.ip(&["link", "set", "eth0", "up"])?;
-            s.ip(&["route", "add", "default", "via", &gw.to_string()])?;
-            sender_receiver_offloads(s, "eth0")?;
-            topo.proxy_ifs.push(ifname);
+            topo.link_shard(i)?;
+            topo.proxy_ifs.push(format!("to-s{}", i + 1));
         }
         Ok(topo)
+    }
+
+    /// The veth pair from the proxy (`to-s{i+1}`) to shard `i`, addressed
+    /// and routed.
+    fn link_shard(&self, i: usize) -> Result<()> {
+        let (p, s) = (&self.proxy, &self.shards[i]);
+        let ifname = format!("to-s{}", i + 1);
+        veth(p, &ifname, s, "eth0")?;
+        let gw = Ipv4Addr::new(198, 18, 11 + i as u8, 1);
+        p.ip(&["addr", "add", &format!("{gw}/24"), "dev", &ifname])?;
+        p.ip(&["link", "set", &ifname, "up"])?;
+        s.ip(&["addr", "add", &format!("{}/24", self.shard_ips[i]), "dev", "eth0"])?;
+        s.ip(&["link", "set", "eth0", "up"])?;
+        s.ip(&["route", "add", "default", "via", &gw.to_string()])?;
+        sender_receiver_offloads(s, "eth0")
+    }
+
+    /// Deletes shard `i`'s veth pair and makes it again under the same
+    /// names (as a re-created pod's veth): a new interface, same name.
+    pub fn recreate_shard_link(&self, i: usize) -> Result<()> {
+        self.proxy.ip(&["link", "del", &format!("to-s{}", i + 1)])?;
+        self.link_shard(i)
     }
 
     pub fn vip(&self) -> SocketAddrV4 {

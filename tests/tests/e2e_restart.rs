@@ -152,3 +152,23 @@ fn session_tables_of_another_size_are_refused_with_the_way_out() {
         "{err}"
     );
 }
+
+/// A pod's veth re-created while no agent runs (same name, new interface):
+/// its pinned links are severed; the next agent attaches new ones instead
+/// of failing to start, and the shard behind it is served again.
+#[test]
+fn an_interface_recreated_while_the_agent_is_down_gets_new_links() {
+    let mut sc = Scenario::start(2, |t| t.config(&[500, 500], "")).unwrap();
+    assert!(sc.agent.stop().unwrap().success());
+    sc.topo.recreate_shard_link(1).unwrap();
+    sc.agent.restart(&sc.topo.proxy).expect("the agent starts over a severed pinned link");
+    let log = sc.agent.log_text();
+    assert!(log.contains("cannot be adopted"), "{log}");
+    // Every player placed on s2 plays through the new interface.
+    let players = sc.players(20, &sc.player_config()).unwrap();
+    Scenario::wait_playing(&players, 5);
+    assert!(players.snapshot().iter().any(|p| p.current_shard() == Some("s2")), "placement reaches s2");
+    let redirected_to_s2 = sc.shard_stats(1).game_packets();
+    assert!(redirected_to_s2 > 0);
+    players.stop();
+}

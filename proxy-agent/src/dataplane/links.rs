@@ -54,56 +54,69 @@ pub enum Attachment {
     New,
 }
 
+/// Swaps a program into the link pinned at `pin`, if there is one (`swap`
+/// does it); returns whether it did. A pinned link whose interface went
+/// away (and came back under the same name: a re-created pod's veth) is
+/// severed and takes no program: its pin is removed so that a new link
+/// replaces it.
+fn adopt_pinned(pin: &Path, what: &str, swap: impl FnOnce(FdLink) -> Result<()>) -> Result<bool> {
+    if !pin.exists() {
+        return Ok(false);
+    }
+    let pinned = PinnedLink::from_pin(pin).with_context(|| format!("opening the pinned link {}", pin.display()))?;
+    match swap(FdLink::from(pinned)) {
+        Ok(()) => Ok(true),
+        Err(e) => {
+            log::warn!("the pinned {what} {} cannot be adopted ({e:#}); attaching a new one", pin.display());
+            fs::remove_file(pin).with_context(|| format!("removing {}", pin.display()))?;
+            Ok(false)
+        }
+    }
+}
+
+/// Pins a new link at `pin`, creating its folder.
+fn pin_new(pin: &Path, fd: FdLink) -> Result<Attachment> {
+    fs::create_dir_all(pin.parent().expect("a links folder")).context("creating the links folder")?;
+    fd.pin(pin).with_context(|| format!("pinning the link at {}", pin.display()))?;
+    Ok(Attachment::New)
+}
+
 /// Runs `prog` on `interface`: in the pinned link if there is one (atomic
 /// replace), else in a new link that is then pinned.
 pub fn attach_or_adopt(prog: &mut Xdp, pin_dir: &Path, interface: &str, mode: XdpMode) -> Result<Attachment> {
     let pin = link_pin(pin_dir, interface);
-    if pin.exists() {
-        let pinned =
-            PinnedLink::from_pin(&pin).with_context(|| format!("opening the pinned link {}", pin.display()))?;
-        let link = XdpLink::try_from(FdLink::from(pinned))
-            .with_context(|| format!("{} is not an XDP link; remove it and start again", pin.display()))?;
-        prog.attach_to_link(link).with_context(|| format!("replacing the program in {}", pin.display()))?;
+    let adopted = adopt_pinned(&pin, "XDP link", |fd| {
+        let link = XdpLink::try_from(fd).context("not an XDP link")?;
+        prog.attach_to_link(link).map(|_| ()).context("replacing the program")
+    })?;
+    if adopted {
         return Ok(Attachment::Adopted);
     }
-    fs::create_dir_all(pin.parent().expect("links folder")).context("creating the links folder")?;
     let id = prog.attach(interface, mode)?;
     let link = prog.take_link(id)?;
     let fd = FdLink::try_from(link).context(
         "the kernel attached XDP without a BPF link (netlink), which cannot be pinned; a kernel of 5.9 or later is needed",
     )?;
-    fd.pin(&pin).with_context(|| format!("pinning the link at {}", pin.display()))?;
-    Ok(Attachment::New)
+    pin_new(&pin, fd)
 }
 
 /// Runs the egress guard `prog` on `interface`'s egress: in the pinned
 /// TCX link if there is one (atomic replace), else in a new TCX link, last
-/// of the interface's TCX programs, that is then pinned. A pinned link
-/// whose interface went away (and came back under the same name) is
-/// replaced by a new one.
+/// of the interface's TCX programs, that is then pinned.
 pub fn guard_or_adopt(prog: &mut SchedClassifier, pin_dir: &Path, interface: &str) -> Result<Attachment> {
     let pin = guard_pin(pin_dir, interface);
-    if pin.exists() {
-        let pinned =
-            PinnedLink::from_pin(&pin).with_context(|| format!("opening the pinned link {}", pin.display()))?;
-        let link = SchedClassifierLink::try_from(FdLink::from(pinned))
-            .with_context(|| format!("{} is not a TCX link; remove it and start again", pin.display()))?;
-        match prog.attach_to_link(link) {
-            Ok(_) => return Ok(Attachment::Adopted),
-            Err(e) => {
-                log::warn!("the pinned egress guard {} cannot be adopted ({e}); attaching a new one", pin.display());
-                fs::remove_file(&pin).with_context(|| format!("removing {}", pin.display()))?;
-            }
-        }
+    let adopted = adopt_pinned(&pin, "egress guard", |fd| {
+        let link = SchedClassifierLink::try_from(fd).context("not a TCX link")?;
+        prog.attach_to_link(link).map(|_| ()).context("replacing the program")
+    })?;
+    if adopted {
+        return Ok(Attachment::Adopted);
     }
-    fs::create_dir_all(pin.parent().expect("egress links folder")).context("creating the egress links folder")?;
     let id = prog
         .attach_with_options(interface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::last()))
         .context("attaching the egress guard through TCX (a kernel of 6.6 or later is needed)")?;
     let link = prog.take_link(id)?;
-    let fd = FdLink::try_from(link).context("the egress guard's TCX link is not a BPF link")?;
-    fd.pin(&pin).with_context(|| format!("pinning the link at {}", pin.display()))?;
-    Ok(Attachment::New)
+    pin_new(&pin, FdLink::try_from(link).context("the egress guard's TCX link is not a BPF link")?)
 }
 
 /// The interfaces with a pinned link (XDP, egress guard or both).
