@@ -171,14 +171,16 @@ fn a_failed_allocation_takes_the_fallback_and_an_empty_pool_parks_until_a_gamese
     let on = |s: &str| players.snapshot().iter().filter(|p| p.current_shard() == Some(s)).count();
     assert!(on("s1") > 0 && on("s2") > 0, "placement spreads over both shards");
 
-    // 1. The API fails the allocation: the roomiest active shard (s2) takes s1's players.
-    api.queue_allocation_answer(AllocationAnswer::Error(500));
+    // 1. The API fails the allocation (503, which kube-rs would resend by
+    //    itself: it must not, or a flaky API allocates twice): the roomiest
+    //    active shard (s2) takes s1's players.
+    api.queue_allocation_answer(AllocationAnswer::Error(503));
     api.delete_gameserver(NS, "s1").unwrap();
     wait_for("s1's players on s2", Duration::from_secs(30), || all_on(&players, "s2"));
     let evs = events(&sc);
     let detail = event(&evs, "failover", "s1").unwrap()["detail"].as_str().unwrap().to_string();
     assert!(detail.contains("allocation failed") && detail.contains("roomiest active shard, s2"), "{detail}");
-    assert_eq!(api.allocations().len(), 1);
+    assert_eq!(api.allocations().len(), 1, "the refused allocation was not sent again");
 
     // 2. The allocation answers after the deadline (300 ms): no shard left
     //    to fall back on, so s2's players wait, parked with the reason...

@@ -7,12 +7,17 @@ use anyhow::{Context, Result};
 use crate::config::KubernetesConfig;
 
 pub async fn connect(k: &KubernetesConfig) -> Result<kube::Client> {
-    let config = match &k.api_url {
+    let mut config = match &k.api_url {
         Some(url) => kube::Config::new(url.parse().with_context(|| format!("`kubernetes.api_url` {url}"))?),
         None => kube::Config::infer().await.context(
             "finding the Kubernetes API: not in a pod with a service account and no kubeconfig; set `kubernetes.api_url`",
         )?,
     };
+    // kube would resend a request answered 429/503/504, POSTs included: a
+    // GameServerAllocation sent twice can allocate two shards. Every caller
+    // here has its own retry (the watcher's back-off, the Lease's rounds,
+    // the record's loop, the parked failover's next round).
+    config.default_retry = false;
     kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
