@@ -22,18 +22,43 @@ pub fn replace2(check: u16, old: u16, new: u16) -> u16 {
 /// The checksum after a 32-bit field (an IPv4 address) changed from `old` to `new`.
 #[inline(always)]
 pub fn replace4(check: u16, old: u32, new: u32) -> u16 {
-    let sum = !check as u32 + (!old & 0xffff) + (!old >> 16) + (new & 0xffff) + (new >> 16);
-    !fold(sum)
+    apply(check, delta4(old, new))
+}
+
+/// The change `~m + m'` of a 32-bit field going from `old` to `new`, over
+/// its two 16-bit halves and not yet folded: several changes add up, and
+/// [`apply`] makes one checksum update of them all.
+#[inline(always)]
+pub fn delta4(old: u32, new: u32) -> u32 {
+    (!old & 0xffff) + (!old >> 16) + (new & 0xffff) + (new >> 16)
+}
+
+/// The change of an IPv4 header when its TTL drops by one: the word
+/// `[ttl, proto]` goes from `w` to `w - 1` (TTL > 1, so no borrow) and
+/// `~w + (w - 1)` is 0xfffe whatever `w`.
+pub const TTL_DECREMENT: u32 = 0xfffe;
+
+/// The checksum after the changes summed in `delta` (from [`delta4`] and
+/// [`TTL_DECREMENT`]): `HC' = ~(~HC + delta)`.
+#[inline(always)]
+pub fn apply(check: u16, delta: u32) -> u16 {
+    !fold(!check as u32 + delta)
 }
 
 /// The UDP checksum after an address of the pseudo-header changed. A zero UDP
 /// checksum means "none" and stays zero; a computed zero is sent as 0xffff.
 #[inline(always)]
 pub fn udp_replace4(check: u16, old: u32, new: u32) -> u16 {
+    udp_apply(check, delta4(old, new))
+}
+
+/// As [`udp_replace4`], with the change already summed ([`delta4`]).
+#[inline(always)]
+pub fn udp_apply(check: u16, delta: u32) -> u16 {
     if check == 0 {
         return 0;
     }
-    match replace4(check, old, new) {
+    match apply(check, delta) {
         0 => 0xffff,
         c => c,
     }
@@ -92,6 +117,22 @@ mod tests {
         let got = replace2(check, u16::from_ne_bytes([64, 17]), u16::from_ne_bytes([63, 17]));
         let want = ipv4_header([198, 18, 1, 1], [198, 18, 2, 2], 63);
         assert_eq!(got.to_ne_bytes(), [want[10], want[11]]);
+    }
+
+    #[test]
+    fn one_update_for_an_address_and_the_ttl_matches_a_fresh_checksum() {
+        for (old, new, ttl) in [
+            ([198, 18, 0, 1], [198, 18, 10, 2], 64),
+            ([255, 255, 255, 255], [0, 0, 0, 1], 2),
+            ([1, 2, 3, 4], [254, 253, 252, 251], 255),
+            ([198, 18, 100, 1], [198, 18, 100, 1], 128),
+        ] {
+            let h = ipv4_header([198, 18, 1, 1], old, ttl);
+            let check = u16::from_ne_bytes([h[10], h[11]]);
+            let delta = delta4(u32::from_ne_bytes(old), u32::from_ne_bytes(new)) + TTL_DECREMENT;
+            let want = ipv4_header([198, 18, 1, 1], new, ttl - 1);
+            assert_eq!(apply(check, delta).to_ne_bytes(), [want[10], want[11]]);
+        }
     }
 
     #[test]

@@ -33,8 +33,24 @@ pub const MAX_PENDING: u32 = 16_384;
 /// How long the data plane trusts a cached next hop before asking the FIB
 /// again: a route or neighbour change takes effect within this time.
 pub const NEXTHOP_TTL_NS: u64 = 500_000_000;
-/// Client addresses whose next hop the return path caches.
-pub const MAX_CLIENT_NEXTHOPS: u32 = 65_536;
+
+/// The data plane's cache clock (the session cache's freshness, the next-hop
+/// caches' expiry) is the kernel's jiffies times the length of a jiffy in ns,
+/// a read-only global the loader sets under this name: the verifier inlines
+/// `bpf_jiffies64` into one load, where the coarse clock helper costs a call
+/// (about 15 ns a packet). Left at 0 (an unknown jiffy) the program uses
+/// `bpf_ktime_get_coarse_ns` instead. Its zero is not CLOCK_MONOTONIC's: it
+/// is compared only with itself. `Session::last_seen_ns`, which the agent
+/// reads, stays on the coarse clock.
+pub const JIFFY_NS: &str = "JIFFY_NS";
+/// Sets of the return path's next-hop cache per CPU (`CLIENT_ROUTES`, two
+/// clients a 64-byte set): 2^16 sets, 131,072 clients, 4 MiB a CPU (as the
+/// session cache).
+pub const CLIENT_ROUTE_SETS: u32 = 1 << 16;
+pub const CLIENT_ROUTE_WAYS: usize = 2;
+/// Sets of the return path's cache of `REVERSE` per CPU (four shards a set).
+pub const REVERSE_CACHE_SETS: usize = 256;
+pub const REVERSE_CACHE_WAYS: usize = 4;
 
 /// Map names, shared so the agent and the tests cannot drift from the program.
 pub mod maps {
@@ -56,6 +72,7 @@ pub mod maps {
     pub const QUERY_SETTINGS: &str = "QUERY_SETTINGS";
     pub const SESSION_CACHE: &str = "SESSION_CACHE";
     pub const SESSION_CACHE_GENERATION: &str = "SESSION_CACHE_GENERATION";
+    pub const CLIENT_ROUTES: &str = "CLIENT_ROUTES";
     pub const PEERS: &str = "PEERS";
     pub const PEERS_IN_USE: &str = "PEERS_IN_USE";
 }
@@ -260,9 +277,52 @@ pub struct NextHop {
     pub ifindex: u32,
     pub smac: [u8; 6],
     pub dmac: [u8; 6],
-    /// Coarse-clock time after which the FIB is asked again; 0 = empty.
+    /// Cache-clock time (see [`JIFFY_NS`]) after which the FIB is asked
+    /// again; 0 = empty.
     pub expires_ns: u64,
 }
+
+/// A client's next hop in the return path's cache.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ClientRoute {
+    /// The client's IPv4 address (network order); 0 = empty.
+    pub client_addr: u32,
+    pub _pad: u32,
+    pub hop: NextHop,
+}
+
+/// One set of `CLIENT_ROUTES`: a 64-byte value, so one line per probe.
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClientRouteSet {
+    pub ways: [ClientRoute; CLIENT_ROUTE_WAYS],
+}
+
+/// A shard's `REVERSE` entry as the return path caches it, in 16 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CachedReverse {
+    /// The shard's IPv4 address (network order); 0 = empty.
+    pub shard_addr: u32,
+    pub vip: u32,
+    pub port: u16,
+    pub frontend: u16,
+    pub backend: u16,
+    /// The low half of `SESSION_CACHE_GENERATION` when filled.
+    pub generation: u16,
+}
+
+/// The return path's cache of `REVERSE` on one CPU: the value of the
+/// per-CPU `REVERSE_CACHE` (16 KiB, within a per-CPU value's limit).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug)]
+pub struct ReverseCache {
+    pub sets: [[CachedReverse; REVERSE_CACHE_WAYS]; REVERSE_CACHE_SETS],
+}
+
+const _: () = assert!(MAX_BACKENDS <= u16::MAX as u32, "backend ids no longer fit a cached reverse entry");
+const _: () = assert!(core::mem::size_of::<ClientRouteSet>() == 64 && core::mem::size_of::<CachedReverse>() == 16);
 
 /// Value of `SESSIONS` and `PENDING`.
 #[repr(C)]
@@ -291,25 +351,34 @@ pub const SESSION_CACHE_SETS: u32 = 1 << 16;
 pub const SESSION_CACHE_WAYS: usize = 4;
 
 /// One cached established session: what the hit path needs, in 16 bytes so
-/// a set of four fills one cache line. Every field that could wrap is only
-/// trusted for [`SESSION_CACHE_FRESH`] units of the coarse clock, after
-/// which the packet takes the table path and the entry is rewritten.
+/// a set of four fills one cache line. The session's route is copied in
+/// (its shard's backend id and address), so a hit reads neither GROUPS nor
+/// BACKENDS: the agent voids the cache (`SESSION_CACHE_GENERATION`) after
+/// it changes either, as after it rewrites sessions. Every field that could
+/// wrap is only trusted for [`SESSION_CACHE_FRESH`] ticks of the cache
+/// clock, after which the packet takes the table path and the entry is
+/// rewritten.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct CachedSession {
     pub client_addr: u32,
     pub client_port: u16,
-    pub frontend: u16,
-    /// 0 = empty (group ids start at 1 and stay below `MAX_GROUPS`).
-    pub group: u16,
-    /// The low half of the session's epoch.
-    pub epoch: u16,
+    /// The frontend id above [`CACHED_BACKEND_BITS`], the shard's backend
+    /// id below them; 0 = empty (backend ids start at 1).
+    pub route: u16,
+    /// The shard's IPv4 address (network order), `BACKENDS[backend].addr`.
+    pub shard_addr: u32,
     /// The low half of `SESSION_CACHE_GENERATION` when filled.
     pub generation: u16,
-    /// Coarse clock >> `SESSION_CACHE_TICK_SHIFT` when SESSIONS' last_seen
+    /// Cache clock >> `SESSION_CACHE_TICK_SHIFT` when SESSIONS' last_seen
     /// was last written for this session.
     pub refreshed: u16,
 }
+
+/// Bits of [`CachedSession::route`] that hold the backend id.
+pub const CACHED_BACKEND_BITS: u32 = 12;
+const _: () = assert!(MAX_BACKENDS <= 1 << CACHED_BACKEND_BITS, "backend ids no longer fit a cached route");
+const _: () = assert!(MAX_FRONTENDS <= 1 << (16 - CACHED_BACKEND_BITS), "frontend ids no longer fit a cached route");
 
 /// One set of the session cache: a 64-byte value, so one line per probe.
 #[repr(C, align(64))]
@@ -318,7 +387,7 @@ pub struct CacheSet {
     pub ways: [CachedSession; SESSION_CACHE_WAYS],
 }
 
-/// The cache's clock unit: 2^24 ns (16.8 ms).
+/// The cache's clock unit: 2^24 ns (16.8 ms) of the cache clock.
 pub const SESSION_CACHE_TICK_SHIFT: u32 = 24;
 /// Ticks a cached entry is used before the table path refreshes last_seen
 /// (240 ticks: about four seconds). A player sending 20 packets a second

@@ -9,15 +9,18 @@ use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
     },
-    helpers::generated::{bpf_fib_lookup, bpf_redirect},
+    helpers::generated::{bpf_fib_lookup, bpf_get_smp_processor_id, bpf_redirect},
     programs::XdpContext,
 };
-use proxy_common::{csum, NextHop, NEXTHOP_TTL_NS};
+use proxy_common::{csum, NextHop, CLIENT_ROUTE_SETS, CLIENT_ROUTE_WAYS, NEXTHOP_TTL_NS};
 
 use crate::{
-    maps::{BACKEND_NEXTHOP, CLIENT_NEXTHOP},
+    cache,
+    maps::{BACKEND_NEXTHOP, CLIENT_ROUTES},
     parse::Packet,
 };
+
+const _: () = assert!(CLIENT_ROUTE_SETS.is_power_of_two());
 
 const AF_INET: u8 = 2;
 const IPPROTO_UDP: u8 = 17;
@@ -113,6 +116,7 @@ pub fn icmp_is_local(ctx: &XdpContext, src: u32, dst: u32, tos: u8, tot_len: u16
 /// A fresh cached answer, else the FIB's (cached again when it is a route).
 /// The cache is keyed by destination only: policy routing by source is not
 /// supported, and a route or neighbour change takes up to NEXTHOP_TTL_NS.
+/// `now` is the cache clock (`cache::clock_ns`), as are the expiries.
 #[inline(always)]
 fn cached(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32, now: u64, slot: Option<*mut NextHop>) -> (Route, bool) {
     if let Some(nh) = slot {
@@ -151,37 +155,52 @@ pub fn route_to_backend(ctx: &XdpContext, pkt: &Packet, backend_id: u32, dst: u3
     route
 }
 
-/// The route back to a client, through the per-CPU LRU cache.
+/// The route back to a client, through this CPU's partition of
+/// `CLIENT_ROUTES`: sets of two clients direct-mapped by address, so a
+/// probe is one cache line however many players there are. A client takes
+/// its own way, else an empty or expired one, else the one its hash picks.
 #[inline(always)]
 pub fn route_to_client(ctx: &XdpContext, pkt: &Packet, src: u32, now: u64) -> Route {
     let dst = pkt.dst_addr();
-    let slot = CLIENT_NEXTHOP.get_ptr_mut(dst);
-    let (route, fresh) = cached(ctx, pkt, src, dst, now, slot);
+    // Shifted up, so sequential addresses spread over the sets.
+    let hash = cache::spread((dst as u64) << 24);
+    // SAFETY: a plain helper call (inlined by the verifier).
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let index = cpu.wrapping_mul(CLIENT_ROUTE_SETS).wrapping_add(hash >> (32 - CLIENT_ROUTE_SETS.trailing_zeros()));
+    let Some(set) = CLIENT_ROUTES.get_ptr_mut(index) else {
+        return route(ctx, pkt, src, dst);
+    };
+    // SAFETY: a live map value; only this CPU writes its partition (XDP
+    // runs without preemption).
+    let set = unsafe { &mut *set };
+    let mut way = hash as usize % CLIENT_ROUTE_WAYS;
+    let mut found = false;
+    for (i, w) in set.ways.iter().enumerate() {
+        if w.client_addr == dst {
+            way = i;
+            found = true;
+            break;
+        }
+    }
+    if !found {
+        for (i, w) in set.ways.iter().enumerate() {
+            if w.hop.expires_ns <= now {
+                way = i;
+                break;
+            }
+        }
+    }
+    let Some(w) = set.ways.get_mut(way) else {
+        return route(ctx, pkt, src, dst);
+    };
+    let (route, fresh) = cached(ctx, pkt, src, dst, now, found.then_some(&mut w.hop as *mut NextHop));
     if fresh {
         if let Some(nh) = to_cache(&route, now) {
-            let _ = CLIENT_NEXTHOP.insert(dst, nh, 0);
+            w.client_addr = dst;
+            w.hop = nh;
         }
     }
     route
-}
-
-/// Sets the MACs, decrements the TTL and redirects. The caller has checked
-/// the TTL is above 1.
-#[inline(always)]
-pub fn redirect(pkt: &Packet, ifindex: u32, smac: [u8; 6], dmac: [u8; 6]) -> u32 {
-    // SAFETY: `eth` and `ip` were bounds-checked when parsed.
-    unsafe {
-        (*pkt.eth).src_addr = smac;
-        (*pkt.eth).dst_addr = dmac;
-        let ip = &mut *pkt.ip;
-        let old = u16::from_ne_bytes([ip.ttl, ip.proto]);
-        ip.ttl -= 1;
-        let new = u16::from_ne_bytes([ip.ttl, ip.proto]);
-        let check = csum::replace2(u16::from_ne_bytes(ip.check), old, new);
-        ip.check = check.to_ne_bytes();
-    }
-    // SAFETY: a plain helper call; an invalid ifindex makes it return XDP_ABORTED.
-    unsafe { bpf_redirect(ifindex, 0) as u32 }
 }
 
 /// TTL <= 1 must not be forwarded by us: the kernel answers with ICMP.
@@ -191,25 +210,7 @@ pub fn ttl_expiring(pkt: &Packet) -> bool {
     unsafe { (*pkt.ip).ttl <= 1 }
 }
 
-/// Rewrites one IPv4 address of the packet (`dst` or `src`), fixing the IP
-/// and UDP checksums incrementally. The port is never touched (SA:MP rule 1).
-#[inline(always)]
-pub fn rewrite_addr(pkt: &Packet, which: Addr, new: u32) {
-    // SAFETY: `ip` and `udp` were bounds-checked when parsed.
-    unsafe {
-        let ip = &mut *pkt.ip;
-        let field = match which {
-            Addr::Src => &mut ip.src_addr,
-            Addr::Dst => &mut ip.dst_addr,
-        };
-        let old = u32::from_ne_bytes(*field);
-        *field = new.to_ne_bytes();
-        ip.check = csum::replace4(u16::from_ne_bytes(ip.check), old, new).to_ne_bytes();
-        let udp = &mut *pkt.udp;
-        udp.check = csum::udp_replace4(u16::from_ne_bytes(udp.check), old, new).to_ne_bytes();
-    }
-}
-
+/// Which address of the packet a rewrite changes.
 pub enum Addr {
     Src,
     Dst,
@@ -221,12 +222,42 @@ pub enum Sent {
     Passed,
 }
 
+/// Rewrites one IPv4 address of the packet (`dst` or `src`) and sends it on
+/// by `route`: with a next hop, the MACs are set, the TTL is decremented
+/// (the caller has checked it is above 1) and the packet is redirected;
+/// while the kernel resolves the neighbour it is passed up, rewritten. The
+/// IPv4 checksum is fixed once for both changes, the UDP checksum for the
+/// address (RFC 1624). The port is never touched (SA:MP rule 1).
 #[inline(always)]
-pub fn send(pkt: &Packet, route: Route) -> Sent {
-    match route.via {
-        Via::Interface => Sent::Redirected(redirect(pkt, route.ifindex, route.smac, route.dmac)),
-        // Local and Unroutable were handled by the caller before rewriting;
-        // passing them up is the safe default should that ever change.
-        Via::NoNeighbour | Via::Local | Via::Unroutable => Sent::Passed,
+pub fn rewrite_and_send(pkt: &Packet, which: Addr, new: u32, route: &Route) -> Sent {
+    // SAFETY: `eth`, `ip` and `udp` were bounds-checked when parsed.
+    unsafe {
+        let ip = &mut *pkt.ip;
+        let field = match which {
+            Addr::Src => &mut ip.src_addr,
+            Addr::Dst => &mut ip.dst_addr,
+        };
+        let delta = csum::delta4(u32::from_ne_bytes(*field), new);
+        *field = new.to_ne_bytes();
+        let udp = &mut *pkt.udp;
+        udp.check = csum::udp_apply(u16::from_ne_bytes(udp.check), delta).to_ne_bytes();
+        let check = u16::from_ne_bytes(ip.check);
+        match route.via {
+            Via::Interface => {
+                (*pkt.eth).src_addr = route.smac;
+                (*pkt.eth).dst_addr = route.dmac;
+                ip.ttl -= 1;
+                ip.check = csum::apply(check, delta + csum::TTL_DECREMENT).to_ne_bytes();
+                // An invalid ifindex makes the helper return XDP_ABORTED.
+                Sent::Redirected(bpf_redirect(route.ifindex, 0) as u32)
+            }
+            // Local and Unroutable were handled by the caller before
+            // rewriting; passing them up is the safe default should that
+            // ever change.
+            Via::NoNeighbour | Via::Local | Via::Unroutable => {
+                ip.check = csum::apply(check, delta).to_ne_bytes();
+                Sent::Passed
+            }
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Player -> shard: find (or make) the player's session, follow its group to a
 //! shard, rewrite the destination IP only and send the packet on.
 
-use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use aya_log_ebpf::{debug, warn};
 use proxy_common::{
     net::client_hash, samp, Counter, Frontend, Group, Session, SessionKey, LAST_SEEN_GRANULARITY_NS, PLACEMENT_SLOTS,
@@ -44,29 +44,33 @@ fn classify(ctx: &XdpContext, pkt: &Packet) -> Kind {
 
 #[inline(always)]
 pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
+    let key = SessionKey { client_addr: pkt.src_addr(), client_port: pkt.src_port(), frontend: frontend.id as u16 };
+    let cache_set = cache::set_for(&key);
     let kind = classify(ctx, pkt);
+    // With many players the set is the one cache miss of the hit path: load
+    // it now, so the miss overlaps what follows.
+    if let (Kind::Other, Some(set)) = (kind, &cache_set) {
+        set.prefetch();
+    }
     if let Kind::Query = kind {
         // Answered for the whole cluster, never by one shard.
         return query::handle(ctx, pkt, frontend);
     }
-    let key = SessionKey { client_addr: pkt.src_addr(), client_port: pkt.src_port(), frontend: frontend.id as u16 };
-    // SAFETY: coarse clock helper, no arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // The caches' clock; the coarse clock (last_seen) only on the table path.
+    let clock = cache::clock_ns();
     // Before any table: a fill racing the agent's rewrite is then void.
-    let cache_now = cache::now(now);
-    let cache_set = cache::set_for(&key);
-    // The hit path: an established player's game packet, from the cache.
+    let cache_now = cache::now(clock);
+    // The hit path: an established player's game packet, from the cache,
+    // which holds its shard: no other table is read.
     if let (Kind::Other, Some(set)) = (kind, &cache_set) {
         if let Some(hit) = set.hit(&key, cache_now) {
-            let group = maps::group(hit.group);
-            if group.epoch as u16 == hit.epoch {
-                return match towards(ctx, pkt, group.backend, now) {
-                    Ok(next) => send(pkt, next),
-                    Err(verdict) => verdict,
-                };
-            }
+            return match towards(ctx, pkt, hit.backend, hit.shard_addr, clock) {
+                Ok(next) => send(pkt, next),
+                Err(verdict) => verdict,
+            };
         }
     }
+    let now = cache::coarse_ns();
     let (session, established) = match SESSIONS.get_ptr_mut(key) {
         Some(s) => (Some(s), true),
         None => (PENDING.get_ptr_mut(key), false),
@@ -95,7 +99,10 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
             Err(counter) => return verdict(counter, xdp_action::XDP_DROP),
         },
     };
-    let next = match towards(ctx, pkt, group.backend, now) {
+    let Some(backend) = maps::backend(group.backend) else {
+        return verdict(Counter::DropNoBackend, xdp_action::XDP_DROP);
+    };
+    let next = match towards(ctx, pkt, group.backend, backend.addr, clock) {
         Ok(next) => next,
         Err(verdict) => return verdict,
     };
@@ -115,7 +122,8 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
                 events::session(key, SESSION_RESYNCED, session.group, group.epoch);
             }
             if let (true, Some(set)) = (established, &cache_set) {
-                set.fill(&key, session.group, session.epoch, session.last_seen_ns, cache_now);
+                let age = now.saturating_sub(session.last_seen_ns);
+                set.fill(&key, next.backend_id, next.addr, clock, age, cache_now);
             }
         }
         Admitted::New { group_id } => {
@@ -153,31 +161,28 @@ struct Next {
     route: Route,
 }
 
-/// The shard behind `backend_id` and the route to it; the verdict instead
-/// when the packet must not be rewritten (no backend, TTL, no route).
+/// The route to shard `addr` (backend `backend_id`); the verdict instead
+/// when the packet must not be rewritten (TTL, no route). `clock` is the
+/// cache clock.
 #[inline(always)]
-fn towards(ctx: &XdpContext, pkt: &Packet, backend_id: u32, now: u64) -> Result<Next, u32> {
-    let Some(backend) = maps::backend(backend_id) else {
-        return Err(verdict(Counter::DropNoBackend, xdp_action::XDP_DROP));
-    };
+fn towards(ctx: &XdpContext, pkt: &Packet, backend_id: u32, addr: u32, clock: u64) -> Result<Next, u32> {
     if forward::ttl_expiring(pkt) {
         return Err(verdict(Counter::PassTtl, xdp_action::XDP_PASS));
     }
-    let route = forward::route_to_backend(ctx, pkt, backend_id, backend.addr, now);
+    let route = forward::route_to_backend(ctx, pkt, backend_id, addr, clock);
     if route.is_dead_end() {
         // No route to the shard (or it is an address of this node): drop
         // before touching the packet.
         return Err(verdict(Counter::DropUnroutable, xdp_action::XDP_DROP));
     }
-    Ok(Next { backend_id, addr: backend.addr, route })
+    Ok(Next { backend_id, addr, route })
 }
 
 /// Rewrites the destination to the shard and sends the packet on.
 #[inline(always)]
 fn send(pkt: &Packet, next: Next) -> u32 {
-    forward::rewrite_addr(pkt, Addr::Dst, next.addr);
     stats::backend_packet(next.backend_id, pkt.ip_len() as u64, Direction::ToShard);
-    match forward::send(pkt, next.route) {
+    match forward::rewrite_and_send(pkt, Addr::Dst, next.addr, &next.route) {
         Sent::Redirected(action) => verdict(Counter::IngressRedirect, action),
         Sent::Passed => verdict(Counter::IngressPassNeigh, xdp_action::XDP_PASS),
     }

@@ -56,7 +56,7 @@ pub fn samp_proxy(ctx: XdpContext) -> u32 {
         return ingress::handle(&ctx, &pkt, frontend);
     }
     if maps::is_frontend_port(pkt.src_port()) {
-        if let Some(rev) = maps::reverse(pkt.src_addr()) {
+        if let Some(rev) = cache::reverse(pkt.src_addr()) {
             return reply::handle(&ctx, &pkt, rev);
         }
     }

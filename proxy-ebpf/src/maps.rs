@@ -3,13 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use proxy_common::{
-    counters::COUNTER_SLOTS, Backend, BackendStats, CacheSet, Frontend, FrontendKey, Group, Meter, NextHop, PortEntry,
-    QueryAnswer, QuerySettings, QuerySource, Reverse, Session, SessionKey, ShardState, MAX_BACKENDS,
-    MAX_CLIENT_NEXTHOPS, MAX_FRONTENDS, MAX_GROUPS, MAX_PEERS, MAX_PENDING, MAX_QUERY_SOURCES, MAX_SESSIONS,
-    PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED, QUERY_SLOTS, SESSION_CACHE_SETS, SESSION_EVENTS_BYTES,
+    counters::COUNTER_SLOTS, Backend, BackendStats, CacheSet, ClientRouteSet, Frontend, FrontendKey, Group, Meter,
+    NextHop, PortEntry, QueryAnswer, QuerySettings, QuerySource, Reverse, ReverseCache, Session, SessionKey,
+    ShardState, CLIENT_ROUTE_SETS, MAX_BACKENDS, MAX_FRONTENDS, MAX_GROUPS, MAX_PEERS, MAX_PENDING, MAX_QUERY_SOURCES,
+    MAX_SESSIONS, PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED, QUERY_SLOTS, SESSION_CACHE_SETS, SESSION_EVENTS_BYTES,
 };
 
 /// UDP port (header byte order) -> frontend hint; see `PortEntry`.
@@ -21,9 +21,15 @@ pub static PORTS: Array<PortEntry> = Array::pinned(65_536, 0);
 #[map]
 pub static BACKEND_NEXTHOP: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
-/// Next hop per client address for the return path, per CPU (a cache too).
+/// Next hop per client address for the return path (see `cache`): one
+/// partition of `CLIENT_ROUTE_SETS` sets per CPU; the agent sizes it to the
+/// machine's CPUs at load. A cache too.
 #[map]
-pub static CLIENT_NEXTHOP: LruPerCpuHashMap<u32, NextHop> = LruPerCpuHashMap::with_max_entries(MAX_CLIENT_NEXTHOPS, 0);
+pub static CLIENT_ROUTES: Array<ClientRouteSet> = Array::with_max_entries(CLIENT_ROUTE_SETS, 0);
+
+/// `REVERSE` as the return path caches it, per CPU (see `cache`). A cache.
+#[map]
+pub static REVERSE_CACHE: PerCpuArray<ReverseCache> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static FRONTENDS: HashMap<FrontendKey, Frontend> = HashMap::pinned(MAX_FRONTENDS, 0);
@@ -73,8 +79,9 @@ pub static SESSIONS: HashMap<SessionKey, Session> = HashMap::pinned(MAX_SESSIONS
 #[map]
 pub static SESSION_CACHE: Array<CacheSet> = Array::with_max_entries(SESSION_CACHE_SETS, 0);
 
-/// `[0]`: bumped by the agent after it rewrites or removes SESSIONS
-/// entries, voiding every cached entry. Pinned: the agent writes the
+/// `[0]`: bumped by the agent after it rewrites SESSIONS entries or
+/// changes GROUPS, BACKENDS or REVERSE, voiding every copy the caches hold
+/// (`SESSION_CACHE`, `REVERSE_CACHE`). Pinned: the agent writes the
 /// running program's.
 #[map]
 pub static SESSION_CACHE_GENERATION: Array<u32> = Array::pinned(1, 0);

@@ -2,11 +2,11 @@
 //! is rewritten to come from the VIP (source IP only) and sent on; on the way
 //! it promotes the player's pending session to established.
 
-use aya_ebpf::{bindings::xdp_action, helpers::generated::bpf_ktime_get_coarse_ns, programs::XdpContext};
+use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
 use proxy_common::{samp, Counter, Reverse, SessionKey, SESSION_ANSWERED, SESSION_PROMOTED};
 
 use crate::{
-    events,
+    cache, events,
     forward::{self, Addr, Sent, Via},
     maps::{self, PENDING, SESSIONS},
     parse::{ptr_at, Packet, PAYLOAD_OFF},
@@ -26,9 +26,7 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, rev: Reverse) -> u32 {
     if forward::ttl_expiring(pkt) {
         return verdict(Counter::PassTtl, xdp_action::XDP_PASS);
     }
-    // SAFETY: coarse clock helper, no arguments.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let route = forward::route_to_client(ctx, pkt, rev.vip, now);
+    let route = forward::route_to_client(ctx, pkt, rev.vip, cache::clock_ns());
     match route.via {
         // A reply to a socket on this host (the agent's health probe): leave it be.
         Via::Local => return verdict(Counter::PassReplyLocal, xdp_action::XDP_PASS),
@@ -38,9 +36,8 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, rev: Reverse) -> u32 {
     if answers_handshake(ctx, pkt) {
         promote(pkt, rev);
     }
-    forward::rewrite_addr(pkt, Addr::Src, rev.vip);
     stats::backend_packet(rev.backend, pkt.ip_len() as u64, Direction::FromShard);
-    match forward::send(pkt, route) {
+    match forward::rewrite_and_send(pkt, Addr::Src, rev.vip, &route) {
         Sent::Redirected(action) => verdict(Counter::ReturnRedirect, action),
         Sent::Passed => verdict(Counter::ReturnPassNeigh, xdp_action::XDP_PASS),
     }

@@ -183,6 +183,14 @@ impl Bed {
             .expect("running in the bed namespace")
     }
 
+    /// The agent's view of the bed's maps, as an agent adopting them has,
+    /// for fixtures that go through the agent's own writes.
+    pub fn cluster(&self) -> Cluster {
+        let tables = Tables::open_pinned(self._pins.path()).expect("opening the bed's maps");
+        Cluster::start(config::parse("bed", CONFIG).expect("the bed's config"), tables)
+            .expect("adopting the bed's maps")
+    }
+
     /// Tells the program that `PEERS` holds addresses (as a return node's
     /// agent does).
     pub fn peers_in_use(&self) {

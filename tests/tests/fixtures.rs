@@ -188,7 +188,8 @@ fn cached_sessions_follow_the_agent_at_once() {
         &p.frame(),
         Counter::DropMoving,
     );
-    // A whole-group move needs no voiding: the group's epoch changes.
+    // A cached session carries its shard, so a whole-group move voids the
+    // cache too: behind the cache's back it still goes to the old shard.
     bed.session(CLIENT, 50021, GROUP_A, false);
     let p = to_vip(CLIENT, 50021, &game_packet());
     let to_a = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
@@ -196,7 +197,17 @@ fn cached_sessions_follow_the_agent_at_once() {
     let mut group = bed.tables.groups.get(&GROUP_A, 0).unwrap();
     group.epoch = group.epoch.wrapping_add(1);
     bed.tables.groups.set(GROUP_A, group, 0).unwrap();
+    check(&bed, "its group moved behind the cache's back", &p.frame(), XDP_REDIRECT, &to_a, Counter::IngressRedirect);
+    bed.tables.void_session_cache().unwrap();
     check(&bed, "its group moved: held", &p.frame(), XDP_DROP, &p.frame(), Counter::DropMoving);
+    // The agent's way: moving a shard's players writes GROUPS and voids.
+    bed.session(CLIENT, 50022, GROUP_B, false);
+    let p = to_vip(CLIENT, 50022, &game_packet());
+    let to_b = rewritten(p.clone(), CLIENT, SHARD_B);
+    check(&bed, "on b (its neighbour unresolved)", &p.frame(), XDP_PASS, &to_b, Counter::IngressPassNeigh);
+    check(&bed, "cached on b", &p.frame(), XDP_PASS, &to_b, Counter::IngressPassNeigh);
+    bed.cluster().migrate_shard("b", "a").expect("moving b's players to a");
+    check(&bed, "b's group moved to a: held", &p.frame(), XDP_DROP, &p.frame(), Counter::DropMoving);
 }
 
 /// The return role on a game node: the player was placed on an ingress
@@ -299,6 +310,31 @@ fn return_paths() {
     let p = Udp::new(Ipv4Addr::new(198, 18, 60, 7), 7777, CLIENT, 40000, &[1, 2, 3]);
     check(&bed, "UDP from a stranger", &p.frame(), XDP_PASS, &p.frame(), Counter::PassNotOurs);
     let _ = &mut bed;
+}
+
+/// The return path keeps a copy of REVERSE per CPU: a change behind its
+/// back shows only once the copies are voided, which the agent does after
+/// every change of REVERSE (here: a reload that drops shard c).
+#[test]
+fn cached_shard_replies_follow_the_agent_at_once() {
+    let mut bed = bed();
+    let shard_c = Ipv4Addr::new(198, 18, 70, 2);
+    let p = Udp::new(shard_c, PORT, CLIENT, 40001, &[26, 0x34, 0x12]);
+    let want = forwarded(p.clone(), VIP, CLIENT, CLI0_MAC, CLIENT_MAC);
+    check(&bed, "shard c's reply", &p.frame(), XDP_REDIRECT, &want, Counter::ReturnRedirect);
+    let c = proxy_common::net::addr_to_map(shard_c.octets());
+    let rev = bed.tables.reverse.get(&c, 0).unwrap();
+    bed.tables.reverse.remove(&c).unwrap();
+    check(&bed, "removed behind the cache's back", &p.frame(), XDP_REDIRECT, &want, Counter::ReturnRedirect);
+    bed.tables.void_session_cache().unwrap();
+    check(&bed, "voided: no shard's reply", &p.frame(), XDP_PASS, &p.frame(), Counter::PassNotOurs);
+    bed.tables.reverse.insert(c, rev, 0).unwrap();
+    bed.tables.void_session_cache().unwrap();
+    check(&bed, "back", &p.frame(), XDP_REDIRECT, &want, Counter::ReturnRedirect);
+    // The agent's way: the reload removes c's entry and voids the copies.
+    let without_c = "interfaces: [lo]\nhandshake_rate: 0\nfrontends: [{name: play, address: \"198.18.100.1:7777\"}]\nshards:\n  - {name: a, address: 198.18.50.2, capacity: 100}\n  - {name: b, address: 198.18.50.3, capacity: 100}\n";
+    bed.cluster().reconcile(proxy_agent::config::parse("bed", without_c).unwrap()).expect("dropping shard c");
+    check(&bed, "after the reload that drops c", &p.frame(), XDP_PASS, &p.frame(), Counter::PassNotOurs);
 }
 
 #[test]

@@ -257,6 +257,8 @@ impl Cluster {
 
     fn write_group(&mut self, id: u32, group: Group) -> Result<()> {
         self.tables.write_group(id, group)?;
+        // Cached sessions carry their shard: none may outlive the change.
+        self.tables.void_session_cache()?;
         self.groups[id as usize] = group;
         self.moved_at.insert(id, now_ns());
         Ok(())

@@ -44,6 +44,10 @@ impl Cluster {
     /// rewrites) and removes what the plan no longer has.
     fn apply_plan(&mut self, plan: &RoutingPlan) -> Result<()> {
         let t = &mut self.tables;
+        // The data plane caches copies of both (a cached session carries its
+        // shard's address, the return path caches REVERSE): void them when
+        // either changes.
+        let before = (t.read_backends()?, reverse_entries(t)?);
         for (id, backend) in &plan.backends {
             t.backends.set(*id, backend, 0).context("writing BACKENDS")?;
         }
@@ -77,6 +81,9 @@ impl Cluster {
         for key in stale {
             t.reverse.remove(&key).context("removing a stale shard reply mapping")?;
         }
+        if (t.read_backends()?, reverse_entries(t)?) != before {
+            t.void_session_cache()?;
+        }
         Ok(())
     }
 
@@ -91,6 +98,7 @@ impl Cluster {
             let id = id as u32;
             if b.addr != 0 && !live.contains(&id) {
                 self.tables.clear_backend(id)?;
+                self.tables.void_session_cache()?;
                 self.write_shard_state(id, ShardState::default()).context("clearing SHARD_STATE")?;
             }
         }
@@ -147,4 +155,11 @@ impl Cluster {
         self.half_applied = false;
         Ok(changes)
     }
+}
+
+/// REVERSE, in address order.
+fn reverse_entries(t: &crate::dataplane::tables::Tables) -> Result<Vec<(u32, proxy_common::Reverse)>> {
+    let mut entries = batch::dump(&t.reverse).context("reading REVERSE")?;
+    entries.sort_unstable_by_key(|(addr, _)| *addr);
+    Ok(entries)
 }

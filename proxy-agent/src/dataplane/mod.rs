@@ -5,6 +5,7 @@
 //! (`session_events`) and the background scan (`scanner`).
 
 pub mod batch;
+pub mod clock;
 pub mod ebpf_object;
 pub mod layout;
 pub mod links;
@@ -132,6 +133,11 @@ fn remove_pins(pins: &[PathBuf]) {
     }
 }
 
+/// As `session_cache_sets`, for the return path's next-hop cache: 4 MiB a CPU.
+fn client_route_sets() -> Result<u32> {
+    Ok(session_cache_sets()? / proxy_common::SESSION_CACHE_SETS * proxy_common::CLIENT_ROUTE_SETS)
+}
+
 fn interface_exists(name: &str) -> bool {
     let Ok(c) = CString::new(name) else {
         return false;
@@ -158,11 +164,14 @@ impl Dataplane {
         prepare_pin_dir(pin_dir)?;
         layout::check_or_record(pin_dir, &format!("--bpffs {}", pin_dir.display()))?;
         sizes.check_pinned(pin_dir)?;
+        let jiffy_ns = clock::jiffy_ns();
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
+            .override_global(proxy_common::JIFFY_NS, &jiffy_ns, false)
             .map_max_entries(names::SESSIONS, sizes.sessions)
             .map_max_entries(names::PENDING, sizes.pending)
             .map_max_entries(names::SESSION_CACHE, session_cache_sets()?)
+            .map_max_entries(names::CLIENT_ROUTES, client_route_sets()?)
             .load(object)
             .with_context(|| format!("loading the XDP object (maps pinned in {}); if a pinned map has a different layout after an upgrade, remove the folder to start afresh", pin_dir.display()))?;
         for name in [programs::PROXY, programs::PASS_BASELINE] {

@@ -230,10 +230,12 @@ impl Tables {
         written.and(voided)
     }
 
-    /// Voids every entry of the data plane's session cache: the next packet
-    /// of each player reads SESSIONS again. Needed after rewriting sessions
-    /// (a move must take effect at once); removals need none, since a cached
-    /// entry is trusted for about a second only and a removed session's
+    /// Voids every entry of the data plane's session cache (and its copy of
+    /// REVERSE): the next packet of each player reads SESSIONS again.
+    /// Needed after rewriting sessions (a move must take effect at once) and
+    /// after any change of GROUPS, BACKENDS or REVERSE (a cached session
+    /// carries its shard); removals of sessions need none, since a cached
+    /// entry is trusted for about four seconds only and a removed session's
     /// players are idle or moving.
     pub fn void_session_cache(&mut self) -> Result<()> {
         let now = self.session_cache_generation.get(&0, 0).context("reading SESSION_CACHE_GENERATION")?;

@@ -229,6 +229,23 @@ fn fastpath(calls: u32) -> Result<()> {
         spread_frames[i as usize % SPREAD].clone()
     })?;
 
+    // Return spread: replies to 100,000 clients in turn (10.0.0.0/8, routed
+    // through the known client neighbour), after a pass that caches each
+    // client's next hop, as play does.
+    bed.ns.ip(&["route", "add", "10.0.0.0/8", "via", "198.18.60.2", "dev", "cli0"])?;
+    let reply_frames: Vec<Vec<u8>> = (0..SPREAD as u32)
+        .map(|i| {
+            let client = Ipv4Addr::from(0x0a00_0000 | (i + 1));
+            let mut u = Udp::new(VIP, PORT, client, 50000, &[0xE3; 40]);
+            u.ttl = 255;
+            u.frame()
+        })
+        .collect();
+    measure(&bed, "return warm-up", SPREAD as u32, 1, XDP_REDIRECT, |i| reply_frames[i as usize].clone())?;
+    let ret_spread = measure(&bed, "return path, 100k spread", calls.max(SPREAD as u32), 1, XDP_REDIRECT, |i| {
+        reply_frames[i as usize % SPREAD].clone()
+    })?;
+
     // Placement: a new source every call, a handshake, hashed into the table.
     bed.place_all_on(GROUP_A);
     let place_cold = measure(&bed, "placement (new player)", calls, 1, XDP_REDIRECT, |i| {
@@ -243,10 +260,10 @@ fn fastpath(calls: u32) -> Result<()> {
     } else {
         println!("  programs NOT held in the dispatcher (SAMP_BENCH_NO_HOLD): each test run re-adds them");
     }
-    println!("{:<26} {:<6} {:>7} {:>9} {:>7} {:>9}", "path", "method", "ns", "XDP_PASS", "ratio", "added ns");
-    for r in [hit_warm, ret_warm, hit_cold, ret_cold, spread, place_cold] {
+    println!("{:<29} {:<6} {:>7} {:>9} {:>7} {:>9}", "path", "method", "ns", "XDP_PASS", "ratio", "added ns");
+    for r in [hit_warm, ret_warm, hit_cold, ret_cold, spread, ret_spread, place_cold] {
         println!(
-            "{:<26} {:<6} {:>7} {:>9} {:>6.2}x {:>9}",
+            "{:<29} {:<6} {:>7} {:>9} {:>6.2}x {:>9}",
             r.name,
             r.method,
             r.ns,
