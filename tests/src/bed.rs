@@ -15,7 +15,7 @@
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::{TestRun, TestRunOptions, TestRunResult, Xdp};
 use proxy_agent::{cluster::Cluster, config, dataplane::Dataplane, tables::Tables};
 use proxy_common::{
     net::{addr_to_map, port_to_map},
@@ -141,16 +141,24 @@ impl Bed {
     /// Runs one frame through `prog` inside the namespace: (verdict, output
     /// frame, kernel-measured ns per run).
     pub fn run_prog(&self, prog: &Xdp, input: &[u8], repeat: u32) -> (u32, Vec<u8>, u64) {
+        self.test_run(prog, input, repeat).expect("BPF_PROG_TEST_RUN")
+    }
+
+    /// BPF_PROG_TEST_RUN of any program, on CPU 0 (the caches are per CPU)
+    /// inside the namespace; `None` when the kernel refuses the frame.
+    fn test_run<P>(&self, prog: &P, input: &[u8], repeat: u32) -> Option<(u32, Vec<u8>, u64)>
+    where
+        P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult> + Sync,
+    {
         self.ns
             .run(|| {
-                // One CPU for every run: the session cache is per CPU.
                 pin_to_cpu(0);
                 let mut out = vec![0u8; input.len() + 2048];
                 let opts =
                     TestRunOptions { data_in: Some(input), data_out: Some(&mut out), repeat, ..Default::default() };
-                let r = prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
+                let r = prog.test_run(opts).ok()?;
                 out.truncate(r.data_size_out as usize);
-                (r.return_value, out, r.duration.as_nanos() as u64)
+                Some((r.return_value, out, r.duration.as_nanos() as u64))
             })
             .expect("running in the bed namespace")
     }
@@ -170,17 +178,7 @@ impl Bed {
     /// As `run_guard`, but `None` when the kernel refuses the frame (its
     /// skb test run takes no IPv4 frame shorter than an IPv4 header).
     pub fn try_run_guard(&self, input: &[u8], repeat: u32) -> Option<(u32, Vec<u8>, u64)> {
-        self.ns
-            .run(|| {
-                pin_to_cpu(0);
-                let mut out = vec![0u8; input.len() + 2048];
-                let opts =
-                    TestRunOptions { data_in: Some(input), data_out: Some(&mut out), repeat, ..Default::default() };
-                let r = self.dp.egress_guard().test_run(opts).ok()?;
-                out.truncate(r.data_size_out as usize);
-                Some((r.return_value, out, r.duration.as_nanos() as u64))
-            })
-            .expect("running in the bed namespace")
+        self.test_run(self.dp.egress_guard(), input, repeat)
     }
 
     /// The agent's view of the bed's maps, as an agent adopting them has,
