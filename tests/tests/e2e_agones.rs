@@ -205,9 +205,11 @@ fn a_failed_allocation_takes_the_fallback_and_an_empty_pool_parks_until_a_gamese
 
     // 3. The pool is empty and no shard is left: parked until a GameServer is Ready.
     api.delete_gameserver(NS, "s3").unwrap();
+    // Parked while the allocation is asked, then with its answer's reason.
     wait_for("s3 parked on an empty pool", Duration::from_secs(10), || {
-        shard(&status(&sc), "s3").is_some_and(|s| s["parked"] == true)
+        event(&events(&sc), "failover_parked", "s3").is_some()
     });
+    assert_eq!(shard(&status(&sc), "s3").unwrap()["parked"], true);
     let parked = event(&events(&sc), "failover_parked", "s3").unwrap()["detail"].as_str().unwrap().to_string();
     assert!(parked.contains("no Ready GameServer"), "{parked}");
     std::thread::sleep(Duration::from_millis(300));

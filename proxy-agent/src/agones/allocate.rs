@@ -6,7 +6,6 @@
 
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
     time::{Duration, Instant},
 };
 
@@ -195,14 +194,6 @@ pub async fn annotate(
     }
 }
 
-/// The pod IP an allocation answer names, if any (for tests and logs).
-pub fn pod_ip(answer: &Answer) -> Option<Ipv4Addr> {
-    match answer {
-        Answer::Allocated(gs) => gs.pod_ip,
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +220,7 @@ mod tests {
             &json!({"addresses": [{"type": "PodIP", "address": "198.18.3.4"}], "ports": [{"port": 7777}]}),
             &json!({}),
         ));
-        assert_eq!(pod_ip(&answer), Some("198.18.3.4".parse().unwrap()));
+        let Answer::Allocated(gs) = answer else { unreachable!() };
+        assert_eq!(gs.pod_ip, Some("198.18.3.4".parse().unwrap()));
     }
 }

@@ -55,13 +55,12 @@ pub fn discover(cfg: &Validated, all: &GameServers) -> Discovery {
             if gs.state == "Ready" && gs.has_labels(&agones.pool_labels) {
                 d.pool_ready[fi] += 1;
             }
-            for target in [&gs.name].into_iter().filter(|_| gs.has_labels(&agones.labels)) {
+            // The decider's records, on the frontend's GameServers.
+            if gs.has_labels(&agones.labels) {
                 for dead in gs.serves() {
-                    d.decisions.push(Decision { dead, target: target.clone() });
+                    d.decisions.push(Decision { dead, target: gs.name.clone() });
                 }
-            }
-            if let Some(to) = gs.annotations.get(annotation::MOVED_TO) {
-                if gs.has_labels(&agones.labels) {
+                if let Some(to) = gs.annotations.get(annotation::MOVED_TO) {
                     d.decisions.push(Decision { dead: gs.name.clone(), target: to.clone() });
                 }
             }

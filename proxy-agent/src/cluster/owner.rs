@@ -865,8 +865,7 @@ impl Owner {
         match self.cluster.failover(i, None) {
             Ok(r) => {
                 let detail = format!("{} players moving together to {}", r.moved, r.to);
-                self.events.record("failover", &name, Some(&r.to), r.groups.clone(), r.moved, detail);
-                self.leases_follow_shard(&name, &r.to);
+                self.failed_over(&name, &r, detail);
                 true
             }
             Err(why) => {

@@ -324,9 +324,7 @@ impl Owner {
                     "{} players moving together to fresh GameServer {} (allocated in {ms:.0} ms)",
                     r.moved, r.to
                 );
-                self.events.record("failover", dead, Some(&r.to), r.groups.clone(), r.moved, detail);
-                self.leases_follow_shard(dead, &r.to);
-                self.parked.retain(|p| p != dead);
+                self.failed_over(dead, &r, detail);
                 self.agones.applied.insert(Decision { dead: dead.into(), target: gs.name.clone() });
                 self.record(
                     &gs.namespace,
@@ -342,6 +340,14 @@ impl Owner {
         }
     }
 
+    /// A failover of `dead` done: the event, the leases, and it waits no more.
+    pub(super) fn failed_over(&mut self, dead: &str, r: &crate::control::views::MoveReport, detail: String) {
+        self.events.record("failover", dead, Some(&r.to), r.groups.clone(), r.moved, detail);
+        self.leases_follow_shard(dead, &r.to);
+        self.parked.retain(|p| p != dead);
+        self.agones.waiting.remove(dead);
+    }
+
     /// The rule without a fresh shard: an empty listed standby, else the
     /// roomiest active shard, else parked. `why` says why no fresh shard.
     fn fail_over_by_rule(&mut self, from: usize, players: usize, why: &str) -> bool {
@@ -354,10 +360,7 @@ impl Owner {
                     _ => "the roomiest active shard",
                 };
                 let detail = format!("{why}; {} players moving together to {path}, {}", r.moved, r.to);
-                self.events.record("failover", &dead, Some(&r.to), r.groups.clone(), r.moved, detail);
-                self.leases_follow_shard(&dead, &r.to);
-                self.parked.retain(|p| p != &dead);
-                self.agones.waiting.remove(&dead);
+                self.failed_over(&dead, &r, detail);
                 if self.agones.leading() {
                     self.record_fallback(&dead, &r.to);
                 }
@@ -415,10 +418,7 @@ impl Owner {
             match self.cluster.move_groups(from, to, players) {
                 Ok(r) => {
                     let detail = format!("{} players moving together to {} (the decider's record)", r.moved, r.to);
-                    self.events.record("failover", &d.dead, Some(&r.to), r.groups.clone(), r.moved, detail);
-                    self.leases_follow_shard(&d.dead, &r.to);
-                    self.parked.retain(|p| p != &d.dead);
-                    self.agones.waiting.remove(&d.dead);
+                    self.failed_over(&d.dead, &r, detail);
                 }
                 Err(e) => log::warn!("applying the decider's record {} -> {}: {e}", d.dead, d.target),
             }
