@@ -275,8 +275,9 @@ pub struct PortEntry {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct NextHop {
     pub ifindex: u32,
-    pub smac: [u8; 6],
-    pub dmac: [u8; 6],
+    /// The next hop's MAC, then the egress interface's: the first 12 bytes
+    /// of the Ethernet header, copied in one go.
+    pub macs: [u8; 12],
     /// Cache-clock time (see [`JIFFY_NS`]) after which the FIB is asked
     /// again; 0 = empty.
     pub expires_ns: u64,

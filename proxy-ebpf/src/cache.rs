@@ -118,11 +118,25 @@ fn set_hash(key: &SessionKey) -> u32 {
     spread((key.client_addr as u64) << 16 | key.client_port as u64)
 }
 
+/// An entry's first word (address, port, route) as one u64, the backend
+/// bits masked out: what [`key_word`] gives for the entry's own key.
+#[inline(always)]
+fn entry_key(e: &CachedSession) -> u64 {
+    // SAFETY: the entry is 16 bytes and its first 8 are these three fields
+    // (repr(C)); packet and map memory may be read unaligned here.
+    let word = unsafe { core::ptr::read_unaligned(e as *const CachedSession as *const u64) };
+    word & !(((1u64 << CACHED_BACKEND_BITS) - 1) << 48)
+}
+
+/// A key as [`entry_key`] reads it: one compare per way.
+#[inline(always)]
+pub fn key_word(key: &SessionKey) -> u64 {
+    key.client_addr as u64 | (key.client_port as u64) << 32 | (key.frontend as u64) << (48 + CACHED_BACKEND_BITS)
+}
+
 #[inline(always)]
 fn same_key(e: &CachedSession, key: &SessionKey) -> bool {
-    e.client_addr == key.client_addr
-        && e.client_port == key.client_port
-        && e.route >> CACHED_BACKEND_BITS == key.frontend
+    entry_key(e) == key_word(key)
 }
 
 #[inline(always)]

@@ -7,7 +7,7 @@ use core::mem;
 
 use aya_ebpf::{
     bindings::{
-        bpf_fib_lookup as FibParams, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
+        bpf_fib_lookup as FibParams, xdp_action, BPF_FIB_LKUP_RET_NOT_FWDED, BPF_FIB_LKUP_RET_NO_NEIGH, BPF_FIB_LKUP_RET_SUCCESS,
     },
     helpers::generated::{bpf_fib_lookup, bpf_get_smp_processor_id, bpf_redirect},
     programs::XdpContext,
@@ -45,19 +45,19 @@ pub enum Via {
 pub struct Route {
     pub via: Via,
     ifindex: u32,
-    smac: [u8; 6],
-    dmac: [u8; 6],
+    /// Destination then source MAC, as in the Ethernet header.
+    macs: [u8; 12],
 }
 
 impl Route {
     #[inline(always)]
-    fn interface(ifindex: u32, smac: [u8; 6], dmac: [u8; 6]) -> Self {
-        Route { via: Via::Interface, ifindex, smac, dmac }
+    fn interface(ifindex: u32, macs: [u8; 12]) -> Self {
+        Route { via: Via::Interface, ifindex, macs }
     }
 
     #[inline(always)]
     fn only(via: Via) -> Self {
-        Route { via, ifindex: 0, smac: [0; 6], dmac: [0; 6] }
+        Route { via, ifindex: 0, macs: [0; 12] }
     }
 
     /// Not ours to forward: the destination is local or unreachable.
@@ -87,7 +87,12 @@ pub fn route(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32) -> Route {
     // SAFETY: `p` is a valid, initialised parameter block of the right size.
     let rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, &mut p as *mut _, mem::size_of::<FibParams>() as i32, 0) };
     match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => Route::interface(p.ifindex, p.smac, p.dmac),
+        BPF_FIB_LKUP_RET_SUCCESS => {
+            let mut macs = [0; 12];
+            macs[..6].copy_from_slice(&p.dmac);
+            macs[6..].copy_from_slice(&p.smac);
+            Route::interface(p.ifindex, macs)
+        }
         BPF_FIB_LKUP_RET_NO_NEIGH => Route::only(Via::NoNeighbour),
         BPF_FIB_LKUP_RET_NOT_FWDED => Route::only(Via::Local),
         _ => Route::only(Via::Unroutable),
@@ -123,7 +128,7 @@ fn cached(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32, now: u64, slot: Op
         // SAFETY: a per-CPU map value; XDP is not preempted on this CPU.
         let nh = unsafe { &*nh };
         if nh.ifindex != 0 && nh.expires_ns > now {
-            return (Route::interface(nh.ifindex, nh.smac, nh.dmac), false);
+            return (Route::interface(nh.ifindex, nh.macs), false);
         }
     }
     (route(ctx, pkt, src, dst), true)
@@ -133,8 +138,7 @@ fn to_cache(route: &Route, now: u64) -> Option<NextHop> {
     match route.via {
         Via::Interface => Some(NextHop {
             ifindex: route.ifindex,
-            smac: route.smac,
-            dmac: route.dmac,
+            macs: route.macs,
             expires_ns: now + NEXTHOP_TTL_NS,
         }),
         _ => None,
@@ -224,12 +228,17 @@ pub enum Sent {
 
 /// Rewrites one IPv4 address of the packet (`dst` or `src`) and sends it on
 /// by `route`: with a next hop, the MACs are set, the TTL is decremented
-/// (the caller has checked it is above 1) and the packet is redirected;
-/// while the kernel resolves the neighbour it is passed up, rewritten. The
-/// IPv4 checksum is fixed once for both changes, the UDP checksum for the
+/// (the caller has checked it is above 1) and the packet is sent; while the
+/// kernel resolves the neighbour it is passed up, rewritten. The IPv4
+/// checksum is fixed once for both changes, the UDP checksum for the
 /// address (RFC 1624). The port is never touched (SA:MP rule 1).
+///
+/// A packet that leaves by the interface it came in on (a node with one
+/// NIC, which reaches both its players and the shards through it) is sent
+/// back with XDP_TX, as a one-armed balancer does: no redirect helper call
+/// and none of the redirect path's per-packet work in the driver.
 #[inline(always)]
-pub fn rewrite_and_send(pkt: &Packet, which: Addr, new: u32, route: &Route) -> Sent {
+pub fn rewrite_and_send(ctx: &XdpContext, pkt: &Packet, which: Addr, new: u32, route: &Route) -> Sent {
     // SAFETY: `eth`, `ip` and `udp` were bounds-checked when parsed.
     unsafe {
         let ip = &mut *pkt.ip;
@@ -244,10 +253,13 @@ pub fn rewrite_and_send(pkt: &Packet, which: Addr, new: u32, route: &Route) -> S
         let check = u16::from_ne_bytes(ip.check);
         match route.via {
             Via::Interface => {
-                (*pkt.eth).src_addr = route.smac;
-                (*pkt.eth).dst_addr = route.dmac;
+                *(pkt.eth as *mut [u8; 12]) = route.macs;
                 ip.ttl -= 1;
                 ip.check = csum::apply(check, delta + csum::TTL_DECREMENT).to_ne_bytes();
+                // SAFETY: the context pointer is valid for the program's run.
+                if route.ifindex == (*ctx.ctx).ingress_ifindex {
+                    return Sent::Redirected(xdp_action::XDP_TX);
+                }
                 // An invalid ifindex makes the helper return XDP_ABORTED.
                 Sent::Redirected(bpf_redirect(route.ifindex, 0) as u32)
             }

@@ -65,7 +65,7 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
     if let (Kind::Other, Some(set)) = (kind, &cache_set) {
         if let Some(hit) = set.hit(&key, cache_now) {
             return match towards(ctx, pkt, hit.backend, hit.shard_addr, clock) {
-                Ok(next) => send(pkt, next),
+                Ok(next) => send(ctx, pkt, next),
                 Err(verdict) => verdict,
             };
         }
@@ -151,7 +151,7 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, frontend: Frontend) -> u32 {
             );
         }
     }
-    send(pkt, next)
+    send(ctx, pkt, next)
 }
 
 /// Where a packet for a backend goes next, once it is known to be sendable.
@@ -180,9 +180,9 @@ fn towards(ctx: &XdpContext, pkt: &Packet, backend_id: u32, addr: u32, clock: u6
 
 /// Rewrites the destination to the shard and sends the packet on.
 #[inline(always)]
-fn send(pkt: &Packet, next: Next) -> u32 {
+fn send(ctx: &XdpContext, pkt: &Packet, next: Next) -> u32 {
     stats::backend_packet(next.backend_id, pkt.ip_len() as u64, Direction::ToShard);
-    match forward::rewrite_and_send(pkt, Addr::Dst, next.addr, &next.route) {
+    match forward::rewrite_and_send(ctx, pkt, Addr::Dst, next.addr, &next.route) {
         Sent::Redirected(action) => verdict(Counter::IngressRedirect, action),
         Sent::Passed => verdict(Counter::IngressPassNeigh, xdp_action::XDP_PASS),
     }

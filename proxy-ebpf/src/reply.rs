@@ -37,7 +37,7 @@ pub fn handle(ctx: &XdpContext, pkt: &Packet, rev: Reverse) -> u32 {
         promote(pkt, rev);
     }
     stats::backend_packet(rev.backend, pkt.ip_len() as u64, Direction::FromShard);
-    match forward::rewrite_and_send(pkt, Addr::Src, rev.vip, &route) {
+    match forward::rewrite_and_send(ctx, pkt, Addr::Src, rev.vip, &route) {
         Sent::Redirected(action) => verdict(Counter::ReturnRedirect, action),
         Sent::Passed => verdict(Counter::ReturnPassNeigh, xdp_action::XDP_PASS),
     }

@@ -169,6 +169,36 @@ impl Bed {
         (v, out)
     }
 
+    /// Runs one frame through the data plane as if it arrived on the bed's
+    /// interface `iface` (the kernel's default is loopback).
+    pub fn run_arriving_on(&self, iface: &str, input: &[u8]) -> (u32, Vec<u8>) {
+        let ctx = xdp_ctx_arriving_on(self.ifindex(iface), input.len());
+        self.ns
+            .run(|| {
+                pin_to_cpu(0);
+                let mut out = vec![0u8; input.len() + 2048];
+                let opts = TestRunOptions {
+                    data_in: Some(input),
+                    data_out: Some(&mut out),
+                    ctx_in: Some(&ctx),
+                    ..Default::default()
+                };
+                let r = self.dp.program().test_run(opts).expect("BPF_PROG_TEST_RUN with a context");
+                out.truncate(r.data_size_out as usize);
+                (r.return_value, out)
+            })
+            .expect("running in the bed namespace")
+    }
+
+    /// The index of the bed's interface `iface`.
+    pub fn ifindex(&self, iface: &str) -> u32 {
+        let name = std::ffi::CString::new(iface).expect("an interface name");
+        // SAFETY: a valid C string; the call only reads it.
+        let index = self.ns.run(|| unsafe { libc::if_nametoindex(name.as_ptr()) }).expect("in the bed namespace");
+        assert_ne!(index, 0, "the bed has no interface {iface}");
+        index
+    }
+
     /// Runs one frame through the egress guard (TC) inside the namespace,
     /// `repeat` times: (verdict, output frame, kernel-measured ns per run).
     pub fn run_guard(&self, input: &[u8], repeat: u32) -> (u32, Vec<u8>, u64) {
@@ -229,4 +259,11 @@ impl Bed {
     pub fn place_all_on(&mut self, group: u32) {
         self.tables.write_placement(0, None, &vec![group; PLACEMENT_SLOTS as usize]).expect("writing PLACEMENT");
     }
+}
+
+/// A `struct xdp_md` for BPF_PROG_TEST_RUN: a frame of `len` bytes received
+/// on `ifindex`, queue 0 (data, data_end, data_meta, ingress_ifindex,
+/// rx_queue_index, egress_ifindex).
+pub fn xdp_ctx_arriving_on(ifindex: u32, len: usize) -> Vec<u8> {
+    [0, len as u32, 0, ifindex, 0, 0].iter().flat_map(|w| w.to_ne_bytes()).collect()
 }

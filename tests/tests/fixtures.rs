@@ -312,6 +312,40 @@ fn return_paths() {
     let _ = &mut bed;
 }
 
+/// A node with one NIC reaches its players and its shards through the same
+/// interface: a packet that leaves by the interface it came in on is sent
+/// back with XDP_TX (no redirect), rewritten exactly as a redirected one,
+/// both ways; another interface still means a redirect.
+#[test]
+fn one_armed_nodes_send_back_out_the_same_interface() {
+    let mut bed = bed();
+    bed.session(CLIENT, 50000, GROUP_A, false);
+    let p = to_vip(CLIENT, 50000, &game_packet());
+    let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
+    for _ in 0..2 {
+        // The first packet asks the FIB, the second takes the caches.
+        let before = bed.counter(Counter::IngressRedirect);
+        let (verdict, out) = bed.run_arriving_on("fwd0", &p.frame());
+        assert_eq!(verdict, XDP_TX, "to the shard through the arrival interface");
+        assert_eq!(hex(&out), hex(&want), "the same rewrite as a redirect");
+        assert_eq!(bed.counter(Counter::IngressRedirect), before + 1, "counted as sent on");
+        let (verdict, out) = bed.run_arriving_on("cli0", &p.frame());
+        assert_eq!((verdict, hex(&out)), (XDP_REDIRECT, hex(&want)), "through another interface");
+    }
+
+    let r = Udp::new(SHARD_A, PORT, CLIENT, 50000, &[0xE3; 20]);
+    let want = forwarded(r.clone(), VIP, CLIENT, CLI0_MAC, CLIENT_MAC);
+    for _ in 0..2 {
+        let before = bed.counter(Counter::ReturnRedirect);
+        let (verdict, out) = bed.run_arriving_on("cli0", &r.frame());
+        assert_eq!(verdict, XDP_TX, "to the player through the arrival interface");
+        assert_eq!(hex(&out), hex(&want), "the same rewrite as a redirect");
+        assert_eq!(bed.counter(Counter::ReturnRedirect), before + 1, "counted as sent on");
+        let (verdict, out) = bed.run_arriving_on("fwd0", &r.frame());
+        assert_eq!((verdict, hex(&out)), (XDP_REDIRECT, hex(&want)), "through another interface");
+    }
+}
+
 /// The return path keeps a copy of REVERSE per CPU: a change behind its
 /// back shows only once the copies are voided, which the agent does after
 /// every change of REVERSE (here: a reload that drops shard c).
