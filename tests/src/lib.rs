@@ -12,6 +12,7 @@ pub mod icmp_capture;
 pub mod kube_api;
 pub mod mariadb;
 pub mod netns;
+pub mod one_arm;
 pub mod packet;
 pub mod pins;
 pub mod raw;
