@@ -322,27 +322,24 @@ fn one_armed_nodes_send_back_out_the_same_interface() {
     bed.session(CLIENT, 50000, GROUP_A, false);
     let p = to_vip(CLIENT, 50000, &game_packet());
     let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
-    for _ in 0..2 {
-        // The first packet asks the FIB, the second takes the caches.
-        let before = bed.counter(Counter::IngressRedirect);
-        let (verdict, out) = bed.run_arriving_on("fwd0", &p.frame());
-        assert_eq!(verdict, XDP_TX, "to the shard through the arrival interface");
-        assert_eq!(hex(&out), hex(&want), "the same rewrite as a redirect");
-        assert_eq!(bed.counter(Counter::IngressRedirect), before + 1, "counted as sent on");
-        let (verdict, out) = bed.run_arriving_on("cli0", &p.frame());
-        assert_eq!((verdict, hex(&out)), (XDP_REDIRECT, hex(&want)), "through another interface");
-    }
-
+    sent_back_out(&bed, "to the shard", &p.frame(), &want, ("fwd0", "cli0"), Counter::IngressRedirect);
     let r = Udp::new(SHARD_A, PORT, CLIENT, 50000, &[0xE3; 20]);
     let want = forwarded(r.clone(), VIP, CLIENT, CLI0_MAC, CLIENT_MAC);
+    sent_back_out(&bed, "to the player", &r.frame(), &want, ("cli0", "fwd0"), Counter::ReturnRedirect);
+}
+
+/// `frame` arriving on `ifaces.0`, which its route leaves by, goes back out
+/// with XDP_TX as `want`, counted in `counter`; arriving on `ifaces.1`, it is
+/// redirected, the same bytes. Twice: the FIB's answer, then the caches'.
+fn sent_back_out(bed: &Bed, what: &str, frame: &[u8], want: &[u8], ifaces: (&str, &str), counter: Counter) {
     for _ in 0..2 {
-        let before = bed.counter(Counter::ReturnRedirect);
-        let (verdict, out) = bed.run_arriving_on("cli0", &r.frame());
-        assert_eq!(verdict, XDP_TX, "to the player through the arrival interface");
-        assert_eq!(hex(&out), hex(&want), "the same rewrite as a redirect");
-        assert_eq!(bed.counter(Counter::ReturnRedirect), before + 1, "counted as sent on");
-        let (verdict, out) = bed.run_arriving_on("fwd0", &r.frame());
-        assert_eq!((verdict, hex(&out)), (XDP_REDIRECT, hex(&want)), "through another interface");
+        let before = bed.counter(counter);
+        let (verdict, out) = bed.run_arriving_on(ifaces.0, frame);
+        assert_eq!(verdict, XDP_TX, "{what}: through the arrival interface");
+        assert_eq!(hex(&out), hex(want), "{what}: the same rewrite as a redirect");
+        assert_eq!(bed.counter(counter), before + 1, "{what}: counted as sent on");
+        let (verdict, out) = bed.run_arriving_on(ifaces.1, frame);
+        assert_eq!((verdict, hex(&out)), (XDP_REDIRECT, hex(want)), "{what}: through another interface");
     }
 }
 
