@@ -6,6 +6,11 @@
 //!   the sink as its one shard, XDP on both proxy veths; stopped and its
 //!   links detached when another path runs (the maps stay pinned, so the
 //!   sessions survive from one turn to the next);
+//! - ours, generic: the same with `xdp_mode: skb` (its own agent and pins):
+//!   the program runs on the skb veth already has, so it pays no copy, and
+//!   every path but the relay works on the same skb; the comparison with
+//!   nftables that veth does not skew (on a NIC, native XDP runs before any
+//!   skb exists and costs less than this);
 //! - nftables: `ip daddr VIP udp dport 7777 dnat to SHARD` in a prerouting
 //!   nat chain (conntrack rewrites the replies back to VIP:7777);
 //! - userspace: `udp-relay` (this crate) listening on VIP:7777 (the VIP on
@@ -44,19 +49,26 @@ use super::{
 pub enum Mode {
     Routing,
     Ours,
+    OursGeneric,
     Nft,
     Relay,
     VethTax,
 }
 
 /// Every path, in the report's order (`VethTax` only with `--veth-tax`).
-pub const MODES: [Mode; 5] = [Mode::Routing, Mode::Ours, Mode::Nft, Mode::Relay, Mode::VethTax];
+pub const MODES: [Mode; 6] = [Mode::Routing, Mode::Ours, Mode::OursGeneric, Mode::Nft, Mode::Relay, Mode::VethTax];
 
 impl Mode {
+    /// Our data plane, natively or generically attached.
+    pub fn is_ours(self) -> bool {
+        matches!(self, Mode::Ours | Mode::OursGeneric)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Mode::Routing => "routing (baseline)",
             Mode::Ours => "ours (XDP)",
+            Mode::OursGeneric => "ours (generic XDP)",
             Mode::Nft => "nftables DNAT",
             Mode::Relay => "userspace proxy",
             Mode::VethTax => "routing + XDP_PASS",
@@ -88,8 +100,10 @@ pub struct Bed {
     relay: Option<Relay>,
     /// The bare XDP_PASS programs of the veth-tax path (detached on drop).
     pass: Option<(proxy_agent::dataplane::Dataplane, tests::pins::PinDir)>,
-    agent: Option<Agent>,
-    agent_running: bool,
+    /// The agent of each of ours' paths, once started (each its own pins).
+    agents: Vec<(Mode, Agent)>,
+    /// Which of them runs now.
+    running: Option<Mode>,
     pub sink: Sink,
     pub flows: Flows,
     pub topo: Topology,
@@ -105,7 +119,7 @@ impl Bed {
         let sink = Sink::spawn(topo.shard_socket(0)?, 1)?;
         let flows = Flows::open(&topo)?;
         let ksoftirqd = super::measure::ksoftirqd_pids();
-        Ok(Bed { relay: None, pass: None, agent: None, agent_running: false, sink, flows, topo, ksoftirqd })
+        Ok(Bed { relay: None, pass: None, agents: Vec::new(), running: None, sink, flows, topo, ksoftirqd })
     }
 
     pub fn shard_ip(&self) -> Ipv4Addr {
@@ -130,15 +144,19 @@ impl Bed {
                 self.pass = Some((dp, pins));
                 self.flows.connect(SocketAddrV4::new(self.shard_ip(), PORT))?;
             }
-            Mode::Ours => {
-                match &mut self.agent {
+            Mode::Ours | Mode::OursGeneric => {
+                match self.agents.iter_mut().find(|(m, _)| *m == mode) {
                     None => {
-                        let yaml = self.topo.config(&[1000], "handshake_rate: 0\nsession_idle_timeout_ms: 3600000\n");
-                        self.agent = Some(Agent::start(&self.topo.proxy, &yaml)?);
+                        let xdp_mode = if mode == Mode::OursGeneric { "skb" } else { "driver" };
+                        let yaml = self.topo.config(
+                            &[1000],
+                            &format!("handshake_rate: 0\nsession_idle_timeout_ms: 3600000\nxdp_mode: {xdp_mode}\n"),
+                        );
+                        self.agents.push((mode, Agent::start(&self.topo.proxy, &yaml)?));
                     }
-                    Some(agent) => agent.restart(&self.topo.proxy)?,
+                    Some((_, agent)) => agent.restart(&self.topo.proxy)?,
                 }
-                self.agent_running = true;
+                self.running = Some(mode);
                 // Let the agent's start-up work (first scan, first health
                 // round) pass before traffic is measured.
                 std::thread::sleep(Duration::from_millis(500));
@@ -208,10 +226,10 @@ impl Bed {
         match mode {
             Mode::Routing => {}
             Mode::VethTax => self.pass = None,
-            Mode::Ours => {
-                if let Some(agent) = &mut self.agent {
-                    if self.agent_running {
-                        self.agent_running = false;
+            Mode::Ours | Mode::OursGeneric => {
+                if let Some((_, agent)) = self.agents.iter_mut().find(|(m, _)| *m == mode) {
+                    if self.running == Some(mode) {
+                        self.running = None;
                         let status = agent.stop()?;
                         if !status.success() {
                             bail!("agent exit: {status}\n{}", agent.log_text());
@@ -233,8 +251,13 @@ impl Bed {
         Ok(())
     }
 
+    /// The agent running now, if one of ours' paths is entered.
+    fn agent(&self) -> Option<&Agent> {
+        self.agents.iter().find(|(m, _)| Some(*m) == self.running).map(|(_, a)| a)
+    }
+
     pub fn agent_pid(&self) -> Option<u32> {
-        self.agent.as_ref().and_then(|a| a.pid())
+        self.agent().and_then(|a| a.pid())
     }
 
     pub fn relay_pid(&self) -> Option<u32> {
@@ -243,14 +266,14 @@ impl Bed {
 
     /// Data-plane counters from the agent's `status` (control socket).
     pub fn counters(&self) -> Result<serde_json::Value> {
-        let agent = self.agent.as_ref().context("the agent is not running")?;
+        let agent = self.agent().context("the agent is not running")?;
         let status = agent.request(&Request::Status)?;
         Ok(status["counters"].clone())
     }
 
     /// (established sessions on the shard, health) from `status`.
     pub fn shard_status(&self) -> Result<(u64, String)> {
-        let agent = self.agent.as_ref().context("the agent is not running")?;
+        let agent = self.agent().context("the agent is not running")?;
         let status = agent.request(&Request::Status)?;
         let s = &status["shards"][0];
         Ok((s["established"].as_u64().unwrap_or(0), s["health"].as_str().unwrap_or("?").to_string()))
