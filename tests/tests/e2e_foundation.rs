@@ -161,3 +161,36 @@ fn players_stick_to_shards_that_see_their_real_address() {
     let left: Vec<String> = netns::leftovers().into_iter().filter(|n| names.contains(n)).collect();
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
 }
+
+/// The same data plane attached as generic XDP (`xdp_mode: skb`: NICs
+/// without native XDP, and the path `bench e2e` compares with nftables on
+/// veth): players play through it both ways, seen at their own address.
+#[test]
+fn players_play_through_generic_xdp() {
+    const N: usize = 20;
+    let topo = Topology::build(1, 2).expect("topology");
+    let mut shard =
+        shard::spawn(topo.shard_socket(0).unwrap(), ShardConfig { name: "s1".into(), max_players: 100, seed: 9 });
+    let agent = Agent::start(&topo.proxy, &topo.config(&[100], "xdp_mode: skb\n")).expect("agent");
+    let link = topo.proxy.ip(&["link", "show", "to-client"]).unwrap();
+    assert!(link.contains("xdpgeneric"), "attached as generic XDP: {link}");
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut cfg = PlayerConfig::new(topo.vip(), Duration::from_secs(60));
+    cfg.reconnect_after = Duration::from_secs(20);
+    let players = rt.block_on(async { player::start(topo.player_sockets(N).unwrap(), &cfg) }).unwrap();
+    wait_for("all players to connect", Duration::from_secs(60), || players.snapshot().iter().all(|p| p.connected));
+    wait_for("50 echoes per player", Duration::from_secs(60), || players.snapshot().iter().all(|p| p.received >= 50));
+    players.stop();
+    let stats: Vec<PlayerStats> = rt.block_on(players.join());
+    shard.stop();
+    for p in &stats {
+        assert_eq!(p.connects, 1, "player {} reconnected", p.local);
+        assert_eq!(p.wrong_source, 0, "player {} got datagrams not from the VIP", p.local);
+        assert_eq!(p.wrong_seen, 0, "the shard saw another address for {}", p.local);
+    }
+    assert_eq!(shard.stats().clients.len(), N, "every player reached the shard");
+    let tables = agent.tables().unwrap();
+    assert!(tables.counter(Counter::IngressRedirect).unwrap() >= (N * 50) as u64);
+    assert!(tables.counter(Counter::ReturnRedirect).unwrap() >= (N * 50) as u64);
+}
