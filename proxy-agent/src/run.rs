@@ -69,7 +69,7 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
         cluster_peers(&cfg.raw.bpffs, &peers)?;
     }
     let logger = dp.take_logger()?;
-    dp.attach(&cfg.raw.interfaces, cfg.raw.xdp_mode)?;
+    dp.attach(&cfg.raw.interfaces, cfg.raw.xdp_mode())?;
     owner.attached();
     let attached: Vec<String> = dp
         .attached()
@@ -86,7 +86,7 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
         } else {
             attached.join(", ")
         },
-        cfg.raw.xdp_mode,
+        cfg.raw.xdp_mode(),
         dp.pin_dir().display(),
         cfg.raw.control_socket.display()
     );
@@ -157,7 +157,7 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
                 // The shards of the config in force (a reload may change them).
                 let shards: Vec<std::net::Ipv4Addr> =
                     owner.snapshot().status.shards.iter().filter_map(|s| s.address.parse().ok()).collect();
-                follow_pods(&mut dp, &shards, cfg.raw.xdp_mode);
+                follow_pods(&mut dp, &shards, cfg.raw.xdp_mode());
             }
             _ = term.recv() => { log::info!("SIGTERM: stopping; the data plane keeps forwarding"); break; }
             _ = int.recv() => { log::info!("interrupt: stopping; the data plane keeps forwarding"); break; }

@@ -57,14 +57,28 @@ fn replies_go_straight_from_the_game_nodes_to_the_players() {
         ),
     )
     .unwrap();
-    let game_yaml = format!("role: return\ningress_agents: [{INGRESS_IP}:9477]\nnode_secret: {SECRET}\n{shards_yaml}");
-    let games: Vec<Agent> = topo.games.iter().map(|g| Agent::start(g, &game_yaml).unwrap()).collect();
+    // game1 attaches natively (its uplink is a veth that takes redirected
+    // frames), game2 as a return node does by default, as generic XDP: both
+    // serve the same players.
+    let game_yaml = |mode: &str| {
+        format!("role: return\ningress_agents: [{INGRESS_IP}:9477]\nnode_secret: {SECRET}\n{mode}{shards_yaml}")
+    };
+    let games: Vec<Agent> = topo
+        .games
+        .iter()
+        .zip(["xdp_mode: driver\n", ""])
+        .map(|(g, mode)| Agent::start(g, &game_yaml(mode)).unwrap())
+        .collect();
     // Each game agent finds its pods' veths from the routes by itself.
     for (g, pods) in [(0, vec!["p-s1"]), (1, vec!["p-s2", "p-s3"])] {
         wait_for("the game agents on their pods' veths", Duration::from_secs(10), || {
             pods.iter().all(|p| games[g].pins.path.join("links").join(p).exists())
         });
     }
+    let generic = topo.games[1].ip(&["link", "show", "p-s2"]).unwrap();
+    assert!(generic.contains("xdpgeneric"), "game2 attaches as generic XDP by default: {generic}");
+    let native = topo.games[0].ip(&["link", "show", "p-s1"]).unwrap();
+    assert!(native.contains("xdp ") && !native.contains("xdpgeneric"), "game1 attaches natively: {native}");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut cfg = PlayerConfig::new(SocketAddrV4::new(VIP, PORT), Duration::from_secs(300));
     cfg.reconnect_after = Duration::from_millis(1500);

@@ -774,7 +774,7 @@ impl Owner {
         let new = config::load(&self.config_path).map_err(|e| ControlError::ConfigRefused(e.to_string()))?;
         let mut ignored = Vec::new();
         let old = &self.cluster.cfg.raw;
-        if new.raw.interfaces != old.interfaces || new.raw.xdp_mode != old.xdp_mode {
+        if new.raw.interfaces != old.interfaces || new.raw.xdp_mode() != old.xdp_mode() {
             ignored.push("interfaces/xdp_mode (restart the agent to change them)");
         }
         if new.raw.bpffs != old.bpffs || new.raw.control_socket != old.control_socket {

@@ -43,9 +43,10 @@ pub struct Config {
     /// variable `SAMP_PROXY_NODE_SECRET` wins over the file.
     #[serde(default)]
     pub node_secret: Option<String>,
-    /// `driver` (native XDP, the default) or `skb` (generic, any NIC, slower).
-    #[serde(default)]
-    pub xdp_mode: XdpModeName,
+    /// `driver` (native XDP) or `skb` (generic XDP); unset, see
+    /// [`RawConfig::xdp_mode`].
+    #[serde(default, rename = "xdp_mode")]
+    pub xdp_mode_set: Option<XdpModeName>,
     /// bpffs folder where maps are pinned; reused on restart.
     #[serde(default = "default_bpffs")]
     pub bpffs: PathBuf,
@@ -313,6 +314,21 @@ pub const SHARD_SECRET_ENV: &str = "SAMP_PROXY_SHARD_SECRET";
 pub const NODE_SECRET_ENV: &str = "SAMP_PROXY_NODE_SECRET";
 
 impl Config {
+    /// How XDP attaches: as set, else generic (`skb`) on a `return` node and
+    /// native (`driver`) elsewhere. A return node's program runs on its pods'
+    /// veths and redirects the replies to the node's uplink, which runs no
+    /// XDP program: natively, that needs the uplink's driver to take
+    /// redirected frames without a program of its own (Intel's 10G and 40G
+    /// drivers do not, and every reply would be lost), and veth copies every
+    /// frame for a native program. Generic XDP hands the uplink an skb, as
+    /// routing does, and costs less than routing on veth (`bench e2e`).
+    pub fn xdp_mode(&self) -> XdpModeName {
+        self.xdp_mode_set.unwrap_or(match self.role {
+            NodeRole::Return => XdpModeName::Skb,
+            NodeRole::Both | NodeRole::Ingress => XdpModeName::Driver,
+        })
+    }
+
     /// The shard secret in force: the environment's, else the file's.
     pub fn shard_secret(&self) -> Option<String> {
         env_or(SHARD_SECRET_ENV, &self.shard_secret)
