@@ -175,14 +175,7 @@ fn players_play_through_generic_xdp() {
     let link = topo.proxy.ip(&["link", "show", "to-client"]).unwrap();
     assert!(link.contains("xdpgeneric"), "attached as generic XDP: {link}");
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let mut cfg = PlayerConfig::new(topo.vip(), Duration::from_secs(60));
-    cfg.reconnect_after = Duration::from_secs(20);
-    let players = rt.block_on(async { player::start(topo.player_sockets(N).unwrap(), &cfg) }).unwrap();
-    wait_for("all players to connect", Duration::from_secs(60), || players.snapshot().iter().all(|p| p.connected));
-    wait_for("50 echoes per player", Duration::from_secs(60), || players.snapshot().iter().all(|p| p.received >= 50));
-    players.stop();
-    let stats: Vec<PlayerStats> = rt.block_on(players.join());
+    let stats = player::play_until(topo.player_sockets(N).unwrap(), topo.vip(), 50, |_| {});
     shard.stop();
     for p in &stats {
         assert_eq!(p.connects, 1, "player {} reconnected", p.local);

@@ -13,7 +13,7 @@ use tests::{
     one_arm::{OneArm, SHARD_IP},
     scenario::wait_for,
     sim::{
-        player::{self, PlayerConfig, PlayerStats},
+        player,
         shard::{self, ShardConfig},
     },
 };
@@ -28,33 +28,27 @@ fn a_one_armed_node_sends_both_ways_back_out_with_xdp_tx() {
     let mut icmp = IcmpCapture::start(&arm.client);
     let agent = Agent::start(&arm.proxy, &arm.config(100)).expect("agent");
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let mut cfg = PlayerConfig::new(arm.vip(), Duration::from_secs(60));
-    cfg.reconnect_after = Duration::from_secs(20);
-    let players = rt.block_on(async { player::start(arm.player_sockets(PLAYERS).unwrap(), &cfg) }).unwrap();
-    wait_for("all players to connect", Duration::from_secs(60), || players.snapshot().iter().all(|p| p.connected));
-    wait_for("50 echoes per player", Duration::from_secs(60), || players.snapshot().iter().all(|p| p.received >= 50));
-    // The shard's host stops answering ARP for a while and the proxy
-    // forgets its neighbours: once the next-hop caches expire (0.5 s) the
-    // data plane passes the players' packets up while the kernel tries to
-    // resolve the shard, and the kernel, forwarding them out of the
-    // interface they came in on, sends the players ICMP redirects quoting
-    // them (the shard's address), then host unreachables. The egress guard
-    // must drop every one.
-    let redirects_before = icmp_out_redirects(&arm);
-    arm.shard.ip(&["link", "set", "eth0", "arp", "off"]).unwrap();
-    arm.proxy.ip(&["neigh", "flush", "dev", "arm0"]).unwrap();
     let tables = agent.tables().unwrap();
-    wait_for("the kernel to send players ICMP redirects about the shard", Duration::from_secs(20), || {
-        icmp_out_redirects(&arm) > redirects_before && tables.counter(Counter::DropEgressShardIcmp).unwrap() > 0
+    let stats = player::play_until(arm.player_sockets(PLAYERS).unwrap(), arm.vip(), 50, |players| {
+        // The shard's host stops answering ARP for a while and the proxy
+        // forgets its neighbours: once the next-hop caches expire (0.5 s)
+        // the data plane passes the players' packets up while the kernel
+        // tries to resolve the shard, and the kernel, forwarding them out of
+        // the interface they came in on, sends the players ICMP redirects
+        // quoting them (the shard's address), then host unreachables. The
+        // egress guard must drop every one.
+        let redirects_before = icmp_out_redirects(&arm);
+        arm.shard.ip(&["link", "set", "eth0", "arp", "off"]).unwrap();
+        arm.proxy.ip(&["neigh", "flush", "dev", "arm0"]).unwrap();
+        wait_for("the kernel to send players ICMP redirects about the shard", Duration::from_secs(20), || {
+            icmp_out_redirects(&arm) > redirects_before && tables.counter(Counter::DropEgressShardIcmp).unwrap() > 0
+        });
+        arm.shard.ip(&["link", "set", "eth0", "arp", "on"]).unwrap();
+        let received: Vec<u64> = players.snapshot().iter().map(|p| p.received).collect();
+        wait_for("20 more echoes per player", Duration::from_secs(60), || {
+            players.snapshot().iter().zip(&received).all(|(p, before)| p.received >= before + 20)
+        });
     });
-    arm.shard.ip(&["link", "set", "eth0", "arp", "on"]).unwrap();
-    let received: Vec<u64> = players.snapshot().iter().map(|p| p.received).collect();
-    wait_for("20 more echoes per player", Duration::from_secs(60), || {
-        players.snapshot().iter().zip(&received).all(|(p, before)| p.received >= before + 20)
-    });
-    players.stop();
-    let stats: Vec<PlayerStats> = rt.block_on(players.join());
     shard.stop();
     let seen_by_shard = shard.stats();
 

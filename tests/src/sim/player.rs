@@ -131,6 +131,31 @@ impl Players {
     }
 }
 
+/// Plays `sockets` against `server` on a runtime of its own until every
+/// player is connected and has had `echoes` echoes, runs `meanwhile` with
+/// them still playing, then stops them and returns their stats. A player
+/// reconnects only after 20 s of silence: longer than any hiccup of a loaded
+/// 2-core machine, so a reconnect is the proxy's fault.
+pub fn play_until(
+    sockets: Vec<std::net::UdpSocket>,
+    server: SocketAddrV4,
+    echoes: u64,
+    meanwhile: impl FnOnce(&Players),
+) -> Vec<PlayerStats> {
+    use crate::scenario::wait_for;
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a runtime");
+    let mut cfg = PlayerConfig::new(server, Duration::from_secs(60));
+    cfg.reconnect_after = Duration::from_secs(20);
+    let players = rt.block_on(async { start(sockets, &cfg) }).expect("starting the players");
+    wait_for("all players to connect", Duration::from_secs(60), || players.snapshot().iter().all(|p| p.connected));
+    wait_for(&format!("{echoes} echoes per player"), Duration::from_secs(60), || {
+        players.snapshot().iter().all(|p| p.received >= echoes)
+    });
+    meanwhile(&players);
+    players.stop();
+    rt.block_on(players.join())
+}
+
 /// Starts one player per socket on the current tokio runtime. The sockets were
 /// opened (and bound) inside the client namespace.
 pub fn start(sockets: Vec<std::net::UdpSocket>, cfg: &PlayerConfig) -> anyhow::Result<Players> {
