@@ -90,6 +90,9 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
         dp.pin_dir().display(),
         cfg.raw.control_socket.display()
     );
+    if cfg.raw.role != NodeRole::Return && cfg.raw.xdp_mode() == config::XdpModeName::Driver {
+        warn_unlisted_egress(&cfg.shards, &cfg.raw.interfaces);
+    }
     for fe in &cfg.frontends {
         let shards: Vec<String> = cfg
             .shards
@@ -196,6 +199,27 @@ fn cluster_peers(bpffs: &Path, peers: &[std::net::Ipv4Addr]) -> Result<()> {
 
 /// A game node follows its shards' pods: attaches to the interface of each
 /// new local shard, forgets the interfaces of pods that went away.
+/// Natively attached, the data plane redirects a player's packet to the
+/// interface its shard's route leaves by, and some drivers (Intel's 10G and
+/// 40G) drop redirected frames unless they run an XDP program themselves:
+/// a shard reached through an interface the agent does not attach to is
+/// named, with the fix, at start.
+fn warn_unlisted_egress(shards: &[config::Shard], interfaces: &[String]) {
+    for s in shards {
+        let addr = s.address;
+        if let Some(iface) = pod_routes::local_route_interface(addr) {
+            if iface != "lo" && !interfaces.contains(&iface) {
+                log::warn!(
+                    "shard {} ({addr}) is reached through {iface}, which is not in `interfaces`: the data plane \
+                     redirects its players' packets there, and some drivers drop redirected frames unless they run \
+                     XDP themselves; add {iface} to `interfaces` (or use `xdp_mode: skb`)",
+                    s.name
+                );
+            }
+        }
+    }
+}
+
 fn follow_pods(dp: &mut Dataplane, shards: &[std::net::Ipv4Addr], mode: config::XdpModeName) {
     for gone in dp.forget_missing() {
         log::info!("{gone} is gone (its pod went away); its XDP program went with it");

@@ -187,3 +187,31 @@ fn players_play_through_generic_xdp() {
     assert!(tables.counter(Counter::IngressRedirect).unwrap() >= (N * 50) as u64);
     assert!(tables.counter(Counter::ReturnRedirect).unwrap() >= (N * 50) as u64);
 }
+
+/// A shard reached through an interface the agent does not attach to is
+/// named at start, with the fix (natively attached, the data plane
+/// redirects there, and some drivers drop redirected frames unless they run
+/// XDP themselves); with every interface listed, or as generic XDP, nothing
+/// is said.
+#[test]
+fn a_shard_behind_an_unlisted_interface_is_named_at_start() {
+    let topo = Topology::build(2, 1).expect("topology");
+    let warning = "is reached through to-s2, which is not in `interfaces`";
+    let cases = [
+        ("interfaces: [to-client, to-s1]\n", true),
+        ("", false),
+        ("interfaces: [to-client, to-s1]\nxdp_mode: skb\n", false),
+    ];
+    for (override_, warned) in cases {
+        let mut yaml = topo.config(&[100, 100], "");
+        if !override_.is_empty() {
+            let listed = yaml.lines().next().unwrap().to_string();
+            yaml = yaml.replacen(&format!("{listed}\n"), override_, 1);
+        }
+        let mut agent = Agent::start(&topo.proxy, &yaml).expect("agent");
+        wait_for("the agent's start-up log", Duration::from_secs(10), || agent.log_text().contains("frontend play"));
+        assert_eq!(agent.log_text().contains(warning), warned, "config:\n{yaml}\nlog:\n{}", agent.log_text());
+        agent.stop().unwrap();
+        proxy_agent::dataplane::links::detach_all(&agent.pins.path).unwrap();
+    }
+}

@@ -58,6 +58,22 @@ pub fn direct_interfaces(table: &str, addrs: &[Ipv4Addr]) -> Vec<String> {
     found
 }
 
+/// The interface the longest-prefix route to `addr` leaves by, directly or
+/// through a gateway.
+pub fn route_interface(table: &str, addr: Ipv4Addr) -> Option<String> {
+    let a = u32::from(addr);
+    parse(table)
+        .into_iter()
+        .filter(|r| a & r.mask == r.dest)
+        .max_by_key(|r| (r.mask.count_ones(), std::cmp::Reverse(r.metric)))
+        .map(|r| r.iface)
+}
+
+/// As `route_interface`, from this network namespace's table.
+pub fn local_route_interface(addr: Ipv4Addr) -> Option<String> {
+    std::fs::read_to_string("/proc/net/route").ok().and_then(|t| route_interface(&t, addr))
+}
+
 /// As `direct_interfaces`, from this network namespace's table.
 pub fn local_interfaces(addrs: &[Ipv4Addr]) -> Vec<String> {
     std::fs::read_to_string("/proc/net/route").map(|t| direct_interfaces(&t, addrs)).unwrap_or_default()
@@ -78,5 +94,9 @@ p-s1\t001512C6\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
 eth0\t001612C6\t010212C6\t0003\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
         let addrs = [Ipv4Addr::new(198, 18, 21, 2), Ipv4Addr::new(198, 18, 22, 2), Ipv4Addr::new(198, 18, 99, 9)];
         assert_eq!(direct_interfaces(table, &addrs), ["p-s1"]);
+        let via = |a: [u8; 4]| route_interface(table, Ipv4Addr::from(a));
+        assert_eq!(via([198, 18, 21, 2]).as_deref(), Some("p-s1"));
+        assert_eq!(via([198, 18, 22, 2]).as_deref(), Some("eth0"), "through a gateway");
+        assert_eq!(via([203, 0, 113, 9]).as_deref(), Some("eth0"), "the default route");
     }
 }
