@@ -197,29 +197,29 @@ fn cluster_peers(bpffs: &Path, peers: &[std::net::Ipv4Addr]) -> Result<()> {
     Ok(())
 }
 
-/// A game node follows its shards' pods: attaches to the interface of each
-/// new local shard, forgets the interfaces of pods that went away.
 /// Natively attached, the data plane redirects a player's packet to the
 /// interface its shard's route leaves by, and some drivers (Intel's 10G and
 /// 40G) drop redirected frames unless they run an XDP program themselves:
 /// a shard reached through an interface the agent does not attach to is
 /// named, with the fix, at start.
 fn warn_unlisted_egress(shards: &[config::Shard], interfaces: &[String]) {
+    let table = pod_routes::local_table();
     for s in shards {
-        let addr = s.address;
-        if let Some(iface) = pod_routes::local_route_interface(addr) {
-            if iface != "lo" && !interfaces.contains(&iface) {
-                log::warn!(
-                    "shard {} ({addr}) is reached through {iface}, which is not in `interfaces`: the data plane \
-                     redirects its players' packets there, and some drivers drop redirected frames unless they run \
-                     XDP themselves; add {iface} to `interfaces` (or use `xdp_mode: skb`)",
-                    s.name
-                );
-            }
+        let Some(iface) = pod_routes::route_interface(&table, s.address) else { continue };
+        if iface != "lo" && !interfaces.contains(&iface) {
+            log::warn!(
+                "shard {} ({}) is reached through {iface}, which is not in `interfaces`: the data plane redirects \
+                 its players' packets there, and some drivers drop redirected frames unless they run XDP \
+                 themselves; add {iface} to `interfaces` (or use `xdp_mode: skb`)",
+                s.name,
+                s.address
+            );
         }
     }
 }
 
+/// A game node follows its shards' pods: attaches to the interface of each
+/// new local shard, forgets the interfaces of pods that went away.
 fn follow_pods(dp: &mut Dataplane, shards: &[std::net::Ipv4Addr], mode: config::XdpModeName) {
     for gone in dp.forget_missing() {
         log::info!("{gone} is gone (its pod went away); its XDP program went with it");

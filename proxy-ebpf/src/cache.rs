@@ -130,7 +130,7 @@ fn entry_key(e: &CachedSession) -> u64 {
 
 /// A key as [`entry_key`] reads it: one compare per way.
 #[inline(always)]
-pub fn key_word(key: &SessionKey) -> u64 {
+fn key_word(key: &SessionKey) -> u64 {
     key.client_addr as u64 | (key.client_port as u64) << 32 | (key.frontend as u64) << (48 + CACHED_BACKEND_BITS)
 }
 

@@ -69,27 +69,22 @@ pub trait Frame {
     fn end(&self) -> usize;
 }
 
-impl Frame for XdpContext {
-    #[inline(always)]
-    fn start(&self) -> usize {
-        self.data()
-    }
-    #[inline(always)]
-    fn end(&self) -> usize {
-        self.data_end()
-    }
+/// Both contexts name the frame's bounds `data` and `data_end`.
+macro_rules! frame_from_data {
+    ($($ctx:ty),*) => {$(
+        impl Frame for $ctx {
+            #[inline(always)]
+            fn start(&self) -> usize {
+                self.data()
+            }
+            #[inline(always)]
+            fn end(&self) -> usize {
+                self.data_end()
+            }
+        }
+    )*};
 }
-
-impl Frame for TcContext {
-    #[inline(always)]
-    fn start(&self) -> usize {
-        self.data()
-    }
-    #[inline(always)]
-    fn end(&self) -> usize {
-        self.data_end()
-    }
-}
+frame_from_data!(XdpContext, TcContext);
 
 /// A pointer to a `T` at `offset` into the frame, or `None` past its end
 /// (`parse::ptr_at` for any `Frame`).

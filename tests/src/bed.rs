@@ -141,12 +141,13 @@ impl Bed {
     /// Runs one frame through `prog` inside the namespace: (verdict, output
     /// frame, kernel-measured ns per run).
     pub fn run_prog(&self, prog: &Xdp, input: &[u8], repeat: u32) -> (u32, Vec<u8>, u64) {
-        self.test_run(prog, input, repeat).expect("BPF_PROG_TEST_RUN")
+        self.test_run(prog, input, None, repeat).expect("BPF_PROG_TEST_RUN")
     }
 
     /// BPF_PROG_TEST_RUN of any program, on CPU 0 (the caches are per CPU)
-    /// inside the namespace; `None` when the kernel refuses the frame.
-    fn test_run<P>(&self, prog: &P, input: &[u8], repeat: u32) -> Option<(u32, Vec<u8>, u64)>
+    /// inside the namespace, with the context `ctx` if given; `None` when
+    /// the kernel refuses the frame.
+    fn test_run<P>(&self, prog: &P, input: &[u8], ctx: Option<&[u8]>, repeat: u32) -> Option<(u32, Vec<u8>, u64)>
     where
         P: for<'a> TestRun<Opts<'a> = TestRunOptions<'a>, Result = TestRunResult> + Sync,
     {
@@ -154,8 +155,13 @@ impl Bed {
             .run(|| {
                 pin_to_cpu(0);
                 let mut out = vec![0u8; input.len() + 2048];
-                let opts =
-                    TestRunOptions { data_in: Some(input), data_out: Some(&mut out), repeat, ..Default::default() };
+                let opts = TestRunOptions {
+                    data_in: Some(input),
+                    data_out: Some(&mut out),
+                    ctx_in: ctx,
+                    repeat,
+                    ..Default::default()
+                };
                 let r = prog.test_run(opts).ok()?;
                 out.truncate(r.data_size_out as usize);
                 Some((r.return_value, out, r.duration.as_nanos() as u64))
@@ -173,21 +179,9 @@ impl Bed {
     /// interface `iface` (the kernel's default is loopback).
     pub fn run_arriving_on(&self, iface: &str, input: &[u8]) -> (u32, Vec<u8>) {
         let ctx = xdp_ctx_arriving_on(self.ifindex(iface), input.len());
-        self.ns
-            .run(|| {
-                pin_to_cpu(0);
-                let mut out = vec![0u8; input.len() + 2048];
-                let opts = TestRunOptions {
-                    data_in: Some(input),
-                    data_out: Some(&mut out),
-                    ctx_in: Some(&ctx),
-                    ..Default::default()
-                };
-                let r = self.dp.program().test_run(opts).expect("BPF_PROG_TEST_RUN with a context");
-                out.truncate(r.data_size_out as usize);
-                (r.return_value, out)
-            })
-            .expect("running in the bed namespace")
+        let (v, out, _) =
+            self.test_run(self.dp.program(), input, Some(&ctx), 1).expect("BPF_PROG_TEST_RUN with a context");
+        (v, out)
     }
 
     /// The index of the bed's interface `iface`.
@@ -208,7 +202,7 @@ impl Bed {
     /// As `run_guard`, but `None` when the kernel refuses the frame (its
     /// skb test run takes no IPv4 frame shorter than an IPv4 header).
     pub fn try_run_guard(&self, input: &[u8], repeat: u32) -> Option<(u32, Vec<u8>, u64)> {
-        self.test_run(self.dp.egress_guard(), input, repeat)
+        self.test_run(self.dp.egress_guard(), input, None, repeat)
     }
 
     /// The agent's view of the bed's maps, as an agent adopting them has,

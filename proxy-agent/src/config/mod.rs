@@ -44,7 +44,7 @@ pub struct Config {
     #[serde(default)]
     pub node_secret: Option<String>,
     /// `driver` (native XDP) or `skb` (generic XDP); unset, see
-    /// [`RawConfig::xdp_mode`].
+    /// [`Config::xdp_mode`].
     #[serde(default, rename = "xdp_mode")]
     pub xdp_mode_set: Option<XdpModeName>,
     /// bpffs folder where maps are pinned; reused on restart.

@@ -39,17 +39,18 @@ fn parse(table: &str) -> Vec<Route> {
         .collect()
 }
 
+/// The route the kernel picks for `addr`: longest prefix, then lowest metric.
+fn best_route(routes: &[Route], addr: Ipv4Addr) -> Option<&Route> {
+    let a = u32::from(addr);
+    routes.iter().filter(|r| a & r.mask == r.dest).max_by_key(|r| (r.mask.count_ones(), std::cmp::Reverse(r.metric)))
+}
+
 /// The interface each address is directly reached through, where it is.
 pub fn direct_interfaces(table: &str, addrs: &[Ipv4Addr]) -> Vec<String> {
     let routes = parse(table);
     let mut found: Vec<String> = Vec::new();
     for addr in addrs {
-        let a = u32::from(*addr);
-        let best = routes
-            .iter()
-            .filter(|r| a & r.mask == r.dest)
-            .max_by_key(|r| (r.mask.count_ones(), std::cmp::Reverse(r.metric)));
-        if let Some(r) = best {
+        if let Some(r) = best_route(&routes, *addr) {
             if r.gateway == 0 && r.iface != "lo" && !found.contains(&r.iface) {
                 found.push(r.iface.clone());
             }
@@ -61,22 +62,17 @@ pub fn direct_interfaces(table: &str, addrs: &[Ipv4Addr]) -> Vec<String> {
 /// The interface the longest-prefix route to `addr` leaves by, directly or
 /// through a gateway.
 pub fn route_interface(table: &str, addr: Ipv4Addr) -> Option<String> {
-    let a = u32::from(addr);
-    parse(table)
-        .into_iter()
-        .filter(|r| a & r.mask == r.dest)
-        .max_by_key(|r| (r.mask.count_ones(), std::cmp::Reverse(r.metric)))
-        .map(|r| r.iface)
+    best_route(&parse(table), addr).map(|r| r.iface.clone())
 }
 
-/// As `route_interface`, from this network namespace's table.
-pub fn local_route_interface(addr: Ipv4Addr) -> Option<String> {
-    std::fs::read_to_string("/proc/net/route").ok().and_then(|t| route_interface(&t, addr))
+/// This network namespace's main routing table (empty if unreadable).
+pub fn local_table() -> String {
+    std::fs::read_to_string("/proc/net/route").unwrap_or_default()
 }
 
 /// As `direct_interfaces`, from this network namespace's table.
 pub fn local_interfaces(addrs: &[Ipv4Addr]) -> Vec<String> {
-    std::fs::read_to_string("/proc/net/route").map(|t| direct_interfaces(&t, addrs)).unwrap_or_default()
+    direct_interfaces(&local_table(), addrs)
 }
 
 #[cfg(test)]

@@ -513,11 +513,8 @@ fn run(args: &E2eArgs, cpus: usize) -> Result<()> {
         });
     }
     // The compared paths (not the diagnostic one) must all deliver the fixed rate.
-    let slowest = [Mode::Routing, Mode::Ours, Mode::OursGeneric, Mode::Nft, Mode::Relay]
-        .iter()
-        .map(|&m| lossfree[idx(m)].rate)
-        .min()
-        .unwrap_or(u64::MAX);
+    let slowest =
+        MODES.iter().filter(|&&m| m != Mode::VethTax).map(|&m| lossfree[idx(m)].rate).min().unwrap_or(u64::MAX);
     let mut rate = args.rate;
     let mut lowered = None;
     if rate as f64 > FIXED_SHARE * slowest as f64 {
