@@ -19,7 +19,8 @@ use crate::{
     config::{self, NodeRole},
     control,
     dataplane::{
-        ebpf_object, links, pod_routes, scanner, session_events::SessionEvents, tables, Dataplane, TableSizes,
+        ebpf_object, links, pod_routes, redirect_targets::RedirectTargets, scanner, session_events::SessionEvents,
+        tables, Dataplane, TableSizes,
     },
     health, http,
     leases::mover::LeaseMover,
@@ -90,9 +91,13 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
         dp.pin_dir().display(),
         cfg.raw.control_socket.display()
     );
-    if cfg.raw.role != NodeRole::Return && cfg.raw.xdp_mode() == config::XdpModeName::Driver {
-        warn_unlisted_egress(&cfg.shards, &cfg.raw.interfaces);
-    }
+    // Interfaces that take no redirected frames get the packets through the
+    // kernel; kept current, as drivers and routes change.
+    let mut redirect_targets = RedirectTargets::open(dp.pin_dir())?;
+    let shard_addresses = |owner: &owner::OwnerHandle| -> Vec<(String, std::net::Ipv4Addr)> {
+        owner.snapshot().status.shards.iter().filter_map(|s| Some((s.name.clone(), s.address.parse().ok()?))).collect()
+    };
+    redirect_targets.sync(cfg.raw.xdp_mode(), &shard_addresses(&owner));
     for fe in &cfg.frontends {
         let shards: Vec<String> = cfg
             .shards
@@ -153,6 +158,7 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut pods = tokio::time::interval(std::time::Duration::from_millis(250));
+    let mut redirects = tokio::time::interval(std::time::Duration::from_secs(1));
     println!("READY");
     loop {
         tokio::select! {
@@ -162,6 +168,7 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
                     owner.snapshot().status.shards.iter().filter_map(|s| s.address.parse().ok()).collect();
                 follow_pods(&mut dp, &shards, cfg.raw.xdp_mode());
             }
+            _ = redirects.tick() => redirect_targets.sync(cfg.raw.xdp_mode(), &shard_addresses(&owner)),
             _ = term.recv() => { log::info!("SIGTERM: stopping; the data plane keeps forwarding"); break; }
             _ = int.recv() => { log::info!("interrupt: stopping; the data plane keeps forwarding"); break; }
             _ = hup.recv() => {
@@ -195,27 +202,6 @@ fn cluster_peers(bpffs: &Path, peers: &[std::net::Ipv4Addr]) -> Result<()> {
     let mut in_use: aya::maps::Array<_, u32> = tables::open_pin(bpffs, proxy_common::maps::PEERS_IN_USE)?.try_into()?;
     in_use.set(0, u32::from(!peers.is_empty()), 0).context("writing PEERS_IN_USE")?;
     Ok(())
-}
-
-/// Natively attached, the data plane redirects a player's packet to the
-/// interface its shard's route leaves by, and some drivers (Intel's 10G and
-/// 40G) drop redirected frames unless they run an XDP program themselves:
-/// a shard reached through an interface the agent does not attach to is
-/// named, with the fix, at start.
-fn warn_unlisted_egress(shards: &[config::Shard], interfaces: &[String]) {
-    let table = pod_routes::local_table();
-    for s in shards {
-        let Some(iface) = pod_routes::route_interface(&table, s.address) else { continue };
-        if iface != "lo" && !interfaces.contains(&iface) {
-            log::warn!(
-                "shard {} ({}) is reached through {iface}, which is not in `interfaces`: the data plane redirects \
-                 its players' packets there, and some drivers drop redirected frames unless they run XDP \
-                 themselves; add {iface} to `interfaces` (or use `xdp_mode: skb`)",
-                s.name,
-                s.address
-            );
-        }
-    }
 }
 
 /// A game node follows its shards' pods: attaches to the interface of each

@@ -34,9 +34,9 @@ counters! {
     PassTtl => "pass_ttl", "Packets with TTL <= 1, left to the kernel (ICMP time exceeded)";
     PassReplyLocal => "pass_reply_local", "Shard replies to this node or another proxy node (health probes), untouched";
     IngressRedirect => "ingress_redirect", "Player packets rewritten to their shard and redirected";
-    IngressPassNeigh => "ingress_pass_neigh", "Player packets rewritten, kernel resolves the next hop";
+    IngressPassNeigh => "ingress_pass_neigh", "Player packets rewritten and passed for the kernel to forward: it resolves the next hop, or the egress interface takes no redirected frames";
     ReturnRedirect => "return_redirect", "Shard replies rewritten to come from the VIP and redirected";
-    ReturnPassNeigh => "return_pass_neigh", "Shard replies rewritten, kernel resolves the next hop";
+    ReturnPassNeigh => "return_pass_neigh", "Shard replies rewritten and passed for the kernel to forward: it resolves the next hop, or the egress interface takes no redirected frames";
     SessionPlaced => "session_placed", "New players placed on a shard (pending table)";
     SessionPromoted => "session_promoted", "Pending sessions promoted to established on the shard's first answer";
     DropMalformed => "drop_malformed", "Frames too short for their headers, or with inconsistent IPv4/UDP lengths";

@@ -22,6 +22,9 @@ pub const MAX_GROUPS: u32 = 4096;
 /// Addresses of the proxy's own nodes (`PEERS`): a shard's packets to them
 /// (answers to health probes) are not player replies.
 pub const MAX_PEERS: u32 = 64;
+/// Interfaces the agent marks as taking no redirected frames
+/// (`REDIRECT_REFUSED`); beyond this many, the rest are only logged.
+pub const MAX_REFUSING_INTERFACES: u32 = 4096;
 /// Backend ids are `1..MAX_BACKENDS`; 0 means "no backend".
 pub const MAX_BACKENDS: u32 = 1024;
 /// Established sessions (players whose shard has answered them).
@@ -75,6 +78,7 @@ pub mod maps {
     pub const CLIENT_ROUTES: &str = "CLIENT_ROUTES";
     pub const PEERS: &str = "PEERS";
     pub const PEERS_IN_USE: &str = "PEERS_IN_USE";
+    pub const REDIRECT_REFUSED: &str = "REDIRECT_REFUSED";
 }
 
 /// Program names in the object.

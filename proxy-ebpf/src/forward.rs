@@ -1,7 +1,9 @@
 //! Sending a rewritten packet on: `bpf_fib_lookup` gives the egress interface
 //! and MAC addresses; we fill them in, decrement the TTL like any router, and
-//! redirect. When the kernel must first resolve the neighbour we pass the
-//! (already rewritten) packet up and the kernel forwards it.
+//! redirect. When the kernel must first resolve the neighbour, or the egress
+//! interface takes no redirected frames (its driver needs an XDP program of
+//! its own), we pass the (already rewritten) packet up and the kernel
+//! forwards it. Only a FIB lookup asks, so the hit path pays nothing.
 
 use core::mem;
 
@@ -16,7 +18,7 @@ use proxy_common::{csum, NextHop, CLIENT_ROUTE_SETS, CLIENT_ROUTE_WAYS, NEXTHOP_
 
 use crate::{
     cache,
-    maps::{BACKEND_NEXTHOP, CLIENT_ROUTES},
+    maps::{self, BACKEND_NEXTHOP, CLIENT_ROUTES},
     parse::Packet,
 };
 
@@ -31,8 +33,10 @@ const IPPROTO_ICMP: u8 = 1;
 pub enum Via {
     /// Forward out of `ifindex` with these MACs.
     Interface,
-    /// Routable, but the neighbour is not resolved yet: let the kernel do it.
-    NoNeighbour,
+    /// Routable, but the kernel must forward it: the neighbour is not
+    /// resolved yet, or the egress interface takes no redirected frames
+    /// (`REDIRECT_REFUSED`).
+    Kernel,
     /// The destination is this host (or forwarding is off): not ours to rewrite.
     Local,
     /// Blackhole, unreachable, prohibited or unsupported.
@@ -83,17 +87,21 @@ pub fn route(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32) -> Route {
     p.__bindgen_anon_3.ipv4_src = src;
     p.__bindgen_anon_4.ipv4_dst = dst;
     // SAFETY: the context pointer is valid for the program's run.
-    p.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
+    p.ifindex = ingress;
     // SAFETY: `p` is a valid, initialised parameter block of the right size.
     let rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, &mut p as *mut _, mem::size_of::<FibParams>() as i32, 0) };
     match rc as u32 {
         BPF_FIB_LKUP_RET_SUCCESS => {
+            if p.ifindex != ingress && maps::refuses_redirects(p.ifindex) {
+                return Route::only(Via::Kernel);
+            }
             let mut macs = [0; 12];
             macs[..6].copy_from_slice(&p.dmac);
             macs[6..].copy_from_slice(&p.smac);
             Route::interface(p.ifindex, macs)
         }
-        BPF_FIB_LKUP_RET_NO_NEIGH => Route::only(Via::NoNeighbour),
+        BPF_FIB_LKUP_RET_NO_NEIGH => Route::only(Via::Kernel),
         BPF_FIB_LKUP_RET_NOT_FWDED => Route::only(Via::Local),
         _ => Route::only(Via::Unroutable),
     }
@@ -266,7 +274,7 @@ pub fn rewrite_and_send(ctx: &XdpContext, pkt: &Packet, which: Addr, new: u32, r
             // Local and Unroutable were handled by the caller before
             // rewriting; passing them up is the safe default should that
             // ever change.
-            Via::NoNeighbour | Via::Local | Via::Unroutable => {
+            Via::Kernel | Via::Local | Via::Unroutable => {
                 ip.check = csum::apply(check, delta).to_ne_bytes();
                 Sent::Passed
             }

@@ -221,6 +221,19 @@ impl Bed {
         flag.set(0, 1, 0).unwrap();
     }
 
+    /// What the agent does every second: marks, in `REDIRECT_REFUSED`, the
+    /// bed's interfaces that the kernel says take no redirected frames now
+    /// (a veth whose peer has neither GRO nor XDP).
+    pub fn sync_redirect_targets(&self) {
+        let pins = self._pins.path().to_path_buf();
+        self.ns
+            .run(move || {
+                let mut targets = proxy_agent::dataplane::redirect_targets::RedirectTargets::open(&pins).unwrap();
+                targets.sync(proxy_agent::config::XdpModeName::Driver, &[]);
+            })
+            .unwrap();
+    }
+
     /// Every session event the program wrote since the last call.
     pub fn session_events(&self) -> Vec<proxy_common::SessionEvent> {
         let ring =

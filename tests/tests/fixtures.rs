@@ -343,6 +343,46 @@ fn sent_back_out(bed: &Bed, what: &str, frame: &[u8], want: &[u8], ifaces: (&str
     }
 }
 
+/// An interface that takes no redirected frames (the bed's veths: their
+/// peers have neither GRO nor XDP) is marked by the agent from the kernel's
+/// word: packets routed out of it are rewritten and passed up, TTL and MACs
+/// left to the kernel's forwarding, both ways. Once it takes them (GRO on
+/// at the peer), they are redirected again.
+#[test]
+fn interfaces_that_take_no_redirects_get_packets_through_the_kernel() {
+    let mut bed = bed();
+    bed.session(CLIENT, 50000, GROUP_A, false);
+    bed.sync_redirect_targets();
+    let p = to_vip(CLIENT, 50000, &game_packet());
+    let r = Udp::new(SHARD_A, PORT, CLIENT, 50000, &[0xE3; 20]);
+    for _ in 0..2 {
+        check(
+            &bed,
+            "to the shard",
+            &p.frame(),
+            XDP_PASS,
+            &rewritten(p.clone(), CLIENT, SHARD_A),
+            Counter::IngressPassNeigh,
+        );
+        check(
+            &bed,
+            "to the player",
+            &r.frame(),
+            XDP_PASS,
+            &rewritten(r.clone(), VIP, CLIENT),
+            Counter::ReturnPassNeigh,
+        );
+    }
+    for peer in ["fwd0p", "cli0p"] {
+        bed.ns.exec("ethtool", &["-K", peer, "gro", "on"]).unwrap();
+    }
+    bed.sync_redirect_targets();
+    let want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
+    check(&bed, "to the shard, taken", &p.frame(), XDP_REDIRECT, &want, Counter::IngressRedirect);
+    let want = forwarded(r.clone(), VIP, CLIENT, CLI0_MAC, CLIENT_MAC);
+    check(&bed, "to the player, taken", &r.frame(), XDP_REDIRECT, &want, Counter::ReturnRedirect);
+}
+
 /// The return path keeps a copy of REVERSE per CPU: a change behind its
 /// back shows only once the copies are voided, which the agent does after
 /// every change of REVERSE (here: a reload that drops shard c).

@@ -10,9 +10,11 @@ pub mod ebpf_object;
 pub mod layout;
 pub mod links;
 pub mod pod_routes;
+pub mod redirect_targets;
 pub mod scanner;
 pub mod session_events;
 pub mod tables;
+pub mod xdp_features;
 
 use std::{
     ffi::CString,
