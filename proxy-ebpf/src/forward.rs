@@ -222,6 +222,20 @@ pub fn ttl_expiring(pkt: &Packet) -> bool {
     unsafe { (*pkt.ip).ttl <= 1 }
 }
 
+/// The lowest TTL a player's packet leaves for its shard with. A player who
+/// sends with a low TTL (a traceroute through the public address) would
+/// otherwise have it expire at a router or node between here and the shard,
+/// and that hop answers the player directly with ICMP time exceeded quoting
+/// the packet: the shard's own address. No cluster path is 32 hops long.
+pub const TTL_FLOOR_TO_SHARD: u8 = 32;
+
+/// The change of a UDP packet's IPv4 header when its TTL goes from `old` to
+/// `new`: the word `[ttl, protocol]` (native order, as `csum` reads words).
+#[inline(always)]
+fn ttl_delta(old: u8, new: u8) -> u32 {
+    (!u16::from_ne_bytes([old, IPPROTO_UDP]) as u32) + u16::from_ne_bytes([new, IPPROTO_UDP]) as u32
+}
+
 /// Which address of the packet a rewrite changes.
 pub enum Addr {
     Src,
@@ -236,7 +250,8 @@ pub enum Sent {
 
 /// Rewrites one IPv4 address of the packet (`dst` or `src`) and sends it on
 /// by `route`: with a next hop, the MACs are set, the TTL is decremented
-/// (the caller has checked it is above 1) and the packet is sent; while the
+/// (the caller has checked it is above 1; toward a shard it is then raised
+/// to `TTL_FLOOR_TO_SHARD`) and the packet is sent; while the
 /// kernel resolves the neighbour it is passed up, rewritten. The IPv4
 /// checksum is fixed once for both changes, the UDP checksum for the
 /// address (RFC 1624). The port is never touched (SA:MP rule 1).
@@ -259,11 +274,17 @@ pub fn rewrite_and_send(ctx: &XdpContext, pkt: &Packet, which: Addr, new: u32, r
         let udp = &mut *pkt.udp;
         udp.check = csum::udp_apply(u16::from_ne_bytes(udp.check), delta).to_ne_bytes();
         let check = u16::from_ne_bytes(ip.check);
+        let floor = match which {
+            Addr::Dst => TTL_FLOOR_TO_SHARD,
+            Addr::Src => 0,
+        };
+        let old_ttl = ip.ttl;
         match route.via {
             Via::Interface => {
                 *(pkt.eth as *mut [u8; 12]) = route.macs;
-                ip.ttl -= 1;
-                ip.check = csum::apply(check, delta + csum::TTL_DECREMENT).to_ne_bytes();
+                // The caller checked TTL > 1.
+                ip.ttl = (old_ttl - 1).max(floor);
+                ip.check = csum::apply(check, delta + ttl_delta(old_ttl, ip.ttl)).to_ne_bytes();
                 // SAFETY: the context pointer is valid for the program's run.
                 if route.ifindex == (*ctx.ctx).ingress_ifindex {
                     return Sent::Redirected(xdp_action::XDP_TX);
@@ -275,7 +296,9 @@ pub fn rewrite_and_send(ctx: &XdpContext, pkt: &Packet, which: Addr, new: u32, r
             // rewriting; passing them up is the safe default should that
             // ever change.
             Via::Kernel | Via::Local | Via::Unroutable => {
-                ip.check = csum::apply(check, delta).to_ne_bytes();
+                // The kernel's forwarding takes one off.
+                ip.ttl = old_ttl.max(floor.saturating_add(1));
+                ip.check = csum::apply(check, delta + ttl_delta(old_ttl, ip.ttl)).to_ne_bytes();
                 Sent::Passed
             }
         }

@@ -137,6 +137,35 @@ fn replies_go_straight_from_the_game_nodes_to_the_players() {
     let (_, from) = rx.recv_from(&mut buf).unwrap();
     assert_eq!(from.ip(), std::net::IpAddr::V4(game_ip(1)), "masqueraded to game2's address");
 
+    // A traceroute through the public address: new players' first
+    // handshakes with TTLs that would run out between the ingress node
+    // and the pods (at the router, at the game node). Each still reaches
+    // its shard and is answered, and no hop answers with a time exceeded
+    // that quotes a pod's address.
+    let pods: Vec<_> = (0..3).map(tests::dsr::pod_ip).collect();
+    let mut capture = IcmpCapture::start(&topo.client);
+    let tracers: Vec<UdpSocket> = (3..=6u32)
+        .map(|ttl| {
+            let s = topo.client.run(|| UdpSocket::bind(SocketAddrV4::new(client, 0)).unwrap()).unwrap();
+            s.set_ttl(ttl).unwrap();
+            s.set_nonblocking(true).unwrap();
+            s.send_to(&tests::sim::wire::handshake_request(0, PORT), SocketAddrV4::new(VIP, PORT)).unwrap();
+            s
+        })
+        .collect();
+    let mut answered = vec![false; tracers.len()];
+    let leaked = |c: &IcmpCapture| !IcmpCapture::naming(&c.seen(), &pods).is_empty();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !answered.iter().all(|a| *a) && !leaked(&capture) && std::time::Instant::now() < deadline {
+        for (t, a) in tracers.iter().zip(answered.iter_mut()) {
+            *a |= t.recv_from(&mut [0u8; 64]).is_ok();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = capture.stop();
+    assert!(IcmpCapture::naming(&seen, &pods).is_empty(), "a traceroute through the VIP named a pod: {seen:?}");
+    assert!(answered.iter().all(|a| *a), "handshakes with TTL 3..=6 answered: {answered:?}");
+
     // A migration still works: one s2 player to s1 (across game nodes).
     let mover = on_shard(&players.snapshot(), "s2")[0].local.clone();
     ingress.request(&Request::Migrate { clients: vec![mover.clone()], from: None, to: "s1".into() }).unwrap();
@@ -209,7 +238,6 @@ fn replies_go_straight_from_the_game_nodes_to_the_players() {
     });
     assert_eq!(count(&ingress, &[Counter::DropShardIcmp]), 0, "a shard's ICMP crossed the ingress node");
     let seen = capture.stop();
-    let pods: Vec<_> = (0..3).map(tests::dsr::pod_ip).collect();
     assert!(IcmpCapture::naming(&seen, &pods).is_empty(), "ICMP naming a pod reached the players: {seen:?}");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {

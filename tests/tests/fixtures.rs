@@ -343,6 +343,42 @@ fn sent_back_out(bed: &Bed, what: &str, frame: &[u8], want: &[u8], ifaces: (&str
     }
 }
 
+/// A player's packet with a low TTL (a traceroute through the public
+/// address) leaves for its shard with TTL 32, so no hop inside the cluster
+/// answers the player with a time exceeded that quotes the shard's
+/// address; the kernel's forwarding (neighbour unresolved) gets 33, as it
+/// takes one off. Checksums stay right. A shard's reply keeps its own TTL
+/// less one.
+#[test]
+fn a_players_low_ttl_never_expires_inside_the_cluster() {
+    let mut bed = bed();
+    bed.session(CLIENT, 50000, GROUP_A, false);
+    bed.session(CLIENT, 50001, GROUP_B, false);
+    for ttl in [2u8, 3, 32, 33] {
+        let mut p = to_vip(CLIENT, 50000, &game_packet());
+        p.ttl = ttl;
+        let mut want = forwarded(p.clone(), CLIENT, SHARD_A, FWD0_MAC, SHARD_A_MAC);
+        want[ETH_LEN + 8] = (ttl - 1).max(32);
+        let (verdict, out) = bed.run(&p.frame());
+        assert_eq!((verdict, out[ETH_LEN + 8]), (XDP_REDIRECT, want[ETH_LEN + 8]), "TTL {ttl} to a shard");
+        assert!(ipv4_checksum_ok(&out) && udp_checksum_ok(&out), "TTL {ttl}: checksums");
+        assert_eq!(hex(&out[..ETH_LEN + 8]), hex(&want[..ETH_LEN + 8]), "TTL {ttl}: the rest as ever");
+        assert_eq!(hex(&out[ETH_LEN + 12..]), hex(&want[ETH_LEN + 12..]), "TTL {ttl}: the rest as ever");
+
+        let mut p = to_vip(CLIENT, 50001, &game_packet());
+        p.ttl = ttl;
+        let (verdict, out) = bed.run(&p.frame());
+        assert_eq!((verdict, out[ETH_LEN + 8]), (XDP_PASS, ttl.max(33)), "TTL {ttl} to a shard through the kernel");
+        assert!(ipv4_checksum_ok(&out) && udp_checksum_ok(&out), "TTL {ttl} through the kernel: checksums");
+
+        let mut r = Udp::new(SHARD_A, PORT, CLIENT, 50000, &[0xE3; 20]);
+        r.ttl = ttl;
+        let (verdict, out) = bed.run(&r.frame());
+        assert_eq!((verdict, out[ETH_LEN + 8]), (XDP_REDIRECT, ttl - 1), "TTL {ttl} of a shard's reply");
+        assert!(ipv4_checksum_ok(&out) && udp_checksum_ok(&out), "TTL {ttl} reply: checksums");
+    }
+}
+
 /// An interface that takes no redirected frames (the bed's veths: their
 /// peers have neither GRO nor XDP) is marked by the agent from the kernel's
 /// word: packets routed out of it are rewritten and passed up, TTL and MACs
