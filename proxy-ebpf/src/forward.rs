@@ -282,9 +282,15 @@ pub fn rewrite_and_send(ctx: &XdpContext, pkt: &Packet, which: Addr, new: u32, r
         match route.via {
             Via::Interface => {
                 *(pkt.eth as *mut [u8; 12]) = route.macs;
-                // The caller checked TTL > 1.
-                ip.ttl = (old_ttl - 1).max(floor);
-                ip.check = csum::apply(check, delta + ttl_delta(old_ttl, ip.ttl)).to_ne_bytes();
+                // The caller checked TTL > 1; most packets just lose one.
+                let ttl_change = if old_ttl > floor {
+                    ip.ttl = old_ttl - 1;
+                    csum::TTL_DECREMENT
+                } else {
+                    ip.ttl = floor;
+                    ttl_delta(old_ttl, floor)
+                };
+                ip.check = csum::apply(check, delta + ttl_change).to_ne_bytes();
                 // SAFETY: the context pointer is valid for the program's run.
                 if route.ifindex == (*ctx.ctx).ingress_ifindex {
                     return Sent::Redirected(xdp_action::XDP_TX);

@@ -318,7 +318,9 @@ fn replies_go_straight_from_the_game_nodes_to_the_players() {
         games[1].pins.path.join("links").join("p-s4").exists()
     });
     let returned = count(&games[1], &returns);
-    let newcomers = rt.block_on(async { player::start(topo.player_sockets(6).unwrap(), &cfg) }).unwrap();
+    // Enough newcomers that placement, spread by hash over three shards,
+    // puts some on s4 whatever their ports ((2/3)^24 it does not).
+    let newcomers = rt.block_on(async { player::start(topo.player_sockets(24).unwrap(), &cfg) }).unwrap();
     wait_for("newcomers playing", Duration::from_secs(60), || newcomers.snapshot().iter().all(|p| p.received >= 5));
     let on_s4 = on_shard(&newcomers.snapshot(), "s4").len();
     assert!(
