@@ -158,6 +158,7 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
     let mut pods = tokio::time::interval(std::time::Duration::from_millis(250));
+    let mut unguarded_uplinks = Vec::new();
     let mut redirects = tokio::time::interval(std::time::Duration::from_secs(1));
     println!("READY");
     loop {
@@ -168,7 +169,10 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
                     owner.snapshot().status.shards.iter().filter_map(|s| s.address.parse().ok()).collect();
                 follow_pods(&mut dp, &shards, cfg.raw.xdp_mode());
             }
-            _ = redirects.tick() => redirect_targets.sync(cfg.raw.xdp_mode(), &shard_addresses(&owner)),
+            _ = redirects.tick() => {
+                redirect_targets.sync(cfg.raw.xdp_mode(), &shard_addresses(&owner));
+                guard_uplinks(&mut dp, &mut unguarded_uplinks);
+            }
             _ = term.recv() => { log::info!("SIGTERM: stopping; the data plane keeps forwarding"); break; }
             _ = int.recv() => { log::info!("interrupt: stopping; the data plane keeps forwarding"); break; }
             _ = hup.recv() => {
@@ -191,6 +195,31 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
         dp.pin_dir().display()
     );
     Ok(())
+}
+
+/// A node's own ICMP errors to players leave by its uplinks, which on a
+/// game node are not the pods' veths the data plane runs on (and on any
+/// node may be left out of `interfaces`): a player's packet that dies here
+/// (its pod just deleted and its route gone, a TTL run out, a pod's MTU
+/// too small) is answered with the packet quoted, shard address included.
+/// The egress guard runs on every interface a default route leaves by, as
+/// it does where XDP runs; checked every second.
+/// An uplink the guard could not attach to is named once, in `failed`.
+fn guard_uplinks(dp: &mut Dataplane, failed: &mut Vec<String>) {
+    for uplink in pod_routes::default_interfaces(&pod_routes::local_table()) {
+        if dp.covers(&uplink) || failed.contains(&uplink) {
+            continue;
+        }
+        match dp.guard(&uplink) {
+            Ok(how) => log::info!(
+                "egress guard on {uplink} ({how:?}): this node's own ICMP naming a shard never leaves by its uplink"
+            ),
+            Err(e) => {
+                log::warn!("{e:#}; this node's own ICMP errors may name a pod to a player");
+                failed.push(uplink);
+            }
+        }
+    }
 }
 
 /// Writes the proxy's own nodes into `PEERS` (read at start).

@@ -166,6 +166,30 @@ fn replies_go_straight_from_the_game_nodes_to_the_players() {
     assert!(IcmpCapture::naming(&seen, &pods).is_empty(), "a traceroute through the VIP named a pod: {seen:?}");
     assert!(answered.iter().all(|a| *a), "handshakes with TTL 3..=6 answered: {answered:?}");
 
+    // A game node's own ICMP leaves by its uplink, where the egress guard
+    // runs too: a packet to a pod that dies at game2 (its TTL runs out
+    // there, as a packet to a just-deleted pod does in a routing loop) is
+    // answered with a time exceeded quoting the pod; none reaches a player.
+    wait_for("the egress guard on game2's uplink", Duration::from_secs(10), || {
+        games[1].pins.path.join(proxy_agent::dataplane::links::GUARD_LINKS).join("eth0").exists()
+    });
+    let pod2 = tests::dsr::pod_ip(1);
+    topo.client.ip(&["route", "add", &format!("{pod2}/32"), "via", "198.18.0.1"]).unwrap();
+    let mut capture = IcmpCapture::start(&topo.client);
+    let dying = topo.client.run(|| UdpSocket::bind(SocketAddrV4::new(client, 0)).unwrap()).unwrap();
+    dying.set_ttl(2).unwrap(); // the router takes one, game2 the last
+    let guarded = count(&games[1], &[Counter::DropEgressShardIcmp]);
+    let dropped = || count(&games[1], &[Counter::DropEgressShardIcmp]) > guarded;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !dropped() && !leaked(&capture) && std::time::Instant::now() < deadline {
+        dying.send_to(b"last hop", SocketAddrV4::new(pod2, PORT)).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = capture.stop();
+    assert!(IcmpCapture::naming(&seen, &pods).is_empty(), "game2's own ICMP named a pod to a player: {seen:?}");
+    assert!(dropped(), "game2's time exceeded naming its pod was dropped on its uplink");
+    topo.client.ip(&["route", "del", &format!("{pod2}/32")]).unwrap();
+
     // A migration still works: one s2 player to s1 (across game nodes).
     let mover = on_shard(&players.snapshot(), "s2")[0].local.clone();
     ingress.request(&Request::Migrate { clients: vec![mover.clone()], from: None, to: "s1".into() }).unwrap();

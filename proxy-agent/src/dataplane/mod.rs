@@ -77,6 +77,8 @@ pub struct Dataplane {
     links: Vec<XdpLinkId>,
     /// Interfaces running the data plane, through pinned links.
     attached: Vec<(String, links::Attachment)>,
+    /// Interfaces running only the egress guard (a game node's uplink).
+    guarded: Vec<String>,
     pin_dir: PathBuf,
 }
 
@@ -187,7 +189,10 @@ impl Dataplane {
             .try_into()?;
         guard.load().with_context(|| format!("the kernel refused program {}", programs::EGRESS_GUARD))?;
         let tables = Tables::take(&mut ebpf)?;
-        Ok((Self { ebpf, links: Vec::new(), attached: Vec::new(), pin_dir: pin_dir.to_path_buf() }, tables))
+        Ok((
+            Self { ebpf, links: Vec::new(), attached: Vec::new(), guarded: Vec::new(), pin_dir: pin_dir.to_path_buf() },
+            tables,
+        ))
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -269,6 +274,23 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Runs only the egress guard on `name` (pinned, or adopted from an
+    /// earlier agent): for an interface this node's own ICMP leaves by but
+    /// whose incoming packets are none of the data plane's business.
+    pub fn guard(&mut self, name: &str) -> Result<links::Attachment> {
+        let guard: &mut SchedClassifier =
+            self.ebpf.program_mut(programs::EGRESS_GUARD).expect("checked at load").try_into()?;
+        let how = links::guard_or_adopt(guard, &self.pin_dir, name)
+            .with_context(|| format!("attaching the egress guard (TC) to `{name}`"))?;
+        self.guarded.push(name.to_string());
+        Ok(how)
+    }
+
+    /// The interfaces running the data plane or the egress guard.
+    pub fn covers(&self, name: &str) -> bool {
+        self.attached.iter().any(|(n, _)| n == name) || self.guarded.iter().any(|n| n == name)
+    }
+
     /// Attaches the bare XDP_PASS program to `iface` (in the calling
     /// thread's network namespace). For test topologies: a veth that is sent
     /// XDP_TX frames by its peer delivers them only if it runs an XDP
@@ -285,6 +307,13 @@ impl Dataplane {
     pub fn forget_missing(&mut self) -> Vec<String> {
         let (gone, kept): (Vec<_>, Vec<_>) = self.attached.drain(..).partition(|(n, _)| !interface_exists(n));
         self.attached = kept;
+        self.guarded.retain(|n| {
+            let exists = interface_exists(n);
+            if !exists {
+                links::unpin(&self.pin_dir, n);
+            }
+            exists
+        });
         gone.into_iter()
             .map(|(n, _)| {
                 links::unpin(&self.pin_dir, &n);

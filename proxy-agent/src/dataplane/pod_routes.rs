@@ -65,6 +65,18 @@ pub fn route_interface(table: &str, addr: Ipv4Addr) -> Option<String> {
     best_route(&parse(table), addr).map(|r| r.iface.clone())
 }
 
+/// The interfaces default routes leave by: a node's uplinks, which its
+/// answers to players take.
+pub fn default_interfaces(table: &str) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    for r in parse(table) {
+        if r.mask == 0 && r.iface != "lo" && !found.contains(&r.iface) {
+            found.push(r.iface);
+        }
+    }
+    found
+}
+
 /// This network namespace's main routing table (empty if unreadable).
 pub fn local_table() -> String {
     std::fs::read_to_string("/proc/net/route").unwrap_or_default()
@@ -94,5 +106,6 @@ eth0\t001612C6\t010212C6\t0003\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
         assert_eq!(via([198, 18, 21, 2]).as_deref(), Some("p-s1"));
         assert_eq!(via([198, 18, 22, 2]).as_deref(), Some("eth0"), "through a gateway");
         assert_eq!(via([203, 0, 113, 9]).as_deref(), Some("eth0"), "the default route");
+        assert_eq!(default_interfaces(table), ["eth0"]);
     }
 }
