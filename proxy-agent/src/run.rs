@@ -117,7 +117,12 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
         let secret = cfg.raw.node_secret().context(
             "a return node needs the node secret: set `node_secret` (the ingress agents' own) or SAMP_PROXY_NODE_SECRET",
         )?;
-        tokio::spawn(http::node::report(rx, cfg.raw.ingress_agents.clone(), secret));
+        tokio::spawn(http::node::report(rx, cfg.raw.ingress_agents.clone(), secret.clone()));
+        // Shards seen refusing players are named to the ingress agents,
+        // which probe them at once.
+        let (refused_tx, refused_rx) = tokio::sync::mpsc::unbounded_channel();
+        owner.report_refused(refused_tx);
+        tokio::spawn(http::node::report_refused(refused_rx, cfg.raw.ingress_agents.clone(), secret));
     } else {
         // Shards the data plane sees refuse players are probed at once.
         let (urgent_tx, urgent_rx) = tokio::sync::mpsc::unbounded_channel();

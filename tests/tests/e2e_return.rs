@@ -360,3 +360,85 @@ fn replies_go_straight_from_the_game_nodes_to_the_players() {
     newcomers.stop();
     players.stop();
 }
+
+/// A pod whose server process died refuses its players' packets; its game
+/// node's data plane drops the refusals and the game node names the shard
+/// to the ingress node, which probes it at once: the failover comes well
+/// inside the ingress node's probe interval (10 s here), as on a single
+/// node, instead of at its next round.
+#[test]
+fn a_game_node_names_a_crashed_pod_and_the_ingress_fails_it_over_at_once() {
+    let topo = DsrTopology::build(&[0, 0], 2).unwrap();
+    let shards_yaml = topo.shards_yaml(&["active", "standby"]);
+    let mut sims: Vec<_> = (0..2)
+        .map(|p| {
+            let cfg = ShardConfig { name: format!("s{}", p + 1), max_players: 100, seed: 3000 + p as u32 };
+            Some(shard::spawn(topo.pod_socket(p).unwrap(), cfg))
+        })
+        .collect();
+    let ingress = Agent::start(
+        &topo.ingress,
+        &format!(
+            "role: ingress\ninterfaces: [eth0]\nmetrics_listen: 0.0.0.0:9477\nnode_secret: {SECRET}\n\
+             health:\n  interval_ms: 10000\n{shards_yaml}"
+        ),
+    )
+    .unwrap();
+    let game = Agent::start(
+        &topo.games[0],
+        &format!("role: return\ningress_agents: [{INGRESS_IP}:9477]\nnode_secret: {SECRET}\n{shards_yaml}"),
+    )
+    .unwrap();
+    wait_for("the game agent on both pods' veths", Duration::from_secs(10), || {
+        ["p-s1", "p-s2"].iter().all(|p| game.pins.path.join("links").join(p).exists())
+    });
+    // What the ingress node makes of bad reports: an error each, and no
+    // shard probed for a name it does not know.
+    let ingress_http = SocketAddrV4::new(INGRESS_IP, 9477);
+    for (method, body, status, answer) in [
+        ("POST", "secret=wrong-secret-0123456789&refused=s1".to_string(), 403, "error: wrong secret"),
+        ("GET", format!("secret={SECRET}&refused=s1"), 405, "error: use POST with secret and refused"),
+        ("POST", format!("secret={SECRET}&refused=s1&extra=1"), 400, "error: unknown field `extra`"),
+        ("POST", format!("secret={SECRET}"), 400, "error: missing field `refused`"),
+        ("POST", format!("secret={SECRET}&refused=nobody,,"), 200, "ok 0"),
+    ] {
+        let (got, text) = tests::http::request(&topo.games[0], ingress_http, method, "/node/refused", &body);
+        assert!(got == status && text.starts_with(answer), "{method} {body}: {got} {text}");
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut cfg = PlayerConfig::new(SocketAddrV4::new(VIP, PORT), Duration::from_secs(120));
+    cfg.reconnect_after = Duration::from_millis(1000);
+    cfg.rate_hz = 20.0;
+    let players = rt.block_on(async { player::start(topo.player_sockets(5).unwrap(), &cfg) }).unwrap();
+    wait_for("players echoed by s1", Duration::from_secs(60), || {
+        players.snapshot().iter().all(|p| p.received >= 5 && p.current_shard() == Some("s1"))
+    });
+
+    sims[0].take().unwrap().stop();
+    let killed = std::time::Instant::now();
+    let failed_over = || {
+        let events = ingress.request(&Request::Events).unwrap();
+        events.as_array().unwrap().iter().any(|e| e["kind"] == "failover" && e["shard"] == "s1")
+    };
+    wait_for("s1's failover", Duration::from_secs(15), failed_over);
+    let took = killed.elapsed();
+    println!(
+        "s1's pod crashed: failed over by the ingress node {} ms later (its probe interval: 10 s)",
+        took.as_millis()
+    );
+    assert!(ingress.log_text().contains("a game node saw s1 refuse a player"), "{}", ingress.log_text());
+    assert!(
+        game.log_text().contains(&format!("told {INGRESS_IP}:9477 that s1 refused a player")),
+        "{}",
+        game.log_text()
+    );
+    assert!(took < Duration::from_secs(3), "failover {took:?} after the crash: the ingress waited for its round");
+    wait_for("s1's players on s2", Duration::from_secs(30), || {
+        players.snapshot().iter().all(|p| p.current_shard() == Some("s2"))
+    });
+    players.stop();
+    for sim in sims.iter_mut().flatten() {
+        sim.stop();
+    }
+}

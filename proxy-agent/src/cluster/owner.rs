@@ -92,6 +92,11 @@ pub enum Msg {
     ReportAnswered(tokio::sync::mpsc::UnboundedSender<Vec<Answered>>),
     /// An ingress node: game nodes' shards accepted these players.
     Answered(Vec<Answered>, oneshot::Sender<usize>),
+    /// A `return` node: shards the data plane saw refuse a player go here.
+    ReportRefused(tokio::sync::mpsc::UnboundedSender<Vec<String>>),
+    /// An ingress node: a game node saw these shards refuse a player; the
+    /// reply is how many are probed now.
+    Refused(Vec<String>, oneshot::Sender<usize>),
     /// What became of a lease move.
     LeaseOutcome(LeaseOutcome),
     /// The programs are attached: the data plane forwards.
@@ -162,6 +167,22 @@ impl OwnerHandle {
 
     pub fn report_answered(&self, tx: tokio::sync::mpsc::UnboundedSender<Vec<Answered>>) {
         let _ = self.tx.send(Msg::ReportAnswered(tx));
+    }
+
+    /// A `return` node: the shards its data plane sees refuse players
+    /// (their process is gone) are named through `tx`.
+    pub fn report_refused(&self, tx: tokio::sync::mpsc::UnboundedSender<Vec<String>>) {
+        let _ = self.tx.send(Msg::ReportRefused(tx));
+    }
+
+    /// A game node saw these shards (by name) refuse players: each one
+    /// still up is probed at once. Returns how many.
+    pub async fn refused(&self, shards: Vec<String>) -> usize {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Msg::Refused(shards, tx)).is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
     }
 
     /// Players game nodes' shards accepted: promoted where pending here.
@@ -272,6 +293,8 @@ pub struct Owner {
     answered_reporter: Option<tokio::sync::mpsc::UnboundedSender<Vec<Answered>>>,
     /// The health loop's urgent probes (nodes that probe: not `return`).
     urgent_probes: Option<tokio::sync::mpsc::UnboundedSender<UrgentProbe>>,
+    /// A `return` node: where the shards seen refusing players go.
+    refused_reporter: Option<tokio::sync::mpsc::UnboundedSender<Vec<String>>>,
 }
 
 /// The time between full scans: often enough for the idle timeout to be
@@ -327,6 +350,7 @@ pub fn spawn(
         leases: None,
         answered_reporter: None,
         urgent_probes: None,
+        refused_reporter: None,
     };
     owner.drain_ring();
     owner.publish();
@@ -406,6 +430,14 @@ impl Owner {
             Msg::UseLeases(mover) => self.leases = Some(mover),
             Msg::ReportAnswered(tx) => self.answered_reporter = Some(tx),
             Msg::UrgentProbes(tx) => self.urgent_probes = Some(tx),
+            Msg::ReportRefused(tx) => self.refused_reporter = Some(tx),
+            Msg::Refused(names, reply) => {
+                let c = &self.cluster;
+                let shards = names.iter().filter_map(|n| c.cfg.shards.iter().position(|s| &s.name == n)).collect();
+                let probed = self.probe_now(shards);
+                log::info!("a game node saw {} refuse a player: {probed} probed now", names.join(", "));
+                let _ = reply.send(probed);
+            }
             Msg::ProbedNow(shard, outcome) => {
                 if self.health_round(vec![(shard, outcome)]) {
                     if let Err(e) = self.cluster.write_answers() {
@@ -486,13 +518,29 @@ impl Owner {
     /// The data plane saw these shards (backend ids) refuse a player's
     /// packet: the health loop probes each one still up at once (two
     /// refusals in a row take it down without waiting for the next round).
-    fn probe_refusing(&self, mut backends: Vec<u32>) {
-        let Some(urgent) = &self.urgent_probes else { return };
-        backends.sort_unstable();
-        backends.dedup();
+    /// A `return` node, which does not probe, names them to the ingress
+    /// nodes instead, which do.
+    fn probe_refusing(&self, backends: Vec<u32>) {
         let c = &self.cluster;
-        for backend in backends {
-            let Some(i) = c.ids.iter().position(|id| id.backend == backend) else { continue };
+        let shards: Vec<usize> = backends.iter().filter_map(|b| c.ids.iter().position(|id| id.backend == *b)).collect();
+        if let (Some(reporter), false) = (&self.refused_reporter, shards.is_empty()) {
+            let mut names: Vec<String> = shards.iter().map(|&i| c.cfg.shards[i].name.clone()).collect();
+            names.sort_unstable();
+            names.dedup();
+            let _ = reporter.send(names);
+        }
+        self.probe_now(shards);
+    }
+
+    /// Probes each of these shards (indices) still up at once; returns how
+    /// many (none on a node that does not probe).
+    fn probe_now(&self, mut shards: Vec<usize>) -> usize {
+        let Some(urgent) = &self.urgent_probes else { return 0 };
+        shards.sort_unstable();
+        shards.dedup();
+        let c = &self.cluster;
+        let mut probed = 0;
+        for i in shards {
             if !c.is_up(i) {
                 continue;
             }
@@ -502,7 +550,9 @@ impl Owner {
                 addr: SocketAddrV4::new(s.address, c.cfg.frontends[s.frontend].address.port()),
                 wait: Duration::from_millis(c.cfg.raw.health.timeout_ms),
             });
+            probed += 1;
         }
+        probed
     }
 
     /// The periodic work; errors are logged and retried next tick.

@@ -53,7 +53,7 @@ async fn connection(stream: TcpStream, peer: IpAddr, owner: OwnerHandle, shard_a
         async move {
             let answer = if req.uri().path() == transfer::PATH {
                 transfer::handle(req, peer, &shard_api, &owner).await
-            } else if req.uri().path() == node::PATH {
+            } else if req.uri().path() == node::PATH || req.uri().path() == node::REFUSED_PATH {
                 node::handle(req, &shard_api, &owner).await
             } else {
                 route(req.method(), req.uri().path(), &owner.snapshot())

@@ -1,8 +1,14 @@
-//! `/node/answered`: a game node (`return` role) reports the players its
-//! shards accepted, so this ingress node promotes them from pending to
-//! established (direct server return keeps the shards' answers off this
-//! node). Form body: `secret=NODE_SECRET&answered=ip:port@shard,...`;
-//! the reply is `ok N` (N promoted) or `error: <reason>`.
+//! What game nodes (`return` role) tell the ingress nodes, whose probes and
+//! sessions decide (direct server return keeps the shards' answers off the
+//! ingress nodes):
+//! - `/node/answered`: the players its shards accepted, so this ingress
+//!   node promotes them from pending to established. Form body:
+//!   `secret=NODE_SECRET&answered=ip:port@shard,...`; the reply is `ok N`
+//!   (N promoted) or `error: <reason>`.
+//! - `/node/refused`: the shards its data plane saw refuse a player (port
+//!   unreachable: the server process is gone), so this node probes them at
+//!   once instead of at its next round. Form body:
+//!   `secret=NODE_SECRET&refused=s1,s2`; the reply is `ok N` (N probed now).
 
 use http_body_util::Full;
 use hyper::{
@@ -18,30 +24,47 @@ use super::{
 use crate::cluster::{answered::Answered, owner::OwnerHandle};
 
 pub const PATH: &str = "/node/answered";
+pub const REFUSED_PATH: &str = "/node/refused";
 
+/// Either path: `ok N` or `error: <reason>`.
 pub async fn handle(req: Request<Incoming>, api: &ShardApi, owner: &OwnerHandle) -> Response<Full<Bytes>> {
-    match answered(req, api, owner).await {
+    let outcome = if req.uri().path() == REFUSED_PATH {
+        match secured_field(req, api, "refused").await {
+            Ok(list) => {
+                Ok(owner.refused(list.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect()).await)
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        answered(req, api, owner).await
+    };
+    match outcome {
         Ok(n) => text(StatusCode::OK, PLAIN, format!("ok {n}")),
         Err((status, why)) => text(status, PLAIN, format!("error: {why}")),
     }
 }
 
 async fn answered(req: Request<Incoming>, api: &ShardApi, owner: &OwnerHandle) -> Result<usize, Refusal> {
+    let list = secured_field(req, api, "answered").await?;
+    let list = Answered::decode(&list).map_err(|why| (StatusCode::BAD_REQUEST, why))?;
+    Ok(owner.answered(list).await)
+}
+
+/// The one field `name` of a POSTed form that carries the node secret.
+async fn secured_field(req: Request<Incoming>, api: &ShardApi, name: &str) -> Result<String, Refusal> {
     if req.method() != Method::POST {
-        return Err((StatusCode::METHOD_NOT_ALLOWED, "use POST with secret and answered".into()));
+        return Err((StatusCode::METHOD_NOT_ALLOWED, format!("use POST with secret and {name}")));
     }
     let body = body_text(req.into_body()).await?;
-    let mut f = form::parse(&body, &["secret", "answered"]).map_err(|why| (StatusCode::BAD_REQUEST, why))?;
-    let (secret, list) = (f.take("secret"), f.take("answered"));
+    let mut f = form::parse(&body, &["secret", name]).map_err(|why| (StatusCode::BAD_REQUEST, why))?;
+    let (secret, value) = (f.take("secret"), f.take(name));
     let Some(expected) = &api.node_secret else {
         return Err((StatusCode::FORBIDDEN, "this agent has no node_secret".into()));
     };
     if !same_secret(secret.map_err(|why| (StatusCode::BAD_REQUEST, why))?.as_bytes(), expected.as_bytes()) {
         return Err((StatusCode::FORBIDDEN, "wrong secret".into()));
     }
-    let list = Answered::decode(&list.map_err(|why| (StatusCode::BAD_REQUEST, why))?)
-        .map_err(|why| (StatusCode::BAD_REQUEST, why))?;
-    Ok(owner.answered(list).await)
+    value.map_err(|why| (StatusCode::BAD_REQUEST, why))
 }
 
 /// A game node's side: sends each batch of accepted players to every
@@ -60,19 +83,44 @@ pub async fn report(
         let body =
             format!("secret={secret}&answered={}", Answered::encode(&batch).replace(':', "%3A").replace('@', "%40"));
         for agent in &agents {
-            if let Err(e) = post(*agent, &body).await {
+            if let Err(e) = post(*agent, PATH, &body).await {
                 log::warn!("telling {agent} of {} accepted players: {e}", batch.len());
             }
         }
     }
 }
 
-async fn post(agent: std::net::SocketAddrV4, body: &str) -> std::io::Result<()> {
+/// A game node's side: names each batch of shards its data plane saw
+/// refuse a player to every ingress agent (the data plane sends at most one
+/// such event per shard every few milliseconds). A failed send is logged:
+/// the ingress agents' own probes notice within a round.
+pub async fn report_refused(
+    mut batches: tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
+    agents: Vec<std::net::SocketAddrV4>,
+    secret: String,
+) {
+    while let Some(mut batch) = batches.recv().await {
+        while let Ok(more) = batches.try_recv() {
+            batch.extend(more);
+        }
+        batch.sort_unstable();
+        batch.dedup();
+        let body = format!("secret={secret}&refused={}", batch.join(","));
+        for agent in &agents {
+            match post(*agent, REFUSED_PATH, &body).await {
+                Ok(()) => log::info!("told {agent} that {} refused a player", batch.join(", ")),
+                Err(e) => log::warn!("telling {agent} that {} refused a player: {e}", batch.join(", ")),
+            }
+        }
+    }
+}
+
+async fn post(agent: std::net::SocketAddrV4, path: &str, body: &str) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(agent).await?;
         let head = format!(
-            "POST {PATH} HTTP/1.1\r\nHost: {agent}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            "POST {path} HTTP/1.1\r\nHost: {agent}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             body.len()
         );
         s.write_all(head.as_bytes()).await?;
