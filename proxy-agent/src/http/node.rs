@@ -72,22 +72,16 @@ async fn secured_field(req: Request<Incoming>, api: &ShardApi, name: &str) -> Re
 /// logged and dropped: the player is still pending there, and its next
 /// handshake answer is reported again).
 pub async fn report(
-    mut batches: tokio::sync::mpsc::UnboundedReceiver<Vec<Answered>>,
+    batches: tokio::sync::mpsc::UnboundedReceiver<Vec<Answered>>,
     agents: Vec<std::net::SocketAddrV4>,
     secret: String,
 ) {
-    while let Some(mut batch) = batches.recv().await {
-        while let Ok(more) = batches.try_recv() {
-            batch.extend(more);
-        }
-        let body =
-            format!("secret={secret}&answered={}", Answered::encode(&batch).replace(':', "%3A").replace('@', "%40"));
-        for agent in &agents {
-            if let Err(e) = post(*agent, PATH, &body).await {
-                log::warn!("telling {agent} of {} accepted players: {e}", batch.len());
-            }
-        }
-    }
+    post_batches(batches, &agents, PATH, |batch| {
+        let form =
+            format!("secret={secret}&answered={}", Answered::encode(batch).replace(':', "%3A").replace('@', "%40"));
+        (form, format!("of {} accepted players", batch.len()), false)
+    })
+    .await
 }
 
 /// A game node's side: names each batch of shards its data plane saw
@@ -95,21 +89,41 @@ pub async fn report(
 /// such event per shard every few milliseconds). A failed send is logged:
 /// the ingress agents' own probes notice within a round.
 pub async fn report_refused(
-    mut batches: tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
+    batches: tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
     agents: Vec<std::net::SocketAddrV4>,
     secret: String,
+) {
+    post_batches(batches, &agents, REFUSED_PATH, |batch| {
+        batch.sort_unstable();
+        batch.dedup();
+        (
+            format!("secret={secret}&refused={}", batch.join(",")),
+            format!("that {} refused a player", batch.join(", ")),
+            true,
+        )
+    })
+    .await
+}
+
+/// Posts each batch (with whatever queued behind it) to every agent at
+/// `path`; `form` gives the body, what to call it in the log, and whether
+/// a delivery is logged too.
+async fn post_batches<T>(
+    mut batches: tokio::sync::mpsc::UnboundedReceiver<Vec<T>>,
+    agents: &[std::net::SocketAddrV4],
+    path: &str,
+    mut form: impl FnMut(&mut Vec<T>) -> (String, String, bool),
 ) {
     while let Some(mut batch) = batches.recv().await {
         while let Ok(more) = batches.try_recv() {
             batch.extend(more);
         }
-        batch.sort_unstable();
-        batch.dedup();
-        let body = format!("secret={secret}&refused={}", batch.join(","));
-        for agent in &agents {
-            match post(*agent, REFUSED_PATH, &body).await {
-                Ok(()) => log::info!("told {agent} that {} refused a player", batch.join(", ")),
-                Err(e) => log::warn!("telling {agent} that {} refused a player: {e}", batch.join(", ")),
+        let (body, what, log_delivery) = form(&mut batch);
+        for agent in agents {
+            match post(*agent, path, &body).await {
+                Ok(()) if log_delivery => log::info!("told {agent} {what}"),
+                Ok(()) => {}
+                Err(e) => log::warn!("telling {agent} {what}: {e}"),
             }
         }
     }
