@@ -37,7 +37,7 @@ pub fn jiffy_ns() -> u64 {
 fn measure() -> Result<u64> {
     let probe = Probe::load()?;
     let (j1, t1) = probe.next_jiffy()?;
-    std::thread::sleep(Duration::from_millis(25));
+    std::thread::sleep(Duration::from_millis(50));
     let (j2, t2) = probe.next_jiffy()?;
     if j2 <= j1 || t2 <= t1 {
         bail!("jiffies did not advance ({j1} -> {j2})");
@@ -78,6 +78,9 @@ const BPF_PROG_TEST_RUN: i64 = 10;
 const BPF_PROG_TYPE_XDP: u32 = 6;
 const BPF_FUNC_KTIME_GET_NS: i32 = 5;
 const BPF_FUNC_JIFFIES64: i32 = 118;
+/// The most time between the two samples an edge of jiffies is seen
+/// between (a test run takes about 1 µs here).
+const EDGE_WINDOW_NS: u64 = 20_000;
 /// Frames of this size go in and come out.
 const FRAME: usize = 64;
 
@@ -157,17 +160,21 @@ impl Probe {
     }
 
     /// Waits for jiffies to change: the new value and (within a test run)
-    /// when it changed.
+    /// when it changed. An edge is taken only when the samples around it
+    /// lie within `EDGE_WINDOW_NS`: a thread preempted across an edge would
+    /// see it late (by 0.6 ms once on a loaded CI machine, which made a
+    /// 4 ms jiffy read 4.1), so the next edge is awaited instead.
     fn next_jiffy(&self) -> Result<(u64, u64)> {
-        let (start, _) = self.sample()?;
-        let deadline = Instant::now() + Duration::from_millis(200);
+        let (mut seen, mut before) = self.sample()?;
+        let deadline = Instant::now() + Duration::from_millis(500);
         while Instant::now() < deadline {
             let (j, t) = self.sample()?;
-            if j != start {
+            if j != seen && t.saturating_sub(before) <= EDGE_WINDOW_NS {
                 return Ok((j, t));
             }
+            (seen, before) = (j, t);
         }
-        bail!("jiffies stood still for 200 ms");
+        bail!("no sharp change of jiffies within 500 ms");
     }
 }
 
