@@ -599,15 +599,18 @@ fn run(args: &E2eArgs, cpus: usize) -> Result<()> {
             samples[idx(m)].hop_ns.push(abs[idx(m)] - abs[idx(Mode::Routing)]);
             samples[idx(m)].thread_hop_ns.push(thread_abs[idx(m)] - thread_abs[idx(Mode::Routing)]);
         }
+        // Named from MODES, so a path added there is labelled right here.
+        let over: Vec<String> = modes
+            .iter()
+            .filter(|&&m| m != Mode::Routing)
+            .map(|&m| format!("{} {:.0}", m.name(), abs[idx(m)] - abs[idx(Mode::Routing)]))
+            .collect();
         progress(format!(
-            "  repetition {}/{}: ns/packet over routing: ours {:.0}, nftables {:.0}, userspace {:.0} (routing {:.0}){}{}",
+            "  repetition {}/{}: ns/packet over routing: {} (routing {:.0}){}",
             rep + 1,
             args.repeats,
-            abs[1] - abs[0],
-            abs[2] - abs[0],
-            abs[3] - abs[0],
-            abs[0],
-            if !args.no_veth_tax { format!(", routing + XDP_PASS {:.0}", abs[4] - abs[0]) } else { String::new() },
+            over.join(", "),
+            abs[idx(Mode::Routing)],
             if clean { "" } else { "  [disturbed by another process]" }
         ));
     }
