@@ -154,9 +154,14 @@ fn reload_adds_a_shard_and_changes_capacity_without_losing_anyone() {
     for p in players.snapshot() {
         assert_eq!((p.connects, p.shards.len()), (1, 1), "{} lost its session in the reload", p.local);
     }
-    let newcomers = sc.players(20, &sc.player_config()).unwrap();
+    // s3 holds two thirds of the slots and most of the free ones: with 60
+    // newcomers placed by hash, half on s3 is 3 standard deviations below
+    // what to expect (with 20 and 10, about 1 run in 30 fell short).
+    let newcomers = sc.players(60, &sc.player_config()).unwrap();
     Scenario::wait_playing(&newcomers, 5);
-    assert!(on_shard(&newcomers.snapshot(), "s3").len() >= 10, "most newcomers land on the new, empty, large s3");
+    let on_s3 = on_shard(&newcomers.snapshot(), "s3").len();
+    println!("newcomers on s3 after the reload: {on_s3} of 60");
+    assert!(on_s3 >= 30, "most newcomers land on the new, empty, large s3: {on_s3} of 60");
 
     // A bad file is refused with field and line; the running config stays.
     std::fs::write(&sc.agent.config_path, format!("{}{extra}", new.replace("capacity: 300", "capacity: 0"))).unwrap();
