@@ -97,7 +97,7 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
     let shard_addresses = |owner: &owner::OwnerHandle| -> Vec<(String, std::net::Ipv4Addr)> {
         owner.snapshot().status.shards.iter().filter_map(|s| Some((s.name.clone(), s.address.parse().ok()?))).collect()
     };
-    redirect_targets.sync(cfg.raw.xdp_mode(), &shard_addresses(&owner));
+    redirect_targets.sync(cfg.raw.xdp_mode(), &shard_addresses(&owner), &pod_routes::local_table());
     for fe in &cfg.frontends {
         let shards: Vec<String> = cfg
             .shards
@@ -170,13 +170,14 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
         tokio::select! {
             _ = pods.tick(), if cfg.raw.role == NodeRole::Return => {
                 // The shards of the config in force (a reload may change them).
-                let shards: Vec<std::net::Ipv4Addr> =
-                    owner.snapshot().status.shards.iter().filter_map(|s| s.address.parse().ok()).collect();
+                let shards: Vec<std::net::Ipv4Addr> = shard_addresses(&owner).into_iter().map(|(_, a)| a).collect();
                 follow_pods(&mut dp, &shards, cfg.raw.xdp_mode());
             }
             _ = redirects.tick() => {
-                redirect_targets.sync(cfg.raw.xdp_mode(), &shard_addresses(&owner));
-                guard_uplinks(&mut dp, &mut unguarded_uplinks);
+                // One read of the routing table serves both.
+                let table = pod_routes::local_table();
+                redirect_targets.sync(cfg.raw.xdp_mode(), &shard_addresses(&owner), &table);
+                guard_uplinks(&mut dp, &mut unguarded_uplinks, &table);
             }
             _ = term.recv() => { log::info!("SIGTERM: stopping; the data plane keeps forwarding"); break; }
             _ = int.recv() => { log::info!("interrupt: stopping; the data plane keeps forwarding"); break; }
@@ -210,8 +211,8 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
 /// The egress guard runs on every interface a default route leaves by, as
 /// it does where XDP runs; checked every second.
 /// An uplink the guard could not attach to is named once, in `failed`.
-fn guard_uplinks(dp: &mut Dataplane, failed: &mut Vec<String>) {
-    for uplink in pod_routes::default_interfaces(&pod_routes::local_table()) {
+fn guard_uplinks(dp: &mut Dataplane, failed: &mut Vec<String>, table: &str) {
+    for uplink in pod_routes::default_interfaces(table) {
         if dp.covers(&uplink) || failed.contains(&uplink) {
             continue;
         }

@@ -9,8 +9,8 @@ use aya_ebpf::{
 use proxy_common::{
     counters::COUNTER_SLOTS, Backend, BackendStats, CacheSet, ClientRouteSet, Frontend, FrontendKey, Group, Meter,
     NextHop, PortEntry, QueryAnswer, QuerySettings, QuerySource, Reverse, ReverseCache, Session, SessionKey,
-    ShardState, CLIENT_ROUTE_SETS, MAX_BACKENDS, MAX_FRONTENDS, MAX_GROUPS, MAX_PEERS, MAX_PENDING, MAX_REFUSING_INTERFACES, MAX_QUERY_SOURCES,
-    MAX_SESSIONS, PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED, QUERY_SLOTS, SESSION_CACHE_SETS, SESSION_EVENTS_BYTES,
+    ShardState, CLIENT_ROUTE_SETS, MAX_BACKENDS, MAX_FRONTENDS, MAX_GROUPS, MAX_PEERS, MAX_PENDING, MAX_QUERY_SOURCES,
+    MAX_REFUSING_INTERFACES, MAX_SESSIONS, PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED, QUERY_SLOTS, SESSION_CACHE_SETS, SESSION_EVENTS_BYTES,
 };
 
 /// UDP port (header byte order) -> frontend hint; see `PortEntry`.
@@ -158,14 +158,15 @@ pub fn frontend(key: &FrontendKey) -> Option<Frontend> {
     unsafe { FRONTENDS.get(key).copied() }
 }
 
-/// True when `addr` is one of the proxy's own nodes.
-/// Looked up only on a FIB lookup (a next-hop cache miss).
+/// True when `ifindex` takes no redirected frames now. Looked up only on a
+/// FIB lookup (a next-hop cache miss).
 #[inline(always)]
 pub fn refuses_redirects(ifindex: u32) -> bool {
     // SAFETY: only the presence of the key is read.
     unsafe { REDIRECT_REFUSED.get(&ifindex).is_some() }
 }
 
+/// True when `addr` is one of the proxy's own nodes.
 #[inline(always)]
 pub fn is_peer(addr: u32) -> bool {
     if PEERS_IN_USE.get(0).copied().unwrap_or(0) == 0 {

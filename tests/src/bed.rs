@@ -229,7 +229,7 @@ impl Bed {
         self.ns
             .run(move || {
                 let mut targets = proxy_agent::dataplane::redirect_targets::RedirectTargets::open(&pins).unwrap();
-                targets.sync(proxy_agent::config::XdpModeName::Driver, &[]);
+                targets.sync(proxy_agent::config::XdpModeName::Driver, &[], "");
             })
             .unwrap();
     }

@@ -142,12 +142,17 @@ fn client_route_sets() -> Result<u32> {
     Ok(session_cache_sets()? / proxy_common::SESSION_CACHE_SETS * proxy_common::CLIENT_ROUTE_SETS)
 }
 
-fn interface_exists(name: &str) -> bool {
+/// The index of interface `name` in this namespace, 0 when there is none.
+pub fn ifindex(name: &str) -> u32 {
     let Ok(c) = CString::new(name) else {
-        return false;
+        return 0;
     };
     // SAFETY: `c` is a valid C string.
-    unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+fn interface_exists(name: &str) -> bool {
+    ifindex(name) != 0
 }
 
 impl Dataplane {

@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData};
 use proxy_common::{maps::REDIRECT_REFUSED, MAX_REFUSING_INTERFACES};
 
-use super::{pod_routes, tables, xdp_features};
+use super::{ifindex, pod_routes, tables, xdp_features};
 use crate::config::XdpModeName;
 
 pub struct RedirectTargets {
@@ -38,8 +38,9 @@ impl RedirectTargets {
     }
 
     /// Brings the map to what the kernel says now, and names the shards
-    /// (name, address) whose route leaves by a marked interface.
-    pub fn sync(&mut self, mode: XdpModeName, shards: &[(String, Ipv4Addr)]) {
+    /// (name, address) whose route in `table` (`/proc/net/route`) leaves
+    /// by a marked interface.
+    pub fn sync(&mut self, mode: XdpModeName, shards: &[(String, Ipv4Addr)], table: &str) {
         let refusing = match refusing(mode) {
             Ok(r) => {
                 self.unreadable_logged = false;
@@ -54,7 +55,7 @@ impl RedirectTargets {
             }
         };
         self.write(&refusing);
-        self.name_shards(&refusing, shards);
+        self.name_shards(&refusing, shards, table);
     }
 
     fn write(&mut self, refusing: &BTreeSet<u32>) {
@@ -76,11 +77,10 @@ impl RedirectTargets {
         }
     }
 
-    fn name_shards(&mut self, refusing: &BTreeSet<u32>, shards: &[(String, Ipv4Addr)]) {
-        let table = pod_routes::local_table();
+    fn name_shards(&mut self, refusing: &BTreeSet<u32>, shards: &[(String, Ipv4Addr)], table: &str) {
         let mut now = BTreeMap::new();
         for (name, addr) in shards {
-            let Some(iface) = pod_routes::route_interface(&table, *addr) else { continue };
+            let Some(iface) = pod_routes::route_interface(table, *addr) else { continue };
             if refusing.contains(&ifindex(&iface)) {
                 now.insert(name.clone(), iface);
             }
@@ -113,10 +113,4 @@ fn refusing(mode: XdpModeName) -> Result<BTreeSet<u32>> {
         return Ok(BTreeSet::new());
     }
     Ok(xdp_features::devices()?.into_iter().filter(|d| !d.takes_redirects()).map(|d| d.ifindex).collect())
-}
-
-fn ifindex(name: &str) -> u32 {
-    let Ok(c) = std::ffi::CString::new(name) else { return 0 };
-    // SAFETY: a valid NUL-terminated string.
-    unsafe { libc::if_nametoindex(c.as_ptr()) }
 }

@@ -28,16 +28,8 @@ pub const REFUSED_PATH: &str = "/node/refused";
 
 /// Either path: `ok N` or `error: <reason>`.
 pub async fn handle(req: Request<Incoming>, api: &ShardApi, owner: &OwnerHandle) -> Response<Full<Bytes>> {
-    let outcome = if req.uri().path() == REFUSED_PATH {
-        match secured_field(req, api, "refused").await {
-            Ok(list) => {
-                Ok(owner.refused(list.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect()).await)
-            }
-            Err(e) => Err(e),
-        }
-    } else {
-        answered(req, api, owner).await
-    };
+    let outcome =
+        if req.uri().path() == REFUSED_PATH { refused(req, api, owner).await } else { answered(req, api, owner).await };
     match outcome {
         Ok(n) => text(StatusCode::OK, PLAIN, format!("ok {n}")),
         Err((status, why)) => text(status, PLAIN, format!("error: {why}")),
@@ -48,6 +40,11 @@ async fn answered(req: Request<Incoming>, api: &ShardApi, owner: &OwnerHandle) -
     let list = secured_field(req, api, "answered").await?;
     let list = Answered::decode(&list).map_err(|why| (StatusCode::BAD_REQUEST, why))?;
     Ok(owner.answered(list).await)
+}
+
+async fn refused(req: Request<Incoming>, api: &ShardApi, owner: &OwnerHandle) -> Result<usize, Refusal> {
+    let list = secured_field(req, api, "refused").await?;
+    Ok(owner.refused(list.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect()).await)
 }
 
 /// The one field `name` of a POSTed form that carries the node secret.
