@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod events;
 pub mod health;
 pub mod http;
 pub mod leases;

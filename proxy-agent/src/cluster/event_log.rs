@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use crate::control::views::Event;
+use crate::{control::views::Event, events::EventKind};
 
 /// Events kept for `proxy-agent events`.
 const MAX_EVENTS: usize = 1000;
@@ -11,7 +11,7 @@ const MAX_EVENTS: usize = 1000;
 #[derive(Debug, Default)]
 pub struct EventLog {
     ring: VecDeque<Event>,
-    totals: BTreeMap<String, u64>,
+    totals: BTreeMap<EventKind, u64>,
 }
 
 fn unix_ms() -> u64 {
@@ -22,17 +22,17 @@ impl EventLog {
     /// Records and logs an event.
     pub fn record(
         &mut self,
-        kind: &str,
+        kind: EventKind,
         shard: &str,
         target: Option<&str>,
         groups: Vec<u32>,
         players: usize,
         detail: String,
     ) {
-        *self.totals.entry(kind.to_string()).or_default() += 1;
+        *self.totals.entry(kind).or_default() += 1;
         let e = Event {
             at_ms: unix_ms(),
-            kind: kind.into(),
+            kind,
             shard: shard.into(),
             target: target.map(Into::into),
             groups,
@@ -57,7 +57,8 @@ impl EventLog {
         self.ring.iter().cloned().collect()
     }
 
-    pub fn totals(&self) -> &BTreeMap<String, u64> {
-        &self.totals
+    /// Every kind's total, zeros included, by wire name.
+    pub fn totals(&self) -> BTreeMap<String, u64> {
+        EventKind::ALL.iter().map(|k| (k.name().to_string(), self.totals.get(k).copied().unwrap_or(0))).collect()
     }
 }

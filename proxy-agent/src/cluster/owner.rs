@@ -37,6 +37,7 @@ use crate::{
         views::{AgentView, DrainView, HistogramView, IndexView, MoveReport, ReloadView, Reply, StatusView},
     },
     dataplane::{scanner::ScanPart, session_events::SessionEvents},
+    events::EventKind,
     health::{ProbeOutcome, Transition, UrgentProbe},
     leases::mover::{LeaseMove, LeaseMover, LeaseOutcome},
     query::ResponderCounts,
@@ -459,9 +460,9 @@ impl Owner {
             }
             Msg::LeaseOutcome(o) => {
                 let kind = match (&o.result, o.gave_up) {
-                    (Ok(_), _) => "lease_move",
-                    (Err(_), false) => "lease_move_failed",
-                    (Err(_), true) => "lease_move_gave_up",
+                    (Ok(_), _) => EventKind::LeaseMove,
+                    (Err(_), false) => EventKind::LeaseMoveFailed,
+                    (Err(_), true) => EventKind::LeaseMoveGaveUp,
                 };
                 let seconds = self.leases.as_ref().map(|m| m.lease_seconds).unwrap_or(0);
                 let moved = *o.result.as_ref().unwrap_or(&0) as usize;
@@ -690,7 +691,7 @@ impl Owner {
                 config: self.config_path.display().to_string(),
                 expired_idle: self.expired_idle,
                 expired_moving: self.expired_moving,
-                events_total: self.events.totals().clone(),
+                events_total: self.events.totals(),
                 parked_failovers: self.parked.len(),
                 last_tick_ms: self.last_tick_ms,
                 ready: self.attached && self.health_rounds > 0 && !c.half_applied && self.agones.api_error().is_none(),
@@ -742,7 +743,7 @@ impl Owner {
                 let report = self.cluster.failover(from, to)?;
                 let players = report.moved;
                 self.events.record(
-                    "failover",
+                    EventKind::Failover,
                     &shard,
                     Some(&report.to),
                     report.groups.clone(),
@@ -768,7 +769,14 @@ impl Owner {
             (true, None) => return Err(ControlError::NoPlayersNamed),
         };
         let what = format!("{} players moving to {} ({} already there)", report.moved, report.to, report.already_there);
-        self.events.record("migration", &from_label, Some(&report.to), report.groups.clone(), report.moved, what);
+        self.events.record(
+            EventKind::Migration,
+            &from_label,
+            Some(&report.to),
+            report.groups.clone(),
+            report.moved,
+            what,
+        );
         if whole_shard {
             self.leases_follow_shard(&from_label, &report.to);
         } else {
@@ -799,12 +807,26 @@ impl Owner {
         match &result {
             Ok((from, report)) => {
                 let what = format!("client {} asked by its shard ({} moving)", ask.client, report.moved);
-                self.events.record("transfer", from, Some(&report.to), report.groups.clone(), report.moved, what);
+                self.events.record(
+                    EventKind::Transfer,
+                    from,
+                    Some(&report.to),
+                    report.groups.clone(),
+                    report.moved,
+                    what,
+                );
                 self.leases_follow_clients(report);
             }
             Err(e) => {
                 let what = format!("client {} asked by {}: {e}", ask.client, ask.requester);
-                self.events.record("transfer_refused", &ask.requester.to_string(), Some(&ask.to), vec![], 0, what);
+                self.events.record(
+                    EventKind::TransferRefused,
+                    &ask.requester.to_string(),
+                    Some(&ask.to),
+                    vec![],
+                    0,
+                    what,
+                );
             }
         }
         result
@@ -813,7 +835,7 @@ impl Owner {
     fn drain(&mut self, shard: &str, drained: bool) -> Result<DrainView, ControlError> {
         let changed = self.cluster.set_drained(shard, drained)?;
         if changed {
-            let (kind, verb) = if drained { ("drain", "drained") } else { ("undrain", "undrained") };
+            let (kind, verb) = if drained { (EventKind::Drain, "drained") } else { (EventKind::Undrain, "undrained") };
             self.events.record(kind, shard, None, vec![], 0, verb.to_string());
         }
         Ok(DrainView { shard: shard.into(), drained, changed })
@@ -865,7 +887,7 @@ impl Owner {
                     changed = true;
                     let players = self.cluster.players_on(i, &self.cluster.loads());
                     let why = reason.detail(&cfg);
-                    self.events.record("health_down", &name, None, vec![], players, why);
+                    self.events.record(EventKind::HealthDown, &name, None, vec![], players, why);
                     self.fail_over(i, players);
                 }
                 Transition::CameUp => {
@@ -874,7 +896,7 @@ impl Owner {
                     self.cluster.role_override.insert(name.clone(), role);
                     let detail =
                         format!("answers again; it keeps no old players and is now {}", super::status::role_name(role));
-                    self.events.record("health_up", &name, None, vec![], 0, detail);
+                    self.events.record(EventKind::HealthUp, &name, None, vec![], 0, detail);
                 }
             }
         }
@@ -920,7 +942,7 @@ impl Owner {
             }
             Err(why) => {
                 let detail = format!("{why}; retried as soon as capacity appears");
-                self.events.record("failover_parked", &name, None, vec![], players, detail);
+                self.events.record(EventKind::FailoverParked, &name, None, vec![], players, detail);
                 if !self.parked.contains(&name) {
                     self.parked.push(name);
                 }

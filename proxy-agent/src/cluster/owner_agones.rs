@@ -24,6 +24,7 @@ use crate::{
     },
     config::{Shard, ShardSource},
     control::views::KubernetesView,
+    events::EventKind,
 };
 
 /// The least time between two allocations for one dead shard (a pool that
@@ -123,7 +124,7 @@ impl Owner {
                 (false, Some(h)) if !h.is_empty() => format!("replica `{h}` decides"),
                 _ => "nobody holds the Lease".to_string(),
             };
-            self.events.record("decider", l.holder.as_deref().unwrap_or("-"), None, vec![], 0, detail);
+            self.events.record(EventKind::Decider, l.holder.as_deref().unwrap_or("-"), None, vec![], 0, detail);
         }
         let became_leader = l.leading && !self.agones.leading();
         self.agones.leadership = Some(l);
@@ -164,7 +165,7 @@ impl Owner {
             if !known {
                 let detail = format!("{}; fix: {}", u.problem, u.fix);
                 log::warn!("GameServer {}/{} cannot be a shard: {detail}", u.namespace, u.name);
-                self.events.record("gameserver_unusable", &u.name, None, vec![], 0, detail);
+                self.events.record(EventKind::GameserverUnusable, &u.name, None, vec![], 0, detail);
             }
         }
         // Discovered shards that are no longer Allocated (or no longer exist).
@@ -191,7 +192,7 @@ impl Owner {
         for (name, why) in newly_departed {
             let Ok(i) = self.cluster.shard(&name) else { continue };
             let players = self.cluster.players_on(i, &self.cluster.loads());
-            self.events.record("health_down", &name, None, vec![], players, why);
+            self.events.record(EventKind::HealthDown, &name, None, vec![], players, why);
             self.fail_over(i, players);
         }
     }
@@ -290,8 +291,10 @@ impl Owner {
         match ask.purpose {
             Purpose::Growth => {
                 let (kind, detail) = match &answer {
-                    Answer::Allocated(gs) => ("grow", format!("allocated {} in {ms:.0} ms for headroom", gs.name)),
-                    other => ("grow_failed", format!("{} ({ms:.0} ms)", other.why_not())),
+                    Answer::Allocated(gs) => {
+                        (EventKind::Grow, format!("allocated {} in {ms:.0} ms for headroom", gs.name))
+                    }
+                    other => (EventKind::GrowFailed, format!("{} ({ms:.0} ms)", other.why_not())),
                 };
                 let fe = self.cluster.cfg.frontends[ask.frontend].name.clone();
                 self.events.record(kind, &fe, None, vec![], 0, detail);
@@ -342,7 +345,7 @@ impl Owner {
 
     /// A failover of `dead` done: the event, the leases, and it waits no more.
     pub(super) fn failed_over(&mut self, dead: &str, r: &crate::control::views::MoveReport, detail: String) {
-        self.events.record("failover", dead, Some(&r.to), r.groups.clone(), r.moved, detail);
+        self.events.record(EventKind::Failover, dead, Some(&r.to), r.groups.clone(), r.moved, detail);
         self.leases_follow_shard(dead, &r.to);
         self.parked.retain(|p| p != dead);
         self.agones.waiting.remove(dead);
@@ -368,7 +371,7 @@ impl Owner {
             }
             Err(e) => {
                 let detail = format!("{why}; {e}; retried as soon as a GameServer is Ready or capacity appears");
-                self.events.record("failover_parked", &dead, None, vec![], players, detail);
+                self.events.record(EventKind::FailoverParked, &dead, None, vec![], players, detail);
                 self.park(&dead);
                 false
             }

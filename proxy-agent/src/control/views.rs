@@ -211,8 +211,7 @@ pub struct ReloadView {
 pub struct Event {
     /// Milliseconds since the Unix epoch.
     pub at_ms: u64,
-    /// health_down | health_up | failover | failover_parked | migration | drain | undrain
-    pub kind: String,
+    pub kind: crate::events::EventKind,
     pub shard: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<String>,

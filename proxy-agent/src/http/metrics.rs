@@ -23,22 +23,6 @@ pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 const QUERY_TYPES: [&str; 6] = ["info", "rules", "clients", "detail", "ping", "openmp"];
 /// Reasons a query is dropped: counters `drop_query_<reason>`.
 const QUERY_DROPS: [&str; 4] = ["rcon", "budget", "malformed", "unanswered"];
-const EVENT_KINDS: [&str; 14] = [
-    "failover",
-    "failover_parked",
-    "migration",
-    "health_down",
-    "health_up",
-    "transfer",
-    "transfer_refused",
-    "lease_move",
-    "lease_move_failed",
-    "lease_move_gave_up",
-    "decider",
-    "gameserver_unusable",
-    "grow",
-    "grow_failed",
-];
 const RELOAD_RESULTS: [&str; 3] = ["ok", "refused", "rolled_back"];
 
 /// The metrics text of one status snapshot.
@@ -118,7 +102,7 @@ pub fn render(st: &StatusView) -> prometheus::Result<String> {
         "Health changes, failovers, migrations, area transfers and lease moves since the agent started",
         &["kind"],
     )?;
-    for kind in EVENT_KINDS {
+    for kind in crate::events::EventKind::ALL.iter().map(|k| k.name()) {
         events.with_label_values(&[kind]).inc_by(a.events_total.get(kind).copied().unwrap_or(0));
     }
     let reloads = r.counter(
