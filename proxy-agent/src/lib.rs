@@ -18,6 +18,7 @@ pub mod events;
 pub mod health;
 pub mod http;
 pub mod leases;
+pub mod owner;
 pub mod query;
 pub mod run;
 

@@ -2,13 +2,13 @@
 //! into each frontend's shards and pool (`discover`), holds or follows the
 //! decider's Lease (`lease`), and allocates fresh shards (`allocate`). This
 //! task only talks to the API; every decision and map write is the owner's
-//! (`cluster::owner`), which receives what happens here as messages.
+//! (`owner`), which receives what happens here as messages.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use tokio::sync::mpsc;
 
-use crate::{cluster::owner::OwnerHandle, config::Validated};
+use crate::config::Validated;
 
 pub mod allocate;
 pub mod client;
@@ -30,6 +30,18 @@ pub enum Command {
     },
 }
 
+/// What the Kubernetes task reports to the cluster's owner.
+pub trait AgonesOwner: Clone + Send + Sync + 'static {
+    /// Every GameServer of a watched namespace, after a change.
+    fn gameservers(&self, namespace: String, list: Vec<gameserver::GameServer>);
+    /// The decider's Lease: held, followed, or unreachable.
+    fn leadership(&self, l: lease::Leadership);
+    /// An API user (`who`) failed (Some) or works again (None).
+    fn kubernetes_error(&self, who: &str, error: Option<String>);
+    /// What an allocation came to, and how long it took.
+    fn allocation(&self, ask: allocate::Ask, answer: allocate::Answer, took: Duration);
+}
+
 /// The owner's end: commands go to the Kubernetes task.
 #[derive(Clone, Debug)]
 pub struct AgonesHandle {
@@ -42,9 +54,20 @@ impl AgonesHandle {
     }
 }
 
-/// Starts the Kubernetes task for the config's Agones frontends.
-pub fn spawn(cfg: &Validated, owner: OwnerHandle) -> AgonesHandle {
+/// The owner's end and the task's end of the command channel: made
+/// before either side starts, so neither waits to be told of the other.
+pub fn channel() -> (AgonesHandle, mpsc::UnboundedReceiver<Command>) {
     let (tx, rx) = mpsc::unbounded_channel();
+    (AgonesHandle { tx }, rx)
+}
+
+/// Starts the Kubernetes task for the config's Agones frontends; it takes
+/// the owner's commands from `rx`.
+pub fn spawn(
+    cfg: &Validated,
+    owner: impl AgonesOwner,
+    rx: mpsc::UnboundedReceiver<Command>,
+) -> tokio::task::JoinHandle<()> {
     let k = cfg.kubernetes();
     let mut namespaces: Vec<String> =
         cfg.frontends.iter().filter_map(|f| f.agones.as_ref().map(|a| a.namespace.clone())).collect();
@@ -53,16 +76,18 @@ pub fn spawn(cfg: &Validated, owner: OwnerHandle) -> AgonesHandle {
     // A game node follows the GameServers to know its local shards; only
     // ingress agents decide, so it never joins the election.
     let elect = cfg.raw.role != crate::config::NodeRole::Return;
-    tokio::spawn(run(k, namespaces, elect, owner, rx));
-    AgonesHandle { tx }
+    tokio::spawn(run(k, namespaces, elect, owner, rx))
 }
 
-impl watch::Sink for OwnerHandle {
+/// The watch's reports, handed to the owner.
+struct WatchSink<O>(O);
+
+impl<O: AgonesOwner> watch::Sink for WatchSink<O> {
     fn gameservers(&self, namespace: &str, list: Vec<gameserver::GameServer>) {
-        self.gameservers(namespace.to_string(), list);
+        self.0.gameservers(namespace.to_string(), list);
     }
     fn api_error(&self, error: Option<String>) {
-        self.kubernetes_error("watch", error);
+        self.0.kubernetes_error("watch", error);
     }
 }
 
@@ -70,7 +95,7 @@ async fn run(
     k: crate::config::KubernetesConfig,
     namespaces: Vec<String>,
     elect: bool,
-    owner: OwnerHandle,
+    owner: impl AgonesOwner,
     mut rx: mpsc::UnboundedReceiver<Command>,
 ) {
     let client = loop {
@@ -83,7 +108,7 @@ async fn run(
         }
     };
     for ns in namespaces {
-        tokio::spawn(watch::follow(client.clone(), ns, owner.clone()));
+        tokio::spawn(watch::follow(client.clone(), ns, WatchSink(owner.clone())));
     }
     if elect {
         let leases = kube::Api::namespaced(client.clone(), &client::lease_namespace(&k));

@@ -42,17 +42,19 @@ use crate::{
 
 pub mod answered;
 pub mod answers;
-mod event_log;
 mod expiry;
+pub mod failover_policy;
 mod ids;
 pub mod index;
 mod moves;
-pub mod owner;
 pub mod placement;
 pub mod plan;
 mod reconcile;
-mod status;
+pub mod snapshot;
+pub mod status;
 mod transfer;
+
+pub use transfer::TransferAsk;
 
 pub use plan::ShardIds;
 

@@ -11,7 +11,12 @@ use proxy_common::{
     Session, SessionKey, ShardState, SHARD_DRAINED,
 };
 
-use super::{allocate_group, client_of, index::Indexed, now_ns, ClientSelector, Cluster, Loads};
+use super::{
+    allocate_group, client_of,
+    failover_policy::{self, Candidate, ParkReason},
+    index::Indexed,
+    now_ns, ClientSelector, Cluster, Loads,
+};
 use crate::{
     config::Role,
     control::{error::ControlError, views::MoveReport},
@@ -195,31 +200,28 @@ impl Cluster {
     }
 
     fn pick_target(&self, from: usize, players: usize, loads: &Loads) -> Result<usize, ControlError> {
+        let candidates = self.failover_candidates(from, loads);
+        failover_policy::pick_target(players, &candidates).map(|(target, _)| target).map_err(|why| {
+            let roomiest = match why {
+                ParkReason::NoRoom { roomiest } => roomiest,
+                ParkReason::AwaitingAllocation | ParkReason::AwaitingDecider => 0,
+            };
+            ControlError::NoFailoverTarget { from: self.cfg.shards[from].name.clone(), players, roomiest }
+        })
+    }
+
+    /// Every shard as the failover rule sees it, for a failover of `from`.
+    pub fn failover_candidates(&self, from: usize, loads: &Loads) -> Vec<Candidate> {
         let frontend = self.cfg.shards[from].frontend;
-        let eligible =
-            |i: &usize| *i != from && self.cfg.shards[*i].frontend == frontend && self.is_up(*i) && !self.drained(*i);
-        let empty = |i: usize| self.players_on(i, loads) == 0 && !self.holds_foreign_group(i);
-        let standby = (0..self.cfg.shards.len())
-            .filter(eligible)
-            .find(|&i| self.role(i) == Role::Standby && empty(i) && self.free_slots(i, loads) >= players);
-        if let Some(s) = standby {
-            return Ok(s);
-        }
         (0..self.cfg.shards.len())
-            .filter(eligible)
-            // A standby that already took a group serves players: it is a
-            // shard with room like any active one.
-            .filter(|&i| (self.role(i) == Role::Active || !empty(i)) && self.free_slots(i, loads) >= players)
-            .max_by_key(|&i| (self.free_slots(i, loads), std::cmp::Reverse(i)))
-            .ok_or_else(|| ControlError::NoFailoverTarget {
-                from: self.cfg.shards[from].name.clone(),
-                players,
-                roomiest: (0..self.cfg.shards.len())
-                    .filter(eligible)
-                    .map(|i| self.free_slots(i, loads))
-                    .max()
-                    .unwrap_or(0),
+            .map(|i| Candidate {
+                index: i,
+                eligible: i != from && self.cfg.shards[i].frontend == frontend && self.is_up(i) && !self.drained(i),
+                standby: self.role(i) == Role::Standby,
+                empty: self.players_on(i, loads) == 0 && !self.holds_foreign_group(i),
+                free: self.free_slots(i, loads),
             })
+            .collect()
     }
 
     /// Repoints every group on shard `from` at shard `to` (one write each),

@@ -7,6 +7,14 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use super::{ClientSelector, Cluster};
 use crate::control::{error::ControlError, views::MoveReport};
 
+/// An area transfer request: who asked (the TCP peer), for whom, to where.
+#[derive(Debug, Clone)]
+pub struct TransferAsk {
+    pub requester: Ipv4Addr,
+    pub client: SocketAddrV4,
+    pub to: String,
+}
+
 impl Cluster {
     /// Moves `client` to shard `to` for the shard at `requester`, which must
     /// hold the client: every session of that client address is established

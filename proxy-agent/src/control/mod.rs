@@ -18,7 +18,17 @@ use tokio::{
     net::{UnixListener, UnixStream},
 };
 
-use crate::cluster::owner::OwnerHandle;
+use error::ControlError;
+use views::Reply;
+
+/// A control request's answer: its view, or why it was refused.
+pub type ControlReply = Result<Reply, ControlError>;
+
+/// What the control socket needs of the cluster's owner.
+pub trait ControlOwner: Clone + Send + Sync + 'static {
+    /// Carries out one request and waits for its reply.
+    fn call(&self, req: Request) -> impl std::future::Future<Output = ControlReply> + Send;
+}
 use protocol::{error_line, ok_line, Request, MAX_REQUEST_BYTES};
 
 /// Binds the socket, replacing a stale one but never a live agent's.
@@ -37,7 +47,7 @@ pub async fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, owner: OwnerHandle) {
+pub async fn serve(listener: UnixListener, owner: impl ControlOwner) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -55,7 +65,7 @@ pub async fn back_off(what: &str, e: std::io::Error) {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
-async fn connection(stream: UnixStream, owner: OwnerHandle) {
+async fn connection(stream: UnixStream, owner: impl ControlOwner) {
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
     let peer = stream.peer_cred().map(|c| c.uid()).ok();

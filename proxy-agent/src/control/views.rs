@@ -91,6 +91,9 @@ pub struct AgentView {
     /// Programs attached, a first health round done, and no reload or
     /// failover left half applied: what `/ready` answers.
     pub ready: bool,
+    /// Why not, when not ready (the owner's first reason, by name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_ready: Option<String>,
     /// Config reloads by result: ok | refused (bad file or rule) | rolled_back.
     pub reloads: BTreeMap<String, u64>,
     /// Round trip of every answered ping probe, as a histogram.

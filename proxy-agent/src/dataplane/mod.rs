@@ -14,6 +14,7 @@ pub mod redirect_targets;
 pub mod scanner;
 pub mod session_events;
 pub mod tables;
+pub mod upkeep;
 pub mod xdp_features;
 
 use std::{

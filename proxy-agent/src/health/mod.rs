@@ -28,7 +28,23 @@ use tokio::{
     time::{timeout_at, Instant},
 };
 
-use crate::{cluster::owner::OwnerHandle, config::HealthConfig};
+use crate::config::HealthConfig;
+
+/// Who to probe and how.
+pub struct ProbePlan {
+    pub targets: Vec<(String, SocketAddrV4)>,
+    pub health: HealthConfig,
+}
+
+/// What the probe loop needs of the cluster's owner: the plan of each
+/// round, and somewhere to hand the outcomes.
+pub trait HealthOwner: Clone + Send + Sync + 'static {
+    /// The next round's plan; None when the owner is gone (the loop ends).
+    fn probe_plan(&self) -> impl std::future::Future<Output = Option<ProbePlan>> + Send;
+    fn health_round(&self, results: Vec<(String, ProbeOutcome)>);
+    /// An urgent probe of `shard` found this.
+    fn probed_now(&self, shard: String, outcome: ProbeOutcome);
+}
 
 pub mod answers;
 
@@ -46,7 +62,7 @@ const CONFIRM_AFTER: Duration = Duration::from_millis(5);
 /// Probes every shard each `health.interval_ms`, all at once, and hands the
 /// round to the cluster's owner (which fails over what went down). Probes
 /// the owner asks for at once (`urgent`) run beside the rounds.
-pub async fn probe_loop(owner: OwnerHandle, urgent: UnboundedReceiver<UrgentProbe>) {
+pub async fn probe_loop(owner: impl HealthOwner, urgent: UnboundedReceiver<UrgentProbe>) {
     tokio::spawn(urgent_probes(owner.clone(), urgent));
     let mut nonce: u32 = std::process::id();
     while let Some(plan) = owner.probe_plan().await {
@@ -81,7 +97,7 @@ pub struct UrgentProbe {
 /// already being probed are dropped). A ping is enough: only a confirmed
 /// refusal goes to the owner, which folds it in as a round's would be; an
 /// answer or silence waits for the next round (so a stray ICMP adds no miss).
-async fn urgent_probes(owner: OwnerHandle, mut asks: UnboundedReceiver<UrgentProbe>) {
+async fn urgent_probes(owner: impl HealthOwner, mut asks: UnboundedReceiver<UrgentProbe>) {
     let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut nonce = std::process::id().rotate_left(16);
     while let Some(ask) = asks.recv().await {

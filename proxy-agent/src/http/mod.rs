@@ -23,7 +23,25 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
 pub use self::{metrics::render, transfer::ShardApi};
-use crate::cluster::owner::{OwnerHandle, Snapshot};
+use crate::{
+    cluster::{answered::Answered, snapshot::Snapshot, TransferAsk},
+    control::{error::ControlError, views::MoveReport},
+};
+
+/// What the HTTP endpoint needs of the cluster's owner.
+pub trait HttpOwner: Clone + Send + Sync + 'static {
+    /// The last published snapshot; never waits for the owner.
+    fn snapshot(&self) -> std::sync::Arc<Snapshot>;
+    /// Players game nodes' shards accepted; returns how many were promoted.
+    fn answered(&self, list: Vec<Answered>) -> impl std::future::Future<Output = usize> + Send;
+    /// Shards a game node saw refuse players; returns how many are probed now.
+    fn refused(&self, shards: Vec<String>) -> impl std::future::Future<Output = usize> + Send;
+    /// An area transfer; the reply names the shard that held the player.
+    fn transfer(
+        &self,
+        ask: TransferAsk,
+    ) -> impl std::future::Future<Output = Result<(String, MoveReport), ControlError>> + Send;
+}
 
 /// A client gets this long to send its request head.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,7 +51,7 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 const PLAIN: &str = "text/plain; charset=utf-8";
 
-pub async fn serve(listener: TcpListener, owner: OwnerHandle, shard_api: ShardApi) {
+pub async fn serve(listener: TcpListener, owner: impl HttpOwner, shard_api: ShardApi) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
@@ -47,7 +65,7 @@ pub async fn serve(listener: TcpListener, owner: OwnerHandle, shard_api: ShardAp
 /// One connection, one request: keep-alive is off, so the answer ends the
 /// connection (a scrape every few seconds gains nothing from reuse, and
 /// clients that read until the server closes keep working).
-async fn connection(stream: TcpStream, peer: IpAddr, owner: OwnerHandle, shard_api: ShardApi) {
+async fn connection(stream: TcpStream, peer: IpAddr, owner: impl HttpOwner, shard_api: ShardApi) {
     let service = service_fn(move |req: Request<Incoming>| {
         let (owner, shard_api) = (owner.clone(), shard_api.clone());
         async move {
@@ -98,21 +116,15 @@ fn route(method: &Method, path: &str, snapshot: &Snapshot) -> Response<Full<Byte
     }
 }
 
-/// Why the agent is not ready yet, in one line; `None` when it is.
+/// Why the agent is not ready yet, in one line; `None` when it is. The
+/// reason is the owner's own, by name.
 fn not_ready(snapshot: &Snapshot) -> Option<String> {
-    let st = &snapshot.status;
-    let reason = if st.agent.ready {
-        return None;
-    } else if snapshot.taken.is_none() {
-        "the agent is starting and has published no status yet".to_string()
-    } else if let Some(e) = st.agent.kubernetes.as_ref().and_then(|k| k.api_error.as_ref()) {
-        format!("the Kubernetes API is unreachable ({e}); forwarding goes on with the shards known")
-    } else if !st.shards.is_empty() && st.shards.iter().all(|s| s.health == "unchecked") {
-        "no health round has finished yet".to_string()
-    } else {
-        "the programs are not attached yet, or a reload or failover is half applied".to_string()
-    };
-    Some(reason)
+    let agent = &snapshot.status.agent;
+    match (snapshot.taken, agent.ready) {
+        (None, _) => Some("the agent is starting and has published no status yet".to_string()),
+        (Some(_), true) => None,
+        (Some(_), false) => Some(agent.not_ready.clone().unwrap_or_else(|| "not ready".to_string())),
+    }
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -158,12 +170,13 @@ mod tests {
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body(r), "not ready: the agent is starting and has published no status yet\n");
         snap.taken = Some(Instant::now());
+        snap.status.agent.not_ready = Some(crate::cluster::snapshot::NotReady::NoHealthRound.to_string());
         let r = route(&Method::GET, "/ready", &snap);
         assert_eq!(body(r), "not ready: no health round has finished yet\n");
-        snap.status.shards[0].health = "up".into();
+        snap.status.agent.not_ready = Some(crate::cluster::snapshot::NotReady::HalfApplied.to_string());
         let r = route(&Method::GET, "/ready", &snap);
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(body(r).lines().count(), 1);
+        assert_eq!(body(r), "not ready: a reload or failover is half applied\n");
         snap.status.agent.ready = true;
         let r = route(&Method::GET, "/ready", &snap);
         assert_eq!((r.status(), body(r).as_str()), (StatusCode::OK, "ok\n"));

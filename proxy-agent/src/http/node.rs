@@ -16,18 +16,19 @@ use hyper::{
     Method, Request, Response, StatusCode,
 };
 
+use super::HttpOwner;
 use super::{
     form, text,
     transfer::{body_text, same_secret, Refusal, ShardApi},
     PLAIN,
 };
-use crate::cluster::{answered::Answered, owner::OwnerHandle};
+use crate::cluster::answered::Answered;
 
 pub const PATH: &str = "/node/answered";
 pub const REFUSED_PATH: &str = "/node/refused";
 
 /// Either path: `ok N` or `error: <reason>`.
-pub async fn handle(req: Request<Incoming>, api: &ShardApi, owner: &OwnerHandle) -> Response<Full<Bytes>> {
+pub async fn handle(req: Request<Incoming>, api: &ShardApi, owner: &impl HttpOwner) -> Response<Full<Bytes>> {
     let outcome =
         if req.uri().path() == REFUSED_PATH { refused(req, api, owner).await } else { answered(req, api, owner).await };
     match outcome {
@@ -36,13 +37,13 @@ pub async fn handle(req: Request<Incoming>, api: &ShardApi, owner: &OwnerHandle)
     }
 }
 
-async fn answered(req: Request<Incoming>, api: &ShardApi, owner: &OwnerHandle) -> Result<usize, Refusal> {
+async fn answered(req: Request<Incoming>, api: &ShardApi, owner: &impl HttpOwner) -> Result<usize, Refusal> {
     let list = secured_field(req, api, "answered").await?;
     let list = Answered::decode(&list).map_err(|why| (StatusCode::BAD_REQUEST, why))?;
     Ok(owner.answered(list).await)
 }
 
-async fn refused(req: Request<Incoming>, api: &ShardApi, owner: &OwnerHandle) -> Result<usize, Refusal> {
+async fn refused(req: Request<Incoming>, api: &ShardApi, owner: &impl HttpOwner) -> Result<usize, Refusal> {
     let list = secured_field(req, api, "refused").await?;
     Ok(owner.refused(list.split(',').filter(|n| !n.is_empty()).map(str::to_string).collect()).await)
 }

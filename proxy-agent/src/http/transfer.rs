@@ -16,10 +16,7 @@ use hyper::{
 };
 
 use super::{form, text, PLAIN};
-use crate::{
-    cluster::owner::{OwnerHandle, TransferAsk},
-    control::error::ControlError,
-};
+use crate::{cluster::TransferAsk, control::error::ControlError};
 
 pub const PATH: &str = "/shard/transfer";
 /// A form of three short fields fits many times over.
@@ -38,7 +35,7 @@ pub async fn handle(
     req: Request<Incoming>,
     peer: IpAddr,
     api: &ShardApi,
-    owner: &OwnerHandle,
+    owner: &impl super::HttpOwner,
 ) -> Response<Full<Bytes>> {
     match transfer(req, peer, api, owner).await {
         Ok(()) => text(StatusCode::OK, PLAIN, "ok"),
@@ -48,7 +45,12 @@ pub async fn handle(
 
 pub(super) type Refusal = (StatusCode, String);
 
-async fn transfer(req: Request<Incoming>, peer: IpAddr, api: &ShardApi, owner: &OwnerHandle) -> Result<(), Refusal> {
+async fn transfer(
+    req: Request<Incoming>,
+    peer: IpAddr,
+    api: &ShardApi,
+    owner: &impl super::HttpOwner,
+) -> Result<(), Refusal> {
     let form = match *req.method() {
         Method::GET => req.uri().query().unwrap_or("").to_string(),
         Method::POST => body_text(req.into_body()).await?,

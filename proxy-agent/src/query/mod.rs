@@ -23,7 +23,13 @@ use anyhow::{bail, Context, Result};
 use proxy_common::{samp::QUERY_HEADER_LEN, QuerySlot};
 use tokio::net::UdpSocket;
 
-use crate::cluster::owner::OwnerHandle;
+use crate::cluster::snapshot::Snapshot;
+
+/// What the responder needs of the cluster's owner: its last snapshot,
+/// without waiting for it.
+pub trait QueryOwner: Clone + Send + Sync + 'static {
+    fn snapshot(&self) -> Arc<Snapshot>;
+}
 
 /// Queries the responder answered, by slot (`QuerySlot as usize`).
 #[derive(Debug, Default)]
@@ -129,7 +135,7 @@ fn bound(addr: SocketAddrV4, transparent: bool) -> Result<UdpSocket> {
 
 /// Serves every frontend port on this node's addresses until the runtime
 /// stops. Errors binding are returned at once; errors later are logged.
-pub async fn serve(owner: OwnerHandle, counts: Arc<ResponderCounts>, ports: Vec<u16>) -> Result<()> {
+pub async fn serve(owner: impl QueryOwner, counts: Arc<ResponderCounts>, ports: Vec<u16>) -> Result<()> {
     let mut tasks = Vec::new();
     for port in ports {
         let sock = bound(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port), false)?;
@@ -141,7 +147,7 @@ pub async fn serve(owner: OwnerHandle, counts: Arc<ResponderCounts>, ports: Vec<
     Ok(())
 }
 
-async fn serve_port(sock: UdpSocket, owner: OwnerHandle, counts: Arc<ResponderCounts>) {
+async fn serve_port(sock: UdpSocket, owner: impl QueryOwner, counts: Arc<ResponderCounts>) {
     let port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
     let mut senders: HashMap<SocketAddrV4, UdpSocket> = HashMap::new();
     let mut buf = [0u8; 2048];
