@@ -7,19 +7,36 @@ use aya::maps::{MapData, RingBuf};
 use proxy_common::SessionEvent;
 
 pub struct SessionEvents {
-    ring: RingBuf<MapData>,
+    /// None: no data plane behind it (the owner's tests feed `queued`).
+    ring: Option<RingBuf<MapData>>,
+    queued: std::collections::VecDeque<SessionEvent>,
 }
 
 impl SessionEvents {
     pub fn new(ring: RingBuf<MapData>) -> Self {
-        Self { ring }
+        Self { ring: Some(ring), queued: Default::default() }
+    }
+
+    /// Events that come from the caller alone, for tests without a kernel.
+    pub fn detached() -> Self {
+        Self { ring: None, queued: Default::default() }
+    }
+
+    /// An event as if the data plane had written it (tests).
+    pub fn queue(&mut self, event: SessionEvent) {
+        self.queued.push_back(event);
     }
 
     /// Hands every waiting event to `apply`; returns how many there were.
     /// A record of the wrong size (another program version) is skipped.
     pub fn drain(&mut self, mut apply: impl FnMut(SessionEvent)) -> usize {
         let mut n = 0;
-        while let Some(item) = self.ring.next() {
+        for event in self.queued.drain(..) {
+            apply(event);
+            n += 1;
+        }
+        let Some(ring) = &mut self.ring else { return n };
+        while let Some(item) = ring.next() {
             if item.len() == size_of::<SessionEvent>() {
                 // SAFETY: the record is exactly one SessionEvent, a plain
                 // #[repr(C)] integer struct for which every bit pattern is
