@@ -62,20 +62,34 @@ impl Tasks {
     }
 }
 
-pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
-    // Validate everything before touching the kernel: a bad file attaches nothing.
-    let cfg = config::load(config_path)?;
+/// The data plane loaded and its maps filled, before anything runs.
+struct Loaded {
+    dp: Dataplane,
+    cluster: Cluster,
+    ring: SessionEvents,
+    /// This node's own address, where long query answers are served.
+    responder: Option<std::net::Ipv4Addr>,
+}
+
+fn load(cfg: &Validated, xdp_object: Option<&Path>) -> Result<Loaded> {
     let sizes = TableSizes { sessions: cfg.raw.max_sessions, pending: cfg.raw.max_pending };
     let object = ebpf_object::chosen(xdp_object)?;
-    let (mut dp, tables) = Dataplane::load_object(&cfg.raw.bpffs, sizes, &object)?;
+    let (dp, tables) = Dataplane::load_object(&cfg.raw.bpffs, sizes, &object)?;
     let mut cluster = Cluster::start(cfg.clone(), tables).context("filling the maps")?;
     // Queries whose answer the data plane cannot fit go to this node's own
     // address on the frontend's port, where the responder answers them.
     let responder = query::local_address(&cfg.raw.interfaces);
     cluster.set_responder(responder).context("writing the query settings")?;
     // Shards' answers to these nodes' probes keep the shard's address.
-    cluster_peers(&cfg)?;
+    cluster_peers(cfg)?;
     let ring = SessionEvents::new(tables::session_events(&mut |name| tables::open_pin(dp.pin_dir(), name))?);
+    Ok(Loaded { dp, cluster, ring, responder })
+}
+
+pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
+    // Validate everything before touching the kernel: a bad file attaches nothing.
+    let cfg = config::load(config_path)?;
+    let Loaded { mut dp, cluster, ring, responder } = load(&cfg, xdp_object)?;
 
     // Channels first: every part knows where its messages go before any starts.
     let (owner, inbox) = owner::channel();
@@ -109,13 +123,7 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
     }
 
     let listener = control::bind(&cfg.raw.control_socket).await?;
-    let metrics =
-        match cfg.raw.metrics_listen {
-            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
-                format!("binding `metrics_listen` {addr}; pick a free address or remove the field")
-            })?),
-            None => None,
-        };
+    let metrics = bind_metrics(&cfg).await?;
     let logger = dp.take_logger()?;
     dp.attach(&cfg.raw.interfaces, cfg.raw.xdp_mode())?;
     owner.attached();
@@ -133,11 +141,7 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
     spawn_node_side(&mut tasks, &cfg, &owner, probes_or_reports)?;
     spawn_responder(&mut tasks, &cfg, &owner, responder, responder_counts);
     if let Some(listener) = metrics {
-        let shard_api = http::ShardApi { secret: cfg.raw.shard_secret(), node_secret: cfg.raw.node_secret() };
-        if shard_api.secret.is_none() {
-            log::info!("area transfers are off: no shard_secret (or {})", config::SHARD_SECRET_ENV);
-        }
-        tasks.spawn("http", http::serve(listener, owner.clone(), shard_api));
+        tasks.spawn("http", http::serve(listener, owner.clone(), shard_api(&cfg)));
     }
     serve_signals(logger, &owner).await?;
 
@@ -153,6 +157,22 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
     );
     drop(dp);
     Ok(())
+}
+
+async fn bind_metrics(cfg: &Validated) -> Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = cfg.raw.metrics_listen else { return Ok(None) };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding `metrics_listen` {addr}; pick a free address or remove the field"))?;
+    Ok(Some(listener))
+}
+
+fn shard_api(cfg: &Validated) -> http::ShardApi {
+    let shard_api = http::ShardApi { secret: cfg.raw.shard_secret(), node_secret: cfg.raw.node_secret() };
+    if shard_api.secret.is_none() {
+        log::info!("area transfers are off: no shard_secret (or {})", config::SHARD_SECRET_ENV);
+    }
+    shard_api
 }
 
 /// The far ends of the node links: what the health loop or the node

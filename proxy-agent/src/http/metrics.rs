@@ -452,6 +452,15 @@ mod tests {
     }
 
     #[test]
+    fn every_event_kind_has_its_own_series() {
+        let text = render(&StatusView::default()).unwrap();
+        for k in crate::events::EventKind::ALL {
+            let series = format!("samp_proxy_events_total{{kind=\"{}\"}} 0", k.name());
+            assert!(text.contains(&series), "{series} missing");
+        }
+    }
+
+    #[test]
     fn an_empty_snapshot_still_renders() {
         let text = render(&StatusView::default()).unwrap();
         assert!(text.contains("samp_proxy_ready 0\n"), "{text}");

@@ -62,3 +62,22 @@ impl EventLog {
         EventKind::ALL.iter().map(|k| (k.name().to_string(), self.totals.get(k).copied().unwrap_or(0))).collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_is_logged_and_totalled_and_the_totals_list_every_kind() {
+        let mut log = EventLog::default();
+        assert_eq!(log.totals().len(), EventKind::ALL.len(), "status lists every kind, zeros too");
+        for &kind in EventKind::ALL {
+            log.record(kind, "s1", None, vec![], 0, "test".into());
+        }
+        let kinds: Vec<EventKind> = log.list().iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, EventKind::ALL);
+        for k in EventKind::ALL {
+            assert_eq!(log.totals()[k.name()], 1, "{k}");
+        }
+    }
+}
