@@ -1,10 +1,11 @@
 //! The cluster model: the only writer of the data plane's routing maps.
 //!
-//! It owns the maps' handles, a mirror of the small arrays it alone writes
-//! (GROUPS, SHARD_STATE) and an index of the sessions (`index`), so no
-//! request reads a table it could know. Everything else (control socket,
-//! health loop, metrics, timers) reaches it through the owner thread
-//! (`owner`) with typed requests.
+//! It owns the maps (behind `dataplane::map_writer::MapWriter`: the
+//! kernel's `Tables`, or `dataplane::fake_maps` in tests), a mirror of the
+//! small arrays it alone writes (GROUPS, SHARD_STATE) and an index of the
+//! sessions (`index`), so no request reads a table it could know.
+//! Everything else (control socket, health loop, metrics, timers) reaches it
+//! through the owner thread (`owner`) with typed requests.
 //!
 //! Rules kept here:
 //! - ids are stable: a shard keeps its backend id (found by address in the
@@ -36,7 +37,7 @@ use proxy_common::{
 use crate::{
     config::{Role, Validated},
     control::error::ControlError,
-    dataplane::tables::Tables,
+    dataplane::map_writer::MapWriter,
     health::Health,
 };
 
@@ -128,7 +129,8 @@ pub fn now_ns() -> u64 {
 
 pub struct Cluster {
     pub cfg: Validated,
-    tables: Tables,
+    /// The data plane's maps: the kernel's (`Tables`), or a fake in tests.
+    tables: Box<dyn MapWriter + Send>,
     /// Health by shard name (missing = never probed).
     pub health: HashMap<String, Health>,
     /// Roles changed at run time (a recovered shard becomes `recovered_role`).
@@ -169,13 +171,13 @@ impl Cluster {
     /// Takes over the maps for `cfg`: reads what they hold once (groups,
     /// shard state, every session), reuses the ids they already hold, and
     /// writes the config's routing.
-    pub fn start(cfg: Validated, tables: Tables) -> Result<Cluster> {
+    pub fn start(cfg: Validated, tables: impl MapWriter + Send + 'static) -> Result<Cluster> {
         let index = SessionIndex::from_tables(&tables)?;
         let mut cluster = Cluster {
             cfg,
             groups: tables.read_groups()?,
             shard_state: tables.read_shard_states()?,
-            tables,
+            tables: Box::new(tables),
             health: HashMap::new(),
             role_override: HashMap::new(),
             departed: HashMap::new(),
@@ -205,8 +207,8 @@ impl Cluster {
     }
 
     /// The maps, for reading counters.
-    pub fn tables(&self) -> &Tables {
-        &self.tables
+    pub fn tables(&self) -> &(dyn MapWriter + Send) {
+        self.tables.as_ref()
     }
 
     /// Index of a shard by name, or an error listing the names.
