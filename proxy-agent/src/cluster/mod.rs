@@ -45,6 +45,8 @@ pub mod answered;
 pub mod answers;
 mod event_log;
 mod expiry;
+#[cfg(test)]
+mod fake_maps_tests;
 mod ids;
 pub mod index;
 mod moves;
