@@ -33,11 +33,11 @@ use std::{
     ptr::NonNull,
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use proxy_common::{Session, SessionEvent, SessionKey, SESSION_PLACED, SESSION_PROMOTED, SESSION_RESYNCED};
 
+use crate::dataplane::map_writer::MapWriter;
 pub use crate::dataplane::tables::Scan;
-use crate::dataplane::{batch, tables::Tables};
 
 /// The largest group the index keeps as it is (16 times `MAX_GROUPS`); a
 /// larger one, which routes nowhere, is kept as this value.
@@ -474,14 +474,14 @@ impl SessionIndex {
     /// An index holding what both tables hold, read a batch at a time (as
     /// `Tables::scan_sessions`, PENDING first) and merged as it is read: a
     /// start that finds a million sessions pinned never holds a copy.
-    pub fn from_tables(tables: &Tables) -> Result<Self> {
+    pub fn from_tables(tables: &dyn MapWriter) -> Result<Self> {
         let mut index = Self::default();
         let mut report = MergeReport::default();
-        let pending = batch::dump(&tables.pending).context("reading PENDING")?;
-        batch::dump_each(&tables.sessions, |k, v| {
+        let mut pending = Vec::new();
+        tables.each_session(true, &mut |k, v| pending.extend(k.iter().copied().zip(v.iter().copied())))?;
+        tables.each_session(false, &mut |k, v| {
             index.merge_chunk(0, false, k.iter().copied().zip(v.iter().copied()), &mut report);
-        })
-        .context("reading SESSIONS")?;
+        })?;
         index.merge_chunk(0, true, pending, &mut report);
         index.finish_scan(0);
         Ok(index)

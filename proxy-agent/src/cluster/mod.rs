@@ -1,10 +1,11 @@
 //! The cluster model: the only writer of the data plane's routing maps.
 //!
-//! It owns the maps' handles, a mirror of the small arrays it alone writes
-//! (GROUPS, SHARD_STATE) and an index of the sessions (`index`), so no
-//! request reads a table it could know. Everything else (control socket,
-//! health loop, metrics, timers) reaches it through the owner thread
-//! (`owner`) with typed requests.
+//! It owns the maps (behind `dataplane::map_writer::MapWriter`: the
+//! kernel's `Tables`, or `dataplane::fake_maps` in tests), a mirror of the
+//! small arrays it alone writes (GROUPS, SHARD_STATE) and an index of the
+//! sessions (`index`), so no request reads a table it could know.
+//! Everything else (control socket, health loop, metrics, timers) reaches it
+//! through the owner thread (`owner`) with typed requests.
 //!
 //! Rules kept here:
 //! - ids are stable: a shard keeps its backend id (found by address in the
@@ -36,7 +37,7 @@ use proxy_common::{
 use crate::{
     config::{Role, Validated},
     control::error::ControlError,
-    dataplane::tables::Tables,
+    dataplane::map_writer::MapWriter,
     health::Health,
 };
 
@@ -44,6 +45,8 @@ pub mod answered;
 pub mod answers;
 mod expiry;
 pub mod failover_policy;
+#[cfg(test)]
+mod fake_maps_tests;
 mod ids;
 pub mod index;
 mod moves;
@@ -130,7 +133,8 @@ pub fn now_ns() -> u64 {
 
 pub struct Cluster {
     pub cfg: Validated,
-    tables: Tables,
+    /// The data plane's maps: the kernel's (`Tables`), or a fake in tests.
+    tables: Box<dyn MapWriter + Send>,
     /// Health by shard name (missing = never probed).
     pub health: HashMap<String, Health>,
     /// Roles changed at run time (a recovered shard becomes `recovered_role`).
@@ -171,13 +175,13 @@ impl Cluster {
     /// Takes over the maps for `cfg`: reads what they hold once (groups,
     /// shard state, every session), reuses the ids they already hold, and
     /// writes the config's routing.
-    pub fn start(cfg: Validated, tables: Tables) -> Result<Cluster> {
+    pub fn start(cfg: Validated, tables: impl MapWriter + Send + 'static) -> Result<Cluster> {
         let index = SessionIndex::from_tables(&tables)?;
         let mut cluster = Cluster {
             cfg,
             groups: tables.read_groups()?,
             shard_state: tables.read_shard_states()?,
-            tables,
+            tables: Box::new(tables),
             health: HashMap::new(),
             role_override: HashMap::new(),
             departed: HashMap::new(),
@@ -207,8 +211,8 @@ impl Cluster {
     }
 
     /// The maps, for reading counters.
-    pub fn tables(&self) -> &Tables {
-        &self.tables
+    pub fn tables(&self) -> &(dyn MapWriter + Send) {
+        self.tables.as_ref()
     }
 
     /// Index of a shard by name, or an error listing the names.

@@ -9,7 +9,6 @@ use anyhow::{Context, Result};
 use proxy_common::{FrontendKey, Group, Meter, PortEntry, ShardState};
 
 use super::{plan, plan::RoutingPlan, Cluster};
-use crate::dataplane::batch;
 use crate::{config::Validated, control::error::ControlError};
 
 impl Cluster {
@@ -47,41 +46,36 @@ impl Cluster {
         // The data plane caches copies of both (a cached session carries its
         // shard's address, the return path caches REVERSE): void them when
         // either changes.
-        let before = (t.read_backends()?, reverse_entries(t)?);
+        let before = (t.read_backends()?, t.reverse_entries()?);
         for (id, backend) in &plan.backends {
-            t.backends.set(*id, backend, 0).context("writing BACKENDS")?;
+            t.write_backend(*id, *backend)?;
         }
         for (addr, rev) in &plan.reverse {
-            t.reverse.insert(addr, rev, 0).context("writing REVERSE")?;
+            t.write_reverse(*addr, *rev)?;
         }
         for (key, fe) in &plan.frontends {
-            t.frontends.insert(key, fe, 0).context("writing FRONTENDS")?;
+            t.write_frontend(*key, *fe)?;
         }
         for (port, entry) in &plan.ports {
-            t.ports.set(*port as u32, entry, 0).context("writing PORTS")?;
+            t.write_port(*port, *entry)?;
         }
         let keep: HashSet<FrontendKey> = plan.frontends.iter().map(|(k, _)| *k).collect();
         let stale: Vec<FrontendKey> = t.frontend_keys()?.into_iter().filter(|k| !keep.contains(k)).collect();
         for key in stale {
             if !plan.ports.iter().any(|(p, _)| *p == key.port) {
-                t.ports.set(key.port as u32, PortEntry::default(), 0).context("clearing a stale port")?;
+                t.write_port(key.port, PortEntry::default()).context("clearing a stale port")?;
             }
-            t.frontends.remove(&key).context("removing a stale frontend")?;
+            t.remove_frontend(key).context("removing a stale frontend")?;
         }
         if self.awaiting_discovery {
             return Ok(()); // shards discovered before a restart keep their reply rewrite
         }
         let keep: HashSet<u32> = plan.reverse.iter().map(|(k, _)| *k).collect();
-        let stale: Vec<u32> = batch::dump(&t.reverse)
-            .context("reading REVERSE")?
-            .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| !keep.contains(k))
-            .collect();
+        let stale: Vec<u32> = t.reverse_entries()?.into_iter().map(|(k, _)| k).filter(|k| !keep.contains(k)).collect();
         for key in stale {
-            t.reverse.remove(&key).context("removing a stale shard reply mapping")?;
+            t.remove_reverse(key).context("removing a stale shard reply mapping")?;
         }
-        if (t.read_backends()?, reverse_entries(t)?) != before {
+        if (t.read_backends()?, t.reverse_entries()?) != before {
             t.void_session_cache()?;
         }
         Ok(())
@@ -155,11 +149,4 @@ impl Cluster {
         self.half_applied = false;
         Ok(changes)
     }
-}
-
-/// REVERSE, in address order.
-fn reverse_entries(t: &crate::dataplane::tables::Tables) -> Result<Vec<(u32, proxy_common::Reverse)>> {
-    let mut entries = batch::dump(&t.reverse).context("reading REVERSE")?;
-    entries.sort_unstable_by_key(|(addr, _)| *addr);
-    Ok(entries)
 }

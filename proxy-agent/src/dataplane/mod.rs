@@ -1,14 +1,17 @@
 //! The kernel side as the agent holds it: loading the XDP object, pinning
 //! its maps, attaching it to interfaces, XDP on their way in and the
 //! egress guard (TC) on their way out (this file); typed map handles
-//! (`tables`), batched map I/O (`batch`), the session event ring
+//! (`tables`) behind the cluster's seam (`map_writer`, with the in-memory
+//! `fake_maps` for tests), batched map I/O (`batch`), the session event ring
 //! (`session_events`) and the background scan (`scanner`).
 
 pub mod batch;
 pub mod clock;
 pub mod ebpf_object;
+pub mod fake_maps;
 pub mod layout;
 pub mod links;
+pub mod map_writer;
 pub mod pod_routes;
 pub mod redirect_targets;
 pub mod scanner;

@@ -15,7 +15,7 @@ use proxy_common::{
     QuerySettings, Reverse, Session, SessionKey, ShardState, PLACEMENT_SLOTS,
 };
 
-use super::batch;
+use super::{batch, map_writer::MapWriter};
 
 pub struct Tables {
     pub frontends: HashMap<MapData, FrontendKey, Frontend>,
@@ -270,5 +270,135 @@ impl Tables {
     pub fn counter(&self, c: Counter) -> Result<u64> {
         let values = self.counters.get(&(c as u32), 0).with_context(|| format!("reading counter {}", c.name()))?;
         Ok(values.iter().sum())
+    }
+
+    /// REVERSE, in address order.
+    pub fn reverse_entries(&self) -> Result<Vec<(u32, Reverse)>> {
+        let mut entries = batch::dump(&self.reverse).context("reading REVERSE")?;
+        entries.sort_unstable_by_key(|(addr, _)| *addr);
+        Ok(entries)
+    }
+
+    /// Every entry of one session table, a batch at a time.
+    pub fn each_session(&self, pending: bool, each: &mut dyn FnMut(&[SessionKey], &[Session])) -> Result<()> {
+        let (map, name) = if pending { (&self.pending, "PENDING") } else { (&self.sessions, "SESSIONS") };
+        batch::dump_each(map, each).with_context(|| format!("reading {name}"))
+    }
+
+    pub fn write_backend(&mut self, id: u32, backend: Backend) -> Result<()> {
+        self.backends.set(id, backend, 0).with_context(|| format!("writing BACKENDS[{id}]"))
+    }
+
+    pub fn write_reverse(&mut self, addr: u32, reverse: Reverse) -> Result<()> {
+        self.reverse.insert(addr, reverse, 0).context("writing REVERSE")
+    }
+
+    pub fn remove_reverse(&mut self, addr: u32) -> Result<()> {
+        self.reverse.remove(&addr).context("removing from REVERSE")
+    }
+
+    pub fn write_frontend(&mut self, key: FrontendKey, frontend: Frontend) -> Result<()> {
+        self.frontends.insert(key, frontend, 0).context("writing FRONTENDS")
+    }
+
+    pub fn remove_frontend(&mut self, key: FrontendKey) -> Result<()> {
+        self.frontends.remove(&key).context("removing from FRONTENDS")
+    }
+
+    pub fn write_port(&mut self, port: u16, entry: PortEntry) -> Result<()> {
+        self.ports.set(port as u32, entry, 0).with_context(|| format!("writing PORTS[{port}]"))
+    }
+}
+
+/// The kernel's maps behind the seam: each method is the inherent one above.
+impl MapWriter for Tables {
+    fn read_groups(&self) -> Result<Vec<Group>> {
+        Tables::read_groups(self)
+    }
+    fn read_shard_states(&self) -> Result<Vec<ShardState>> {
+        Tables::read_shard_states(self)
+    }
+    fn read_backends(&self) -> Result<Vec<Backend>> {
+        Tables::read_backends(self)
+    }
+    fn frontend_entries(&self) -> Result<Vec<(FrontendKey, Frontend)>> {
+        Tables::frontend_entries(self)
+    }
+    fn frontend_keys(&self) -> Result<Vec<FrontendKey>> {
+        Tables::frontend_keys(self)
+    }
+    fn reverse_entries(&self) -> Result<Vec<(u32, Reverse)>> {
+        Tables::reverse_entries(self)
+    }
+    fn scan_sessions(&self) -> Result<Scan> {
+        Tables::scan_sessions(self)
+    }
+    fn each_session(&self, pending: bool, each: &mut dyn FnMut(&[SessionKey], &[Session])) -> Result<()> {
+        Tables::each_session(self, pending, each)
+    }
+    fn counter(&self, c: Counter) -> Result<u64> {
+        Tables::counter(self, c)
+    }
+    fn all_counters(&self) -> Result<Vec<(Counter, u64)>> {
+        Tables::all_counters(self)
+    }
+    fn backend_stats(&self, backend: u32) -> Result<BackendStats> {
+        Tables::backend_stats(self, backend)
+    }
+    fn write_group(&mut self, id: u32, group: Group) -> Result<()> {
+        Tables::write_group(self, id, group)
+    }
+    fn write_shard_state(&mut self, backend: u32, state: ShardState) -> Result<()> {
+        Tables::write_shard_state(self, backend, state)
+    }
+    fn write_backend(&mut self, id: u32, backend: Backend) -> Result<()> {
+        Tables::write_backend(self, id, backend)
+    }
+    fn clear_backend(&mut self, id: u32) -> Result<()> {
+        Tables::clear_backend(self, id)
+    }
+    fn write_reverse(&mut self, addr: u32, reverse: Reverse) -> Result<()> {
+        Tables::write_reverse(self, addr, reverse)
+    }
+    fn remove_reverse(&mut self, addr: u32) -> Result<()> {
+        Tables::remove_reverse(self, addr)
+    }
+    fn write_frontend(&mut self, key: FrontendKey, frontend: Frontend) -> Result<()> {
+        Tables::write_frontend(self, key, frontend)
+    }
+    fn remove_frontend(&mut self, key: FrontendKey) -> Result<()> {
+        Tables::remove_frontend(self, key)
+    }
+    fn write_port(&mut self, port: u16, entry: PortEntry) -> Result<()> {
+        Tables::write_port(self, port, entry)
+    }
+    fn write_meter(&mut self, backend: u32, meter: Meter) -> Result<()> {
+        Tables::write_meter(self, backend, meter)
+    }
+    fn write_placement(&mut self, frontend_id: u32, old: Option<&[u32]>, new: &[u32]) -> Result<()> {
+        Tables::write_placement(self, frontend_id, old, new)
+    }
+    fn write_query_answer(&mut self, index: u32, answer: &QueryAnswer) -> Result<()> {
+        Tables::write_query_answer(self, index, answer)
+    }
+    fn write_query_settings(&mut self, settings: QuerySettings) -> Result<()> {
+        Tables::write_query_settings(self, settings)
+    }
+    fn rewrite_sessions(
+        &mut self,
+        pending: bool,
+        new: &[(SessionKey, Session)],
+        old: &[(SessionKey, Session)],
+    ) -> Result<()> {
+        Tables::rewrite_sessions(self, pending, new, old)
+    }
+    fn void_session_cache(&mut self) -> Result<()> {
+        Tables::void_session_cache(self)
+    }
+    fn promote(&mut self, key: &SessionKey, session: Session) -> Result<()> {
+        Tables::promote(self, key, session)
+    }
+    fn remove_session(&mut self, pending: bool, key: &SessionKey) -> Result<bool> {
+        Tables::remove_session(self, pending, key)
     }
 }
