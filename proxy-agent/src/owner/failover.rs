@@ -51,7 +51,10 @@ impl Owner {
             self.agones.waiting.remove(&name);
         }
         match decision {
-            FailoverDecision::Nothing => None,
+            FailoverDecision::Nothing => {
+                self.unpark(&name); // nobody left to move
+                None
+            }
             FailoverDecision::Move { target, reason } => self.move_dead(i, target, players, reason, why),
             FailoverDecision::Allocate => {
                 self.ask_fresh_shard(i);
@@ -121,23 +124,32 @@ impl Owner {
         self.apply_failover(from, players, decision, Some(why.to_string()))
     }
 
-    /// No room: the event, and the shard waits in the parked list.
+    /// No room: the shard waits in the parked list; the event says so once.
     pub(super) fn parked_for(&mut self, i: usize, players: usize, problem: &str, why: Option<&str>) {
         let name = self.cluster.cfg.shards[i].name.clone();
+        self.park(&name);
+        if !self.parked_said.insert(name.clone()) {
+            return; // said when it was parked; retried every round without a word
+        }
         let detail = match why {
             Some(why) => format!("{why}; {problem}; retried as soon as a GameServer is Ready or capacity appears"),
             None => format!("{problem}; retried as soon as capacity appears"),
         };
         self.events.record(EventKind::FailoverParked, &name, None, vec![], players, detail);
-        self.park(&name);
     }
 
     /// A failover of `dead` done: the event, the leases, and it waits no more.
     pub(super) fn failed_over(&mut self, dead: &str, r: &MoveReport, detail: String) {
         self.events.record(EventKind::Failover, dead, Some(&r.to), r.groups.clone(), r.moved, detail);
         self.leases_follow_shard(dead, &r.to);
-        self.parked.retain(|p| p != dead);
+        self.unpark(dead);
         self.agones.waiting.remove(dead);
+    }
+
+    /// Nothing waits for shard `name` any more.
+    pub(super) fn unpark(&mut self, name: &str) {
+        self.parked.retain(|p| p != name);
+        self.parked_said.remove(name);
     }
 
     /// Parked shards are tried again on every health round.

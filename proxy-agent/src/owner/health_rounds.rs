@@ -58,12 +58,14 @@ impl Owner {
     /// Tries the parked failovers again; returns whether any moved.
     pub(super) fn retry_parked(&mut self) -> bool {
         let mut moved = false;
-        for name in std::mem::take(&mut self.parked) {
-            if let Ok(i) = self.cluster.shard(&name) {
-                if !self.cluster.is_up(i) {
+        for name in self.parked.clone() {
+            match self.cluster.shard(&name) {
+                Ok(i) if !self.cluster.is_up(i) => {
                     let players = self.cluster.players_on(i, &self.cluster.loads());
                     moved |= self.fail_over(i, players);
                 }
+                // Back up, or gone from the config: nothing waits any more.
+                _ => self.unpark(&name),
             }
         }
         moved

@@ -30,6 +30,9 @@ mod requests;
 mod snapshot;
 mod tick;
 
+#[cfg(test)]
+mod tests;
+
 use std::{
     collections::BTreeMap,
     path::PathBuf,
@@ -138,6 +141,9 @@ pub(crate) struct Owner {
     /// Shards that went down whose players found no room yet: retried on
     /// every health round until capacity appears.
     parked: Vec<String>,
+    /// Parked shards whose `failover_parked` event was recorded: said once,
+    /// not on every round that retries them.
+    parked_said: std::collections::BTreeSet<String>,
     expired_idle: u64,
     expired_moving: u64,
     /// Pending players promoted because a game node's shard accepted them.
@@ -179,6 +185,7 @@ impl Owner {
             config_path: s.config_path,
             events: EventLog::default(),
             parked: Vec::new(),
+            parked_said: Default::default(),
             expired_idle: 0,
             expired_moving: 0,
             promoted_by_nodes: 0,
