@@ -8,10 +8,13 @@
 //!   cargo xtask bench WHAT        build, then a benchmark: fastpath | migrate |
 //!                                 failover | agent [--baseline-agent PATH] | query |
 //!                                 memory | e2e [--rate N --repeats N --seconds S]
+//!   cargo xtask bench smoke       build, then every benchmark with its smallest
+//!                                 settings (a few seconds each); `test` ends with it
 
 use std::{
     path::{Path, PathBuf},
     process::{Command, ExitCode},
+    time::{Duration, Instant},
 };
 
 fn root() -> PathBuf {
@@ -173,26 +176,154 @@ fn fuzz(args: &[String]) -> Result<(), String> {
     run(&mut cmd)
 }
 
+/// Every benchmark the README names, with its smallest settings: each must
+/// run to the end (a few seconds), so none is found broken later. The
+/// figures they print mean nothing at these sizes.
+const SMOKE: &[(&str, &str)] = &[
+    ("fastpath", "--calls 20 --spread 4000"),
+    ("migrate", "--runs 1"),
+    ("failover", "--runs 1 --api-delays-ms 50 --players 5"),
+    ("agent", "--sessions 250 --runs 3 --idle-seconds 0.5 --idle-timeout-ms 1000"),
+    ("query", "--calls 20 --seconds 1 --rate 2000"),
+    ("memory", "--sessions 4096 --agent-sessions 2000 --idle-timeout-ms 1000"),
+    (
+        "e2e",
+        "--rate 5000 --repeats 1 --seconds 0.2 --step-seconds 0.1 --max-rate 20000 --search-steps 2 --tries 1 \
+         --pings 10",
+    ),
+];
+
+/// A smoke run longer than this is a failure (the bench is stopped).
+const SMOKE_LIMIT: Duration = Duration::from_secs(180);
+
+/// `bench smoke`: runs each of `SMOKE` in its own process group, stops one
+/// that outlives `SMOKE_LIMIT`, removes what a failed one left (its
+/// namespaces and bpffs pins are named `sampx-PID-...`), prints each one's
+/// time and fails if any failed.
+fn bench_smoke() -> Result<(), String> {
+    let started = Instant::now();
+    let mut results = Vec::new();
+    for (what, args) in SMOKE {
+        eprintln!("xtask: bench smoke: {what} {args}");
+        let t0 = Instant::now();
+        let outcome = smoke_one(what, args);
+        results.push((*what, t0.elapsed(), outcome));
+    }
+    println!("bench smoke (smallest settings; the figures above mean nothing):");
+    let mut failed = Vec::new();
+    for (what, took, outcome) in &results {
+        match outcome {
+            Ok(()) => println!("  {what:<10} ok     {:>6.1} s", took.as_secs_f64()),
+            Err(e) => {
+                println!("  {what:<10} FAILED {:>6.1} s: {e}", took.as_secs_f64());
+                failed.push(*what);
+            }
+        }
+    }
+    println!("  total {:.1} s", started.elapsed().as_secs_f64());
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("bench smoke: {} failed", failed.join(", ")))
+    }
+}
+
+fn smoke_one(what: &str, args: &str) -> Result<(), String> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(bin("bench"));
+    cmd.arg(what).args(args.split_whitespace()).env("PROXY_AGENT_BIN", bin("proxy-agent")).process_group(0);
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    let pid = child.id();
+    let t0 = Instant::now();
+    let result = loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => break Ok(()),
+            Ok(Some(status)) => break Err(format!("exited with {status}")),
+            Ok(None) if t0.elapsed() > SMOKE_LIMIT => {
+                // SIGTERM first (e2e tears its bed down on it), then SIGKILL.
+                signal_group(pid, "TERM");
+                let grace = Instant::now();
+                while grace.elapsed() < Duration::from_secs(10) && matches!(child.try_wait(), Ok(None)) {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                signal_group(pid, "KILL");
+                let _ = child.wait();
+                break Err(format!("still running after {} s: stopped", SMOKE_LIMIT.as_secs()));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+            Err(e) => break Err(format!("waiting for it: {e}")),
+        }
+    };
+    // Whatever is left of its process group (an agent it started) goes too.
+    signal_group(pid, "KILL");
+    let left = remove_leftovers(pid);
+    if left.is_empty() {
+        return result;
+    }
+    let note = format!("left behind (now removed): {}", left.join(", "));
+    Err(match result {
+        Ok(()) => note,
+        Err(e) => format!("{e}; {note}"),
+    })
+}
+
+fn signal_group(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{signal}"), "--", &format!("-{pid}")])
+        .stderr(std::process::Stdio::null())
+        .status();
+}
+
+/// Removes the namespaces and bpffs pins the bench with `pid` made
+/// (`sampx-PID-...`, tests/src/netns.rs and pins.rs), returning their names.
+fn remove_leftovers(pid: u32) -> Vec<String> {
+    let prefix = format!("sampx-{pid}-");
+    let mut left = Vec::new();
+    let out = Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
+    for name in String::from_utf8_lossy(&out).lines().filter_map(|l| l.split_whitespace().next()) {
+        if name.starts_with(&prefix) {
+            let _ = Command::new("ip").args(["netns", "del", name]).status();
+            left.push(format!("namespace {name}"));
+        }
+    }
+    for entry in std::fs::read_dir("/sys/fs/bpf").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(entry.path()).or_else(|_| std::fs::remove_file(entry.path()));
+            left.push(format!("pins /sys/fs/bpf/{name}"));
+        }
+    }
+    left
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(task) = args.first() else {
-        return fail("usage: cargo xtask build-ebpf | build | test | demo [--seconds N --players N] | bench fastpath|migrate|failover|agent|query|memory|e2e | fuzz [--packets N --seed S]");
+        return fail("usage: cargo xtask build-ebpf | build | test | demo [--seconds N --players N] | bench fastpath|migrate|failover|agent|query|memory|e2e|smoke | fuzz [--packets N --seed S]");
     };
     let rest = &args[1..];
     let result = match task.as_str() {
         "build-ebpf" => build_ebpf(),
         "build" => build_ebpf().and_then(|_| build_user()),
-        "test" => build_ebpf().and_then(|_| build_user()).and_then(|_| lint()).and_then(|_| {
-            run_tests(
-                cargo()
-                    .args(["test", "--release", "--workspace", "--all-targets"])
-                    .args(rest)
-                    .env("PROXY_AGENT_BIN", bin("proxy-agent")),
-            )
-        }),
+        "test" => build_ebpf()
+            .and_then(|_| build_user())
+            .and_then(|_| lint())
+            .and_then(|_| {
+                run_tests(
+                    cargo()
+                        .args(["test", "--release", "--workspace", "--all-targets"])
+                        .args(rest)
+                        .env("PROXY_AGENT_BIN", bin("proxy-agent")),
+                )
+            })
+            // The whole suite (CI's) ends with every bench; a filtered run does not.
+            .and_then(|_| if rest.is_empty() { bench_smoke() } else { Ok(()) }),
         "demo" => build_ebpf()
             .and_then(|_| build_user())
             .and_then(|_| run(Command::new(bin("demo")).args(rest).env("PROXY_AGENT_BIN", bin("proxy-agent")))),
+        "bench" if rest.first().map(String::as_str) == Some("smoke") => {
+            build_ebpf().and_then(|_| build_user()).and_then(|_| bench_smoke())
+        }
         "bench" => build_ebpf()
             .and_then(|_| build_user())
             .and_then(|_| run(Command::new(bin("bench")).args(rest).env("PROXY_AGENT_BIN", bin("proxy-agent")))),

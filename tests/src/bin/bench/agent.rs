@@ -84,10 +84,21 @@ fn key(i: usize) -> SessionKey {
     SessionKey { client_addr: addr_to_map(ip), client_port: port_to_map(10_000 + (i / 65_536) as u16), frontend: 0 }
 }
 
-fn run_one(bin: &PathBuf, sessions: usize) -> Result<Figures> {
+/// How long each figure is measured for.
+#[derive(Clone, Copy)]
+pub struct Effort {
+    /// Timed `status` requests and scrapes; `migrate --from` gets a third (at least 2).
+    pub runs: usize,
+    /// The idle CPU window.
+    pub idle: Duration,
+    /// The agent's session_idle_timeout_ms (`crate::IDLE_TIMEOUT_MS` by default).
+    pub idle_timeout_ms: u64,
+}
+
+fn run_one(bin: &PathBuf, sessions: usize, effort: Effort) -> Result<Figures> {
     std::env::set_var("PROXY_AGENT_BIN", bin);
     let shards = [(0, 1000, "active"), (1, 1000, "active"), (2, 1000, "active"), (3, 1000, "standby")];
-    let extra = format!("metrics_listen: {METRICS}\nsession_idle_timeout_ms: 600000\n");
+    let extra = format!("metrics_listen: {METRICS}\nsession_idle_timeout_ms: {}\n", effort.idle_timeout_ms);
     let sc = Scenario::start(4, |t| t.config_of(&shards, &extra))?;
     let st = sc.agent.request(&Request::Status)?;
     let home = |name: &str| -> u32 {
@@ -96,7 +107,7 @@ fn run_one(bin: &PathBuf, sessions: usize) -> Result<Figures> {
     };
     let (g1, g2, g3) = (home("s1"), home("s2"), home("s3"));
     let tables = sc.agent.tables()?;
-    let now = now_ns();
+    let now = now_ns() + crate::IDLE_TIMEOUT_MS.saturating_sub(effort.idle_timeout_ms) * 1_000_000;
     let entries: Vec<(SessionKey, Session)> = (0..sessions)
         .map(|i| {
             let group = if i < MOVED {
@@ -114,11 +125,11 @@ fn run_one(bin: &PathBuf, sessions: usize) -> Result<Figures> {
     wait_for("the agent to see every session", Duration::from_secs(40), || {
         sc.agent.request(&Request::Status).map(|s| s["totals"]["players"] == sessions as u64).unwrap_or(false)
     });
-    let status_ms = timed(30, || sc.agent.request(&Request::Status).map(|_| ()))?;
+    let status_ms = timed(effort.runs, || sc.agent.request(&Request::Status).map(|_| ()))?;
     // Entered once, so the timing holds the HTTP exchange alone.
-    let scrape_ms = sc.topo.proxy.run(|| timed(30, scrape))??;
+    let scrape_ms = sc.topo.proxy.run(|| timed(effort.runs, scrape))??;
     let mut there = false;
-    let migrate_ms = timed(10, || {
+    let migrate_ms = timed((effort.runs / 3).max(2), || {
         let (from, to) = if there { ("s4", "s3") } else { ("s3", "s4") };
         there = !there;
         let r = sc.agent.request(&Request::Migrate { clients: vec![], from: Some(from.into()), to: to.into() })?;
@@ -128,7 +139,7 @@ fn run_one(bin: &PathBuf, sessions: usize) -> Result<Figures> {
         Ok(())
     })?;
     let pid = sc.agent.pid().context("agent pid")?;
-    let window = Duration::from_secs(10);
+    let window = effort.idle;
     let (c0, t0) = (cpu_ms(pid)?, Instant::now());
     std::thread::sleep(window);
     let idle_cpu_ms_per_s = (cpu_ms(pid)? - c0) / t0.elapsed().as_secs_f64();
@@ -145,15 +156,18 @@ fn line(what: &str, n: usize, base: Option<f64>, ours: f64) {
     }
 }
 
-pub fn agent(sizes: &[usize], baseline: Option<PathBuf>) -> Result<()> {
+pub fn agent(sizes: &[usize], baseline: Option<PathBuf>, effort: Effort) -> Result<()> {
+    if let Some(&n) = sizes.iter().find(|&&n| n < MOVED) {
+        bail!("--sessions {n}: at least {MOVED} (the players `migrate --from` moves)");
+    }
     let ours = PathBuf::from(std::env::var_os("PROXY_AGENT_BIN").context("PROXY_AGENT_BIN (set by cargo xtask)")?);
     println!("agent: 3 active shards + 1 standby, sessions written into the tables; medians (ms)");
     if let Some(b) = &baseline {
         println!("baseline agent: {}", b.display());
     }
     for &n in sizes {
-        let base = baseline.as_ref().map(|b| run_one(b, n)).transpose()?;
-        let this = run_one(&ours, n)?;
+        let base = baseline.as_ref().map(|b| run_one(b, n, effort)).transpose()?;
+        let this = run_one(&ours, n, effort)?;
         line("status (control socket)", n, base.as_ref().map(|f| f.status_ms), this.status_ms);
         line("metrics scrape (HTTP)", n, base.as_ref().map(|f| f.scrape_ms), this.scrape_ms);
         line(&format!("migrate --from ({MOVED} players)"), n, base.as_ref().map(|f| f.migrate_ms), this.migrate_ms);

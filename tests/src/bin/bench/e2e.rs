@@ -51,11 +51,9 @@ use traffic::{Offer, FLOWS, PAYLOAD};
 pub static STOP: AtomicBool = AtomicBool::new(false);
 
 /// Windows run again because another process used the CPU during them, and
-/// windows kept although disturbed (after `TRIES` attempts).
+/// windows kept although disturbed (after `--tries` attempts).
 static REDONE: AtomicU64 = AtomicU64::new(0);
 static KEPT_DISTURBED: AtomicU64 = AtomicU64::new(0);
-/// Attempts at an undisturbed window.
-const TRIES: usize = 4;
 
 extern "C" fn on_signal(_: libc::c_int) {
     STOP.store(true, Ordering::Relaxed);
@@ -82,6 +80,12 @@ pub struct E2eArgs {
     /// Ping-pong round trips per path per repetition.
     #[arg(long, default_value_t = 300)]
     pings: usize,
+    /// Steps of the loss-free search per path.
+    #[arg(long, default_value_t = 8)]
+    search_steps: usize,
+    /// Attempts at a window other processes did not disturb.
+    #[arg(long, default_value_t = 4)]
+    tries: usize,
     /// Skip the diagnostic path "routing + XDP_PASS" (a bare XDP_PASS on the
     /// proxy's veths: what veth charges any native XDP program).
     #[arg(long)]
@@ -98,8 +102,6 @@ impl E2eArgs {
 /// A run is loss-free when the sink counted at least this share of what
 /// the rate asked for (rate x window).
 const LOSS_FREE: f64 = 0.999;
-/// Steps of the loss-free search per path.
-const SEARCH_STEPS: usize = 8;
 /// The fixed rate stays below this share of every path's loss-free rate.
 const FIXED_SHARE: f64 = 0.7;
 
@@ -167,11 +169,11 @@ impl Window {
 const RETRY_BUDGET: Duration = Duration::from_secs(150);
 static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
-/// `window`, run again (up to `TRIES` times, within `RETRY_BUDGET`) while
+/// `window`, run again (up to `tries` times, within `RETRY_BUDGET`) while
 /// another process's CPU use disturbs it.
-fn steady_window(bed: &Bed, mode: Mode, rate: u64, seconds: f64, with_drops: bool) -> Result<Window> {
+fn steady_window(bed: &Bed, mode: Mode, rate: u64, seconds: f64, with_drops: bool, tries: usize) -> Result<Window> {
     let in_budget = STARTED.get().is_none_or(|t| t.elapsed() < RETRY_BUDGET);
-    let tries = if in_budget { TRIES } else { 1 };
+    let tries = if in_budget { tries.max(1) } else { 1 };
     for attempt in 1..=tries {
         let w = window(bed, mode, rate, seconds, with_drops)?;
         if !w.disturbed() {
@@ -333,15 +335,15 @@ fn search(bed: &mut Bed, mode: Mode, args: &E2eArgs) -> Result<LossFree> {
         let (mut lo, mut hi): (u64, Option<(u64, String, String, bool)>) = (0, None);
         let mut rate = args.rate.clamp(1_000, args.max_rate);
         let (mut redirected, mut delivered) = (0u64, 0u64);
-        for _ in 0..SEARCH_STEPS {
-            let mut w = steady_window(bed, mode, rate, args.step_seconds, true)?;
+        for _ in 0..args.search_steps {
+            let mut w = steady_window(bed, mode, rate, args.step_seconds, true, args.tries)?;
             if !w.loss_free() {
                 // A lossy step counts only if it is lossy twice: one hiccup
                 // (another process, a timer) must not end the search.
                 redirected += w.redirected;
                 delivered += w.delivered;
                 std::thread::sleep(Duration::from_millis(100));
-                w = steady_window(bed, mode, rate, args.step_seconds, true)?;
+                w = steady_window(bed, mode, rate, args.step_seconds, true, args.tries)?;
             }
             redirected += w.redirected;
             delivered += w.delivered;
@@ -469,8 +471,9 @@ pub fn e2e(args: &E2eArgs) -> Result<()> {
     if cpus < 2 {
         bail!("bench e2e needs 2 CPUs (generator on CPU0, sink on CPU1); this machine has {cpus}");
     }
-    if args.repeats == 0 || args.seconds <= 0.0 || args.step_seconds <= 0.0 || args.pings == 0 {
-        bail!("--repeats, --seconds, --step-seconds and --pings must be positive");
+    if args.repeats == 0 || args.seconds <= 0.0 || args.step_seconds <= 0.0 || args.pings == 0 || args.search_steps == 0
+    {
+        bail!("--repeats, --seconds, --step-seconds, --pings and --search-steps must be positive");
     }
     let started = *STARTED.get_or_init(Instant::now);
     let result = run(args, cpus);
@@ -543,7 +546,7 @@ fn run(args: &E2eArgs, cpus: usize) -> Result<()> {
             bed.enter(mode)?;
             let measured = (|| -> Result<()> {
                 window(&bed, mode, rate, 0.2, false)?; // warm-up
-                let w = steady_window(&bed, mode, rate, args.seconds, false)?;
+                let w = steady_window(&bed, mode, rate, args.seconds, false, args.tries)?;
                 clean &= !w.disturbed();
                 if mode.is_ours() {
                     check_xdp(&w)?;
@@ -840,8 +843,9 @@ fn report(r: &Results) {
     println!(
         "  - The generator, sink and ping-pong threads and the relay run at nice {}, so other processes on the machine \
          do not starve the traffic (no effect on a quiet machine); a window in which other processes used more than \
-         1% of the machine is run again (up to {TRIES} times, within the first {} s).",
+         1% of the machine is run again (up to {} times, within the first {} s).",
         traffic::NICE,
+        args.tries.max(1),
         RETRY_BUDGET.as_secs()
     );
     println!(

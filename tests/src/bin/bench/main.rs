@@ -66,6 +66,9 @@ enum What {
         /// Test-run calls per case (each alternated with a baseline call).
         #[arg(long, default_value_t = 5_000)]
         calls: u32,
+        /// Players (and return-path clients) of the spread rows, at least 4,000.
+        #[arg(long, default_value_t = 100_000)]
+        spread: usize,
     },
     /// Failover with default settings: shard death to group repointed, and
     /// each player's reconnect handshake to its arrival at the standby.
@@ -91,6 +94,15 @@ enum What {
         /// Another proxy-agent binary to measure first, for the ratio.
         #[arg(long)]
         baseline_agent: Option<std::path::PathBuf>,
+        /// Timed `status` requests and scrapes per size (`migrate --from`: a third, at least 2).
+        #[arg(long, default_value_t = 30)]
+        runs: usize,
+        /// Seconds the idle agent's CPU is read over.
+        #[arg(long, default_value_t = 10.0)]
+        idle_seconds: f64,
+        /// The agent's session_idle_timeout_ms; its full scans run every half of it (0.5-10 s).
+        #[arg(long, default_value_t = IDLE_TIMEOUT_MS)]
+        idle_timeout_ms: u64,
     },
     /// ns per query answered in the kernel beside XDP_PASS, and queries per
     /// second answered by the kernel path vs a user-space responder.
@@ -105,7 +117,17 @@ enum What {
         rate: u32,
     },
     /// Kernel memory of the session tables for 1 M sessions, and the agent's RSS.
-    Memory,
+    Memory {
+        /// Sessions SESSIONS is sized for and filled with (the agent's `max_sessions`).
+        #[arg(long, default_value_t = 1 << 20)]
+        sessions: u32,
+        /// Sessions indexed by the agent, one RSS reading each, ascending.
+        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        agent_sessions: Vec<usize>,
+        /// The agent's session_idle_timeout_ms; its full scans run every half of it (0.5-10 s).
+        #[arg(long, default_value_t = IDLE_TIMEOUT_MS)]
+        idle_timeout_ms: u64,
+    },
     /// The same player traffic through routing, ours (XDP), nftables DNAT and
     /// a userspace relay: loss-free pps, CPU per packet over routing, latency.
     E2e(e2e::E2eArgs),
@@ -118,6 +140,14 @@ enum What {
 }
 
 const WARM_REPEAT: u32 = 200;
+/// The agent's idle timeout in the agent and memory benches by default: no
+/// session they write expires during a run. A shorter one (`--idle-timeout-ms`)
+/// makes the agent scan, and so index what the bench wrote, sooner (every half
+/// of it, 0.5-10 s); the sessions are then dated ahead, so they still stay
+/// fresh for this long.
+pub const IDLE_TIMEOUT_MS: u64 = 600_000;
+/// Players of the fastpath's "4k spread" row.
+const FEW: usize = 4_000;
 
 fn median(v: &mut [u64]) -> u64 {
     v.sort_unstable();
@@ -190,7 +220,13 @@ fn measure_arriving(
     Ok(Row { name, method, ns: median(&mut ours), baseline: median(&mut base) })
 }
 
-fn fastpath(calls: u32) -> Result<()> {
+fn fastpath(calls: u32, spread: usize) -> Result<()> {
+    if !(FEW..=SPREAD_ROOM).contains(&spread) {
+        bail!("--spread must be {FEW}..={SPREAD_ROOM}");
+    }
+    // The spread rows' names ("100k spread" by default).
+    let label =
+        |path: &str| -> &'static str { Box::leak(format!("{path}, {}k spread", spread / 1000).into_boxed_str()) };
     let mut bed = Bed::new()?;
     // Hold both programs in the kernel's XDP dispatcher for the whole run
     // (attached to a veth pair that stays down): otherwise every repeated
@@ -238,8 +274,7 @@ fn fastpath(calls: u32) -> Result<()> {
     // Spread: 100,000 established players looked up in turn (one packet per
     // call: each call a different player, so the table is walked as under
     // real load, with cache and TLB misses).
-    const SPREAD: usize = 100_000;
-    let spread_sessions = players(SPREAD, GROUP_C, bed.group_epoch(GROUP_C));
+    let spread_sessions = players(spread, GROUP_C, bed.group_epoch(GROUP_C));
     batch::update(&bed.tables.sessions, &spread_sessions)?;
     let spread_frames: Vec<Vec<u8>> = spread_sessions
         .iter()
@@ -252,22 +287,21 @@ fn fastpath(calls: u32) -> Result<()> {
         .collect();
     // Every player's first packet fills its cache entry, as it does in
     // play; the measured pass then looks each one up again in turn.
-    measure(&bed, "spread warm-up", SPREAD as u32, 1, XDP_REDIRECT, |i| spread_frames[i as usize].clone())?;
+    measure(&bed, "spread warm-up", spread as u32, 1, XDP_REDIRECT, |i| spread_frames[i as usize].clone())?;
     // Players are looked up in a fixed random order: the test addresses are
     // consecutive, and taken in order their cache sets would fall on
     // neighbouring pages more often than real players' (random addresses
     // and ports) do, which measured 90 ns too cheap.
-    let shuffled = shuffled(SPREAD);
+    let shuffled = shuffled(spread);
     // 4,000 of them: their cache lines (256 KiB) fit this CPU's L2, but
     // they lie on nearly all 1,024 pages of the cache, as 100,000 do. Beside
     // the 100k row, it shows how much of the spread is page walks (TLB
-    // misses) rather than cache lines.
-    const FEW: usize = 4_000;
+    // misses) rather than cache lines (`FEW`).
     let few = measure(&bed, "established hit, 4k spread", calls, 1, XDP_REDIRECT, |i| {
         spread_frames[shuffled[i as usize % FEW] as usize].clone()
     })?;
-    let spread = measure(&bed, "established hit, 100k spread", calls.max(SPREAD as u32), 1, XDP_REDIRECT, |i| {
-        spread_frames[shuffled[i as usize % SPREAD] as usize].clone()
+    let spread_row = measure(&bed, label("established hit"), calls.max(spread as u32), 1, XDP_REDIRECT, |i| {
+        spread_frames[shuffled[i as usize % spread] as usize].clone()
     })?;
 
     // Return spread: replies to 100,000 clients in turn (parts of
@@ -277,7 +311,7 @@ fn fastpath(calls: u32) -> Result<()> {
     for range in SPREAD_CLIENT_RANGES {
         bed.ns.ip(&["route", "add", range.0, "via", "198.18.60.2", "dev", "cli0"])?;
     }
-    let reply_frames: Vec<Vec<u8>> = (0..SPREAD as u32)
+    let reply_frames: Vec<Vec<u8>> = (0..spread as u32)
         .map(|i| {
             let client = spread_client(i);
             let mut u = Udp::new(VIP, PORT, client, 50000, &[0xE3; 40]);
@@ -285,9 +319,9 @@ fn fastpath(calls: u32) -> Result<()> {
             u.frame()
         })
         .collect();
-    measure(&bed, "return warm-up", SPREAD as u32, 1, XDP_REDIRECT, |i| reply_frames[i as usize].clone())?;
-    let ret_spread = measure(&bed, "return path, 100k spread", calls.max(SPREAD as u32), 1, XDP_REDIRECT, |i| {
-        reply_frames[shuffled[i as usize % SPREAD] as usize].clone()
+    measure(&bed, "return warm-up", spread as u32, 1, XDP_REDIRECT, |i| reply_frames[i as usize].clone())?;
+    let ret_spread = measure(&bed, label("return path"), calls.max(spread as u32), 1, XDP_REDIRECT, |i| {
+        reply_frames[shuffled[i as usize % spread] as usize].clone()
     })?;
 
     // Placement: a new source every call, a handshake, hashed into the table.
@@ -305,7 +339,7 @@ fn fastpath(calls: u32) -> Result<()> {
         println!("  programs NOT held in the dispatcher (SAMP_BENCH_NO_HOLD): each test run re-adds them");
     }
     println!("{:<29} {:<6} {:>7} {:>9} {:>7} {:>9}", "path", "method", "ns", "XDP_PASS", "ratio", "added ns");
-    for r in [hit_warm, ret_warm, hit_arm, ret_arm, hit_cold, ret_cold, few, spread, ret_spread, place_cold] {
+    for r in [hit_warm, ret_warm, hit_arm, ret_arm, hit_cold, ret_cold, few, spread_row, ret_spread, place_cold] {
         println!(
             "{:<29} {:<6} {:>7} {:>9} {:>6.2}x {:>9}",
             r.name,
@@ -327,6 +361,9 @@ const SPREAD_CLIENT_RANGES: [(&str, u32, u32); 3] = [
     ("198.18.128.0/17", 0xc612_8000, 1 << 15),
     ("198.18.112.0/20", 0xc612_7000, 1 << 12),
 ];
+
+/// Addresses in `SPREAD_CLIENT_RANGES`.
+const SPREAD_ROOM: usize = 102_400;
 
 /// The `i`th client address of a spread.
 fn spread_client(mut i: u32) -> Ipv4Addr {
@@ -508,11 +545,17 @@ fn failover(n: usize, reconnect_ms: u64) -> Result<()> {
 
 fn main() -> Result<()> {
     match Cli::parse().what {
-        What::Fastpath { calls } => fastpath(calls),
+        What::Fastpath { calls, spread } => fastpath(calls, spread),
         What::Migrate { runs } => migrate(runs),
-        What::Agent { sessions, baseline_agent } => agent::agent(&sessions, baseline_agent),
+        What::Agent { sessions, baseline_agent, runs, idle_seconds, idle_timeout_ms } => {
+            let effort =
+                agent::Effort { runs: runs.max(1), idle: Duration::from_secs_f64(idle_seconds), idle_timeout_ms };
+            agent::agent(&sessions, baseline_agent, effort)
+        }
         What::Query { calls, seconds, rate } => query::query(calls, seconds, rate),
-        What::Memory => memory::memory(),
+        What::Memory { sessions, agent_sessions, idle_timeout_ms } => {
+            memory::memory(sessions, &agent_sessions, idle_timeout_ms)
+        }
         What::E2e(args) => e2e::e2e(&args),
         What::Failover { runs, api_delays_ms, players, reconnect_ms } => {
             failover::matrix(runs, &api_delays_ms)?;

@@ -11,7 +11,8 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use crate::IDLE_TIMEOUT_MS;
+use anyhow::{bail, Context, Result};
 use proxy_agent::{
     batch,
     cluster::now_ns,
@@ -26,8 +27,6 @@ use tests::{
     pins::PinDir,
     scenario::{wait_for, Scenario},
 };
-
-const MILLION: u32 = 1 << 20;
 
 fn key(i: usize) -> SessionKey {
     let ip = [198, 19, (i / 256 % 256) as u8, (i % 256) as u8];
@@ -59,14 +58,22 @@ fn rss_kib(pid: u32) -> Result<u64> {
     proc_kib(pid, "VmRSS")
 }
 
-pub fn memory() -> Result<()> {
+/// `sessions`: what SESSIONS is sized for and filled with (a million by
+/// default); `agent_sessions`: the counts the agent's RSS is read at;
+/// `idle_timeout_ms`: the agent's idle timeout, which sets its full scans'
+/// interval (half of it, 0.5-10 s; the sessions written are dated so they
+/// stay fresh for `IDLE_TIMEOUT_MS` whatever it is).
+pub fn memory(sessions: u32, agent_sessions: &[usize], idle_timeout_ms: u64) -> Result<()> {
+    if agent_sessions.iter().any(|&n| n > sessions as usize) || !agent_sessions.is_sorted() {
+        bail!("--agent-sessions must ascend and stay within --sessions {sessions}");
+    }
     // 1. The kernel's memory for a million sessions.
     let pins = PinDir::new("bench-memory")?;
-    let sizes = TableSizes { sessions: MILLION, pending: proxy_common::MAX_PENDING };
+    let sizes = TableSizes { sessions, pending: proxy_common::MAX_PENDING };
     let (_dp, tables) = Dataplane::load_sized(pins.path(), sizes)?;
     let empty = memlock(&pins.path().join(proxy_common::maps::SESSIONS))?;
     let entries: Vec<(SessionKey, Session)> =
-        (0..MILLION as usize).map(|i| (key(i), Session { group: 1, epoch: 0, last_seen_ns: 1 })).collect();
+        (0..sessions as usize).map(|i| (key(i), Session { group: 1, epoch: 0, last_seen_ns: 1 })).collect();
     batch::update(&tables.sessions, &entries)?;
     let full = memlock(&pins.path().join(proxy_common::maps::SESSIONS))?;
     let mut all = 0;
@@ -76,18 +83,19 @@ pub fn memory() -> Result<()> {
             all += memlock(&e.path()).unwrap_or(0);
         }
     }
-    println!("memory: kernel accounting (fdinfo memlock), SESSIONS sized for {MILLION} sessions");
+    println!("memory: kernel accounting (fdinfo memlock), SESSIONS sized for {sessions} sessions");
     println!(
-        "  SESSIONS empty {:.1} MiB, with {MILLION} sessions {:.1} MiB ({} bytes a session; preallocated)",
+        "  SESSIONS empty {:.1} MiB, with {sessions} sessions {:.1} MiB ({} bytes a session; preallocated)",
         empty as f64 / 1048576.0,
         full as f64 / 1048576.0,
-        full / MILLION as u64
+        full / sessions as u64
     );
     println!("  every pinned map together: {:.1} MiB (goal: 256 MiB for 1 M sessions)", all as f64 / 1048576.0);
     drop(tables);
 
     // 2. The agent's resident memory with its index.
-    let extra = format!("max_sessions: {MILLION}\nsession_idle_timeout_ms: 600000\n");
+    let extra = format!("max_sessions: {sessions}\nsession_idle_timeout_ms: {idle_timeout_ms}\n");
+    let ahead_ns = IDLE_TIMEOUT_MS.saturating_sub(idle_timeout_ms) * 1_000_000;
     let mut sc = Scenario::start(2, |t| t.config(&[1000, 1000], &extra))?;
     let pid = sc.agent.pid().context("agent pid")?;
     let tables = sc.agent.tables()?;
@@ -97,8 +105,8 @@ pub fn memory() -> Result<()> {
     println!("memory: agent VmRSS (2 shards, established sessions written into SESSIONS, indexed)");
     println!("  at start: {} KiB", rss_kib(pid)?);
     let mut written = 0;
-    for n in [100_000usize, 1_000_000] {
-        let now = now_ns();
+    for &n in agent_sessions {
+        let now = now_ns() + ahead_ns;
         let batch: Vec<(SessionKey, Session)> =
             (written..n).map(|i| (key(i), Session { group: home, epoch, last_seen_ns: now })).collect();
         batch::update(&tables.sessions, &batch)?;

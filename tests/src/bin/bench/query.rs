@@ -8,7 +8,12 @@
 //!    topology: the same `i` queries from the client namespace, answered (a)
 //!    by the data plane at the VIP and (b) by a user-space responder (a plain
 //!    UDP socket loop in the proxy namespace, on the proxy's client-side
-//!    address, answering with the same bytes), each for a fixed window. CPU
+//!    address, answering with the same bytes), each for a fixed window. The
+//!    responder listens on the port after the frontend's (`BASELINE_PORT`):
+//!    the agent's own responder for long answers holds the frontend's port
+//!    on every address of the proxy namespace. The queries take the same
+//!    veths and the same XDP program (which passes them: no frontend there)
+//!    either way; only the port differs. CPU
 //!    is the whole machine's busy time (idle columns of /proc/stat, as
 //!    PLATFORM.md says), generator included, so the ratio understates the
 //!    difference; the generator (one thread) is the limit of both rates.
@@ -32,6 +37,11 @@ use tests::{
 };
 
 use crate::{measure, Row};
+
+/// The user-space responder's port, on the proxy's client-side address.
+/// Not the frontend's: the agent's long-answer responder binds that one on
+/// 0.0.0.0 in the proxy namespace, so binding it again fails (EADDRINUSE).
+const BASELINE_PORT: u16 = TOPO_PORT + 1;
 
 fn samp_query(server: std::net::Ipv4Addr, port: u16, op: u8, extra: &[u8]) -> Vec<u8> {
     let mut q = b"SAMP".to_vec();
@@ -165,7 +175,12 @@ pub fn query(calls: u32, window_s: u64, rate: u32) -> Result<()> {
     let responder = {
         let stop = stop.clone();
         let ns_name = sc.topo.proxy.name.clone();
-        let sock = sc.topo.proxy.run(|| UdpSocket::bind(SocketAddrV4::new(PROXY_CLIENT_SIDE, TOPO_PORT)))??;
+        let at = SocketAddrV4::new(PROXY_CLIENT_SIDE, BASELINE_PORT);
+        let sock = sc
+            .topo
+            .proxy
+            .run(|| UdpSocket::bind(at))?
+            .with_context(|| format!("binding the user-space responder to {at} in the proxy namespace"))?;
         sock.set_read_timeout(Some(Duration::from_millis(50)))?;
         std::thread::spawn(move || {
             let _ = ns_name;
@@ -181,9 +196,11 @@ pub fn query(calls: u32, window_s: u64, rate: u32) -> Result<()> {
             }
         })
     };
-    let user = drive(&sc, SocketAddrV4::new(PROXY_CLIENT_SIDE, TOPO_PORT), &q, rate, window)?;
+    let user = drive(&sc, SocketAddrV4::new(PROXY_CLIENT_SIDE, BASELINE_PORT), &q, rate, window);
+    // Stopped before any error is returned, so the scenario's teardown finds it gone.
     stop.store(true, Ordering::Relaxed);
     let _ = responder.join();
+    let user = user?;
 
     println!("query: `i` at {rate} queries/s from one client thread for {window_s} s each");
     for (name, r) in [("kernel (XDP_TX at the VIP)", &kernel), ("user-space responder", &user)] {
