@@ -24,7 +24,6 @@ const ALLOWED_LONG_FILES: &[&str] = &[
 const ALLOWED_LONG_FNS: &[(&str, &str)] = &[
     ("dataplane/fake_maps.rs", "of"), // 113 lines: Dump::of
     ("http/metrics.rs", "render"),    // 127 lines
-    ("leases/script.rs", "split"),    // 129 lines
 ];
 
 struct LongFn {
