@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::gameserver::{annotation, GameServer};
-use crate::config::{Role, Shard, ShardSource, Validated, MAX_SHARD_CAPACITY};
+use crate::config::{Frontend, Role, Shard, ShardSource, Validated, MAX_SHARD_CAPACITY};
 
 /// A GameServer that should be a shard but cannot be one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,62 +67,69 @@ pub fn discover(cfg: &Validated, all: &GameServers) -> Discovery {
             if gs.state != "Allocated" || !gs.has_labels(&agones.labels) {
                 continue;
             }
-            let unusable = |problem: String, fix: &str| Unusable {
-                frontend: fe.name.clone(),
-                namespace: gs.namespace.clone(),
-                name: gs.name.clone(),
-                problem,
-                fix: fix.into(),
-            };
-            let port = fe.address.port();
-            let Some(ip) = gs.pod_ip else {
-                d.unusable.push(unusable(
-                    "no pod IP in its status yet".into(),
-                    "wait for Agones to fill `status.addresses` (type PodIP); the shard is used as soon as it has one",
-                ));
-                continue;
-            };
-            if !gs.ports.contains(&port) {
-                d.unusable.push(unusable(
-                    format!("it listens on port(s) {:?}, the frontend on {port}", gs.ports),
-                    "run the game server on the frontend's port with `portPolicy: None` (SA:MP clients scramble packets with the port, so the proxy never changes it)",
-                ));
-                continue;
+            match as_shard(fi, fe, gs, &mut taken_names, &mut taken_addrs) {
+                Ok(shard) => d.shards.push(shard),
+                Err(unusable) => d.unusable.push(unusable),
             }
-            let cap = match gs.capacity_cap() {
-                Ok(cap) => cap,
-                Err(problem) => {
-                    d.unusable.push(unusable(problem, "set it to a number of players, 1..=1000, or remove it"));
-                    continue;
-                }
-            };
-            if !taken_names.insert(gs.name.as_str()) {
-                d.unusable.push(unusable(
-                    "its name is also a shard's in the config file (or another frontend's GameServer)".into(),
-                    "rename the listed shard; GameServer names are the shard names",
-                ));
-                continue;
-            }
-            if !taken_addrs.insert(ip) {
-                d.unusable.push(unusable(
-                    format!("its pod IP {ip} is another shard's (or a frontend's) address"),
-                    "each shard needs its own IP: replies are mapped back by shard IP",
-                ));
-                continue;
-            }
-            d.shards.push(Shard {
-                name: gs.name.clone(),
-                address: ip,
-                frontend: fi,
-                capacity: cap.unwrap_or(MAX_SHARD_CAPACITY),
-                role: Role::Active,
-                source: ShardSource::GameServer { namespace: gs.namespace.clone(), capped: cap.is_some() },
-            });
         }
     }
     d.decisions.sort();
     d.decisions.dedup();
     d
+}
+
+/// GameServer `gs`, Allocated with frontend `fi`'s labels, as a shard of it,
+/// or why it cannot be one. Takes its name and address.
+fn as_shard<'a>(
+    fi: usize,
+    fe: &Frontend,
+    gs: &'a GameServer,
+    taken_names: &mut HashSet<&'a str>,
+    taken_addrs: &mut HashSet<std::net::Ipv4Addr>,
+) -> Result<Shard, Unusable> {
+    let unusable = |problem: String, fix: &str| Unusable {
+        frontend: fe.name.clone(),
+        namespace: gs.namespace.clone(),
+        name: gs.name.clone(),
+        problem,
+        fix: fix.into(),
+    };
+    let port = fe.address.port();
+    let Some(ip) = gs.pod_ip else {
+        return Err(unusable(
+            "no pod IP in its status yet".into(),
+            "wait for Agones to fill `status.addresses` (type PodIP); the shard is used as soon as it has one",
+        ));
+    };
+    if !gs.ports.contains(&port) {
+        return Err(unusable(
+            format!("it listens on port(s) {:?}, the frontend on {port}", gs.ports),
+            "run the game server on the frontend's port with `portPolicy: None` (SA:MP clients scramble packets with the port, so the proxy never changes it)",
+        ));
+    }
+    let cap = gs
+        .capacity_cap()
+        .map_err(|problem| unusable(problem, "set it to a number of players, 1..=1000, or remove it"))?;
+    if !taken_names.insert(gs.name.as_str()) {
+        return Err(unusable(
+            "its name is also a shard's in the config file (or another frontend's GameServer)".into(),
+            "rename the listed shard; GameServer names are the shard names",
+        ));
+    }
+    if !taken_addrs.insert(ip) {
+        return Err(unusable(
+            format!("its pod IP {ip} is another shard's (or a frontend's) address"),
+            "each shard needs its own IP: replies are mapped back by shard IP",
+        ));
+    }
+    Ok(Shard {
+        name: gs.name.clone(),
+        address: ip,
+        frontend: fi,
+        capacity: cap.unwrap_or(MAX_SHARD_CAPACITY),
+        role: Role::Active,
+        source: ShardSource::GameServer { namespace: gs.namespace.clone(), capped: cap.is_some() },
+    })
 }
 
 /// The desired cluster: the file's config with `discovered` shards added

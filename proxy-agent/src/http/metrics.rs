@@ -12,7 +12,7 @@ use prometheus::{
     proto, GaugeVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
-use crate::control::views::{HistogramView, StatusView};
+use crate::control::views::{AgentView, HistogramView, IndexView, StatusView};
 
 /// The `Content-Type` of the text format.
 pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
@@ -28,6 +28,24 @@ const RELOAD_RESULTS: [&str; 3] = ["ok", "refused", "rolled_back"];
 /// The metrics text of one status snapshot.
 pub fn render(st: &StatusView) -> prometheus::Result<String> {
     let r = Scrape(Registry::new());
+    traffic(&r, st)?;
+    shards(&r, st)?;
+    let a = &st.agent;
+    agent(&r, a)?;
+    if let Some(k) = &a.kubernetes {
+        kubernetes(&r, k)?;
+    }
+    index(&r, &a.index)?;
+    r.gauge("samp_proxy_agent_info", "The agent's version", &["version"])?.with_label_values(&[&a.version]).set(1.0);
+    r.gauge("samp_proxy_build_info", "The agent's build: its version", &["version"])?
+        .with_label_values(&[&a.version])
+        .set(1.0);
+
+    TextEncoder::new().encode_to_string(&r.0.gather())
+}
+
+/// Packets by outcome and SA:MP queries, from the data plane's counters.
+fn traffic(r: &Scrape, st: &StatusView) -> prometheus::Result<()> {
     let counter = |name: &str| st.counters.get(name).copied().unwrap_or(0);
 
     let packets = r.counter(
@@ -54,7 +72,11 @@ pub fn render(st: &StatusView) -> prometheus::Result<String> {
     for reason in QUERY_DROPS {
         query_drops.with_label_values(&[reason]).inc_by(counter(&format!("drop_query_{reason}")));
     }
+    Ok(())
+}
 
+/// Traffic, sessions, capacity, health and role of each shard.
+fn shards(r: &Scrape, st: &StatusView) -> prometheus::Result<()> {
     let shard_packets = r.counter(
         "samp_proxy_shard_packets_total",
         "Packets forwarded to and from each shard",
@@ -90,8 +112,11 @@ pub fn render(st: &StatusView) -> prometheus::Result<String> {
         let drained = if s.drained { "true" } else { "false" };
         info.with_label_values(&[n, s.role.as_str(), drained]).set(1.0);
     }
+    Ok(())
+}
 
-    let a = &st.agent;
+/// The agent's own counts: probes, events, reloads, expiry, readiness.
+fn agent(r: &Scrape, a: &AgentView) -> prometheus::Result<()> {
     r.register(precomputed_histogram(
         "samp_proxy_probe_rtt_seconds",
         "Round trip of every answered ping probe",
@@ -126,12 +151,11 @@ pub fn render(st: &StatusView) -> prometheus::Result<String> {
     )?
     .with_label_values(&[] as &[&str])
     .set(if a.ready { 1.0 } else { 0.0 });
+    Ok(())
+}
 
-    if let Some(k) = &a.kubernetes {
-        kubernetes(&r, k)?;
-    }
-
-    let i = &a.index;
+/// The agent's session index: its size, its scans and what they repaired.
+fn index(r: &Scrape, i: &IndexView) -> prometheus::Result<()> {
     r.gauge("samp_proxy_index_sessions", "Sessions in the agent's index (established and pending)", &[])?
         .with_label_values(&[] as &[&str])
         .set(i.sessions as f64);
@@ -145,13 +169,7 @@ pub fn render(st: &StatusView) -> prometheus::Result<String> {
     )?;
     repaired.with_label_values(&["added"]).inc_by(i.repaired_added);
     repaired.with_label_values(&["removed"]).inc_by(i.repaired_removed);
-
-    r.gauge("samp_proxy_agent_info", "The agent's version", &["version"])?.with_label_values(&[&a.version]).set(1.0);
-    r.gauge("samp_proxy_build_info", "The agent's build: its version", &["version"])?
-        .with_label_values(&[&a.version])
-        .set(1.0);
-
-    TextEncoder::new().encode_to_string(&r.0.gather())
+    Ok(())
 }
 
 /// The Agones source: API reachability, the decider, pools, allocations.

@@ -41,133 +41,197 @@ enum State {
 /// Splits `script` into statements. Statements that are only whitespace and
 /// comments are left out; a last statement without a delimiter is kept.
 pub fn split(script: &str) -> Result<Vec<Statement>, ScriptError> {
-    let chars: Vec<char> = script.chars().collect();
-    let mut delimiter: Vec<char> = vec![';'];
-    let mut out = Vec::new();
-    let mut text = String::new();
-    let mut has_code = false;
-    let mut start_line = 1;
-    let mut line = 1;
-    let mut state = State::Code;
-    let mut quote_line = 0;
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        let at_line_start = i == 0 || chars[i - 1] == '\n';
-        match state {
-            State::Code => {
-                if at_line_start {
-                    if let Some((new, consumed)) = delimiter_command(&chars[i..]) {
-                        if has_code {
-                            return Err(ScriptError {
-                                line,
-                                problem: "DELIMITER inside an unfinished statement".into(),
-                            });
-                        }
-                        if new.is_empty() || new.contains(&'\\') {
-                            return Err(ScriptError {
-                                line,
-                                problem: "DELIMITER needs a delimiter without `\\`, e.g. `DELIMITER $$`".into(),
-                            });
-                        }
-                        delimiter = new;
-                        text.clear();
-                        i += consumed;
-                        line += 1;
-                        continue;
-                    }
-                }
-                if chars[i..].starts_with(&delimiter) {
-                    if has_code {
-                        out.push(Statement { line: start_line, text: text.trim().to_string() });
-                    }
-                    text.clear();
-                    has_code = false;
-                    i += delimiter.len();
-                    continue;
-                }
-                match c {
-                    '\'' | '"' | '`' => {
-                        state = State::Quoted(c);
-                        quote_line = line;
-                    }
-                    '#' => state = State::LineComment,
-                    '-' if chars.get(i + 1) == Some(&'-') && chars.get(i + 2).is_none_or(|n| n.is_whitespace()) => {
-                        state = State::LineComment
-                    }
-                    '/' if chars.get(i + 1) == Some(&'*') => {
-                        state = State::BlockComment;
-                        quote_line = line;
-                        text.push_str("/*");
-                        i += 2;
-                        continue;
-                    }
-                    _ => {}
-                }
-                if !has_code && !c.is_whitespace() && matches!(state, State::Code | State::Quoted(_)) {
-                    // The statement starts here; comments before it are not sent.
-                    has_code = true;
-                    start_line = line;
-                    text.clear();
-                }
-            }
-            State::Quoted(q) => {
-                if c == '\\' && q != '`' {
-                    // An escaped character, whatever it is.
-                    text.push(c);
-                    if let Some(&n) = chars.get(i + 1) {
-                        text.push(n);
-                        if n == '\n' {
-                            line += 1;
-                        }
-                    }
-                    i += 2;
-                    continue;
-                }
-                if c == q {
-                    if chars.get(i + 1) == Some(&q) {
-                        // A doubled quote stands for itself.
-                        text.push(c);
-                        text.push(c);
-                        i += 2;
-                        continue;
-                    }
-                    state = State::Code;
-                }
-            }
+    let mut s = Splitter::new(script);
+    while s.i < s.chars.len() {
+        let c = s.chars[s.i];
+        let handled = match s.state {
+            State::Code => s.code(c)?,
+            State::Quoted(q) => s.quoted(q, c),
             State::LineComment => {
                 if c == '\n' {
-                    state = State::Code;
+                    s.state = State::Code;
                 }
+                false
+            }
+            State::BlockComment => s.block_comment(c),
+        };
+        if !handled {
+            s.take(c);
+        }
+    }
+    s.finish()
+}
+
+/// The splitter's place in the script: what it has read of the statement
+/// under way, and the statements before it.
+struct Splitter {
+    chars: Vec<char>,
+    delimiter: Vec<char>,
+    out: Vec<Statement>,
+    text: String,
+    has_code: bool,
+    start_line: usize,
+    line: usize,
+    state: State,
+    quote_line: usize,
+    i: usize,
+}
+
+impl Splitter {
+    fn new(script: &str) -> Self {
+        Splitter {
+            chars: script.chars().collect(),
+            delimiter: vec![';'],
+            out: Vec::new(),
+            text: String::new(),
+            has_code: false,
+            start_line: 1,
+            line: 1,
+            state: State::Code,
+            quote_line: 0,
+            i: 0,
+        }
+    }
+
+    /// Keeps character `c` of the statement and moves past it.
+    fn take(&mut self, c: char) {
+        self.text.push(c);
+        if c == '\n' {
+            self.line += 1;
+        }
+        self.i += 1;
+    }
+
+    /// `c` outside quotes and comments. True when it was dealt with (and the
+    /// splitter moved on), false when it is to be kept as it is.
+    fn code(&mut self, c: char) -> Result<bool, ScriptError> {
+        let at_line_start = self.i == 0 || self.chars[self.i - 1] == '\n';
+        if at_line_start && self.delimiter_line()? {
+            return Ok(true);
+        }
+        if self.chars[self.i..].starts_with(&self.delimiter) {
+            if self.has_code {
+                self.out.push(Statement { line: self.start_line, text: self.text.trim().to_string() });
+            }
+            self.text.clear();
+            self.has_code = false;
+            self.i += self.delimiter.len();
+            return Ok(true);
+        }
+        let chars = &self.chars;
+        let i = self.i;
+        match c {
+            '\'' | '"' | '`' => {
+                self.state = State::Quoted(c);
+                self.quote_line = self.line;
+            }
+            '#' => self.state = State::LineComment,
+            '-' if chars.get(i + 1) == Some(&'-') && chars.get(i + 2).is_none_or(|n| n.is_whitespace()) => {
+                self.state = State::LineComment
+            }
+            '/' if chars.get(i + 1) == Some(&'*') => {
+                self.state = State::BlockComment;
+                self.quote_line = self.line;
+                self.text.push_str("/*");
+                self.i += 2;
+                return Ok(true);
+            }
+            _ => {}
+        }
+        if !self.has_code && !c.is_whitespace() && matches!(self.state, State::Code | State::Quoted(_)) {
+            // The statement starts here; comments before it are not sent.
+            self.has_code = true;
+            self.start_line = self.line;
+            self.text.clear();
+        }
+        Ok(false)
+    }
+
+    /// A `DELIMITER xx` line at the splitter's place, taken (true), or none.
+    fn delimiter_line(&mut self) -> Result<bool, ScriptError> {
+        let Some((new, consumed)) = delimiter_command(&self.chars[self.i..]) else {
+            return Ok(false);
+        };
+        let line = self.line;
+        if self.has_code {
+            return Err(ScriptError { line, problem: "DELIMITER inside an unfinished statement".into() });
+        }
+        if new.is_empty() || new.contains(&'\\') {
+            return Err(ScriptError {
+                line,
+                problem: "DELIMITER needs a delimiter without `\\`, e.g. `DELIMITER $$`".into(),
+            });
+        }
+        self.delimiter = new;
+        self.text.clear();
+        self.i += consumed;
+        self.line += 1;
+        Ok(true)
+    }
+
+    /// `c` inside a quote `q`: true when it was dealt with.
+    fn quoted(&mut self, q: char, c: char) -> bool {
+        let next = self.chars.get(self.i + 1).copied();
+        if c == '\\' && q != '`' {
+            // An escaped character, whatever it is.
+            self.text.push(c);
+            if let Some(n) = next {
+                self.text.push(n);
+                if n == '\n' {
+                    self.line += 1;
+                }
+            }
+            self.i += 2;
+            return true;
+        }
+        if c == q {
+            if next == Some(q) {
+                // A doubled quote stands for itself.
+                self.text.push(c);
+                self.text.push(c);
+                self.i += 2;
+                return true;
+            }
+            self.state = State::Code;
+        }
+        false
+    }
+
+    /// `c` inside a `/* */` comment: true when it was dealt with.
+    fn block_comment(&mut self, c: char) -> bool {
+        if c == '*' && self.chars.get(self.i + 1) == Some(&'/') {
+            self.text.push_str("*/");
+            self.state = State::Code;
+            self.i += 2;
+            return true;
+        }
+        false
+    }
+
+    /// The end of the script: an open quote or comment is an error, a last
+    /// statement without a delimiter is kept.
+    fn finish(mut self) -> Result<Vec<Statement>, ScriptError> {
+        let quote_line = self.quote_line;
+        match self.state {
+            State::Quoted(q) => {
+                return Err(ScriptError {
+                    line: quote_line,
+                    problem: format!("the quote {q} opened here is never closed"),
+                })
             }
             State::BlockComment => {
-                if c == '*' && chars.get(i + 1) == Some(&'/') {
-                    text.push_str("*/");
-                    state = State::Code;
-                    i += 2;
-                    continue;
-                }
+                return Err(ScriptError {
+                    line: quote_line,
+                    problem: "the comment /* opened here is never closed".into(),
+                })
             }
+            State::Code | State::LineComment => {}
         }
-        text.push(c);
-        if c == '\n' {
-            line += 1;
+        if self.has_code {
+            self.out.push(Statement { line: self.start_line, text: self.text.trim().to_string() });
         }
-        i += 1;
+        Ok(self.out)
     }
-    match state {
-        State::Quoted(q) => {
-            return Err(ScriptError { line: quote_line, problem: format!("the quote {q} opened here is never closed") })
-        }
-        State::BlockComment => {
-            return Err(ScriptError { line: quote_line, problem: "the comment /* opened here is never closed".into() })
-        }
-        State::Code | State::LineComment => {}
-    }
-    if has_code {
-        out.push(Statement { line: start_line, text: text.trim().to_string() });
-    }
-    Ok(out)
 }
 
 /// A `DELIMITER xx` line at `rest`: the new delimiter and the characters the
