@@ -529,7 +529,7 @@ fn starts_with_version(s: &str) -> bool {
 fn version_before(l: &str, suffix: &str) -> bool {
     let mut from = 0;
     while let Some(i) = l[from..].find(suffix) {
-        let head = l[..from + i].as_bytes();
+        let head = &l.as_bytes()[..from + i];
         let minor = head.iter().rev().take_while(|c| c.is_ascii_digit()).count();
         let dot = head.len().checked_sub(minor + 1);
         if minor > 0 && dot.is_some_and(|d| head[d] == b'.' && d > 0 && head[d - 1].is_ascii_digit()) {
