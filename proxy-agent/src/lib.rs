@@ -1,12 +1,16 @@
 //! The SA:MP cluster proxy agent: loads the XDP data plane, keeps its maps in
 //! line with the config, and is the operator's CLI.
 //!
-//! Rooms: `cli` (the operator's side), `config` (YAML, validation, lines),
-//! `cluster` (THE model and the owner thread: the only writer of the maps),
-//! `dataplane` (load, attach, typed maps, batch I/O, events, scans),
-//! `health` (SA:MP probes), `http` (metrics), `control` (the socket, its
-//! protocol, typed views and errors), `leases` (account leases in MariaDB),
-//! `run` (wiring).
+//! Rooms (arrows point down the list, never up): `events` (every event
+//! kind), `config` (YAML, validation, lines), `control` (the socket's wire
+//! types and the socket), `dataplane` (load, attach, the maps behind
+//! `MapWriter`, batch I/O, events, scans, upkeep), `health` (SA:MP probes),
+//! `query` (the long-answer responder), `agones` (Kubernetes), `leases`
+//! (account leases in MariaDB), `cluster` (THE model and the failover
+//! policy: plain data over a `MapWriter`), `http` (metrics and the nodes'
+//! API), `owner` (the thread that owns the model and implements each
+//! client's port), `run` (the composition root), `cli`. See
+//! docs/development/architecture.md.
 
 pub mod agones;
 pub mod cli;
