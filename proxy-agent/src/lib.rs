@@ -23,6 +23,7 @@ pub mod health;
 pub mod http;
 pub mod leases;
 pub mod owner;
+pub mod peers;
 pub mod query;
 pub mod run;
 
