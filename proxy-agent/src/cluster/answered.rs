@@ -76,6 +76,7 @@ impl Cluster {
                 }
                 self.tables.promote(&key, session)?;
                 self.index.set(key, session, false);
+                self.changed_sessions.push(key);
                 promoted += 1;
             }
         }

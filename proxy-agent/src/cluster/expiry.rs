@@ -46,12 +46,21 @@ impl Cluster {
         idle_ns: u64,
         report: &mut MergeReport,
     ) -> Result<usize> {
+        // A player who plays through another ingress node is not idle here:
+        // that node's touches count as packets seen.
+        let last_seen =
+            |key: &SessionKey, s: &Session| s.last_seen_ns.max(self.peer_seen.get(key).copied().unwrap_or(0));
         let idle: Vec<usize> = (0..entries.len())
             .filter(|&i| {
                 let (key, s) = &entries[i];
-                now.saturating_sub(s.last_seen_ns) > idle_ns && !self.index.changed_since(key, started)
+                now.saturating_sub(last_seen(key, s)) > idle_ns && !self.index.changed_since(key, started)
             })
             .collect();
+        if !pending {
+            // Players this node forwarded lately: its peers hear of them.
+            let recent = entries.iter().filter(|(_, s)| now.saturating_sub(s.last_seen_ns) <= idle_ns / 2);
+            self.recently_seen.extend(recent.map(|(k, _)| *k));
+        }
         let mut removed = 0;
         for &i in &idle {
             let key = &entries[i].0;
@@ -63,6 +72,7 @@ impl Cluster {
             // is a leftover of its promotion, not the session.
             if !(pending && self.index.scanned_established(key)) {
                 self.index.remove(key);
+                self.peer_seen.remove(key);
             }
         }
         let kept = entries.iter().enumerate().filter(|(i, _)| idle.binary_search(i).is_err()).map(|(_, e)| *e);
@@ -80,6 +90,7 @@ impl Cluster {
                 removed += 1;
             }
             self.index.remove(key);
+            self.peer_seen.remove(key);
         }
         Ok(removed)
     }

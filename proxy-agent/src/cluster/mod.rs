@@ -53,6 +53,7 @@ mod moves;
 pub mod placement;
 pub mod plan;
 mod reconcile;
+pub mod replica;
 pub mod snapshot;
 pub mod status;
 mod transfer;
@@ -160,6 +161,13 @@ pub struct Cluster {
     moved_at: HashMap<u32, u64>,
     last_placement: Vec<(u32, Vec<u32>)>,
     pub index: SessionIndex,
+    /// Sessions changed by the model itself, for the peers (`take_changed`).
+    changed_sessions: Vec<SessionKey>,
+    /// When a peer last said it forwards each session (coarse ns): idle
+    /// expiry counts it as a packet seen here.
+    pub peer_seen: HashMap<SessionKey, u64>,
+    /// Established sessions the last scan chunks showed active here.
+    pub recently_seen: Vec<SessionKey>,
     /// A config change failed part way and the old one could not be put
     /// back either: the maps hold a mix until the next good reload.
     pub half_applied: bool,
@@ -191,6 +199,9 @@ impl Cluster {
             moved_at: HashMap::new(),
             last_placement: Vec::new(),
             index,
+            changed_sessions: Vec::new(),
+            peer_seen: HashMap::new(),
+            recently_seen: Vec::new(),
             half_applied: false,
             written_answers: HashMap::new(),
             responder: None,

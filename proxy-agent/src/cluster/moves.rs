@@ -121,6 +121,7 @@ impl Cluster {
         let clients_from = self.clients_by_shard(&to_move);
         for (key, old, pending) in &to_move {
             self.index.set(*key, moved(old), *pending);
+            self.changed_sessions.push(*key);
         }
         let loads = self.loads();
         self.refresh_placement(&loads)?;

@@ -24,6 +24,8 @@ pub enum NotReady {
     NoHealthRound,
     HalfApplied,
     KubernetesApi(String),
+    /// Several ingress nodes: this one has not got its peers' state yet.
+    SyncingPeers(String),
 }
 
 impl std::fmt::Display for NotReady {
@@ -32,6 +34,7 @@ impl std::fmt::Display for NotReady {
             NotReady::NotAttached => f.write_str("the programs are not attached yet"),
             NotReady::NoHealthRound => f.write_str("no health round has finished yet"),
             NotReady::HalfApplied => f.write_str("a reload or failover is half applied"),
+            NotReady::SyncingPeers(why) => f.write_str(why),
             NotReady::KubernetesApi(e) => {
                 write!(f, "the Kubernetes API is unreachable ({e}); forwarding goes on with the shards known")
             }

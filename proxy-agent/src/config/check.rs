@@ -9,6 +9,7 @@ use super::{
 };
 use PathPart::{Index as I, Key as K};
 
+mod peers;
 mod topology;
 
 pub(super) struct Checker<'a> {
@@ -33,6 +34,7 @@ impl Checker<'_> {
         self.check_timing(&raw)?;
         self.check_leases(&raw)?;
         self.check_kubernetes(&raw)?;
+        self.check_peers(&raw)?;
         let frontends = self.check_frontends(&raw)?;
         let shards = self.check_shards(&raw, &frontends)?;
         self.check_every_frontend_served(&frontends, &shards)?;

@@ -101,6 +101,10 @@ pub struct Config {
     /// Account leases in MariaDB (`proxy-agent db migrate`); off when absent.
     #[serde(default)]
     pub leases: Option<crate::leases::LeaseConfig>,
+    /// The other ingress agents this one shares its sessions with; off when
+    /// absent (one ingress node, or nodes that share nothing).
+    #[serde(default)]
+    pub peers: Option<crate::peers::PeersConfig>,
     /// The Kubernetes API, for frontends whose shards are Agones
     /// GameServers (`frontends[].agones`); defaults when left out.
     #[serde(default)]

@@ -106,6 +106,26 @@ pub struct AgentView {
     /// Shards from Agones: absent when no frontend uses it.
     #[serde(default)]
     pub kubernetes: Option<KubernetesView>,
+    /// The other ingress agents: absent without `peers:`.
+    #[serde(default)]
+    pub peers: Option<PeersView>,
+}
+
+/// Replication with the other ingress agents, as this node sees it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PeersView {
+    /// This node's name among its peers.
+    pub node: String,
+    #[serde(flatten)]
+    pub links: crate::peers::board::BoardView,
+    /// Peers' session records written here, found already so, older than
+    /// what this node holds, or naming a frontend or shard it lacks.
+    pub records_applied: u64,
+    pub records_unchanged: u64,
+    pub records_stale: u64,
+    pub records_unroutable: u64,
+    /// Peers away longer than their grace (named by name or address).
+    pub away: Vec<String>,
 }
 
 /// The Agones source as this replica sees it.

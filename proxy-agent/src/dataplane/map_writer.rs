@@ -104,6 +104,12 @@ pub trait MapWriter {
         old: &[(SessionKey, Session)],
     ) -> Result<()>;
 
+    /// Writes established sessions, new or existing (a peer's records):
+    /// each a single update; a failure part way leaves those written so far
+    /// (each a whole, valid session) and says how many. The session cache
+    /// is voided afterwards either way.
+    fn upsert_sessions(&mut self, entries: &[(SessionKey, Session)]) -> Result<()>;
+
     /// Voids every entry of the data plane's session cache (a bump of
     /// SESSION_CACHE_GENERATION).
     fn void_session_cache(&mut self) -> Result<()>;

@@ -230,6 +230,13 @@ impl Tables {
         written.and(voided)
     }
 
+    /// Writes established sessions, new or existing, in batches.
+    pub fn upsert_sessions(&mut self, entries: &[(SessionKey, Session)]) -> Result<()> {
+        let written = batch::update(&self.sessions, entries)
+            .map_err(|e| anyhow::anyhow!("writing {} peer sessions into SESSIONS: {e}", entries.len()));
+        written.and(self.void_session_cache())
+    }
+
     /// Voids every entry of the data plane's session cache (and its copy of
     /// REVERSE): the next packet of each player reads SESSIONS again.
     /// Needed after rewriting sessions (a move must take effect at once) and
@@ -391,6 +398,9 @@ impl MapWriter for Tables {
         old: &[(SessionKey, Session)],
     ) -> Result<()> {
         Tables::rewrite_sessions(self, pending, new, old)
+    }
+    fn upsert_sessions(&mut self, entries: &[(SessionKey, Session)]) -> Result<()> {
+        Tables::upsert_sessions(self, entries)
     }
     fn void_session_cache(&mut self) -> Result<()> {
         Tables::void_session_cache(self)

@@ -49,6 +49,13 @@ impl Owner {
                 let _ = reply.send(self.on_answered(&list));
             }
             Msg::LeaseOutcome(o) => self.on_lease_outcome(o),
+            Msg::PeerSnapshot(reply) => {
+                let _ = reply.send(self.peer_snapshot());
+            }
+            Msg::PeerRecords(from, records, reply) => {
+                self.peer_records(&from, records);
+                let _ = reply.send(());
+            }
             Msg::Attached => {
                 self.attached = true;
                 self.publish();

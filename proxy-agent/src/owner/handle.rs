@@ -23,6 +23,7 @@ use crate::{
     health::{HealthOwner, ProbeOutcome, ProbePlan},
     http::HttpOwner,
     leases::mover::LeaseOutcome,
+    peers::{PeersOwner, Record},
     query::QueryOwner,
 };
 
@@ -105,6 +106,16 @@ impl HttpOwner for OwnerHandle {
 
     async fn transfer(&self, ask: TransferAsk) -> Result<(String, MoveReport), ControlError> {
         self.ask(|tx| Msg::Transfer(ask, tx)).await.unwrap_or(Err(ControlError::Unavailable))
+    }
+}
+
+impl PeersOwner for OwnerHandle {
+    async fn snapshot_records(&self) -> Option<Vec<Record>> {
+        self.ask(Msg::PeerSnapshot).await
+    }
+
+    async fn peer_records(&self, from: String, records: Vec<Record>) {
+        let _ = self.ask(|tx| Msg::PeerRecords(from, records, tx)).await;
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddrV4, time::Duration};
 
-use proxy_common::{SESSION_ANSWERED, SESSION_SHARD_REFUSED};
+use proxy_common::{SESSION_ANSWERED, SESSION_PROMOTED, SESSION_RESYNCED, SESSION_SHARD_REFUSED};
 
 use super::{NodeLinks, Owner};
 use crate::{
@@ -77,9 +77,12 @@ impl Owner {
         let index = &mut self.cluster.index;
         let mut answered = Vec::new();
         let mut refusing = Vec::new();
+        let mut routed = Vec::new();
         self.ring.drain(|ev| {
             match ev.kind {
                 SESSION_ANSWERED => answered.push(ev),
+                // A player's route changed here: the peers hear of it.
+                SESSION_PROMOTED | SESSION_RESYNCED => routed.push(ev.key),
                 // A shard to probe now; no session changed (the index ignores it).
                 SESSION_SHARD_REFUSED => refusing.push(ev.group),
                 _ => {}
@@ -90,6 +93,9 @@ impl Owner {
             let _ = reporter.send(self.cluster.answered_players(&answered));
         }
         self.probe_refusing(refusing);
+        if !routed.is_empty() {
+            self.share_sessions(routed);
+        }
     }
 
     /// The data plane saw these shards (backend ids) refuse a player's

@@ -26,10 +26,13 @@ mod from_agones;
 mod handle;
 mod health_rounds;
 mod msg;
+mod replication;
 mod requests;
 mod snapshot;
 mod tick;
 
+#[cfg(test)]
+mod replication_tests;
 #[cfg(test)]
 mod tests;
 
@@ -47,6 +50,7 @@ use event_log::EventLog;
 use from_agones::AgonesState;
 pub use handle::OwnerHandle;
 pub use msg::Msg;
+pub use replication::PeerLinks;
 
 use crate::{
     agones::AgonesHandle,
@@ -77,6 +81,8 @@ pub struct Links {
     /// Commands to the Kubernetes task, when a frontend uses Agones.
     pub agones: Option<AgonesHandle>,
     pub node: NodeLinks,
+    /// The other ingress agents, when `peers:` is configured.
+    pub peers: Option<PeerLinks>,
 }
 
 /// What a node does with what its data plane sees.
@@ -159,6 +165,8 @@ pub(crate) struct Owner {
     responder_counts: Arc<ResponderCounts>,
     /// Where the owner's own requests and reports go.
     links: Links,
+    /// Sharing sessions with the other ingress agents.
+    replication: Option<replication::Replication>,
 }
 
 /// The time between full scans: often enough for the idle timeout to be
@@ -176,7 +184,8 @@ pub fn start(inbox: Inbox, start: Start) -> Result<std::thread::JoinHandle<()>> 
 }
 
 impl Owner {
-    fn new(s: Start, publish: watch::Sender<Arc<Snapshot>>) -> Owner {
+    fn new(mut s: Start, publish: watch::Sender<Arc<Snapshot>>) -> Owner {
+        let replication = s.links.peers.take().map(replication::Replication::new);
         let interval = scan_interval(s.cluster.cfg.raw.session_idle_timeout_ms);
         Owner {
             file: s.cluster.cfg.clone(),
@@ -211,6 +220,7 @@ impl Owner {
             probe_rtt: HistogramView::for_probe_rtt(),
             responder_counts: s.responder_counts,
             links: s.links,
+            replication,
         }
     }
 
@@ -226,6 +236,7 @@ impl Owner {
                 Ok(msg) => {
                     self.drain_ring();
                     self.handle(msg);
+                    self.share_model_changes();
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => self.drain_ring(),
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,

@@ -49,5 +49,9 @@ pub enum Msg {
     KubernetesError(String, Option<String>),
     /// What an allocation came to, and how long it took.
     Allocation(Ask, Answer, Duration),
+    /// A peer connected: every established session as records.
+    PeerSnapshot(oneshot::Sender<Vec<crate::peers::Record>>),
+    /// Records from a peer (its name); the reply once they are written.
+    PeerRecords(String, Vec<crate::peers::Record>, oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }

@@ -24,11 +24,12 @@ impl Owner {
         } else if self.cluster.half_applied {
             Some(NotReady::HalfApplied)
         } else {
-            None
+            self.peers_not_synced().map(NotReady::SyncingPeers)
         }
     }
 
     pub(super) fn publish(&mut self) {
+        self.latch_peers_synced();
         match self.status() {
             Ok(status) => {
                 let answers = self.cluster.answers_by_address();
@@ -59,6 +60,7 @@ impl Owner {
                 ready: not_ready.is_none(),
                 not_ready: not_ready.map(|r| r.to_string()),
                 kubernetes: self.kubernetes_view(),
+                peers: self.peers_view(),
                 reloads: self.reloads.clone(),
                 probe_rtt: self.probe_rtt.clone(),
                 queries_answered: self.responder_counts.by_type().into_iter().collect(),

@@ -66,16 +66,26 @@ kubernetes:
   allocation_timeout_ms: 500
 ";
 
-struct Bed {
-    owner: Owner,
-    maps: FakeMaps,
+pub(super) struct Bed {
+    pub(super) owner: Owner,
+    pub(super) maps: FakeMaps,
     _urgent: UnboundedReceiver<UrgentProbe>,
     commands: UnboundedReceiver<Command>,
 }
 
 fn bed(yaml: &str) -> Bed {
+    bed_with(yaml, None)
+}
+
+/// A bed whose owner shares its sessions through `peers`.
+pub(super) fn bed_with(yaml: &str, peers: Option<super::PeerLinks>) -> Bed {
     let cfg = config::parse("test", yaml).expect("a valid test config");
-    let dir = std::env::temp_dir().join(format!("owner-test-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let dir = std::env::temp_dir().join(format!(
+        "owner-test-{}-{:?}-{}",
+        std::process::id(),
+        std::thread::current().id(),
+        peers.as_ref().map_or("", |p| p.node.as_str())
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let config_path = dir.join("proxy.yaml");
     std::fs::write(&config_path, yaml).unwrap();
@@ -83,8 +93,12 @@ fn bed(yaml: &str) -> Bed {
     let cluster = Cluster::start(cfg.clone(), maps.clone()).expect("start over fake maps");
     let (urgent_probes, urgent) = tokio::sync::mpsc::unbounded_channel();
     let (handle, commands) = agones::channel();
-    let links =
-        Links { leases: None, agones: cfg.uses_agones().then_some(handle), node: NodeLinks::Ingress { urgent_probes } };
+    let links = Links {
+        leases: None,
+        agones: cfg.uses_agones().then_some(handle),
+        node: NodeLinks::Ingress { urgent_probes },
+        peers,
+    };
     let start = Start {
         cluster,
         config_path,
@@ -99,7 +113,7 @@ fn bed(yaml: &str) -> Bed {
 
 impl Bed {
     /// `n` established players on shard `name`, in its home group.
-    fn seat(&mut self, name: &str, n: u8) {
+    pub(super) fn seat(&mut self, name: &str, n: u8) {
         let i = self.owner.cluster.shard(name).unwrap();
         let group = self.owner.cluster.ids[i].home_group;
         let epoch = self.owner.cluster.group(group).epoch;
@@ -115,7 +129,7 @@ impl Bed {
     }
 
     /// Probes found `name` refusing (its process gone): down at once.
-    fn crash(&mut self, name: &str) {
+    pub(super) fn crash(&mut self, name: &str) {
         self.owner.handle(Msg::HealthRound(vec![(name.to_string(), ProbeOutcome::Refused)]));
     }
 
@@ -124,7 +138,7 @@ impl Bed {
         all.into_iter().filter(|e| e.kind == kind).collect()
     }
 
-    fn players_on(&self, name: &str) -> usize {
+    pub(super) fn players_on(&self, name: &str) -> usize {
         let c = &self.owner.cluster;
         c.players_on(c.shard(name).unwrap(), &c.loads())
     }

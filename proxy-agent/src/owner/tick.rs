@@ -85,7 +85,10 @@ impl Owner {
         };
         let merged = &mut self.scan.merged;
         match self.cluster.merge_scan_chunk(generation, chunk.pending, chunk.entries(), now_ns(), idle_ns, merged) {
-            Ok(idle) => self.scan.expired += idle,
+            Ok(idle) => {
+                self.scan.expired += idle;
+                self.share_touches();
+            }
             Err(e) => {
                 self.give_up_scan();
                 log::warn!("applying the session scan: {e:#}");

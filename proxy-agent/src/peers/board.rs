@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Lag samples kept per peer (the last ones; p50/p99 are over these).
 const LAG_SAMPLES: usize = 2048;
@@ -52,7 +52,7 @@ pub struct Board {
 }
 
 /// One outbound link as shown.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OutboundView {
     pub address: String,
     pub name: Option<String>,
@@ -73,7 +73,7 @@ pub struct OutboundView {
 }
 
 /// One peer's connections to this node as shown.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct InboundView {
     pub name: String,
     pub connected: bool,
@@ -84,7 +84,7 @@ pub struct InboundView {
     pub last_refusal: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 pub struct BoardView {
     pub outbound: Vec<OutboundView>,
     pub inbound: Vec<InboundView>,

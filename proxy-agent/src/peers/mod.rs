@@ -132,7 +132,7 @@ impl Outbox {
         }
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Arc<Batch>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Batch>> {
         self.tx.subscribe()
     }
 }

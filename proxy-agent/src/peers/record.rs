@@ -173,7 +173,7 @@ mod tests {
             frontend: "198.18.100.1:7777".parse().unwrap(),
             client: SocketAddrV4::new(Ipv4Addr::new(198, 18, 0, n), 50_000 + u16::from(n)),
             shard: Ipv4Addr::new(198, 18, 21, 2),
-            moving: n % 2 == 0,
+            moving: n.is_multiple_of(2),
             stamp: Stamp { time: 1_700_000_000_000_000_000 + u64::from(n), origin: 7 },
         })
     }

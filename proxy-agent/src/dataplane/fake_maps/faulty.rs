@@ -163,6 +163,9 @@ impl MapWriter for FaultyMaps {
     ) -> Result<()> {
         self.gated(|m, g| m.rewrite_sessions(g, pending, new, old))
     }
+    fn upsert_sessions(&mut self, entries: &[(SessionKey, Session)]) -> Result<()> {
+        self.gated(|m, g| m.upsert_sessions(g, entries))
+    }
     fn void_session_cache(&mut self) -> Result<()> {
         self.gated(|m, g| m.void_session_cache(g))
     }

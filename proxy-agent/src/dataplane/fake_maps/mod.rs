@@ -206,6 +206,13 @@ impl Maps {
         written.and(voided)
     }
 
+    fn upsert_sessions(&mut self, gate: &mut Gate<'_>, entries: &[(SessionKey, Session)]) -> Result<()> {
+        let written = self
+            .write_sessions(gate, false, entries)
+            .map_err(|(done, e)| e.context(format!("writing peer sessions into SESSIONS ({done} written)")));
+        written.and(self.void_session_cache(gate))
+    }
+
     fn void_session_cache(&mut self, gate: &mut Gate<'_>) -> Result<()> {
         gate(names::SESSION_CACHE_GENERATION).context("writing SESSION_CACHE_GENERATION")?;
         self.session_cache_generation = self.session_cache_generation.wrapping_add(1);
@@ -470,6 +477,9 @@ impl MapWriter for FakeMaps {
         old: &[(SessionKey, Session)],
     ) -> Result<()> {
         self.lock().rewrite_sessions(&mut open, pending, new, old)
+    }
+    fn upsert_sessions(&mut self, entries: &[(SessionKey, Session)]) -> Result<()> {
+        self.lock().upsert_sessions(&mut open, entries)
     }
     fn void_session_cache(&mut self) -> Result<()> {
         self.lock().void_session_cache(&mut open)
