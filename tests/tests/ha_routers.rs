@@ -75,8 +75,8 @@ fn pods_reachable(net: &MultiIngress) {
 }
 
 fn assert_cleaned(names: &[String]) {
-    let listed = String::from_utf8(std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout)
-        .unwrap();
+    let listed =
+        String::from_utf8(std::process::Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
     for n in names {
         assert!(!listed.lines().any(|l| l.split_whitespace().next() == Some(n)), "namespace {n} left behind");
     }
@@ -124,7 +124,9 @@ fn ecmp_withdrawal_moves_only_the_withdrawn_nodes_flows() {
     let victim = 1;
     let t0 = flows.now();
     ecmp.withdraw(victim).unwrap();
-    flows.wait("10 answers on every flow after the withdrawal", Duration::from_secs(10), answered_since(t0, 10)).unwrap();
+    flows
+        .wait("10 answers on every flow after the withdrawal", Duration::from_secs(10), answered_since(t0, 10))
+        .unwrap();
     let end = flows.now();
     let answers = flows.stop().unwrap();
 
@@ -169,7 +171,8 @@ fn ecmp_dead_node_black_holes_its_flows_until_its_next_hop_is_withdrawn() {
     std::thread::sleep((t0 + DETECT).saturating_sub(flows.now()));
     let t_withdraw = flows.now();
     ecmp.withdraw(victim).unwrap();
-    flows.wait("10 answers on every flow after the withdrawal", Duration::from_secs(10), answered_since(t_withdraw, 10))
+    flows
+        .wait("10 answers on every flow after the withdrawal", Duration::from_secs(10), answered_since(t_withdraw, 10))
         .unwrap();
     let end = flows.now();
     let answers = flows.stop().unwrap();
@@ -191,7 +194,7 @@ fn ecmp_dead_node_black_holes_its_flows_until_its_next_hop_is_withdrawn() {
 
 /// Two nodes, the master answers; stop it as `how` says; the backup must
 /// answer every flow within keepalived's failover time (plus one interval
-/// and scheduling slack). Returns the gaps.
+/// and scheduling slack).
 fn vrrp_failover(how: Stop) {
     let mut vrrp = Vrrp::build(&[0], 50).unwrap();
     let names = vrrp.net.namespaces();
@@ -210,10 +213,13 @@ fn vrrp_failover(how: Stop) {
     let backup = vrrp.wait_master(Duration::from_secs(5)).unwrap_or_else(|e| panic!("{e}"));
     let took_vip = stopped.elapsed();
     assert_eq!(backup, 1);
-    flows.wait("10 answers from the backup on every flow", Duration::from_secs(10), answered_since(t0, 10)).unwrap();
+    let settled = t0 + failover_time() + Duration::from_millis(100);
+    flows
+        .wait("10 answers from the backup on every flow", Duration::from_secs(10), answered_since(settled, 10))
+        .unwrap();
     let end = flows.now();
     let answers = flows.stop().unwrap();
-    let after = owners(&answers, t0 + failover_time() + Duration::from_millis(100), end);
+    let after = owners(&answers, settled, end);
     assert!(after.iter().all(|&o| o == 1), "every flow answered by the backup");
     let gaps: Vec<Duration> = answers.iter().map(|a| longest_gap(a, t0, end)).collect();
     let (lo, med, hi) = spread(gaps);

@@ -118,10 +118,8 @@ impl MultiIngress {
         for p in 0..pod_game.len() {
             t.link_pod(p)?;
         }
-        let router_ports: Vec<String> = (0..nodes)
-            .map(|i| format!("r-in{}", i + 1))
-            .chain((0..games_n).map(|g| format!("r-g{}", g + 1)))
-            .collect();
+        let router_ports: Vec<String> =
+            (0..nodes).map(|i| format!("r-in{}", i + 1)).chain((0..games_n).map(|g| format!("r-g{}", g + 1))).collect();
         t.xdp_pass(true, &router_ports)?;
         t.xdp_pass(false, &["eth0".to_string()])?;
         Ok(t)

@@ -51,65 +51,88 @@ pub enum Stop {
 /// One keepalived (its parent process, run in the foreground, and the VRRP
 /// child whose pid it writes).
 struct Keepalived {
-    child: Option<Child>,
-    vrrp_pid: PathBuf,
+    child: Child,
+    /// The VRRP child's pid, once known.
+    vrrp: Option<i32>,
+    vrrp_pid_file: PathBuf,
+    /// False once signalled to stop: it no longer counts as a VRRP node.
+    running: bool,
+}
+
+/// True while `pid` exists and is not a zombie (an orphan's zombie may wait
+/// for a PID 1 that does not reap).
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')))
+        .unwrap_or(false)
 }
 
 impl Keepalived {
-    /// The VRRP child's pid, from its pid file, only while it is still a
-    /// child of our running keepalived (never a stale file's reused pid).
-    fn vrrp_child(&self) -> Option<i32> {
-        let parent = self.child.as_ref()?.id();
-        let pid: i32 = std::fs::read_to_string(&self.vrrp_pid).ok()?.trim().parse().ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    /// Reads the VRRP child's pid from its pid file, only while it is a
+    /// child of our keepalived (never a stale file's reused pid).
+    fn learn_vrrp(&mut self) {
+        if self.vrrp.is_some() || !self.running {
+            return;
+        }
+        let Some(pid) = std::fs::read_to_string(&self.vrrp_pid_file).ok().and_then(|s| s.trim().parse().ok()) else {
+            return;
+        };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // Field 4, after the parenthesised name (which may hold spaces).
-        let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
-        (ppid == parent).then_some(pid)
+        let ppid = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+        if ppid == Some(self.child.id()) {
+            self.vrrp = Some(pid);
+        }
     }
 
-    /// Signals both processes (the parent first: it would respawn a VRRP
-    /// child that died alone), waits up to 5 s for both to be gone (SIGKILL
-    /// after).
-    fn stop(&mut self, sig: i32) -> Result<()> {
-        let vrrp = self.vrrp_child();
-        let Some(mut child) = self.child.take() else { return Ok(()) };
-        let parent = child.id() as i32;
-        let kill = |sig: i32| {
-            // SAFETY: signals to our own child and to the VRRP process it
-            // started (checked to be its child just above).
-            unsafe {
-                libc::kill(parent, sig);
-                if let Some(pid) = vrrp {
-                    libc::kill(pid, sig);
-                }
+    /// Sends `sig` to both processes (the parent first: it would respawn a
+    /// VRRP child that died alone) and stops counting this node. Returns at
+    /// once; `reap` waits.
+    fn signal(&mut self, sig: i32) {
+        self.learn_vrrp();
+        self.running = false;
+        // Only an unreaped child: a reaped one's pid may belong to anyone.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            // SAFETY: a signal to our own, still unreaped, child.
+            unsafe { libc::kill(self.child.id() as i32, sig) };
+        }
+        if let Some(pid) = self.vrrp.filter(|&p| alive(p)) {
+            // SAFETY: the VRRP process our child started (checked to be its
+            // child when learnt, and still there).
+            unsafe { libc::kill(pid, sig) };
+        }
+    }
+
+    /// Waits up to 5 s for both processes to be gone, then SIGKILLs them and
+    /// waits 5 s more.
+    fn reap(&mut self) -> Result<()> {
+        let start = Instant::now();
+        let mut killed = false;
+        loop {
+            let parent_gone = self.child.try_wait()?.is_some();
+            if parent_gone && !self.vrrp.is_some_and(alive) {
+                let _ = std::fs::remove_file(&self.vrrp_pid_file);
+                return Ok(());
             }
-        };
-        kill(sig);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        // SAFETY: signal 0 only checks that the process exists.
-        let vrrp_alive = || vrrp.is_some_and(|pid| unsafe { libc::kill(pid, 0) } == 0);
-        let mut ignored = false;
-        while child.try_wait()?.is_none() || vrrp_alive() {
-            if Instant::now() > deadline + Duration::from_secs(5) {
-                bail!("keepalived (pid {}, VRRP pid {vrrp:?}) still there 5 s after SIGKILL", child.id());
+            if start.elapsed() > Duration::from_secs(5) && !killed {
+                self.signal(libc::SIGKILL);
+                killed = true;
             }
-            if Instant::now() > deadline && !ignored {
-                kill(libc::SIGKILL);
-                ignored = true;
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("keepalived (pid {}, VRRP pid {:?}) still there 5 s after SIGKILL", self.child.id(), self.vrrp);
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        let _ = std::fs::remove_file(&self.vrrp_pid);
-        if ignored {
-            bail!("keepalived ignored signal {sig} for 5 s (killed)");
-        }
-        Ok(())
     }
 }
 
 impl Drop for Keepalived {
     fn drop(&mut self) {
-        let _ = self.stop(libc::SIGKILL);
+        if self.child.try_wait().ok().flatten().is_none() || self.vrrp.is_some_and(alive) {
+            self.signal(libc::SIGKILL);
+        }
+        let _ = self.reap();
     }
 }
 
@@ -153,6 +176,9 @@ impl Vrrp {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("{}-{}-{n}-keepalived", crate::netns::PREFIX, std::process::id()));
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // The router reaches the VIP on the segment: it asks by ARP who holds
+        // it, and a new master's gratuitous ARP tells it.
+        net.router.ip(&["route", "add", &format!("{VIP}/32"), "dev", "br-edge"])?;
         let mut vrrp = Vrrp { keepalived: Vec::new(), dir, net };
         for (i, node) in vrrp.net.ingress.iter().enumerate() {
             // A backup's stand-in must be able to bind the VIP it does not
@@ -161,6 +187,8 @@ impl Vrrp {
             vrrp.keepalived.push(vrrp.spawn(i)?);
         }
         vrrp.wait_master(ELECTION_DEADLINE)?;
+        // Both VRRP children have written their pid files by now.
+        vrrp.keepalived.iter_mut().for_each(Keepalived::learn_vrrp);
         Ok(vrrp)
     }
 
@@ -181,7 +209,7 @@ impl Vrrp {
             .stderr(log)
             .spawn()
             .context("starting keepalived")?;
-        Ok(Keepalived { child: Some(child), vrrp_pid: file("vrrp.pid") })
+        Ok(Keepalived { child, vrrp: None, vrrp_pid_file: file("vrrp.pid"), running: true })
     }
 
     /// The running nodes that hold the VIP on eth0. (A crashed master still
@@ -189,8 +217,9 @@ impl Vrrp {
     pub fn holders(&self) -> Result<Vec<usize>> {
         let mut held = Vec::new();
         for (i, node) in self.net.ingress.iter().enumerate() {
-            let running = self.keepalived[i].child.is_some();
-            if running && node.ip(&["-4", "-o", "addr", "show", "dev", "eth0"])?.contains(&format!(" {VIP}/32 ")) {
+            if self.keepalived[i].running
+                && node.ip(&["-4", "-o", "addr", "show", "dev", "eth0"])?.contains(&format!(" {VIP}/32 "))
+            {
                 held.push(i);
             }
         }
@@ -217,14 +246,18 @@ impl Vrrp {
         }
     }
 
-    /// Stops the master's keepalived as `how` says; returns which node it was.
+    /// Stops the master as `how` says and returns which node it was, at
+    /// once: the processes are reaped later (`restart`, or drop), so a
+    /// caller's clock measures the failover, not keepalived's exit.
     pub fn stop_master(&mut self, how: Stop) -> Result<usize> {
         let m = self.master()?.context("no single master to stop")?;
         match how {
-            Stop::Term => self.keepalived[m].stop(libc::SIGTERM)?,
+            Stop::Term => self.keepalived[m].signal(libc::SIGTERM),
             Stop::Crash => {
-                self.keepalived[m].stop(libc::SIGKILL)?;
+                // The NIC first: a dead node answers nothing, not even from
+                // a socket that outlives keepalived by a few microseconds.
                 self.net.kill_node(m)?;
+                self.keepalived[m].signal(libc::SIGKILL);
             }
         }
         Ok(m)
@@ -232,9 +265,10 @@ impl Vrrp {
 
     /// Starts node `i`'s keepalived again (after `stop_master`), its NIC up.
     pub fn restart(&mut self, i: usize) -> Result<()> {
-        if self.keepalived[i].child.is_some() {
+        if self.keepalived[i].running {
             bail!("keepalived on ingress node {} is still running", i + 1);
         }
+        self.keepalived[i].reap()?;
         self.net.revive_node(i)?;
         self.keepalived[i] = self.spawn(i)?;
         Ok(())
@@ -254,9 +288,8 @@ impl Vrrp {
 
 impl Drop for Vrrp {
     fn drop(&mut self) {
-        for k in &mut self.keepalived {
-            let _ = k.stop(libc::SIGKILL);
-        }
+        // Each Keepalived kills and reaps itself; then the folder goes.
+        self.keepalived.clear();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
