@@ -1953,9 +1953,12 @@ fn multi_ingress_shares_one_address_and_the_peers_port_is_consistent() {
     assert!(errors.is_empty(), "deploy/multi-ingress:\n{}", errors.join("\n"));
 }
 
+/// A broken copy: (kind, name, an error it must cause, the change).
+type Breakage = (&'static str, &'static str, &'static str, fn(&mut Value));
+
 #[test]
 fn broken_multi_ingress_fails() {
-    let cases: [(&str, &str, &str, fn(&mut Value)); 4] = [
+    let cases: [Breakage; 4] = [
         ("Service", "samp-proxy-public", "Local", |v| v["spec"]["externalTrafficPolicy"] = json!("Cluster")),
         ("DaemonSet", "samp-proxy-ingress", "port `peers`", |v| {
             let ports = v["spec"]["template"]["spec"]["containers"][0]["ports"].as_array_mut().unwrap();
