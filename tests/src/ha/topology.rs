@@ -10,13 +10,14 @@
 //!                          r-g2 198.18.3.1 ── eth0 198.18.3.2  game2 ── p-s2 ── pod s2 198.18.22.2 ...
 //! ```
 //!
-//! The ingress nodes share one L2 segment toward the router, not a veth
-//! each, for two reasons. A veth whose peer goes down loses carrier, and the
-//! kernel flushes every next hop on a device that loses carrier: the router
-//! would "detect" a dead node at once, which no router behind a switch can.
-//! On the bridge a dead node's port goes dark while `br-edge` stays up, so
-//! its next hop stays until it is withdrawn, as after a real node death
-//! before BGP notices. And VRRP needs a segment the address can float on.
+//! The ingress nodes share one L2 segment toward the router (a bridge, as a
+//! top-of-rack switch), not a veth each: VRRP needs a segment the address
+//! can float on, and one shape serves both spreading methods. A dead node's
+//! port goes dark while `br-edge` stays up, so the router learns nothing
+//! from the link: its next hop stays until it is withdrawn, as after a real
+//! node death before BGP or BFD notice. (A veth of its own would not tell
+//! the router either: on carrier loss the kernel keeps the next hop and
+//! keeps sending into the dead link.)
 //! Ingress nodes reach the pods through the router (default route via
 //! 198.18.1.1), the way a node reaches pod IPs of other nodes in a routed
 //! cluster network; the game nodes answer players through the router too
