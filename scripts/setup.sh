@@ -19,6 +19,9 @@ for pair in ip:iproute2 ethtool:ethtool ping:iputils-ping nft:nftables tcpdump:t
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null 2>&1 || need_debs+=("$pkg")
 done
+# keepalived (VRRP for tests/tests/ha_routers.rs) lives in /usr/sbin, which a
+# non-login shell's PATH may leave out: look there too before installing.
+command -v keepalived >/dev/null 2>&1 || [ -x /usr/sbin/keepalived ] || need_debs+=(keepalived)
 if [ "${1:-}" != "--print-env" ] && [ ${#need_debs[@]} -gt 0 ]; then
     log "installing Debian packages: ${need_debs[*]}"
     export DEBIAN_FRONTEND=noninteractive

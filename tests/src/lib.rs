@@ -7,6 +7,7 @@ pub mod agent;
 pub mod agones;
 pub mod bed;
 pub mod dsr;
+pub mod ha;
 pub mod http;
 pub mod icmp_capture;
 pub mod kube_api;

@@ -55,15 +55,28 @@ const SETUP_HINT: &str = "run `bash scripts/setup.sh`: it installs kubernetes-va
 
 /// Every kustomization the project ships; the test finds them all, these
 /// must be among them.
-const KUSTOMIZATIONS: [&str; 6] = ["base", "monitoring", "grafana", "agones-example", "agones-rbac", AGONES_OVERLAY];
+const KUSTOMIZATIONS: [&str; 8] = [
+    "base",
+    "monitoring",
+    "grafana",
+    "agones-example",
+    "agones-rbac",
+    AGONES_OVERLAY,
+    MULTI_INGRESS,
+    "metallb-example",
+];
 
 /// The overlay an operator applies instead of deploy/base when the shards
 /// are Agones GameServers.
 const AGONES_OVERLAY: &str = "with-agones";
 
+/// The overlay for several ingress nodes behind one address (issue 20),
+/// applied instead of deploy/base.
+const MULTI_INGRESS: &str = "multi-ingress";
+
 /// Folders of the agents' own config files (configMapGenerator sources, not
 /// Kubernetes manifests).
-const AGENT_CONFIG_DIRS: [&str; 2] = ["base/config", "with-agones/config"];
+const AGENT_CONFIG_DIRS: [&str; 3] = ["base/config", "with-agones/config", "multi-ingress/config"];
 
 /// Manifest files that no kustomization lists, on purpose.
 const OUTSIDE_KUSTOMIZATIONS: [&str; 1] = ["base/secret.example.yaml"];
@@ -212,10 +225,14 @@ fn object<'a>(dir: &str, kind_: &str, name_: &str) -> &'a Value {
 }
 
 /// The custom resources checked by hand here (no schema in kubernetes-validate).
-const CUSTOM: [(&str, &str); 3] = [
+const CUSTOM: [(&str, &str); 7] = [
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("agones.dev/v1", "Fleet"),
     ("autoscaling.agones.dev/v1", "FleetAutoscaler"),
+    ("metallb.io/v1beta1", "IPAddressPool"),
+    ("metallb.io/v1beta1", "BFDProfile"),
+    ("metallb.io/v1beta2", "BGPPeer"),
+    ("metallb.io/v1beta1", "BGPAdvertisement"),
 ];
 
 fn is_custom(v: &Value) -> bool {
@@ -534,6 +551,72 @@ const FLEET_AUTOSCALER: Field = Obj(&[
     ),
 ]);
 
+/// MetalLB 0.14's CRDs (metallb.io), the fields used here.
+const NODE_SELECTOR: Field = Obj(&[("matchLabels", LABELS), ("matchExpressions", Checked)]);
+const IP_ADDRESS_POOL: Field = Obj(&[
+    ("apiVersion", Str),
+    ("kind", Str),
+    ("metadata", METADATA_ANY),
+    ("spec", Obj(&[("addresses", List(&Str)), ("autoAssign", Bool), ("avoidBuggyIPs", Bool)])),
+]);
+const BFD_MS: Field = Int { min: 10, max: 60000 };
+const BFD_PROFILE: Field = Obj(&[
+    ("apiVersion", Str),
+    ("kind", Str),
+    ("metadata", METADATA_ANY),
+    (
+        "spec",
+        Obj(&[
+            ("receiveInterval", BFD_MS),
+            ("transmitInterval", BFD_MS),
+            ("detectMultiplier", Int { min: 2, max: 255 }),
+            ("echoInterval", BFD_MS),
+            ("echoMode", Bool),
+            ("passiveMode", Bool),
+            ("minimumTtl", Int { min: 1, max: 254 }),
+        ]),
+    ),
+]);
+const ASN: Field = Int { min: 1, max: 4_294_967_295 };
+const BGP_PEER: Field = Obj(&[
+    ("apiVersion", Str),
+    ("kind", Str),
+    ("metadata", METADATA_ANY),
+    (
+        "spec",
+        Obj(&[
+            ("myASN", ASN),
+            ("peerASN", ASN),
+            ("peerAddress", Str),
+            ("peerPort", U16),
+            ("sourceAddress", Str),
+            ("holdTime", Str),
+            ("keepaliveTime", Str),
+            ("bfdProfile", Str),
+            ("ebgpMultiHop", Bool),
+            ("passwordSecret", Obj(&[("name", Str), ("namespace", Str)])),
+            ("nodeSelectors", List(&NODE_SELECTOR)),
+        ]),
+    ),
+]);
+const BGP_ADVERTISEMENT: Field = Obj(&[
+    ("apiVersion", Str),
+    ("kind", Str),
+    ("metadata", METADATA_ANY),
+    (
+        "spec",
+        Obj(&[
+            ("ipAddressPools", List(&Str)),
+            ("ipAddressPoolSelectors", List(&NODE_SELECTOR)),
+            ("aggregationLength", Int { min: 0, max: 32 }),
+            ("localPref", Int { min: 0, max: 4_294_967_295 }),
+            ("communities", List(&Str)),
+            ("peers", List(&Str)),
+            ("nodeSelectors", List(&NODE_SELECTOR)),
+        ]),
+    ),
+]);
+
 fn check_fields(v: &Value, model: &Field, path: &str, errors: &mut Vec<String>) {
     let mut wrong = |what: &str| errors.push(format!("{path}: {v} is not {what}"));
     match model {
@@ -596,6 +679,10 @@ fn model_of(cr: &Value) -> &'static Field {
         "ServiceMonitor" => &SERVICE_MONITOR,
         "Fleet" => &FLEET,
         "FleetAutoscaler" => &FLEET_AUTOSCALER,
+        "IPAddressPool" => &IP_ADDRESS_POOL,
+        "BFDProfile" => &BFD_PROFILE,
+        "BGPPeer" => &BGP_PEER,
+        "BGPAdvertisement" => &BGP_ADVERTISEMENT,
         other => panic!("no model for {other}"),
     }
 }
@@ -1675,4 +1762,221 @@ fn dockerfile_builds_in_stages_and_ships_no_compiler() {
         assert!(ignore.lines().any(|l| l.trim() == dir), ".dockerignore should leave out {dir}");
     }
     println!("Dockerfile: {} stages; builder {builder_image}, final {final_image}", stages.len());
+}
+
+// ---------------------------------------------------------------------------
+// Several ingress nodes (deploy/multi-ingress, deploy/metallb-example).
+
+/// The multi-ingress ingress.yaml as the agent validates it. Its `peers:` and
+/// `coordinator:` blocks (issue 20) are validated by the agent once its
+/// config has them; until then the agent refuses them as unknown fields,
+/// and the rest of the file is validated without them.
+fn multi_ingress_config_validated(text: &str) -> proxy_agent::config::Validated {
+    let origin = "deploy/multi-ingress/config/ingress.yaml";
+    match proxy_agent::config::parse(origin, text) {
+        Ok(v) => v,
+        Err(e) if ["peers", "coordinator"].iter().any(|k| format!("{e:#}").contains(k)) => {
+            let mut kept = String::new();
+            let mut skipping = false;
+            for line in text.lines() {
+                if !line.starts_with([' ', '#']) && !line.is_empty() {
+                    skipping = line.starts_with("peers:") || line.starts_with("coordinator:");
+                }
+                if !skipping {
+                    kept.push_str(line);
+                    kept.push('\n');
+                }
+            }
+            println!("{origin}: the agent does not read `peers:`/`coordinator:` yet ({e:#}); the rest is validated");
+            proxy_agent::config::parse(origin, &kept).unwrap_or_else(|e| panic!("the agent refuses {origin}: {e:#}"))
+        }
+        Err(e) => panic!("the agent refuses {origin}: {e:#}"),
+    }
+}
+
+fn port_of(addr: &str) -> u64 {
+    addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or_else(|| panic!("{addr}: no port"))
+}
+
+/// What several ingress nodes need of the manifests; the errors.
+fn check_multi_ingress(built: &Built) -> Vec<String> {
+    let mut errors = Vec::new();
+    let docs = &built[MULTI_INGRESS];
+    let get = |k: &str, n: &str| docs.iter().find(|d| kind(d) == k && name(d).starts_with(n));
+    let (Some(ds), Some(cm)) = (get("DaemonSet", "samp-proxy-ingress"), get("ConfigMap", "samp-proxy-config")) else {
+        return vec!["deploy/multi-ingress: no ingress DaemonSet or ConfigMap".into()];
+    };
+    let text = cm["data"]["ingress.yaml"].as_str().unwrap_or_default();
+    let config = &yaml_docs(text)[0];
+    let validated = multi_ingress_config_validated(text);
+    let pod = &ds["spec"]["template"]["spec"];
+    let c = &pod["containers"][0];
+    if pod["hostNetwork"] != true {
+        errors.push("the ingress DaemonSet must run on the host network: peers dial the nodes' addresses".into());
+    }
+    // The peers' port: the config's listen port is the container's `peers`
+    // port, every listed peer uses it, and the peers' Service targets it.
+    let peers = &config["peers"];
+    let listen = port_of(peers["listen"].as_str().unwrap_or(""));
+    let container_port = c["ports"].as_array().into_iter().flatten().find(|p| p["name"] == "peers");
+    match container_port {
+        Some(p) if p["containerPort"] == listen && p["protocol"] == "TCP" => {}
+        other => errors.push(format!("peers.listen port {listen} is not the container's TCP port `peers`: {other:?}")),
+    }
+    let nodes = peers["nodes"].as_array().cloned().unwrap_or_default();
+    if nodes.len() < 2 {
+        errors.push(format!("peers.nodes should list the ingress nodes (two or more): {nodes:?}"));
+    }
+    for n in &nodes {
+        if port_of(n.as_str().unwrap_or("")) != listen {
+            errors.push(format!("peer {n} is not on the peers' port {listen}"));
+        }
+    }
+    match get("Service", "samp-proxy-peers") {
+        Some(svc) if svc["spec"]["ports"][0]["port"] == listen && svc["spec"]["ports"][0]["targetPort"] == "peers" => {
+            if svc["spec"]["publishNotReadyAddresses"] != true {
+                errors.push("Service samp-proxy-peers must publish not-ready agents (they sync before ready)".into());
+            }
+        }
+        other => errors.push(format!("no headless Service samp-proxy-peers on port {listen} -> `peers`: {other:?}")),
+    }
+    for key in ["join_timeout_ms", "node_name"] {
+        if peers[key].is_null() {
+            errors.push(format!("peers.{key} is missing"));
+        }
+    }
+    // The node's name and the secrets come from the environment.
+    let env = |var: &str| c["env"].as_array().into_iter().flatten().find(|e| e["name"] == var).cloned();
+    if env("NODE_NAME").map(|e| e["valueFrom"]["fieldRef"]["fieldPath"].clone()) != Some(json!("spec.nodeName")) {
+        errors.push("NODE_NAME must come from spec.nodeName".into());
+    }
+    if env("SAMP_PROXY_NODE_NAME").map(|e| e["value"].clone()) != Some(json!("$(NODE_NAME)")) {
+        errors.push("SAMP_PROXY_NODE_NAME must be $(NODE_NAME)".into());
+    }
+    let url_env = config["coordinator"]["url_env"].as_str().unwrap_or_default();
+    if !config["coordinator"]["lease_ms"].is_u64() {
+        errors.push("coordinator.lease_ms is missing".into());
+    }
+    for var in [url_env, "SAMP_PROXY_NODE_SECRET"] {
+        if env(var).is_none() {
+            errors.push(format!("the ingress container does not set {var:?} (coordinator.url_env or the node secret)"));
+        }
+    }
+    // Every Secret the container reads exists, with that key: the example
+    // Secret is the one the operator copies.
+    let secrets = yaml_file(&deploy().join("base/secret.example.yaml"));
+    for e in c["env"].as_array().into_iter().flatten() {
+        let r = &e["valueFrom"]["secretKeyRef"];
+        if r.is_null() {
+            continue;
+        }
+        let found = secrets.iter().any(|s| {
+            kind(s) == "Secret" && name(s) == r["name"] && !s["stringData"][r["key"].as_str().unwrap_or("")].is_null()
+        });
+        if !found {
+            errors.push(format!("env {}: Secret {} key {} is in no example Secret", e["name"], r["name"], r["key"]));
+        }
+    }
+    // The public address: a LoadBalancer Service, Local, on the frontend's
+    // address and port, over the ingress pods, from the MetalLB pool.
+    let frontend = validated.frontends[0].address;
+    let lb = docs.iter().find(|d| kind(d) == "Service" && d["spec"]["type"] == "LoadBalancer");
+    let metallb = &built["metallb-example"];
+    match lb {
+        None => errors.push("deploy/multi-ingress has no LoadBalancer Service".into()),
+        Some(lb) => {
+            let spec = &lb["spec"];
+            if spec["externalTrafficPolicy"] != "Local" {
+                errors.push(
+                    "the LoadBalancer Service must be externalTrafficPolicy: Local (only ready agents announce)".into(),
+                );
+            }
+            let labels = &ds["spec"]["template"]["metadata"]["labels"];
+            let selector = spec["selector"].as_object().cloned().unwrap_or_default();
+            if selector.is_empty() || selector.iter().any(|(k, v)| &labels[k] != v) {
+                errors.push(format!("the LoadBalancer Service's selector {selector:?} misses the ingress pods"));
+            }
+            let port = &spec["ports"][0];
+            if port["port"] != frontend.port() || port["protocol"] != "UDP" {
+                errors.push(format!(
+                    "the LoadBalancer Service's port {port} is not the frontend's UDP {}",
+                    frontend.port()
+                ));
+            }
+            let ann = &lb["metadata"]["annotations"];
+            if ann["metallb.universe.tf/loadBalancerIPs"] != frontend.ip().to_string() {
+                errors.push(format!(
+                    "loadBalancerIPs {} is not the frontend's {}",
+                    ann["metallb.universe.tf/loadBalancerIPs"],
+                    frontend.ip()
+                ));
+            }
+            let pool = ann["metallb.universe.tf/address-pool"].as_str().unwrap_or_default();
+            match metallb.iter().find(|d| kind(d) == "IPAddressPool" && name(d) == pool) {
+                Some(p) if p["spec"]["addresses"] == json!([format!("{}/32", frontend.ip())]) => {}
+                other => {
+                    errors.push(format!("address pool {pool:?} should hold exactly {}/32: {other:?}", frontend.ip()))
+                }
+            }
+            let advertised = metallb.iter().any(|d| {
+                kind(d) == "BGPAdvertisement"
+                    && d["spec"]["ipAddressPools"].as_array().is_some_and(|a| a.contains(&json!(pool)))
+            });
+            if !advertised {
+                errors.push(format!("no BGPAdvertisement announces pool {pool:?}"));
+            }
+        }
+    }
+    // Only the ingress nodes peer and announce; BFD profiles exist.
+    let ingress_label = pod["nodeSelector"]["samp-proxy/ingress"].clone();
+    for d in metallb.iter().filter(|d| ["BGPPeer", "BGPAdvertisement"].contains(&kind(d))) {
+        if d["spec"]["nodeSelectors"][0]["matchLabels"]["samp-proxy/ingress"] != ingress_label {
+            errors.push(format!("{} {} must select the ingress nodes (samp-proxy/ingress)", kind(d), name(d)));
+        }
+        if let Some(bfd) = d["spec"]["bfdProfile"].as_str() {
+            if !metallb.iter().any(|p| kind(p) == "BFDProfile" && name(p) == bfd) {
+                errors.push(format!("BGPPeer {} names BFDProfile {bfd}, which is not there", name(d)));
+            }
+        }
+    }
+    for k in ["IPAddressPool", "BGPPeer", "BGPAdvertisement", "BFDProfile"] {
+        if !metallb.iter().any(|d| kind(d) == k) {
+            errors.push(format!("deploy/metallb-example has no {k}"));
+        }
+    }
+    errors
+}
+
+#[test]
+fn multi_ingress_shares_one_address_and_the_peers_port_is_consistent() {
+    let errors = check_multi_ingress(built());
+    assert!(errors.is_empty(), "deploy/multi-ingress:\n{}", errors.join("\n"));
+}
+
+/// A broken copy: (kind, name, an error it must cause, the change).
+type Breakage = (&'static str, &'static str, &'static str, fn(&mut Value));
+
+#[test]
+fn broken_multi_ingress_fails() {
+    let cases: [Breakage; 4] = [
+        ("Service", "samp-proxy-public", "Local", |v| v["spec"]["externalTrafficPolicy"] = json!("Cluster")),
+        ("DaemonSet", "samp-proxy-ingress", "port `peers`", |v| {
+            let ports = v["spec"]["template"]["spec"]["containers"][0]["ports"].as_array_mut().unwrap();
+            ports.iter_mut().find(|p| p["name"] == "peers").unwrap()["containerPort"] = json!(7102);
+        }),
+        ("DaemonSet", "samp-proxy-ingress", "no example Secret", |v| {
+            let env = v["spec"]["template"]["spec"]["containers"][0]["env"].as_array_mut().unwrap();
+            let coordinator = env.iter_mut().find(|e| e["name"] == "SAMP_PROXY_COORDINATOR_URL").unwrap();
+            coordinator["valueFrom"]["secretKeyRef"]["name"] = json!("samp-proxy-missing");
+        }),
+        ("Service", "samp-proxy-peers", "samp-proxy-peers", |v| v["spec"]["ports"][0]["port"] = json!(7102)),
+    ];
+    for (kind_, name_, expect, change) in cases {
+        let broken = with_named_change(MULTI_INGRESS, kind_, name_, change);
+        let errors = check_multi_ingress(&broken);
+        assert!(
+            errors.iter().any(|e| e.contains(expect)),
+            "{kind_} {name_}: expected an error with {expect:?}, got {errors:?}"
+        );
+    }
 }
