@@ -15,6 +15,9 @@ pub fn status(st: &StatusView) {
     println!("total: {} players / {} slots ({} pending, {} moving)", t.players, t.capacity, t.pending, t.moving);
     let a = &st.agent;
     println!("expired: {} idle, {} moved-but-never-reconnected", a.expired_idle, a.expired_moving);
+    if let Some(p) = &a.peers {
+        peers(p);
+    }
     if let Some(k) = &a.kubernetes {
         let decider = match (k.leading, &k.holder) {
             (true, _) => "this replica".to_string(),
@@ -108,5 +111,43 @@ pub fn reload(r: &ReloadView) {
     }
     for c in &r.changes {
         println!("reloaded: {c}");
+    }
+}
+
+/// The peer links, one line each way.
+fn peers(p: &crate::control::views::PeersView) {
+    let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1} ms"));
+    println!(
+        "peers: this node is {}; records applied {}, stale {}, unroutable {}",
+        p.node, p.records_applied, p.records_stale, p.records_unroutable
+    );
+    for o in &p.links.outbound {
+        let name = o.name.clone().unwrap_or_else(|| "?".into());
+        let state = match o.away_s {
+            None => "connected".to_string(),
+            Some(s) => format!("AWAY {s:.0} s ({})", o.last_error.as_deref().unwrap_or("never connected")),
+        };
+        println!(
+            "  to {name} {}: {state}; lag p50 {} p99 {}; queue {}; last snapshot {} sessions in {}",
+            o.address,
+            ms(o.lag_p50_ms),
+            ms(o.lag_p99_ms),
+            o.queue_depth,
+            opt(&o.last_snapshot_sessions),
+            ms(o.last_snapshot_ms)
+        );
+    }
+    for i in &p.links.inbound {
+        let state = if i.connected { "connected" } else { "not connected" };
+        println!(
+            "  from {}: {state}; {} records; snapshot {} sessions",
+            i.name,
+            i.received_records,
+            opt(&i.snapshot_sessions)
+        );
+    }
+    if !p.links.refused.is_empty() {
+        let r: Vec<String> = p.links.refused.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        println!("  refused: {}", r.join(", "));
     }
 }

@@ -132,6 +132,10 @@ pub fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Free slots per unit of placement weight when several ingress nodes
+/// share the cluster (see `weight`).
+pub const PLACEMENT_STEP: u32 = 16;
+
 pub struct Cluster {
     pub cfg: Validated,
     /// The data plane's maps: the kernel's (`Tables`), or a fake in tests.
@@ -341,7 +345,15 @@ impl Cluster {
         if !self.takes_players(i) {
             return 0;
         }
-        self.free_slots(i, loads) as u32
+        let free = self.free_slots(i, loads) as u32;
+        if self.cfg.raw.peers.is_some() {
+            // Several ingress nodes must build the same table, or a player
+            // whose first packets reach two nodes lands on two shards: their
+            // counts differ by players in flight, so weigh in steps of
+            // PLACEMENT_STEP free slots (any room at all weighs one step).
+            return free.div_ceil(PLACEMENT_STEP);
+        }
+        free
     }
 
     /// False when a shard must get no new players: drained, down, or a

@@ -68,13 +68,16 @@ pub fn placement(
 ) -> Vec<(u32, Vec<u32>)> {
     (0..cfg.frontends.len())
         .map(|fe| {
-            let candidates: Vec<Candidate<'_>> = cfg
+            // By name: nodes whose shard lists came in another order (the
+            // file, Agones' discovery) still build the same table.
+            let mut candidates: Vec<Candidate<'_>> = cfg
                 .shards
                 .iter()
                 .enumerate()
                 .filter(|(_, s)| s.frontend == fe)
                 .map(|(i, s)| Candidate { name: &s.name, group: ids[i].home_group, weight: weight(i) })
                 .collect();
+            candidates.sort_by(|a, b| a.name.cmp(b.name));
             (fe_ids[fe], placement::fill(&candidates, PLACEMENT_SLOTS as usize))
         })
         .collect()

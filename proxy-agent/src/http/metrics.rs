@@ -35,6 +35,9 @@ pub fn render(st: &StatusView) -> prometheus::Result<String> {
     if let Some(k) = &a.kubernetes {
         kubernetes(&r, k)?;
     }
+    if let Some(p) = &a.peers {
+        super::peer_metrics::peers(&r, p)?;
+    }
     index(&r, &a.index)?;
     r.gauge("samp_proxy_agent_info", "The agent's version", &["version"])?.with_label_values(&[&a.version]).set(1.0);
     r.gauge("samp_proxy_build_info", "The agent's build: its version", &["version"])?
@@ -210,16 +213,16 @@ fn kubernetes(r: &Scrape, k: &crate::control::views::KubernetesView) -> promethe
 }
 
 /// One scrape's registry.
-struct Scrape(Registry);
+pub(super) struct Scrape(Registry);
 
 impl Scrape {
-    fn counter(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    pub(super) fn counter(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
         let v = IntCounterVec::new(Opts::new(name, help), labels)?;
         self.0.register(Box::new(v.clone()))?;
         Ok(v)
     }
 
-    fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<GaugeVec> {
+    pub(super) fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<GaugeVec> {
         let v = GaugeVec::new(Opts::new(name, help), labels)?;
         self.0.register(Box::new(v.clone()))?;
         Ok(v)

@@ -187,3 +187,33 @@ shards:
     assert_eq!((view.records_applied, view.records_unroutable), (0, 2));
     assert_eq!(b.route(player(0, 1)), None);
 }
+
+/// Node `n`'s placement table with each slot named by its shard.
+fn placement_by_name(n: &Node) -> Vec<String> {
+    let c = &n.bed.owner.cluster;
+    n.bed
+        .maps
+        .placement_row(c.frontend_ids[0])
+        .iter()
+        .map(|&g| {
+            let backend = c.group(g).backend;
+            c.ids.iter().position(|id| id.backend == backend).map_or("-".into(), |i| c.cfg.shards[i].name.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn nodes_that_list_shards_in_another_order_place_newcomers_alike() {
+    let with_peers = |y: &str| format!("node_secret: 0123456789abcdef\npeers:\n  listen: 198.18.1.2:7101\n{y}");
+    let (mut a, mut b) = (node("a", &with_peers(A)), node("b", &with_peers(B)));
+    a.bed.seat("s1", 3);
+    b.hear("a", a.bed.owner.peer_snapshot());
+    for n in [&mut a, &mut b] {
+        for s in ["s1", "s2", "s3"] {
+            n.bed.answered(s, 40);
+        }
+    }
+    let (ta, tb) = (placement_by_name(&a), placement_by_name(&b));
+    assert!(ta.iter().any(|s| s == "s1") && ta.iter().any(|s| s == "s2"), "both actives take newcomers");
+    assert_eq!(ta, tb, "the same slot sends a newcomer to the same shard on both nodes");
+}

@@ -153,7 +153,7 @@ impl Bed {
     }
 
     /// A probe of `name` answered: `slots` slots, none taken.
-    fn answered(&mut self, name: &str, slots: u16) {
+    pub(super) fn answered(&mut self, name: &str, slots: u16) {
         let result = ProbeResult { rtt: Duration::from_millis(1), info: Some((0, slots)), answers: None };
         self.owner.handle(Msg::HealthRound(vec![(name.to_string(), ProbeOutcome::Answered(result))]));
     }

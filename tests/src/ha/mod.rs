@@ -14,6 +14,7 @@
 //! agents and a flow driver that records which node answered each flow and
 //! when, so the routers are proven at the kernel level, without the agent.
 
+pub mod cluster;
 pub mod ecmp;
 pub mod standin;
 pub mod topology;

@@ -1,0 +1,126 @@
+//! The real cluster on a [`MultiIngress`] topology: one simulated shard per
+//! pod, a `return` agent on every game node (direct server return, telling
+//! every ingress agent whom its shards accepted) and an ingress agent with
+//! `peers:` on every ingress node, all sharing one node secret.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use proxy_agent::protocol::Request;
+use tokio::runtime::Runtime;
+
+use super::topology::{ingress_ip, MultiIngress};
+use crate::{
+    agent::Agent,
+    scenario::wait_for,
+    sim::{
+        player::{self, PlayerConfig, Players},
+        shard::{self, ShardConfig, ShardHandle},
+    },
+};
+
+pub const SECRET: &str = "ha-node-secret-0123456789";
+pub const PEER_PORT: u16 = 7101;
+pub const METRICS_PORT: u16 = 9477;
+
+pub struct HaCluster {
+    pub rt: Runtime,
+    pub shards: Vec<ShardHandle>,
+    pub games: Vec<Agent>,
+    /// Per ingress node; None once killed.
+    pub ingress: Vec<Option<Agent>>,
+    /// The shards part of every agent's config.
+    pub shards_yaml: String,
+}
+
+/// An ingress agent's config on node `i` of `nodes`.
+pub fn ingress_yaml(i: usize, nodes: usize, shards_yaml: &str, extra: &str) -> String {
+    let peers: Vec<String> = (0..nodes).map(|n| format!("{}:{PEER_PORT}", ingress_ip(n))).collect();
+    format!(
+        "role: ingress\ninterfaces: [eth0]\nmetrics_listen: 0.0.0.0:{METRICS_PORT}\nnode_secret: {SECRET}\n\
+         peers:\n  node_name: in{}\n  listen: {}:{PEER_PORT}\n  nodes: [{}]\n  join_timeout_ms: 3000\n{extra}{shards_yaml}",
+        i + 1,
+        ingress_ip(i),
+        peers.join(", ")
+    )
+}
+
+impl HaCluster {
+    /// Shards with `roles` (one per pod), game agents, and ingress agents on
+    /// every ingress node; returns once every ingress agent is ready.
+    pub fn start(net: &MultiIngress, roles: &[&str], capacity: u32, extra: &str) -> Result<HaCluster> {
+        let shards_yaml = net.shards_yaml(roles).replace("capacity: 100", &format!("capacity: {capacity}"));
+        let shards = (0..roles.len())
+            .map(|p| {
+                let cfg = ShardConfig { name: format!("s{}", p + 1), max_players: 1000, seed: 3000 + p as u32 };
+                Ok(shard::spawn(net.pod_socket(p)?, cfg))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let nodes = net.ingress.len();
+        let reports: Vec<String> = (0..nodes).map(|n| format!("{}:{METRICS_PORT}", ingress_ip(n))).collect();
+        let game_yaml =
+            format!("role: return\ningress_agents: [{}]\nnode_secret: {SECRET}\n{shards_yaml}", reports.join(", "));
+        let games = net.games.iter().map(|g| Agent::start(g, &game_yaml)).collect::<Result<Vec<_>>>()?;
+        let ingress = (0..nodes)
+            .map(|i| Agent::start(&net.ingress[i], &ingress_yaml(i, nodes, &shards_yaml, extra)).map(Some))
+            .collect::<Result<Vec<_>>>()?;
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        let c = HaCluster { rt, shards, games, ingress, shards_yaml };
+        c.wait_ready(Duration::from_secs(60));
+        Ok(c)
+    }
+
+    /// The live ingress agents.
+    pub fn live(&self) -> impl Iterator<Item = &Agent> {
+        self.ingress.iter().flatten()
+    }
+
+    pub fn status(agent: &Agent) -> serde_json::Value {
+        agent.request(&Request::Status).unwrap_or_default()
+    }
+
+    pub fn wait_ready(&self, timeout: Duration) {
+        wait_for("every ingress agent ready", timeout, || {
+            self.live().all(|a| Self::status(a)["agent"]["ready"] == true)
+        });
+    }
+
+    /// Waits until every live ingress agent holds `n` established sessions.
+    pub fn wait_established_everywhere(&self, n: u64, timeout: Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let counts: Vec<u64> =
+                self.live().map(|a| Self::status(a)["totals"]["established"].as_u64().unwrap_or(0)).collect();
+            if counts.iter().all(|&c| c == n) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "established sessions per ingress node {counts:?}, want {n} on each"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn players(&self, net: &MultiIngress, count: usize, rate_hz: f64) -> Result<Players> {
+        let mut cfg = PlayerConfig::new(net.vip(), Duration::from_secs(300));
+        cfg.reconnect_after = Duration::from_millis(1500);
+        cfg.rate_hz = rate_hz;
+        let sockets = net.player_sockets(count)?;
+        self.rt.block_on(async { player::start(sockets, &cfg) })
+    }
+
+    /// SIGKILLs ingress node `i`'s agent (its data plane keeps forwarding
+    /// until the node's links go down too).
+    pub fn kill_agent(&mut self, i: usize) -> Result<()> {
+        if let Some(mut a) = self.ingress[i].take() {
+            a.kill()?;
+        }
+        Ok(())
+    }
+
+    /// Every agent's log, for a failure message.
+    pub fn logs(&self) -> String {
+        self.live().chain(&self.games).map(|a| a.log_text()).collect::<Vec<_>>().join("\n-----\n")
+    }
+}
