@@ -322,7 +322,7 @@ fn peer_links(cfg: &Validated) -> (Option<PeerLinks>, Option<PeerEnds>) {
     let node = p.node_name();
     let outbox = peers::Outbox::new();
     let join_timeout = Duration::from_millis(p.join_timeout_ms);
-    let board = Arc::new(peers::Board::new(join_timeout.max(peers::SILENCE)));
+    let board = Arc::new(peers::Board::new(join_timeout.max(peers::SILENCE), &p.others()));
     let settings = peers::Settings {
         me: node.clone(),
         secret: cfg.raw.node_secret().unwrap_or_default().into_bytes(),

@@ -50,7 +50,7 @@ struct Node {
 fn node(name: &str, yaml: &str) -> Node {
     let outbox = Outbox::new();
     let sent = outbox.subscribe();
-    let board = Arc::new(Board::new(Duration::from_secs(5)));
+    let board = Arc::new(Board::new(Duration::from_secs(5), &[]));
     let links = PeerLinks { node: name.into(), outbox, board, join_timeout: Duration::from_secs(5) };
     Node { bed: bed_with(yaml, Some(links)), sent }
 }

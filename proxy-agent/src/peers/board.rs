@@ -98,10 +98,12 @@ fn quantile(sorted: &[u64], q: f64) -> Option<f64> {
 }
 
 impl Board {
-    pub fn new(away_after: Duration) -> Board {
+    /// A board for links to `peers` (known from the start, so readiness
+    /// waits for them even before their links are spawned).
+    pub fn new(away_after: Duration, peers: &[SocketAddrV4]) -> Board {
         let inner = Inner {
             started: Instant::now(),
-            outbound: BTreeMap::new(),
+            outbound: peers.iter().map(|&a| (a, Outbound::default())).collect(),
             inbound: BTreeMap::new(),
             refused: BTreeMap::new(),
         };
@@ -208,13 +210,16 @@ impl Board {
             if got > 0 || i.outbound.is_empty() {
                 return Ok(());
             }
-            let connected = i.inbound.values().filter(|p| p.connected > 0).count();
+            // A peer that answers either way is alive and will send its
+            // state: wait for it. Only a node nobody answers is the first.
+            let answering = i.inbound.values().filter(|p| p.connected > 0).count()
+                + i.outbound.values().filter(|o| o.connected_at.is_some()).count();
             let waited = i.started.elapsed();
-            if connected == 0 && waited >= join_timeout {
+            if answering == 0 && waited >= join_timeout {
                 return Ok(());
             }
             Err(format!(
-                "syncing with its peers: no peer's snapshot yet ({connected} connected; {:.1} of {:.1} s waited)",
+                "syncing with its peers: no peer's snapshot yet ({answering} links up; {:.1} of {:.1} s waited for a first answer)",
                 waited.as_secs_f64(),
                 join_timeout.as_secs_f64()
             ))

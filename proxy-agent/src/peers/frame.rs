@@ -121,6 +121,11 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
         Ok(self.seq)
     }
 
+    /// The stream (the bytes written, for a `Vec`).
+    pub fn into_inner(self) -> W {
+        self.w
+    }
+
     /// Sends bytes that are not a valid frame (tests of a hostile peer).
     pub async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         self.w.write_all(bytes).await
@@ -190,7 +195,7 @@ mod tests {
         let mut forger = Writer::new(Vec::new(), key(b"wrong"));
         forger.send(Kind::Records, b"evil").await.unwrap();
         w.send(Kind::Records, b"one").await.unwrap();
-        w.send_raw(&forger.w).await.unwrap();
+        w.send_raw(&forger.into_inner()).await.unwrap();
         w.send(Kind::Ack, b"two").await.unwrap();
         let mut r = Reader::new(b, key(b"k"));
         assert_eq!(r.next().await.unwrap(), Ok((1, Kind::Records, &b"one"[..])));

@@ -25,7 +25,7 @@ use super::{
 /// Records a frame carries at most (about 120 KiB of sessions).
 pub const FRAME_RECORDS: usize = 4096;
 const RETRY_MIN: Duration = Duration::from_millis(100);
-const RETRY_MAX: Duration = Duration::from_secs(2);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 pub struct Link {
     pub addr: SocketAddrV4,
