@@ -127,7 +127,10 @@ impl CoordinatorConfig {
             ));
         }
         if self.poll_ms == 0 || self.poll_ms > self.lease_ms {
-            return Err(format!("coordinator.poll_ms is {}; it must be 1..=lease_ms ({})", self.poll_ms, self.lease_ms));
+            return Err(format!(
+                "coordinator.poll_ms is {}; it must be 1..=lease_ms ({})",
+                self.poll_ms, self.lease_ms
+            ));
         }
         if self.timeout_ms < 10 {
             return Err(format!("coordinator.timeout_ms is {}; it must be at least 10", self.timeout_ms));

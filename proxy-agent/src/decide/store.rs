@@ -32,8 +32,7 @@ const TAKE: &str = "UPDATE samp_proxy_decider SET
     expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
   WHERE name = ? AND (holder = ? OR expires_at <= UTC_TIMESTAMP(6))";
 
-const READ: &str =
-    "SELECT holder, term, expires_at > UTC_TIMESTAMP(6) FROM samp_proxy_decider WHERE name = ?";
+const READ: &str = "SELECT holder, term, expires_at > UTC_TIMESTAMP(6) FROM samp_proxy_decider WHERE name = ?";
 
 /// The fence: the insert happens only if, when the server runs it, `by`
 /// holds the row with `term` and it has not expired. `FOR UPDATE` locks the
@@ -218,7 +217,11 @@ impl Coordinator {
         let target = self.target.clone();
         tokio::time::timeout(self.timeout, self.pool.disconnect())
             .await
-            .map_err(|_| Error::Timeout { what: what.into(), target: target.clone(), after_ms: self.timeout.as_millis() as u64 })?
+            .map_err(|_| Error::Timeout {
+                what: what.into(),
+                target: target.clone(),
+                after_ms: self.timeout.as_millis() as u64,
+            })?
             .map_err(|source| Error::Db { what: what.into(), target, source })
     }
 
@@ -263,7 +266,8 @@ mod tests {
 
     #[test]
     fn new_checks_without_connecting() {
-        let cfg = CoordinatorConfig { database: Some("mysql://u:hunter2@db.local:3306/samp".into()), ..Default::default() };
+        let cfg =
+            CoordinatorConfig { database: Some("mysql://u:hunter2@db.local:3306/samp".into()), ..Default::default() };
         if std::env::var_os(crate::leases::DATABASE_ENV).is_none() {
             let c = Coordinator::new(&cfg).unwrap();
             assert_eq!(c.target(), "u@db.local:3306/samp");

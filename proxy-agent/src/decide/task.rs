@@ -80,9 +80,29 @@ async fn hold(coord: Coordinator, me: String, tenure: Arc<Mutex<Tenure>>, mut re
     let lease = coord.lease();
     let mut last: Option<Status> = None;
     let mut round: Option<Round> = None;
+    let mut tell = |now: Status| {
+        if last.as_ref() != Some(&now) {
+            report(now.clone());
+            last = Some(now);
+        }
+    };
     loop {
         let started = Instant::now();
-        let outcome = coord.round(&me).await;
+        let call = coord.round(&me);
+        tokio::pin!(call);
+        // A round may take a third of the lease; when the 2/3 mark passes
+        // meanwhile, say so then, not when the round gives up.
+        let mut stops_at = tenure.lock().expect("tenure lock").stops_at();
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut call => break outcome,
+                _ = tokio::time::sleep_until(stops_at.unwrap_or(started).into()), if stops_at.is_some() => {
+                    stops_at = None;
+                    let error = Some("no renewal for 2/3 of the lease: not deciding".to_string());
+                    tell(Status { round: round.clone(), deciding: None, error });
+                }
+            }
+        };
         let (deciding, stops_at) = {
             let mut t = tenure.lock().expect("tenure lock");
             t.record(started, &outcome);
@@ -95,19 +115,15 @@ async fn hold(coord: Coordinator, me: String, tenure: Arc<Mutex<Tenure>>, mut re
             }
             Err(e) => Some(e.to_string()),
         };
-        let now = Status { round: round.clone(), deciding, error };
-        if last.as_ref() != Some(&now) {
-            report(now.clone());
-        }
         // The holder renews every third of the lease; a follower looks
         // every tenth, so a dead holder is replaced soon after it expires.
-        let pause = if now.deciding.is_some() { lease / 3 } else { lease / 10 };
+        let pause = if deciding.is_some() { lease / 3 } else { lease / 10 };
         let mut next = started + pause;
         // Wake at the 2/3 mark too, so losing the right is reported then.
         if let Some(at) = stops_at.filter(|_| deciding.is_some()) {
             next = next.min(at);
         }
-        last = Some(now);
+        tell(Status { round: round.clone(), deciding, error });
         tokio::time::sleep_until(next.into()).await;
     }
 }
