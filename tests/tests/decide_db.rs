@@ -396,3 +396,21 @@ async fn append_to_pickup_latency() {
     );
     assert!(median(pickups) < Duration::from_millis(150), "a follower looks every poll_ms");
 }
+
+/// The agent's own `migrate` and `proxy-agent db migrate` (version 2) are
+/// the same statements: either order works, and the row survives both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agents_tables_and_db_migrate_agree() {
+    let (db, c) = setup(2000).await;
+    assert_eq!(c.round("a").await.unwrap(), Round::Leading { term: 1 });
+    let leases = proxy_agent::leases::LeaseConfig { database: Some(db.url()), ..Default::default() };
+    let store = proxy_agent::leases::LeaseStore::connect(&leases).await.unwrap();
+    assert_eq!(store.migrate().await.unwrap(), vec![1, 2]);
+    assert_eq!(c.round("a").await.unwrap(), Round::Leading { term: 1 }, "db migrate keeps the decider row");
+    c.migrate().await.unwrap();
+    assert_eq!(c.round("a").await.unwrap(), Round::Leading { term: 1 });
+    // The row deleted by hand: the next round puts it back and takes it.
+    db.root_sql_db("DELETE FROM samp_proxy_decider").unwrap();
+    assert_eq!(c.round("b").await.unwrap(), Round::Leading { term: 1 });
+    store.close().await.unwrap();
+}
