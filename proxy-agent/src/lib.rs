@@ -6,7 +6,8 @@
 //! types and the socket), `dataplane` (load, attach, the maps behind
 //! `MapWriter`, batch I/O, events, scans, upkeep), `health` (SA:MP probes),
 //! `query` (the long-answer responder), `agones` (Kubernetes), `leases`
-//! (account leases in MariaDB), `cluster` (THE model and the failover
+//! (account leases in MariaDB), `decide` (the one decider without
+//! Kubernetes: a row and a log in MariaDB), `cluster` (THE model and the failover
 //! policy: plain data over a `MapWriter`), `http` (metrics and the nodes'
 //! API), `owner` (the thread that owns the model and implements each
 //! client's port), `run` (the composition root), `cli`. See
@@ -18,6 +19,7 @@ pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod decide;
 pub mod events;
 pub mod health;
 pub mod http;

@@ -25,7 +25,7 @@ fn config(db: &MariaDb, lease_seconds: u32) -> LeaseConfig {
 async fn setup(lease_seconds: u32) -> (MariaDb, LeaseStore) {
     let db = MariaDb::start().expect("start a private MariaDB");
     let store = LeaseStore::connect(&config(&db, lease_seconds)).await.expect("connect");
-    assert_eq!(store.migrate().await.expect("migrate"), vec![1], "a new database gets version 1");
+    assert_eq!(store.migrate().await.expect("migrate"), vec![1, 2], "a new database gets versions 1 and 2");
     (db, store)
 }
 
@@ -85,7 +85,7 @@ async fn global_status(store: &LeaseStore, name: &str) -> u64 {
 async fn migrate_is_idempotent_and_writes_the_lease_time() {
     let (db, store) = setup(7).await;
     assert_eq!(store.migrate().await.unwrap(), Vec::<u32>::new(), "a second run applies nothing");
-    assert_eq!(store.schema_version().await.unwrap(), 1);
+    assert_eq!(store.schema_version().await.unwrap(), 2);
     let routines = db
         .root_sql_db(
             "SELECT COUNT(*) FROM information_schema.ROUTINES WHERE ROUTINE_SCHEMA = DATABASE() AND ROUTINE_NAME LIKE 'samp\\_lease\\_%'",
@@ -99,7 +99,7 @@ async fn migrate_is_idempotent_and_writes_the_lease_time() {
     let sql =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../proxy-agent/sql/0001_leases.sql")).unwrap();
     db.root_sql_db(&sql).unwrap();
-    assert_eq!(db.root_sql_db("SELECT COUNT(*), MAX(version) FROM samp_schema_version").unwrap().trim(), "1\t1");
+    assert_eq!(db.root_sql_db("SELECT COUNT(*), MAX(version) FROM samp_schema_version").unwrap().trim(), "2\t2");
     assert_eq!(db.root_sql_db("SELECT lease_seconds FROM samp_lease_settings").unwrap().trim(), "7");
 
     // A new lease time is written by the next run, which applies nothing.
@@ -118,7 +118,7 @@ async fn migrate_is_idempotent_and_writes_the_lease_time() {
     let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
     let mut both = [ra.unwrap(), rb.unwrap()];
     both.sort();
-    assert_eq!(both, [vec![], vec![1]], "one runner applies, the other finds it applied");
+    assert_eq!(both, [vec![], vec![1, 2]], "one runner applies, the other finds it applied");
     for s in [store, again, a, b] {
         s.close().await.unwrap();
     }
@@ -158,10 +158,10 @@ fn db_migrate_command() {
     };
     let (ok, out, err) = run(&good, None);
     assert!(ok, "{out}{err}");
-    assert_eq!(out.trim(), "schema at version 1; applied: 1; lease_seconds 9");
+    assert_eq!(out.trim(), "schema at version 2; applied: 1, 2; lease_seconds 9");
     let (ok, out, err) = run(&good, None);
     assert!(ok, "{out}{err}");
-    assert_eq!(out.trim(), "already at version 1; lease_seconds 9");
+    assert_eq!(out.trim(), "already at version 2; lease_seconds 9");
 
     // Unreachable: a port nobody listens on. Non-zero exit, names the host
     // and database and the fix, never the password.
@@ -178,7 +178,7 @@ fn db_migrate_command() {
     // The environment wins over the file: the same bad file works with it.
     let (ok, out, err) = run(&bad, Some(db.url()));
     assert!(ok, "{out}{err}");
-    assert_eq!(out.trim(), "already at version 1; lease_seconds 9");
+    assert_eq!(out.trim(), "already at version 2; lease_seconds 9");
     // A wrong password: refused by the server, and not echoed.
     let (ok, _, err) = run(&good, Some(db.url_for("samp", "wrong-password")));
     assert!(!ok && err.contains("Access denied") && !err.contains("wrong-password"), "{err}");

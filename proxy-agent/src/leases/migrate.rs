@@ -23,8 +23,11 @@ pub struct Migration {
 }
 
 /// Every version, oldest first.
-pub const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "0001_leases", sql: include_str!("../../sql/0001_leases.sql") }];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration { version: 1, name: "0001_leases", sql: include_str!("../../sql/0001_leases.sql") },
+    // The ingress agents' decider (`decide::schema`, the same statements).
+    Migration { version: 2, name: "0002_decider", sql: include_str!("../../sql/0002_decider.sql") },
+];
 
 /// The newest version this agent knows.
 pub fn latest() -> u32 {

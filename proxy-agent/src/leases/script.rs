@@ -303,7 +303,9 @@ mod tests {
             assert!(statements
                 .iter()
                 .all(|s| !s.text.contains("$$") && !s.text.to_uppercase().starts_with("DELIMITER")));
-            assert!(statements.iter().any(|s| s.text.starts_with("CREATE OR REPLACE PROCEDURE samp_lease_acquire")));
+            let acquire =
+                statements.iter().any(|s| s.text.starts_with("CREATE OR REPLACE PROCEDURE samp_lease_acquire"));
+            assert_eq!(acquire, m.version == 1, "{}", m.name);
         }
     }
 }
