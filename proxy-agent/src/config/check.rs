@@ -35,6 +35,7 @@ impl Checker<'_> {
         self.check_leases(&raw)?;
         self.check_kubernetes(&raw)?;
         self.check_peers(&raw)?;
+        self.check_coordinator(&raw)?;
         let frontends = self.check_frontends(&raw)?;
         let shards = self.check_shards(&raw, &frontends)?;
         self.check_every_frontend_served(&frontends, &shards)?;

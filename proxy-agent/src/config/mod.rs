@@ -101,6 +101,10 @@ pub struct Config {
     /// Account leases in MariaDB (`proxy-agent db migrate`); off when absent.
     #[serde(default)]
     pub leases: Option<crate::leases::LeaseConfig>,
+    /// The one decider of listed shards' failovers, moves and drains among
+    /// several ingress agents: a row in the cluster's MariaDB. Off when absent.
+    #[serde(default)]
+    pub coordinator: Option<crate::decide::CoordinatorConfig>,
     /// The other ingress agents this one shares its sessions with; off when
     /// absent (one ingress node, or nodes that share nothing).
     #[serde(default)]

@@ -65,6 +65,11 @@ pub enum ControlError {
         client: String,
         shard: String,
     },
+    /// Several ingress nodes with a coordinator: this agent does not decide
+    /// (the holder named decides; ask its agent).
+    NotDecider(String),
+    /// The coordinator's database refused or did not answer a decision.
+    Coordinator(String),
 }
 
 impl ControlError {
@@ -122,6 +127,11 @@ impl fmt::Display for ControlError {
             NotYourPlayer { client, shard } => {
                 write!(f, "client {client} is not playing on shard `{shard}`: a shard may transfer only its own players")
             }
+            NotDecider(holder) => write!(
+                f,
+                "this agent does not decide shard-level moves and drains; the decider is {holder}: run the command on its agent (nothing was changed)"
+            ),
+            Coordinator(why) => write!(f, "the coordinator did not take the decision, nothing was changed: {why}"),
         }
     }
 }

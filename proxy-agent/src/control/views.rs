@@ -109,6 +109,24 @@ pub struct AgentView {
     /// The other ingress agents: absent without `peers:`.
     #[serde(default)]
     pub peers: Option<PeersView>,
+    /// The coordinator's decider: absent without `coordinator:`.
+    #[serde(default)]
+    pub coordinator: Option<CoordinatorView>,
+}
+
+/// The one decider of listed shards' failovers, moves and drains.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct CoordinatorView {
+    /// This agent decides now.
+    pub deciding: bool,
+    /// Who decides (as last read from the database).
+    pub holder: String,
+    /// The last decision of the log carried out here.
+    pub applied_seq: u64,
+    /// The last round's error (the database unreachable, say).
+    pub error: Option<String>,
+    /// Dead shards whose decision this agent asked for and awaits.
+    pub awaiting: Vec<String>,
 }
 
 /// Replication with the other ingress agents, as this node sees it.

@@ -17,6 +17,7 @@ impl Owner {
     pub(super) fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Control(req, reply) => {
+                let Some((req, reply)) = self.control_through_log(req, reply) else { return };
                 let mutates =
                     !matches!(req, Request::Status | Request::Shards | Request::Sessions { .. } | Request::Events);
                 let result = self.control(req);
@@ -49,6 +50,12 @@ impl Owner {
                 let _ = reply.send(self.on_answered(&list));
             }
             Msg::LeaseOutcome(o) => self.on_lease_outcome(o),
+            Msg::DeciderStatus(s) => {
+                self.on_decider_status(s);
+                self.publish();
+            }
+            Msg::Decisions(batch) => self.on_decisions(batch),
+            Msg::Decided(token, result) => self.on_decided(token, result),
             Msg::PeerSnapshot(reply) => {
                 let _ = reply.send(self.peer_snapshot());
             }

@@ -25,6 +25,9 @@ impl Owner {
     /// Fails shard `i` (holding `players`) over as the policy decides.
     /// Returns whether players moved now.
     pub(super) fn fail_over(&mut self, i: usize, players: usize) -> bool {
+        if let Some(moved) = self.fail_over_through_log(i, players) {
+            return moved;
+        }
         let agones = self.agones_situation(i);
         let loads = self.cluster.loads();
         let candidates = self.cluster.failover_candidates(i, &loads);

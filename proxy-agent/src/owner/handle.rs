@@ -55,6 +55,18 @@ impl OwnerHandle {
         self.tell(Msg::LeaseOutcome(outcome));
     }
 
+    pub fn decider_status(&self, s: crate::decide::Status) {
+        self.tell(Msg::DeciderStatus(s));
+    }
+
+    pub fn decisions(&self, batch: crate::decide::Result<Vec<(u64, crate::decide::Decision)>>) {
+        self.tell(Msg::Decisions(batch));
+    }
+
+    pub fn decided(&self, token: u64, result: Result<u64, String>) {
+        self.tell(Msg::Decided(token, result));
+    }
+
     pub fn attached(&self) {
         self.tell(Msg::Attached);
     }

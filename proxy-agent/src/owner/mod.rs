@@ -19,6 +19,7 @@
 //! placement, publish the snapshot, and start a full scan when one is due.
 
 mod allocations;
+mod decisions;
 mod dispatch;
 mod event_log;
 mod failover;
@@ -46,6 +47,7 @@ use std::{
 use anyhow::Result;
 use tokio::sync::{mpsc::UnboundedSender, watch};
 
+pub use decisions::DeciderLink;
 use event_log::EventLog;
 use from_agones::AgonesState;
 pub use handle::OwnerHandle;
@@ -83,6 +85,8 @@ pub struct Links {
     pub node: NodeLinks,
     /// The other ingress agents, when `peers:` is configured.
     pub peers: Option<PeerLinks>,
+    /// The coordinator's decider, when `coordinator:` is configured.
+    pub decider: Option<DeciderLink>,
 }
 
 /// What a node does with what its data plane sees.
@@ -167,6 +171,8 @@ pub(crate) struct Owner {
     links: Links,
     /// Sharing sessions with the other ingress agents.
     replication: Option<replication::Replication>,
+    /// Listed shards' failovers, moves and drains through the coordinator.
+    decider: Option<decisions::DeciderState>,
 }
 
 /// The time between full scans: often enough for the idle timeout to be
@@ -186,6 +192,7 @@ pub fn start(inbox: Inbox, start: Start) -> Result<std::thread::JoinHandle<()>> 
 impl Owner {
     fn new(mut s: Start, publish: watch::Sender<Arc<Snapshot>>) -> Owner {
         let replication = s.links.peers.take().map(replication::Replication::new);
+        let decider = s.links.decider.take().map(decisions::DeciderState::new);
         let interval = scan_interval(s.cluster.cfg.raw.session_idle_timeout_ms);
         Owner {
             file: s.cluster.cfg.clone(),
@@ -221,6 +228,7 @@ impl Owner {
             responder_counts: s.responder_counts,
             links: s.links,
             replication,
+            decider,
         }
     }
 

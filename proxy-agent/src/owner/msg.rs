@@ -53,5 +53,11 @@ pub enum Msg {
     PeerSnapshot(oneshot::Sender<Vec<crate::peers::Record>>),
     /// Records from a peer (its name); the reply once they are written.
     PeerRecords(String, Vec<crate::peers::Record>, oneshot::Sender<()>),
+    /// The coordinator's decider row: held, followed, or unreachable.
+    DeciderStatus(crate::decide::Status),
+    /// New entries of the decisions' log (or why it could not be read).
+    Decisions(crate::decide::Result<Vec<(u64, crate::decide::Decision)>>),
+    /// An asked decision was appended (its seq) or refused.
+    Decided(u64, Result<u64, String>),
     Shutdown(oneshot::Sender<()>),
 }

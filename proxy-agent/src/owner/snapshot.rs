@@ -61,6 +61,7 @@ impl Owner {
                 not_ready: not_ready.map(|r| r.to_string()),
                 kubernetes: self.kubernetes_view(),
                 peers: self.peers_view(),
+                coordinator: self.decider_view(),
                 reloads: self.reloads.clone(),
                 probe_rtt: self.probe_rtt.clone(),
                 queries_answered: self.responder_counts.by_type().into_iter().collect(),

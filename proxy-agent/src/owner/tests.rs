@@ -98,6 +98,7 @@ pub(super) fn bed_with(yaml: &str, peers: Option<super::PeerLinks>) -> Bed {
         agones: cfg.uses_agones().then_some(handle),
         node: NodeLinks::Ingress { urgent_probes },
         peers,
+        decider: None,
     };
     let start = Start {
         cluster,

@@ -6,6 +6,18 @@ use crate::peers::valid_node_name;
 use PathPart::{Index as I, Key as K};
 
 impl Checker<'_> {
+    pub(super) fn check_coordinator(&self, raw: &Config) -> Result<(), ConfigError> {
+        let Some(c) = &raw.coordinator else { return Ok(()) };
+        if raw.peers.is_none() {
+            return Err(self.error(
+                &[K("coordinator")],
+                "a coordinator without peers",
+                "add `peers:` (the other ingress agents), or remove `coordinator:`: one node decides alone",
+            ));
+        }
+        c.check().map_err(|problem| self.error(&[K("coordinator")], problem, "see docs/operating/coordinator.md"))
+    }
+
     pub(super) fn check_peers(&self, raw: &Config) -> Result<(), ConfigError> {
         let Some(p) = &raw.peers else { return Ok(()) };
         if raw.role == NodeRole::Return {

@@ -10,7 +10,7 @@
 //! reads the session tables, the upkeep thread the interfaces. Start-up
 //! (load, attach, fill, `PEERS`) runs before anything is served.
 
-use std::{path::Path, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc};
 
 use anyhow::{Context, Result};
 use tokio::{
@@ -19,6 +19,8 @@ use tokio::{
     sync::mpsc::unbounded_channel,
     task::JoinHandle,
 };
+
+mod cluster_links;
 
 use crate::{
     agones,
@@ -30,8 +32,7 @@ use crate::{
     },
     health, http,
     leases::mover::LeaseMover,
-    owner::{self, Links, NodeLinks, OwnerHandle, PeerLinks},
-    peers,
+    owner::{self, Links, NodeLinks, OwnerHandle},
     protocol::Request,
     query::{self, QueryOwner},
 };
@@ -108,8 +109,9 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
         scanner::spawn(dp.pin_dir(), move |generation, result, took| inbox.scanned(generation, result, took))?
     };
     let responder_counts = Arc::new(query::ResponderCounts::default());
-    let (peer_links, peer_settings) = peer_links(&cfg);
-    let links = Links { leases, agones: cfg.uses_agones().then_some(agones_handle), node, peers: peer_links };
+    let (peers, decider, cluster_ends) = cluster_links::make(&cfg);
+    let agones = cfg.uses_agones().then_some(agones_handle);
+    let links = Links { leases, agones, node, peers, decider };
     let start = owner::Start {
         cluster,
         config_path: config_path.to_path_buf(),
@@ -140,10 +142,8 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
     let upkeep = Upkeep::start(dp, cfg.raw.xdp_mode(), cfg.raw.role == NodeRole::Return, shards)?;
 
     tasks.spawn("control socket", control::serve(listener, owner.clone()));
-    if let Some((settings, outbox, board)) = peer_settings {
-        for task in peers::spawn(settings, owner.clone(), outbox, board).await? {
-            tasks.adopt("peers", task);
-        }
+    for (name, task) in cluster_links::spawn(&cfg, &owner, cluster_ends).await? {
+        tasks.adopt(name, task);
     }
     spawn_node_side(&mut tasks, &cfg, &owner, probes_or_reports)?;
     spawn_responder(&mut tasks, &cfg, &owner, responder, responder_counts);
@@ -310,28 +310,6 @@ fn log_attached(dp: &Dataplane, cfg: &Validated) {
             .collect();
         log::info!("frontend {} {} -> {}", fe.name, fe.address, shards.join(", "));
     }
-}
-
-/// What the peer links start with: their settings, the owner's outbox, the board.
-type PeerEnds = (peers::Settings, peers::Outbox, Arc<peers::Board>);
-
-/// The peer links' ends, when `peers:` is configured: the owner's (its
-/// outbox and the board it reads) and the links' own.
-fn peer_links(cfg: &Validated) -> (Option<PeerLinks>, Option<PeerEnds>) {
-    let Some(p) = &cfg.raw.peers else { return (None, None) };
-    let node = p.node_name();
-    let outbox = peers::Outbox::new();
-    let join_timeout = Duration::from_millis(p.join_timeout_ms);
-    let board = Arc::new(peers::Board::new(join_timeout.max(peers::SILENCE), &p.others()));
-    let settings = peers::Settings {
-        me: node.clone(),
-        secret: cfg.raw.node_secret().unwrap_or_default().into_bytes(),
-        listen: p.listen,
-        dial: p.others(),
-    };
-    log::info!("peers: this node is {node}; listening on {}, dialing {:?}", p.listen, settings.dial);
-    let links = PeerLinks { node, outbox: outbox.clone(), board: board.clone(), join_timeout };
-    (Some(links), Some((settings, outbox, board)))
 }
 
 /// Writes the proxy's own nodes into `PEERS` (read at start).
