@@ -182,7 +182,13 @@ impl Owner {
         Some(AgonesSituation {
             leading,
             waited,
-            patience: Duration::from_millis(k.lease_duration_ms + 2 * k.allocation_timeout_ms),
+            // With peers, a follower never falls back to its own rule: two
+            // ingress nodes could then send one group two ways.
+            patience: if self.replication.is_some() {
+                Duration::MAX
+            } else {
+                Duration::from_millis(k.lease_duration_ms + 2 * k.allocation_timeout_ms)
+            },
             allocation_pending: asked || recent,
         })
     }
