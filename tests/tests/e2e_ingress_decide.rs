@@ -70,7 +70,9 @@ fn a_shard_dying_during_a_partition_is_failed_over_once_by_every_node() {
     });
     let decider = c.live().position(|a| coordinator(a)["deciding"] == true).unwrap();
     let players = c.players(&net.net, 60, 30.0).unwrap();
-    wait_for("60 players", Duration::from_secs(60), || players.snapshot().iter().all(|p| p.connected && p.received >= 5));
+    wait_for("60 players", Duration::from_secs(60), || {
+        players.snapshot().iter().all(|p| p.connected && p.received >= 5)
+    });
     c.wait_established_everywhere(60, Duration::from_secs(20));
     let on_s1: Vec<String> =
         players.snapshot().iter().filter(|p| p.current_shard() == Some("s1")).map(|p| p.local.clone()).collect();
@@ -79,7 +81,11 @@ fn a_shard_dying_during_a_partition_is_failed_over_once_by_every_node() {
     partition(&net, 3, true);
     c.shards[0].stop();
     wait_for("s1's players playing again", Duration::from_secs(60), || {
-        players.snapshot().iter().filter(|p| on_s1.contains(&p.local)).all(|p| p.current_shard().is_some_and(|s| s != "s1"))
+        players
+            .snapshot()
+            .iter()
+            .filter(|p| on_s1.contains(&p.local))
+            .all(|p| p.current_shard().is_some_and(|s| s != "s1"))
     });
     let snapshot = players.snapshot();
     let targets: Vec<&str> =

@@ -1767,31 +1767,15 @@ fn dockerfile_builds_in_stages_and_ships_no_compiler() {
 // ---------------------------------------------------------------------------
 // Several ingress nodes (deploy/multi-ingress, deploy/metallb-example).
 
-/// The multi-ingress ingress.yaml as the agent validates it. Its `peers:` and
-/// `coordinator:` blocks (issue 20) are validated by the agent once its
-/// config has them; until then the agent refuses them as unknown fields,
-/// and the rest of the file is validated without them.
+/// The multi-ingress ingress.yaml as the agent validates it (its `peers:`
+/// and `coordinator:` blocks included).
 fn multi_ingress_config_validated(text: &str) -> proxy_agent::config::Validated {
     let origin = "deploy/multi-ingress/config/ingress.yaml";
-    match proxy_agent::config::parse(origin, text) {
-        Ok(v) => v,
-        Err(e) if ["peers", "coordinator"].iter().any(|k| format!("{e:#}").contains(k)) => {
-            let mut kept = String::new();
-            let mut skipping = false;
-            for line in text.lines() {
-                if !line.starts_with([' ', '#']) && !line.is_empty() {
-                    skipping = line.starts_with("peers:") || line.starts_with("coordinator:");
-                }
-                if !skipping {
-                    kept.push_str(line);
-                    kept.push('\n');
-                }
-            }
-            println!("{origin}: the agent does not read `peers:`/`coordinator:` yet ({e:#}); the rest is validated");
-            proxy_agent::config::parse(origin, &kept).unwrap_or_else(|e| panic!("the agent refuses {origin}: {e:#}"))
-        }
-        Err(e) => panic!("the agent refuses {origin}: {e:#}"),
-    }
+    // The DaemonSet sets SAMP_PROXY_NODE_NAME; `${NODE_NAME}` is not a name.
+    // and SAMP_PROXY_NODE_SECRET, from the Secret: the file names none.
+    let text =
+        format!("{}\nnode_secret: example-secret-from-the-environment\n", text.replace("${NODE_NAME}", "ingress-1"));
+    proxy_agent::config::parse(origin, &text).unwrap_or_else(|e| panic!("the agent refuses {origin}: {e:#}"))
 }
 
 fn port_of(addr: &str) -> u64 {
@@ -1853,13 +1837,15 @@ fn check_multi_ingress(built: &Built) -> Vec<String> {
     if env("SAMP_PROXY_NODE_NAME").map(|e| e["value"].clone()) != Some(json!("$(NODE_NAME)")) {
         errors.push("SAMP_PROXY_NODE_NAME must be $(NODE_NAME)".into());
     }
-    let url_env = config["coordinator"]["url_env"].as_str().unwrap_or_default();
     if !config["coordinator"]["lease_ms"].is_u64() {
         errors.push("coordinator.lease_ms is missing".into());
     }
-    for var in [url_env, "SAMP_PROXY_NODE_SECRET"] {
+    // The coordinator's URL (as the leases') and the node secret come from the Secret.
+    for var in ["SAMP_PROXY_DATABASE_URL", "SAMP_PROXY_NODE_SECRET"] {
         if env(var).is_none() {
-            errors.push(format!("the ingress container does not set {var:?} (coordinator.url_env or the node secret)"));
+            errors.push(format!(
+                "the ingress container does not set {var:?} (the coordinator's database or the node secret)"
+            ));
         }
     }
     // Every Secret the container reads exists, with that key: the example
@@ -1966,7 +1952,7 @@ fn broken_multi_ingress_fails() {
         }),
         ("DaemonSet", "samp-proxy-ingress", "no example Secret", |v| {
             let env = v["spec"]["template"]["spec"]["containers"][0]["env"].as_array_mut().unwrap();
-            let coordinator = env.iter_mut().find(|e| e["name"] == "SAMP_PROXY_COORDINATOR_URL").unwrap();
+            let coordinator = env.iter_mut().find(|e| e["name"] == "SAMP_PROXY_DATABASE_URL").unwrap();
             coordinator["valueFrom"]["secretKeyRef"]["name"] = json!("samp-proxy-missing");
         }),
         ("Service", "samp-proxy-peers", "samp-proxy-peers", |v| v["spec"]["ports"][0]["port"] = json!(7102)),
