@@ -44,7 +44,7 @@ event_kinds! {
     LeaseMove => "lease_move": "Account leases followed their players to the new shard.",
     LeaseMoveFailed => "lease_move_failed": "Handing account leases over failed; retried.",
     LeaseMoveGaveUp => "lease_move_gave_up": "Handing account leases over was given up; the leases expire instead.",
-    Decider => "decider": "The replica that decides Agones failovers and growth changed.",
+    Decider => "decider": "The agent that decides changed: the Agones Lease changed hands, or this agent started or stopped deciding through the coordinator.",
     GameserverUnusable => "gameserver_unusable": "An Allocated GameServer cannot be a shard (the detail names the fix).",
     Grow => "grow": "A shard was allocated from Agones for headroom.",
     GrowFailed => "grow_failed": "An allocation for headroom failed.",

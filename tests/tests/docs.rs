@@ -292,6 +292,34 @@ fn metrics_text() -> String {
     let mut k = KubernetesView::default();
     k.pool_ready.insert("play".into(), 1);
     st.agent.kubernetes = Some(k);
+    let mut peers = proxy_agent::control::views::PeersView::default();
+    peers.links.outbound.push(proxy_agent::peers::board::OutboundView {
+        address: "198.18.1.3:7101".into(),
+        name: Some("in2".into()),
+        connected: true,
+        away_s: None,
+        sent_records: 1,
+        queue_depth: 0,
+        lag_p50_ms: Some(1.0),
+        lag_p99_ms: Some(2.0),
+        snapshots: 1,
+        last_snapshot_sessions: Some(1),
+        last_snapshot_ms: Some(1.0),
+        last_snapshot_age_s: Some(1.0),
+        resyncs: 0,
+        last_error: None,
+    });
+    peers.links.inbound.push(proxy_agent::peers::board::InboundView {
+        name: "in2".into(),
+        connected: true,
+        received_records: 1,
+        snapshot_sessions: Some(1),
+        snapshot_age_s: Some(1.0),
+        last_refusal: None,
+    });
+    peers.links.refused.insert("bad_tag".into(), 1);
+    st.agent.peers = Some(peers);
+    st.agent.coordinator = Some(Default::default());
     for c in proxy_common::Counter::ALL {
         st.counters.insert(c.name().to_string(), 1);
     }

@@ -38,6 +38,9 @@ pub fn render(st: &StatusView) -> prometheus::Result<String> {
     if let Some(p) = &a.peers {
         super::peer_metrics::peers(&r, p)?;
     }
+    if let Some(c) = &a.coordinator {
+        super::peer_metrics::coordinator(&r, c)?;
+    }
     index(&r, &a.index)?;
     r.gauge("samp_proxy_agent_info", "The agent's version", &["version"])?.with_label_values(&[&a.version]).set(1.0);
     r.gauge("samp_proxy_build_info", "The agent's build: its version", &["version"])?

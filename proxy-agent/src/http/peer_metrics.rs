@@ -3,7 +3,7 @@
 //! was refused, by reason.
 
 use super::metrics::Scrape;
-use crate::control::views::PeersView;
+use crate::control::views::{CoordinatorView, PeersView};
 
 pub(super) fn peers(r: &Scrape, p: &PeersView) -> prometheus::Result<()> {
     let one = |b: bool| if b { 1.0 } else { 0.0 };
@@ -76,5 +76,27 @@ pub(super) fn peers(r: &Scrape, p: &PeersView) -> prometheus::Result<()> {
     ] {
         records.with_label_values(&[result]).inc_by(n);
     }
+    Ok(())
+}
+
+/// The coordinator's decider as this agent sees it.
+pub(super) fn coordinator(r: &Scrape, c: &CoordinatorView) -> prometheus::Result<()> {
+    let none: &[&str] = &[];
+    r.gauge("samp_proxy_coordinator_deciding", "1 on the agent that holds the coordinator's decider row", &[])?
+        .with_label_values(none)
+        .set(if c.deciding { 1.0 } else { 0.0 });
+    r.gauge("samp_proxy_coordinator_up", "1 when the coordinator's database answered the last round", &[])?
+        .with_label_values(none)
+        .set(if c.error.is_none() { 1.0 } else { 0.0 });
+    r.gauge("samp_proxy_coordinator_applied_seq", "The last decision of the log carried out here", &[])?
+        .with_label_values(none)
+        .set(c.applied_seq as f64);
+    r.gauge(
+        "samp_proxy_coordinator_awaiting",
+        "Dead shards whose decision this agent asked for and still awaits",
+        &[],
+    )?
+    .with_label_values(none)
+    .set(c.awaiting.len() as f64);
     Ok(())
 }
