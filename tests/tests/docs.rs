@@ -299,6 +299,7 @@ fn metrics_text() -> String {
         connected: true,
         away_s: None,
         sent_records: 1,
+        sent_bytes: 75,
         queue_depth: 0,
         lag_p50_ms: Some(1.0),
         lag_p99_ms: Some(2.0),

@@ -4,7 +4,7 @@
 //! elsewhere, and hostile peer traffic is refused, counted, and harmless.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::SocketAddrV4,
     time::{Duration, Instant},
 };
 
@@ -12,14 +12,10 @@ use proxy_agent::{
     peers::{frame, handshake},
     protocol::Request,
 };
-use proxy_common::{
-    net::{addr_to_map, port_to_map},
-    Session, SessionKey,
-};
 use tests::{
     agent::Agent,
     ha::{
-        cluster::{ingress_yaml, HaCluster, PEER_PORT, SECRET},
+        cluster::{fill_sessions, ingress_yaml, HaCluster, PEER_PORT, SECRET},
         ecmp::Ecmp,
         topology::ingress_ip,
     },
@@ -29,29 +25,6 @@ use tokio::io::AsyncWriteExt;
 
 fn peers(agent: &Agent) -> serde_json::Value {
     HaCluster::status(agent)["agent"]["peers"].clone()
-}
-
-/// `n` sessions written into node `agent`'s SESSIONS behind its back, on
-/// shard `shard` (its home group there), fresh: as if `n` players played.
-fn fill_sessions(agent: &Agent, shard: &str, n: u32) {
-    let st = HaCluster::status(agent);
-    let s = st["shards"].as_array().unwrap().iter().find(|s| s["name"] == shard).unwrap();
-    let group = s["home_group"].as_u64().unwrap() as u32;
-    let mut tables = agent.tables().unwrap();
-    let epoch = tables.read_groups().unwrap()[group as usize].epoch;
-    let now = proxy_agent::cluster::now_ns();
-    let entries: Vec<(SessionKey, Session)> = (0..n)
-        .map(|i| {
-            let ip = Ipv4Addr::new(198, 19, (i >> 9) as u8, (i >> 1) as u8);
-            let key = SessionKey {
-                client_addr: addr_to_map(ip.octets()),
-                client_port: port_to_map(40_000 + (i & 1) as u16),
-                frontend: 0,
-            };
-            (key, Session { group, epoch, last_seen_ns: now })
-        })
-        .collect();
-    tables.upsert_sessions(&entries).unwrap();
 }
 
 #[test]

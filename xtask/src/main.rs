@@ -182,6 +182,7 @@ fn fuzz(args: &[String]) -> Result<(), String> {
 const SMOKE: &[(&str, &str)] = &[
     ("fastpath", "--calls 20 --spread 4000"),
     ("migrate", "--runs 1"),
+    ("ingress", "--join-rate 200 --join-seconds 1 --sessions 2000 --deaths 1"),
     ("failover", "--runs 1 --api-delays-ms 50 --players 5"),
     ("agent", "--sessions 250 --runs 3 --idle-seconds 0.5 --idle-timeout-ms 1000"),
     ("query", "--calls 20 --seconds 1 --rate 2000"),

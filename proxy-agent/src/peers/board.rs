@@ -20,6 +20,7 @@ struct Outbound {
     connected_at: Option<Instant>,
     away_since: Option<Instant>,
     sent_records: u64,
+    sent_bytes: u64,
     queue_depth: usize,
     lag_us: VecDeque<u64>,
     snapshots: u64,
@@ -60,6 +61,9 @@ pub struct OutboundView {
     /// Seconds since it was last connected (or since start), when away.
     pub away_s: Option<f64>,
     pub sent_records: u64,
+    /// Bytes of frames sent (headers and tags included).
+    #[serde(default)]
+    pub sent_bytes: u64,
     pub queue_depth: usize,
     pub lag_p50_ms: Option<f64>,
     pub lag_p99_ms: Option<f64>,
@@ -140,10 +144,11 @@ impl Board {
         });
     }
 
-    pub fn sent(&self, addr: SocketAddrV4, records: usize, queue_depth: usize) {
+    pub fn sent(&self, addr: SocketAddrV4, records: usize, bytes: usize, queue_depth: usize) {
         self.with(|i| {
             let o = i.outbound.entry(addr).or_default();
             o.sent_records += records as u64;
+            o.sent_bytes += bytes as u64;
             o.queue_depth = queue_depth;
         });
     }
@@ -242,6 +247,7 @@ impl Board {
                         connected: o.connected_at.is_some(),
                         away_s: away.map(|d| d.as_secs_f64()),
                         sent_records: o.sent_records,
+                        sent_bytes: o.sent_bytes,
                         queue_depth: o.queue_depth,
                         lag_p50_ms: quantile(&lag, 0.5),
                         lag_p99_ms: quantile(&lag, 0.99),

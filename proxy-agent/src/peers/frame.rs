@@ -14,6 +14,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const MAX_FRAME: usize = 1 << 20;
 const TAG: usize = 32;
 const HEAD: usize = 8 + 1;
+/// Bytes a frame adds to its payload: the length, the head and the tag.
+pub const OVERHEAD: usize = 4 + HEAD + TAG;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {

@@ -79,22 +79,28 @@ impl Link {
         log::info!("peer {} ({}): connected; sending {} sessions", keys.peer, self.addr, snapshot.len());
         let mut in_flight = InFlight::new();
         let sessions = snapshot.len();
+        let mut bytes = 0;
         for chunk in snapshot.chunks(FRAME_RECORDS) {
-            let seq = send(&mut writer, chunk).await?;
+            let (seq, n) = send(&mut writer, chunk).await?;
             in_flight.push_back((seq, began, false));
+            bytes += n;
         }
         let end = [Record::SnapshotEnd { sessions: sessions as u32 }];
-        in_flight.push_back((send(&mut writer, &end).await?, began, true));
-        self.board.sent(self.addr, sessions, changes.len());
+        let (seq, n) = send(&mut writer, &end).await?;
+        in_flight.push_back((seq, began, true));
+        self.board.sent(self.addr, sessions, bytes + n, changes.len());
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         loop {
             tokio::select! {
                 batch = changes.recv() => match batch {
                     Ok(batch) => {
+                        let mut bytes = 0;
                         for chunk in batch.records.chunks(FRAME_RECORDS) {
-                            in_flight.push_back((send(&mut writer, chunk).await?, batch.made, false));
+                            let (seq, n) = send(&mut writer, chunk).await?;
+                            in_flight.push_back((seq, batch.made, false));
+                            bytes += n;
                         }
-                        self.board.sent(self.addr, batch.records.len(), changes.len());
+                        self.board.sent(self.addr, batch.records.len(), bytes, changes.len());
                     }
                     Err(RecvError::Lagged(n)) => {
                         self.board.resynced(self.addr);
@@ -133,8 +139,10 @@ impl Link {
     }
 }
 
-async fn send<W: tokio::io::AsyncWrite + Unpin>(w: &mut Writer<W>, records: &[Record]) -> Result<u64, String> {
+/// Sends one frame of records: its seq and its bytes on the wire.
+async fn send<W: tokio::io::AsyncWrite + Unpin>(w: &mut Writer<W>, records: &[Record]) -> Result<(u64, usize), String> {
     let mut payload = Vec::with_capacity(records.iter().map(record::size_of).sum());
     records.iter().for_each(|r| r.encode(&mut payload));
-    w.send(Kind::Records, &payload).await.map_err(|e| format!("connection lost: {e}"))
+    let seq = w.send(Kind::Records, &payload).await.map_err(|e| format!("connection lost: {e}"))?;
+    Ok((seq, payload.len() + super::frame::OVERHEAD))
 }

@@ -5,8 +5,14 @@
 
 use std::time::Duration;
 
+use std::net::Ipv4Addr;
+
 use anyhow::Result;
 use proxy_agent::protocol::Request;
+use proxy_common::{
+    net::{addr_to_map, port_to_map},
+    Session, SessionKey,
+};
 use tokio::runtime::Runtime;
 
 use super::topology::{ingress_ip, MultiIngress};
@@ -123,4 +129,27 @@ impl HaCluster {
     pub fn logs(&self) -> String {
         self.live().chain(&self.games).map(|a| a.log_text()).collect::<Vec<_>>().join("\n-----\n")
     }
+}
+
+/// `n` sessions written into node `agent`'s SESSIONS behind its back, on
+/// shard `shard` (its home group there), fresh: as if `n` players played.
+pub fn fill_sessions(agent: &Agent, shard: &str, n: u32) {
+    let st = HaCluster::status(agent);
+    let s = st["shards"].as_array().unwrap().iter().find(|s| s["name"] == shard).unwrap();
+    let group = s["home_group"].as_u64().unwrap() as u32;
+    let mut tables = agent.tables().unwrap();
+    let epoch = tables.read_groups().unwrap()[group as usize].epoch;
+    let now = proxy_agent::cluster::now_ns();
+    let entries: Vec<(SessionKey, Session)> = (0..n)
+        .map(|i| {
+            let ip = Ipv4Addr::new(198, 19, (i >> 9) as u8, (i >> 1) as u8);
+            let key = SessionKey {
+                client_addr: addr_to_map(ip.octets()),
+                client_port: port_to_map(40_000 + (i & 1) as u16),
+                frontend: 0,
+            };
+            (key, Session { group, epoch, last_seen_ns: now })
+        })
+        .collect();
+    tables.upsert_sessions(&entries).unwrap();
 }

@@ -50,6 +50,7 @@ use tests::{
 mod agent;
 mod e2e;
 mod failover;
+mod ingress;
 mod memory;
 mod query;
 
@@ -131,6 +132,9 @@ enum What {
     /// The same player traffic through routing, ours (XDP), nftables DNAT and
     /// a userspace relay: loss-free pps, CPU per packet over routing, latency.
     E2e(e2e::E2eArgs),
+    /// Several ingress nodes: replication lag, CPU and bytes per change, a
+    /// rejoining node's snapshot, an ingress node's death, the coordinator's takeover.
+    Ingress(ingress::IngressArgs),
     /// Time to apply migrations of 1, 100 and 1000 sessions and of a whole group.
     Migrate {
         /// Runs per size; the median is printed.
@@ -557,6 +561,7 @@ fn main() -> Result<()> {
             memory::memory(sessions, &agent_sessions, idle_timeout_ms)
         }
         What::E2e(args) => e2e::e2e(&args),
+        What::Ingress(args) => ingress::run(&args),
         What::Failover { runs, api_delays_ms, players, reconnect_ms } => {
             failover::matrix(runs, &api_delays_ms)?;
             println!();
