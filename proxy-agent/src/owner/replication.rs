@@ -125,7 +125,9 @@ impl Owner {
                     winners.push((key, r));
                 }
                 Record::Touch(t) => {
-                    if let Some(key) = self.cluster.key_of(t.frontend, t.client) {
+                    // Only players held here: a touch never grows the map by itself.
+                    let key = self.cluster.key_of(t.frontend, t.client).filter(|k| self.cluster.index.get(k).is_some());
+                    if let Some(key) = key {
                         self.cluster.peer_seen.insert(key, now);
                     }
                 }
