@@ -363,3 +363,48 @@ fn a_restarted_agent_keeps_every_discovered_shards_players_where_they_are() {
     assert!(api.allocations().is_empty());
     players.stop();
 }
+
+/// `peers:` toward a peer that never answers: the replicas are cut off
+/// from each other (each topology is its own network), as in a partition.
+fn cut_off_peers(me: &str) -> String {
+    format!(
+        "node_secret: replicas-secret-0123456789\npeers:\n  node_name: {me}\n  listen: 127.0.0.1:7101\n  nodes: [198.18.99.1:7101]\n  join_timeout_ms: 500\n"
+    )
+}
+
+#[test]
+fn partitioned_replicas_with_peers_follow_the_lease_and_never_their_own_rule() {
+    let (mut a, api) =
+        agones::scenario(&["Allocated", "Ready", "Ready", "Ready"], "replica-a", &cut_off_peers("replica-a")).unwrap();
+    wait_for("replica-a holds the Lease", Duration::from_secs(10), || leading(&a));
+    let mut b = agones::replica(&api, 4, "replica-b", &cut_off_peers("replica-b")).unwrap();
+    wait_up(&a, "s1");
+    wait_up(&b, "s1");
+    let (pa, pb) = (a.players(6, &a.player_config()).unwrap(), b.players(6, &b.player_config()).unwrap());
+    Scenario::wait_playing(&pa, 3);
+    Scenario::wait_playing(&pb, 3);
+
+    // Only the follower sees s1 die (its copy's process is gone): it waits
+    // for the decider, past the patience after which a replica without
+    // peers would use its own rule (lease 2 s + 2 x allocation timeout).
+    b.shards[0].stop();
+    wait_for("replica-b sees s1 down", Duration::from_secs(10), || {
+        shard(&status(&b), "s1").unwrap()["health"] == "down"
+    });
+    std::thread::sleep(Duration::from_secs(7));
+    assert!(event(&events(&b), "failover", "s1").is_none(), "the follower moved players by its own rule");
+    assert_eq!(shard(&status(&b), "s1").unwrap()["parked"], true);
+    assert!(api.allocations().is_empty(), "{:?}", api.allocations());
+
+    // The decider sees it too: one allocation, one target for both.
+    a.shards[0].stop();
+    wait(&a, "replica-a's players on s2", Duration::from_secs(30), || all_on(&pa, "s2"));
+    wait(&b, "replica-b's players on s2", Duration::from_secs(30), || all_on(&pb, "s2"));
+    assert_eq!(api.allocations().len(), 1, "{:?}", api.allocations());
+    let applied = event(&events(&b), "failover", "s1").cloned().expect("replica-b's failover");
+    assert_eq!(applied["target"], "s2");
+    assert!(applied["detail"].as_str().unwrap().contains("the decider's record"), "{applied}");
+    pa.stop();
+    pb.stop();
+    let _ = (&mut a, &mut b);
+}
