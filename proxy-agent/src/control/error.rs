@@ -70,6 +70,8 @@ pub enum ControlError {
     NotDecider(String),
     /// The coordinator's database refused or did not answer a decision.
     Coordinator(String),
+    /// The decider's own error for a forwarded request.
+    Forwarded(String),
 }
 
 impl ControlError {
@@ -131,6 +133,7 @@ impl fmt::Display for ControlError {
                 f,
                 "this agent does not decide shard-level moves and drains; the decider is {holder}: run the command on its agent (nothing was changed)"
             ),
+            Forwarded(why) => write!(f, "the decider says: {why}"),
             Coordinator(why) => write!(f, "the coordinator did not take the decision, nothing was changed: {why}"),
         }
     }

@@ -272,4 +272,6 @@ pub enum Reply {
     Drain(DrainView),
     Reload(ReloadView),
     Events(Vec<Event>),
+    /// The decider's reply to a request this follower forwarded, as it sent it.
+    Forwarded(serde_json::Value),
 }

@@ -57,7 +57,7 @@ impl DeciderState {
         self.status.as_ref().is_some_and(|s| s.deciding.is_some())
     }
 
-    fn holder(&self) -> String {
+    pub(super) fn holder(&self) -> String {
         match self.status.as_ref().and_then(|s| s.round.clone()) {
             Some(Round::Leading { .. }) => self.link.me.clone(),
             Some(Round::Following { holder, .. }) if !holder.is_empty() => holder,
@@ -210,7 +210,10 @@ impl Owner {
         };
         let d = self.decider.as_mut().expect("decision_of");
         if !d.deciding() {
-            let _ = reply.send(Err(ControlError::NotDecider(d.holder())));
+            let holder = d.holder();
+            if let Some(reply) = self.forward_to_decider(&req, reply) {
+                let _ = reply.send(Err(ControlError::NotDecider(holder)));
+            }
             return None;
         }
         let token = d.ask(decision);

@@ -23,6 +23,7 @@ mod decisions;
 mod dispatch;
 mod event_log;
 mod failover;
+mod forwarding;
 mod from_agones;
 mod handle;
 mod health_rounds;
@@ -173,6 +174,8 @@ pub(crate) struct Owner {
     replication: Option<replication::Replication>,
     /// Listed shards' failovers, moves and drains through the coordinator.
     decider: Option<decisions::DeciderState>,
+    /// Shard-level requests sent to the decider, and peers' carried out here.
+    forwarding: forwarding::Forwarding,
 }
 
 /// The time between full scans: often enough for the idle timeout to be
@@ -229,6 +232,7 @@ impl Owner {
             links: s.links,
             replication,
             decider,
+            forwarding: Default::default(),
         }
     }
 
@@ -245,6 +249,7 @@ impl Owner {
                     self.drain_ring();
                     self.handle(msg);
                     self.share_model_changes();
+                    self.settle_forwarded();
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => self.drain_ring(),
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,

@@ -54,6 +54,16 @@ impl Replication {
     }
 }
 
+impl Replication {
+    pub(super) fn origin(&self) -> u32 {
+        self.clock.origin()
+    }
+
+    pub(super) fn send(&self, records: Vec<Record>) {
+        self.links.outbox.send(records);
+    }
+}
+
 impl Owner {
     /// Queues records of these sessions (changed here) for every peer.
     pub(super) fn share_sessions(&mut self, keys: impl IntoIterator<Item = SessionKey>) {
@@ -107,6 +117,7 @@ impl Owner {
     pub(super) fn peer_records(&mut self, from: &str, records: Vec<Record>) {
         let Some(rep) = self.replication.as_mut() else { return };
         let mut winners: Vec<(SessionKey, SessionRecord)> = Vec::new();
+        let (mut asks, mut answers) = (Vec::new(), Vec::new());
         let now = now_ns();
         for record in records {
             match record {
@@ -132,6 +143,8 @@ impl Owner {
                     }
                 }
                 Record::SnapshotEnd { .. } => rep.synced = true,
+                Record::Ask { token, origin, body } => asks.push((token, origin, body)),
+                Record::Answer { token, origin, ok, body } => answers.push((token, origin, ok, body)),
             }
         }
         match self.cluster.apply_peer_sessions(&winners) {
@@ -141,6 +154,12 @@ impl Owner {
                 rep.unroutable += done.unroutable as u64;
             }
             Err(e) => log::warn!("writing {} sessions from peer {from}: {e:#}", winners.len()),
+        }
+        for (token, origin, body) in asks {
+            self.on_ask(token, origin, &body);
+        }
+        for (token, origin, ok, body) in answers {
+            self.on_answer(token, origin, ok, body);
         }
     }
 

@@ -60,7 +60,7 @@ impl Node {
     fn sent(&mut self) -> Vec<Record> {
         let mut out = Vec::new();
         while let Ok(b) = self.sent.try_recv() {
-            out.extend(b.records.iter().copied());
+            out.extend(b.records.iter().cloned());
         }
         out
     }

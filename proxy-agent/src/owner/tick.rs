@@ -15,6 +15,7 @@ impl Owner {
     /// The periodic work; errors are logged and retried next tick.
     pub(super) fn tick(&mut self) {
         let started = Instant::now();
+        self.settle_forwarded(); // forwarded requests nobody answered
         let raw = &self.cluster.cfg.raw;
         let move_ns = raw.move_timeout_ms * 1_000_000;
         match self.cluster.expire_moving(now_ns(), move_ns) {

@@ -40,7 +40,7 @@ pub struct Touch {
     pub client: SocketAddrV4,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Record {
     Session(SessionRecord),
     Touch(Touch),
@@ -49,11 +49,31 @@ pub enum Record {
     SnapshotEnd {
         sessions: u32,
     },
+    /// An operator's request given to a follower, for the decider (the
+    /// control protocol's JSON); `origin` is the asking node's id.
+    Ask {
+        token: u64,
+        origin: u32,
+        body: String,
+    },
+    /// The decider's reply to an `Ask` of node `origin`: the reply's data
+    /// (`ok`) or the error's text.
+    Answer {
+        token: u64,
+        origin: u32,
+        ok: bool,
+        body: String,
+    },
 }
+
+/// The longest request or reply a record carries.
+pub const MAX_BODY: usize = 16 * 1024;
 
 const SESSION: u8 = 1;
 const TOUCH: u8 = 2;
 const SNAPSHOT_END: u8 = 3;
+const ASK: u8 = 4;
+const ANSWER: u8 = 5;
 
 /// Bytes of one session record on the wire (with its kind byte).
 pub const SESSION_BYTES: usize = 1 + 6 + 6 + 4 + 1 + 8 + 4;
@@ -86,8 +106,25 @@ impl Record {
                 out.push(SNAPSHOT_END);
                 out.extend_from_slice(&sessions.to_be_bytes());
             }
+            Record::Ask { token, origin, body } => {
+                out.push(ASK);
+                put_message(out, *token, *origin, body);
+            }
+            Record::Answer { token, origin, ok, body } => {
+                out.push(ANSWER);
+                out.push(u8::from(*ok));
+                put_message(out, *token, *origin, body);
+            }
         }
     }
+}
+
+fn put_message(out: &mut Vec<u8>, token: u64, origin: u32, body: &str) {
+    let body = &body.as_bytes()[..body.len().min(MAX_BODY)];
+    out.extend_from_slice(&token.to_be_bytes());
+    out.extend_from_slice(&origin.to_be_bytes());
+    out.extend_from_slice(&(body.len() as u16).to_be_bytes());
+    out.extend_from_slice(body);
 }
 
 /// Why a payload was refused; nothing of it is applied.
@@ -96,6 +133,7 @@ pub enum BadRecord {
     Truncated { at: usize },
     UnknownKind { at: usize, kind: u8 },
     BadFlag { at: usize, value: u8 },
+    BadBody { at: usize },
 }
 
 impl std::fmt::Display for BadRecord {
@@ -103,7 +141,8 @@ impl std::fmt::Display for BadRecord {
         match self {
             BadRecord::Truncated { at } => write!(f, "a record cut short at byte {at}"),
             BadRecord::UnknownKind { at, kind } => write!(f, "unknown record kind {kind} at byte {at}"),
-            BadRecord::BadFlag { at, value } => write!(f, "moving flag {value} (not 0 or 1) at byte {at}"),
+            BadRecord::BadFlag { at, value } => write!(f, "a flag {value} (not 0 or 1) at byte {at}"),
+            BadRecord::BadBody { at } => write!(f, "a message body that is too long or not UTF-8 at byte {at}"),
         }
     }
 }
@@ -119,6 +158,29 @@ impl Reader<'_> {
         let b = self.bytes.get(self.at..end).ok_or(BadRecord::Truncated { at: self.at })?;
         self.at = end;
         Ok(b.try_into().expect("N bytes"))
+    }
+
+    fn flag(&mut self) -> Result<bool, BadRecord> {
+        match self.take::<1>()? {
+            [0] => Ok(false),
+            [1] => Ok(true),
+            [value] => Err(BadRecord::BadFlag { at: self.at - 1, value }),
+        }
+    }
+
+    /// token, origin, body.
+    fn message(&mut self) -> Result<(u64, u32, String), BadRecord> {
+        let token = u64::from_be_bytes(self.take::<8>()?);
+        let origin = u32::from_be_bytes(self.take::<4>()?);
+        let at = self.at;
+        let len = u16::from_be_bytes(self.take::<2>()?) as usize;
+        let bytes = self.bytes.get(self.at..self.at + len).ok_or(BadRecord::Truncated { at: self.at })?;
+        self.at += len;
+        if len > MAX_BODY {
+            return Err(BadRecord::BadBody { at });
+        }
+        let body = String::from_utf8(bytes.to_vec()).map_err(|_| BadRecord::BadBody { at })?;
+        Ok((token, origin, body))
     }
 
     fn addr(&mut self) -> Result<SocketAddrV4, BadRecord> {
@@ -138,17 +200,22 @@ pub fn decode_all(bytes: &[u8]) -> Result<Vec<Record>, BadRecord> {
             SESSION => {
                 let (frontend, client) = (r.addr()?, r.addr()?);
                 let shard = Ipv4Addr::from(r.take::<4>()?);
-                let moving = match r.take::<1>()? {
-                    [0] => false,
-                    [1] => true,
-                    [value] => return Err(BadRecord::BadFlag { at: r.at - 1, value }),
-                };
+                let moving = r.flag()?;
                 let time = u64::from_be_bytes(r.take::<8>()?);
                 let origin = u32::from_be_bytes(r.take::<4>()?);
                 Record::Session(SessionRecord { frontend, client, shard, moving, stamp: Stamp { time, origin } })
             }
             TOUCH => Record::Touch(Touch { frontend: r.addr()?, client: r.addr()? }),
             SNAPSHOT_END => Record::SnapshotEnd { sessions: u32::from_be_bytes(r.take::<4>()?) },
+            ASK => {
+                let (token, origin, body) = r.message()?;
+                Record::Ask { token, origin, body }
+            }
+            ANSWER => {
+                let ok = r.flag()?;
+                let (token, origin, body) = r.message()?;
+                Record::Answer { token, origin, ok, body }
+            }
             kind => return Err(BadRecord::UnknownKind { at, kind }),
         });
     }
@@ -161,6 +228,8 @@ pub fn size_of(r: &Record) -> usize {
         Record::Session(_) => SESSION_BYTES,
         Record::Touch(_) => TOUCH_BYTES,
         Record::SnapshotEnd { .. } => SNAPSHOT_END_BYTES,
+        Record::Ask { body, .. } => 1 + 14 + body.len().min(MAX_BODY),
+        Record::Answer { body, .. } => 2 + 14 + body.len().min(MAX_BODY),
     }
 }
 
@@ -188,6 +257,8 @@ mod tests {
                 client: "198.18.0.9:4000".parse().unwrap(),
             }),
             Record::SnapshotEnd { sessions: 2 },
+            Record::Ask { token: 7, origin: 9, body: r#"{"v":1,"cmd":"drain","shard":"s1"}"#.into() },
+            Record::Answer { token: 7, origin: 9, ok: false, body: "no such shard".into() },
         ];
         let mut bytes = Vec::new();
         records.iter().for_each(|r| r.encode(&mut bytes));
