@@ -17,9 +17,12 @@
 #![no_main]
 // Compare-and-swap for the pacer and the query budget (see `atomic`).
 #![feature(core_intrinsics)]
+// `bounds::at_most` hides a value from the compiler with an empty asm block.
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
 mod atomic;
+mod bounds;
 mod cache;
 mod egress;
 mod events;

@@ -25,7 +25,7 @@ use proxy_common::{
 };
 
 use crate::{
-    atomic,
+    atomic, bounds,
     maps::{QUERY_ANSWERS, QUERY_SETTINGS, QUERY_SOURCES},
     parse::{ptr_at, Packet, L3_OFF, L4_OFF, PAYLOAD_OFF},
     stats::verdict,
@@ -154,6 +154,9 @@ fn answer(ctx: &XdpContext, pkt: &Packet, frontend: Frontend, slot: QuerySlot) -
     let grown = grow(ctx, delta) && {
         // SAFETY: `a` points at a map value of MAX_QUERY_ANSWER body bytes
         // and `len` is at most that; the frame was sized for exactly this copy.
+        // The length checked again here, on the register the call gets
+        // (6.1's verifier lost the first check across the helper calls).
+        let len = bounds::at_most(len, MAX_QUERY_ANSWER);
         let stored = unsafe {
             bpf_xdp_store_bytes(ctx.ctx, (PAYLOAD_OFF + QUERY_HEADER_LEN) as u32, a.body.as_ptr() as *mut _, len as u32)
         };

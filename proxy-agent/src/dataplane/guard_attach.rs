@@ -89,8 +89,12 @@ pub fn record(pin_dir: &Path, kind: GuardKind) -> Result<()> {
 }
 
 /// The probe: a TCX link for `prog` on loopback's egress, dropped at once.
-/// Kernels before 6.6 refuse the attach type.
+/// Kernels before 6.6 refuse the attach type. (`SAMP_PRETEND_NO_TCX=1`:
+/// as if refused, for tests.)
 pub fn tcx_works(prog: &mut SchedClassifier) -> bool {
+    if super::kernel_probe::pretend_absent("SAMP_PRETEND_NO_TCX") {
+        return false;
+    }
     match prog.attach_with_options("lo", TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::last())) {
         Ok(id) => {
             let _ = prog.detach(id);
