@@ -3,28 +3,21 @@
 //! a clsact/cls_bpf filter where it does not (`SAMP_PRETEND_NO_TCX=1` here),
 //! records the kind in its pins, adopts its own filter on restart (still
 //! one), and lets every packet it does not drop go on to the next program
-//! (TC_ACT_UNSPEC): a classic tc filter behind it, as a CNI would add,
-//! still counts the node's own packets. One test: the knob is process-wide.
+//! (TC_ACT_UNSPEC): another tc program behind it, as a CNI would add
+//! (`tc_seen`, a counter from a second copy of the object), still counts
+//! the node's own packets. One test: the knob is process-wide.
 
 use std::time::Duration;
 
+use proxy_agent::dataplane::{guard_attach::GuardKind, Dataplane};
 use tests::{
     agent::{tcx_egress, Agent},
+    pins::PinDir,
     scenario::wait_for,
     topology::Topology,
 };
 
 const IFACE: &str = "to-client";
-
-/// Packets the matchall filter behind the guard has seen.
-fn counted(topo: &Topology) -> u64 {
-    let out = topo.proxy.exec("tc", &["-s", "filter", "show", "dev", IFACE, "egress"]).unwrap_or_default();
-    // "Sent N bytes M pkt" in the matchall's action statistics.
-    out.lines()
-        .filter_map(|l| l.trim().strip_prefix("Sent "))
-        .filter_map(|l| l.split_whitespace().nth(2).and_then(|n| n.parse::<u64>().ok()))
-        .sum()
-}
 
 fn guard_filters(topo: &Topology) -> usize {
     let out = topo.proxy.exec("tc", &["filter", "show", "dev", IFACE, "egress"]).unwrap_or_default();
@@ -44,17 +37,22 @@ fn check(pretend_no_tcx: bool) {
         let progs = tcx_egress(&topo.proxy, IFACE).unwrap();
         assert!(progs.iter().any(|(n, _)| n == "egress_guard"), "TCX programs on {IFACE}: {progs:?}");
     } else {
-        assert_eq!(guard_filters(&topo), 1, "one cls_bpf egress_guard filter on {IFACE}");
+        let shown = topo.proxy.exec("tc", &["filter", "show", "dev", IFACE, "egress"]).unwrap_or_default();
+        assert_eq!(guard_filters(&topo), 1, "one cls_bpf egress_guard filter on {IFACE}: {shown}");
     }
-    // Another program behind ours: a classic matchall filter that counts.
-    let _ = topo.proxy.exec("tc", &["qdisc", "add", "dev", IFACE, "clsact"]);
-    topo.proxy
-        .exec("tc", &["filter", "add", "dev", IFACE, "egress", "prio", "60000", "matchall", "action", "pass"])
-        .expect("adding the matchall filter");
-    let before = counted(&topo);
+    // Another program behind ours, attached the same way: it counts.
+    let pins = PinDir::new("tc-seen").unwrap();
+    let (mut other, _tables) = topo.proxy.run(|| Dataplane::load(&pins.path)).unwrap().expect("second object");
+    if !tcx {
+        other.force_guard_kind(GuardKind::Clsact).unwrap();
+    }
+    topo.proxy.run(|| other.attach_tc_seen(IFACE)).unwrap().expect("attaching tc_seen");
+    let before = other.tc_seen().unwrap();
     let target = topo.client_ips[0].to_string();
     topo.proxy.exec("ping", &["-c", "3", "-i", "0.2", "-W", "2", &target]).expect("ping from the proxy node");
-    wait_for("the filter behind the guard to count the pings", Duration::from_secs(5), || counted(&topo) >= before + 3);
+    wait_for("the program behind the guard to count the pings", Duration::from_secs(5), || {
+        other.tc_seen().unwrap() >= before + 3
+    });
 
     // A restart adopts: still one guard, the same kind.
     agent.stop().expect("stop");

@@ -36,7 +36,7 @@ fn the_query_path_follows_the_helper_probe() {
             std::env::set_var("SAMP_PRETEND_NO_XDP_BYTES_HELPERS", "1");
         }
         let present = kernel_probe::xdp_bytes_helpers();
-        let bed = Bed::new().expect("test bed");
+        let mut bed = Bed::new().expect("test bed");
         let local = proxy_common::net::addr_to_map(LOCAL.octets());
         bed.tables.query_settings.set(0, QuerySettings { per_second: 0, agent_addr: local }, 0).unwrap();
         let p = Udp::new(CLIENT, 43000, VIP, PORT, &query(b'i', &[]));

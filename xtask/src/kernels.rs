@@ -57,11 +57,10 @@ pub struct Outcome {
 
 /// Builds the named test targets (no run) and returns (target, executable).
 fn test_executables(targets: &[&str]) -> Result<Vec<(String, PathBuf)>, String> {
+    // The same selection as `cargo xtask test`'s own run, so after it (CI)
+    // nothing is compiled again: only the executables' paths are read.
     let mut cmd = cargo();
-    cmd.args(["test", "--release", "-p", "tests", "--no-run", "--message-format=json"]);
-    for t in targets {
-        cmd.args(["--test", t]);
-    }
+    cmd.args(["test", "--release", "--workspace", "--all-targets", "--no-run", "--message-format=json"]);
     let out = cmd.stderr(std::process::Stdio::inherit()).output().map_err(|e| format!("cargo test --no-run: {e}"))?;
     if !out.status.success() {
         return Err("building the test binaries failed".into());
@@ -72,7 +71,7 @@ fn test_executables(targets: &[&str]) -> Result<Vec<(String, PathBuf)>, String> 
         let (Some(name), Some(exe)) = (json_str(line, "\"name\":\""), json_str(line, "\"executable\":\"")) else {
             continue;
         };
-        if line.contains("\"kind\":[\"test\"]") && targets.contains(&name.as_str()) {
+        if line.contains("\"kind\":[\"test\"]") && targets.contains(&name.as_str()) && line.contains("/tests/tests/") {
             found.push((name, PathBuf::from(exe)));
         }
     }

@@ -116,8 +116,7 @@ pub fn clsact_or_adopt(prog: &mut SchedClassifier, pin_dir: &Path, interface: &s
     if mark.exists() {
         match prog.attach_to_link(ours().context("naming our filter")?) {
             Ok(id) => {
-                // Dropping the link leaves the filter in place.
-                drop(prog.take_link(id)?);
+                keep(prog.take_link(id)?);
                 return Ok(Attachment::Adopted);
             }
             Err(e) => log::warn!("our egress filter on {interface} cannot be replaced ({e}); adding it anew"),
@@ -133,9 +132,16 @@ pub fn clsact_or_adopt(prog: &mut SchedClassifier, pin_dir: &Path, interface: &s
         // A filter of ours from an agent whose mark is gone: replace it.
         Err(_) => prog.attach_to_link(ours().context("naming our filter")?).context("adding the cls_bpf filter")?,
     };
-    drop(prog.take_link(id)?);
+    keep(prog.take_link(id)?);
     fs::create_dir_all(&mark).with_context(|| format!("creating {}", mark.display()))?;
     Ok(Attachment::New)
+}
+
+/// Leaves the filter on its interface after the agent: aya's link wrapper
+/// removes it when dropped, so it is forgotten instead (it holds no
+/// descriptor or memory, only the interface, priority and handle).
+fn keep(link: SchedClassifierLink) {
+    std::mem::forget(link);
 }
 
 /// Removes our filter from `interface` (if it is still there) and its mark.

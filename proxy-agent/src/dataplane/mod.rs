@@ -340,6 +340,33 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Attaches the test helper `tc_seen` (counts, then passes on) to the
+    /// egress of `iface`, after everything there, the way this kernel
+    /// attaches the guard: for the tests of the guard's place in a chain.
+    pub fn attach_tc_seen(&mut self, iface: &str) -> Result<()> {
+        use aya::programs::{tc::TcAttachOptions, LinkOrder, TcAttachType};
+        let prog: &mut SchedClassifier =
+            self.ebpf.program_mut("tc_seen").context("the object has no program tc_seen")?.try_into()?;
+        if prog.fd().is_err() {
+            prog.load().context("loading tc_seen")?;
+        }
+        let options = match self.guard_kind {
+            guard_attach::GuardKind::Tcx => TcAttachOptions::TcxOrder(LinkOrder::last()),
+            guard_attach::GuardKind::Clsact => {
+                let _ = aya::programs::tc::qdisc_add_clsact(iface);
+                TcAttachOptions::Netlink(aya::programs::tc::NlOptions { priority: 60_000, ..Default::default() })
+            }
+        };
+        prog.attach_with_options(iface, TcAttachType::Egress, options).context("attaching tc_seen")?;
+        Ok(())
+    }
+
+    /// What `tc_seen` counted.
+    pub fn tc_seen(&self) -> Result<u64> {
+        let map: aya::maps::Array<_, u64> = self.ebpf.map("TC_SEEN").context("no map TC_SEEN")?.try_into()?;
+        Ok(map.get(&0, 0)?)
+    }
+
     /// Forgets interfaces that no longer exist (a deleted pod's veth took its
     /// programs with it) and removes their link pins; returns their names.
     pub fn forget_missing(&mut self) -> Vec<String> {
