@@ -155,8 +155,9 @@ fn answer(ctx: &XdpContext, pkt: &Packet, frontend: Frontend, slot: QuerySlot) -
         // SAFETY: `a` points at a map value of MAX_QUERY_ANSWER body bytes
         // and `len` is at most that; the frame was sized for exactly this copy.
         // The length checked again here, on the register the call gets
-        // (6.1's verifier lost the first check across the helper calls).
-        let len = bounds::at_most(len, MAX_QUERY_ANSWER);
+        // (6.1's verifier lost the first check across the helper calls):
+        // the helper takes 1..=MAX_QUERY_ANSWER bytes of the map value.
+        let len = bounds::within(len, 1, MAX_QUERY_ANSWER);
         let stored = unsafe {
             bpf_xdp_store_bytes(ctx.ctx, (PAYLOAD_OFF + QUERY_HEADER_LEN) as u32, a.body.as_ptr() as *mut _, len as u32)
         };

@@ -37,6 +37,14 @@ fn the_query_path_follows_the_helper_probe() {
         }
         let present = kernel_probe::xdp_bytes_helpers();
         let mut bed = Bed::new().expect("test bed");
+        // The figure the docs quote per kernel (the matrix prints it).
+        let verified = bed.dp.program().info().ok().and_then(|i| i.verified_instruction_count());
+        println!(
+            "verifier: samp_proxy {} instructions processed on {} (query helpers {})",
+            verified.map_or("?".into(), |n| n.to_string()),
+            kernel_probe::release(),
+            if present { "present" } else { "cut out" }
+        );
         let local = proxy_common::net::addr_to_map(LOCAL.octets());
         bed.tables.query_settings.set(0, QuerySettings { per_second: 0, agent_addr: local }, 0).unwrap();
         let p = Udp::new(CLIENT, 43000, VIP, PORT, &query(b'i', &[]));
