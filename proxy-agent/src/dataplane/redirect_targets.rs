@@ -126,11 +126,24 @@ fn refusing(mode: XdpModeName, pin_dir: &Path) -> Result<BTreeSet<u32>> {
 /// without it may drop them silently. Packets to shards behind the others
 /// go through the kernel's forwarding: slower, never lost.
 fn without_own_xdp(pin_dir: &Path) -> BTreeSet<u32> {
-    let Ok(dir) = std::fs::read_dir("/sys/class/net") else { return BTreeSet::new() };
-    dir.filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|name| !super::links::link_pin(pin_dir, name).exists())
-        .map(|name| ifindex(&name))
-        .filter(|i| *i != 0)
-        .collect()
+    // if_nameindex, not /sys/class/net: sysfs shows the namespace it was
+    // mounted in, the call the caller's.
+    let mut out = BTreeSet::new();
+    // SAFETY: if_nameindex returns an array ended by a zero entry, freed below.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return out;
+        }
+        let mut at = list;
+        while (*at).if_index != 0 {
+            let name = std::ffi::CStr::from_ptr((*at).if_name).to_string_lossy();
+            if !super::links::link_pin(pin_dir, &name).exists() {
+                out.insert((*at).if_index);
+            }
+            at = at.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    out
 }
