@@ -144,7 +144,11 @@ fn players_stick_to_shards_that_see_their_real_address() {
         let egress = tests::agent::tcx_egress(&topo.proxy, ifname).unwrap();
         assert!(egress.iter().any(|(n, _)| n == "egress_guard"), "the egress guard left {ifname}: {egress:?}");
     }
-    let out = std::process::Command::new(tests::agent::agent_bin())
+    // In the agent's namespace: a clsact guard filter is found by name there.
+    let out = topo
+        .proxy
+        .spawn_command(&tests::agent::agent_bin())
+        .unwrap()
         .args(["detach", "--bpffs"])
         .arg(&agent.pins.path)
         .output()

@@ -145,7 +145,15 @@ fn keep(link: SchedClassifierLink) {
 }
 
 /// Removes our filter from `interface` (if it is still there) and its mark.
+/// A filter, unlike a pinned link, is found by interface name in the
+/// caller's network namespace: `detach` runs where the agent ran.
 pub fn remove_clsact(pin_dir: &Path, interface: &str) {
+    if pin_dir.join(CLSACT_MARKS).join(interface).exists() && super::ifindex(interface) == 0 {
+        log::warn!(
+            "the egress guard's clsact filter on {interface} was not removed: no such interface in this network \
+             namespace (run `proxy-agent detach` in the agent's namespace)"
+        );
+    }
     if let Ok(link) =
         SchedClassifierLink::attached(interface, TcAttachType::Egress, CLSACT_PRIORITY, CLSACT_HANDLE, None)
     {

@@ -131,6 +131,12 @@ pub fn guard_or_adopt(
     pin_new(&pin, FdLink::try_from(link).context("the egress guard's TCX link is not a BPF link")?)
 }
 
+/// Whether `interface` has the egress guard from these pins (a TCX link
+/// pin or a clsact filter's mark).
+pub fn guarded(pin_dir: &Path, interface: &str) -> bool {
+    guard_pin(pin_dir, interface).exists() || pin_dir.join(guard_attach::CLSACT_MARKS).join(interface).exists()
+}
+
 /// The interfaces with a pinned link (XDP, egress guard or both).
 pub fn pinned(pin_dir: &Path) -> Vec<String> {
     let names = |folder: &str| -> Vec<String> {
