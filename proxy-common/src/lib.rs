@@ -5,6 +5,8 @@
 //! `u16::from_ne_bytes(port.to_be_bytes())`), so the fast path never swaps
 //! bytes. [`net`] has the conversions for the user side.
 #![no_std]
+// The table-index mask of `samp::table_index` is one BPF instruction in assembly.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 pub mod counters;
 pub mod csum;
@@ -46,6 +48,13 @@ pub const NEXTHOP_TTL_NS: u64 = 500_000_000;
 /// is compared only with itself. `Session::last_seen_ns`, which the agent
 /// reads, stays on the coarse clock.
 pub const JIFFY_NS: &str = "JIFFY_NS";
+
+/// 1 (the default) where the kernel has `bpf_xdp_get_buff_len` and
+/// `bpf_xdp_store_bytes` (5.18), 0 where the agent's probe finds them
+/// missing: a read-only global the loader sets under this name. At 0 the
+/// verifier drops the code that calls them and the data plane hands every
+/// query but `p` to the agent's responder.
+pub const XDP_BYTES_HELPERS: &str = "XDP_BYTES_HELPERS";
 /// Sets of the return path's next-hop cache per CPU (`CLIENT_ROUTES`, two
 /// clients a 64-byte set): 2^16 sets, 131,072 clients, 4 MiB a CPU (as the
 /// session cache).

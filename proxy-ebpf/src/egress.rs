@@ -14,7 +14,7 @@
 //! pass here, only what the kernel itself sends or forwards.
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
     programs::TcContext,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
@@ -27,6 +27,11 @@ use crate::{
     stats,
 };
 
+/// What the guard says of every packet it lets go: "not mine, ask the next
+/// program" (`TC_ACT_UNSPEC`, which TCX reads as `TCX_NEXT` and cls_bpf as
+/// "continue"). `TC_ACT_OK` would be `TCX_PASS`, which ends the chain and
+/// skips a CNI's own tc programs behind ours on the same interface.
+const NEXT: i32 = TC_ACT_UNSPEC;
 const ETH_P_IPV4: u16 = 0x0800;
 const IPPROTO_ICMP: u8 = 1;
 /// Enough of an ICMP error to read its quote's ports: Ethernet, an outer
@@ -37,7 +42,7 @@ const QUOTE_SPAN: u32 = (EthHdr::LEN + 60 + 8 + 60 + 4) as u32;
 #[inline(always)]
 pub fn guard(ctx: &TcContext) -> i32 {
     if !is_icmp(ctx) {
-        return TC_ACT_OK;
+        return NEXT;
     }
     // The kernel builds its ICMP errors in one piece; should a quote lie
     // past the linear part (a forwarded ICMP), pull it in first.
@@ -47,16 +52,16 @@ pub fn guard(ctx: &TcContext) -> i32 {
     }
     // Pointers are void after a pull: read the header again.
     let Some(ip) = at::<Ipv4Hdr>(ctx, L3_OFF) else {
-        return TC_ACT_OK;
+        return NEXT;
     };
     // SAFETY: bounds-checked by `at`; `is_icmp` checked version and IHL.
     let outer = unsafe { &*ip };
     if outer.vihl & 0x0f < 5 || icmp::quoting_a_shard(ctx, outer).is_none() {
-        return TC_ACT_OK;
+        return NEXT;
     }
     let dst = u32::from_ne_bytes(outer.dst_addr);
     if maps::reverse(dst).is_some() || maps::is_peer(dst) {
-        return TC_ACT_OK;
+        return NEXT;
     }
     stats::count(Counter::DropEgressShardIcmp);
     TC_ACT_SHOT

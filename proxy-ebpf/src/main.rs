@@ -17,9 +17,12 @@
 #![no_main]
 // Compare-and-swap for the pacer and the query budget (see `atomic`).
 #![feature(core_intrinsics)]
+// `bounds::at_most` hides a value from the compiler with an empty asm block.
+#![feature(asm_experimental_arch)]
 #![allow(internal_features)]
 
 mod atomic;
+mod bounds;
 mod cache;
 mod egress;
 mod events;
@@ -68,6 +71,19 @@ pub fn samp_proxy(ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn egress_guard(ctx: TcContext) -> i32 {
     egress::guard(&ctx)
+}
+
+/// For the tests of the guard's place in a chain: counts every packet in
+/// `TC_SEEN` and passes it on (TC_ACT_UNSPEC). Attached behind the egress
+/// guard, its count proves the guard let the next program run. Never
+/// attached by the agent.
+#[classifier]
+pub fn tc_seen(_ctx: TcContext) -> i32 {
+    if let Some(n) = maps::TC_SEEN.get_ptr_mut(0) {
+        // SAFETY: a live map value; the atomic add is safe across CPUs.
+        unsafe { atomic::add(n, 1) };
+    }
+    aya_ebpf::bindings::TC_ACT_UNSPEC
 }
 
 /// The baseline for benchmarks: the cheapest possible XDP program.

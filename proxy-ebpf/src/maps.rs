@@ -18,6 +18,10 @@ use proxy_common::{
 pub static PORTS: Array<PortEntry> = Array::pinned(65_536, 0);
 
 /// Next hop per backend, per CPU: the hit path skips the FIB while fresh.
+/// What `tc_seen` (a test helper) counted; not pinned, not the agent's.
+#[map]
+pub static TC_SEEN: Array<u64> = Array::with_max_entries(1, 0);
+
 /// A cache, rebuilt from the FIB on demand, so never pinned.
 #[map]
 pub static BACKEND_NEXTHOP: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);

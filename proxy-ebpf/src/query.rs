@@ -16,6 +16,7 @@ use aya_ebpf::{
         bpf_ktime_get_coarse_ns, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_get_buff_len, bpf_xdp_store_bytes,
     },
     programs::XdpContext,
+    Global,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, udp::UdpHdr};
 use proxy_common::{
@@ -24,11 +25,25 @@ use proxy_common::{
 };
 
 use crate::{
-    atomic,
+    atomic, bounds,
     maps::{QUERY_ANSWERS, QUERY_SETTINGS, QUERY_SOURCES},
     parse::{ptr_at, Packet, L3_OFF, L4_OFF, PAYLOAD_OFF},
     stats::verdict,
 };
+
+/// 1 where the kernel has `bpf_xdp_get_buff_len` and `bpf_xdp_store_bytes`
+/// (Linux 5.18); the agent loads the object with 0 where its probe finds
+/// (`proxy_common::XDP_BYTES_HELPERS`)
+/// them missing. A read-only global: the verifier knows its value and
+/// removes the branches that call the missing helpers before it checks
+/// them, so one object serves both kinds of kernel.
+#[unsafe(no_mangle)]
+static XDP_BYTES_HELPERS: Global<u8> = Global::new(1);
+
+#[inline(always)]
+fn bytes_helpers() -> bool {
+    XDP_BYTES_HELPERS.load() != 0
+}
 
 /// A ping is the header plus 4 bytes the requester chose.
 const PING_LEN: usize = QUERY_HEADER_LEN + 4;
@@ -115,6 +130,11 @@ fn answer(ctx: &XdpContext, pkt: &Packet, frontend: Frontend, slot: QuerySlot) -
     let Some(a) = QUERY_ANSWERS.get(frontend.id * QUERY_SLOTS + slot as u32) else {
         return verdict(Counter::DropQueryUnanswered, xdp_action::XDP_DROP);
     };
+    if !bytes_helpers() {
+        // Below 5.18 the frame cannot be grown and filled here: every
+        // answer is the agent's, rewritten through the parsed headers.
+        return AgentRewrite::apply_direct(AgentRewrite::of(pkt), pkt);
+    }
     if a.flags & QUERY_BY_AGENT != 0 {
         return AgentRewrite::apply(AgentRewrite::of(pkt), ctx);
     }
@@ -134,6 +154,10 @@ fn answer(ctx: &XdpContext, pkt: &Packet, frontend: Frontend, slot: QuerySlot) -
     let grown = grow(ctx, delta) && {
         // SAFETY: `a` points at a map value of MAX_QUERY_ANSWER body bytes
         // and `len` is at most that; the frame was sized for exactly this copy.
+        // The length checked again here, on the register the call gets
+        // (6.1's verifier lost the first check across the helper calls):
+        // the helper takes 1..=MAX_QUERY_ANSWER bytes of the map value.
+        let len = bounds::within(len, 1, MAX_QUERY_ANSWER);
         let stored = unsafe {
             bpf_xdp_store_bytes(ctx.ctx, (PAYLOAD_OFF + QUERY_HEADER_LEN) as u32, a.body.as_ptr() as *mut _, len as u32)
         };
@@ -245,6 +269,23 @@ impl AgentRewrite {
         };
         if failed {
             return verdict(Counter::DropQueryUnanswered, xdp_action::XDP_DROP);
+        }
+        verdict(Counter::PassQueryAgent, xdp_action::XDP_PASS)
+    }
+
+    /// `apply` without `bpf_xdp_store_bytes`: written through the headers
+    /// `pkt` parsed, valid while nothing has moved the frame.
+    #[inline(always)]
+    fn apply_direct(this: Option<Self>, pkt: &Packet) -> u32 {
+        let Some(rw) = this else {
+            return verdict(Counter::DropQueryUnanswered, xdp_action::XDP_DROP);
+        };
+        // SAFETY: `ip` and `udp` were bounds-checked when parsed and the
+        // frame is untouched since.
+        unsafe {
+            (*pkt.ip).dst_addr = rw.dst;
+            (*pkt.ip).check = rw.ip_check;
+            (*pkt.udp).check = rw.udp_check;
         }
         verdict(Counter::PassQueryAgent, xdp_action::XDP_PASS)
     }

@@ -32,11 +32,29 @@ pub fn rebuilt_object() -> PathBuf {
 
 /// The TCX programs on `iface`'s egress in `ns`, first to last: (name, program id).
 /// Where the agent's egress guard (`egress_guard`) shows.
+/// Without TCX (before 6.6) the guard is a cls_bpf filter: then the bpf
+/// filters `tc` lists, in priority order.
 pub fn tcx_egress(ns: &NetNs, iface: &str) -> Result<Vec<(String, u32)>> {
     use aya::programs::{SchedClassifier, TcAttachType};
-    let iface = iface.to_string();
-    let (_, progs) = ns.run(move || SchedClassifier::query_tcx(&iface, TcAttachType::Egress))??;
-    Ok(progs.iter().map(|p| (p.name_as_str().unwrap_or("?").to_string(), p.id())).collect())
+    let name = iface.to_string();
+    match ns.run(move || SchedClassifier::query_tcx(&name, TcAttachType::Egress))? {
+        Ok((_, progs)) => Ok(progs.iter().map(|p| (p.name_as_str().unwrap_or("?").to_string(), p.id())).collect()),
+        Err(_) => Ok(cls_bpf_egress(&ns.exec("tc", &["filter", "show", "dev", iface, "egress"]).unwrap_or_default())),
+    }
+}
+
+/// (name, id) of each bpf filter in `tc filter show` output.
+fn cls_bpf_egress(shown: &str) -> Vec<(String, u32)> {
+    shown
+        .lines()
+        .filter(|l| l.contains(" bpf "))
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let name = words.iter().position(|w| w.starts_with("handle")).and_then(|i| words.get(i + 2))?;
+            let id = words.iter().position(|w| *w == "id").and_then(|i| words.get(i + 1))?.parse().ok()?;
+            Some((name.to_string(), id))
+        })
+        .collect()
 }
 
 /// The agent binary: `PROXY_AGENT_BIN`, else `target/<profile>/proxy-agent`

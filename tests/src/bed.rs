@@ -29,7 +29,8 @@ pub const XDP_PASS: u32 = 2;
 pub const XDP_TX: u32 = 3;
 pub const XDP_REDIRECT: u32 = 4;
 /// The egress guard's verdicts (TC).
-pub const TC_ACT_OK: u32 = 0;
+/// `TC_ACT_UNSPEC` (-1): the guard lets a packet go to the next program (TCX_NEXT).
+pub const TC_ACT_UNSPEC: u32 = u32::MAX;
 pub const TC_ACT_SHOT: u32 = 2;
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(198, 18, 100, 1);

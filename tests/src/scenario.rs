@@ -35,11 +35,20 @@ impl Scenario {
     /// `shard_count` shard namespaces with simulated shards; the agent runs
     /// with the config `yaml` makes (see `Topology::config_of`).
     pub fn start(shard_count: usize, yaml: impl FnOnce(&Topology) -> String) -> Result<Scenario> {
+        Self::start_as(shard_count, shard::Server::OpenMp, yaml)
+    }
+
+    /// As `start`, with shards playing `server`.
+    pub fn start_as(
+        shard_count: usize,
+        server: shard::Server,
+        yaml: impl FnOnce(&Topology) -> String,
+    ) -> Result<Scenario> {
         let topo = Topology::build(shard_count, 4)?;
         let shards = (0..shard_count)
             .map(|i| {
                 let cfg = ShardConfig { name: format!("s{}", i + 1), max_players: 1000, seed: 1000 + i as u32 };
-                Ok(shard::spawn(topo.shard_socket(i)?, cfg))
+                Ok(shard::spawn_as(topo.shard_socket(i)?, cfg, server))
             })
             .collect::<Result<Vec<_>>>()?;
         let agent = Agent::start(&topo.proxy, &yaml(&topo))?;

@@ -144,7 +144,11 @@ fn players_stick_to_shards_that_see_their_real_address() {
         let egress = tests::agent::tcx_egress(&topo.proxy, ifname).unwrap();
         assert!(egress.iter().any(|(n, _)| n == "egress_guard"), "the egress guard left {ifname}: {egress:?}");
     }
-    let out = std::process::Command::new(tests::agent::agent_bin())
+    // In the agent's namespace: a clsact guard filter is found by name there.
+    let out = topo
+        .proxy
+        .spawn_command(&tests::agent::agent_bin())
+        .unwrap()
         .args(["detach", "--bpffs"])
         .arg(&agent.pins.path)
         .output()
@@ -207,6 +211,13 @@ fn a_shard_behind_an_interface_that_takes_no_redirects_is_reached_through_the_ke
         })
         .collect();
     let agent = Agent::start(&topo.proxy, &topo.config(&[100, 100], "")).expect("agent");
+    if !proxy_agent::dataplane::xdp_features::reported() {
+        // Below 6.3 (no xdp_features) a veth running our XDP counts as
+        // taking redirects; its peer's GRO cannot be seen from here
+        // (docs/limitations.md).
+        eprintln!("no xdp_features in this kernel: the refusing veth cannot be detected; skipped");
+        return;
+    }
     let named = "shard s2 is reached through to-s2, which takes no redirected XDP frames";
     wait_for("the agent to name s2", Duration::from_secs(10), || agent.log_text().contains(named));
     let count = |c: Counter| agent.tables().unwrap().counter(c).unwrap();

@@ -224,9 +224,16 @@ fn answers_too_long_for_the_frame_come_from_the_agent() {
     wait_for("the 30 players listed", Duration::from_secs(10), || {
         ask(&sock, &q).is_some_and(|r| r[..11] == q[..11] && entries(&r[11..], 4).len() == 30)
     });
-    assert!(counter(&sc, Counter::PassQueryAgent) > passed, "the data plane passed it to the agent");
-    let st = sc.agent.request(&Request::Status).unwrap();
-    assert!(st["agent"]["queries_answered"]["clients"].as_u64().unwrap() >= 1, "{}", st["agent"]);
+    // Whether it fits depends on the driver's room around the frame: veth
+    // on 6.1 hands XDP a whole page, where the kernel path grows the frame
+    // and answers itself; on 6.18 it has no room and the agent answers.
+    if counter(&sc, Counter::PassQueryAgent) > passed {
+        let st = sc.agent.request(&Request::Status).unwrap();
+        assert!(st["agent"]["queries_answered"]["clients"].as_u64().unwrap() >= 1, "{}", st["agent"]);
+    } else {
+        assert!(counter(&sc, Counter::QueryClients) > 0, "neither the data plane nor the agent answered");
+        eprintln!("this kernel's veth had room for the long `c`: answered in the kernel");
+    }
     // Short answers still come from the kernel.
     let info_before = counter(&sc, Counter::QueryInfo);
     assert!(ask(&sock, &request(VIP, b'i', &[])).is_some());

@@ -171,7 +171,7 @@ fn replies_go_straight_from_the_game_nodes_to_the_players() {
     // there, as a packet to a just-deleted pod does in a routing loop) is
     // answered with a time exceeded quoting the pod; none reaches a player.
     wait_for("the egress guard on game2's uplink", Duration::from_secs(10), || {
-        games[1].pins.path.join(proxy_agent::dataplane::links::GUARD_LINKS).join("eth0").exists()
+        proxy_agent::dataplane::links::guarded(&games[1].pins.path, "eth0")
     });
     let pod2 = tests::dsr::pod_ip(1);
     topo.client.ip(&["route", "add", &format!("{pod2}/32"), "via", "198.18.0.1"]).unwrap();

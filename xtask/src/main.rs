@@ -2,7 +2,11 @@
 //!
 //!   cargo xtask build-ebpf        build the XDP object (kernel side)
 //!   cargo xtask build             the object, then the agent and the simulators
-//!   cargo xtask test              build, then every test (needs root)
+//!   cargo xtask test              build, then every test (needs root), the
+//!                                 bench smoke and the kernel matrix
+//!   cargo xtask test --kernel V   build, then V's tests inside Debian's kernel V
+//!                                 in a VM (see kernels.rs; V: 5.10 | 6.1 | 6.12)
+//!   cargo xtask kernels [V...]    build, then the kernel matrix (or some of it)
 //!   cargo xtask demo [ARGS]       build, then the namespace demo
 //!   cargo xtask fuzz [--packets N --seed S]  random and mutated frames through the program
 //!   cargo xtask bench WHAT        build, then a benchmark: fastpath | migrate |
@@ -10,6 +14,8 @@
 //!                                 memory | e2e [--rate N --repeats N --seconds S]
 //!   cargo xtask bench smoke       build, then every benchmark with its smallest
 //!                                 settings (a few seconds each); `test` ends with it
+
+mod kernels;
 
 use std::{
     path::{Path, PathBuf},
@@ -300,12 +306,17 @@ fn remove_leftovers(pid: u32) -> Vec<String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(task) = args.first() else {
-        return fail("usage: cargo xtask build-ebpf | build | test | demo [--seconds N --players N] | bench fastpath|migrate|failover|agent|query|memory|e2e|smoke | fuzz [--packets N --seed S]");
+        return fail("usage: cargo xtask build-ebpf | build | test [--kernel V] | kernels [V...] | demo [--seconds N --players N] | bench fastpath|migrate|failover|agent|query|memory|e2e|smoke | fuzz [--packets N --seed S]");
     };
     let rest = &args[1..];
     let result = match task.as_str() {
         "build-ebpf" => build_ebpf(),
         "build" => build_ebpf().and_then(|_| build_user()),
+        "test" if rest.first().map(String::as_str) == Some("--kernel") => {
+            let kernel = rest.get(1).cloned().unwrap_or_default();
+            build_ebpf().and_then(|_| build_user()).and_then(|_| kernels::matrix(&[kernel]))
+        }
+        "kernels" => build_ebpf().and_then(|_| build_user()).and_then(|_| kernels::matrix(rest)),
         "test" => build_ebpf()
             .and_then(|_| build_user())
             .and_then(|_| lint())
@@ -318,7 +329,15 @@ fn main() -> ExitCode {
                 )
             })
             // The whole suite (CI's) ends with every bench; a filtered run does not.
-            .and_then(|_| if rest.is_empty() { bench_smoke() } else { Ok(()) }),
+            .and_then(|_| if rest.is_empty() { bench_smoke() } else { Ok(()) })
+            // ... and with the kernel matrix (SAMP_SKIP_KERNELS=1 leaves it out).
+            .and_then(|_| {
+                if rest.is_empty() && std::env::var_os("SAMP_SKIP_KERNELS").is_none() {
+                    kernels::matrix(&[])
+                } else {
+                    Ok(())
+                }
+            }),
         "demo" => build_ebpf()
             .and_then(|_| build_user())
             .and_then(|_| run(Command::new(bin("demo")).args(rest).env("PROXY_AGENT_BIN", bin("proxy-agent")))),
@@ -329,7 +348,7 @@ fn main() -> ExitCode {
             .and_then(|_| build_user())
             .and_then(|_| run(Command::new(bin("bench")).args(rest).env("PROXY_AGENT_BIN", bin("proxy-agent")))),
         "fuzz" => build_ebpf().and_then(|_| fuzz(rest)),
-        other => Err(format!("unknown task `{other}`; tasks: build-ebpf, build, test, demo, bench, fuzz")),
+        other => Err(format!("unknown task `{other}`; tasks: build-ebpf, build, test, kernels, demo, bench, fuzz")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,6 +13,7 @@ use proxy_common::{
 
 use super::{Cluster, Loads};
 use crate::config::Role;
+use crate::health::answers::DetailRow;
 
 /// One frontend's answers by `QuerySlot` index (`None` = no answer).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +28,28 @@ pub const MAX_LISTED_CLIENTS: usize = 100;
 fn push_str32(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u32).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
+}
+
+/// The cluster's `d`, when every healthy shard answered one (SA:MP 0.3.7
+/// shards; open.mp answers none, and then neither does the cluster): the
+/// rows of all shards, listed like `c` (up to `MAX_LISTED_CLIENTS`), with
+/// the player ids renumbered 0.. so that no two shards' ids collide.
+fn merged_detail(details: &[Option<&Vec<DetailRow>>], players: usize) -> Option<Vec<u8>> {
+    if details.is_empty() || details.iter().any(Option::is_none) {
+        return None;
+    }
+    let rows: Vec<&DetailRow> = details.iter().flatten().flat_map(|d| d.iter()).collect();
+    if players > MAX_LISTED_CLIENTS || rows.len() > MAX_LISTED_CLIENTS {
+        return None;
+    }
+    let mut d = (rows.len() as u16).to_le_bytes().to_vec();
+    for (id, row) in rows.iter().enumerate() {
+        d.push(id as u8);
+        push_str8(&mut d, &row.name);
+        d.extend_from_slice(&row.score.to_le_bytes());
+        d.extend_from_slice(&row.ping.to_le_bytes());
+    }
+    Some(d)
 }
 
 fn push_str8(out: &mut Vec<u8>, s: &str) {
@@ -122,8 +145,9 @@ impl Cluster {
             Some(Some(first)) if openmp.iter().all(|o| *o == Some(*first)) => Some((*first).clone()),
             _ => None,
         };
-        // `d`: open.mp does not implement it, and neither do we.
-        [Some(info), Some(r), clients, None, openmp]
+        let details: Vec<Option<&Vec<DetailRow>>> =
+            healthy.iter().map(|&i| health(i).and_then(|h| h.answers.detail.as_ref())).collect();
+        [Some(info), Some(r), clients, merged_detail(&details, players), openmp]
     }
 
     /// Where the agent's query responder listens (an address of this node),

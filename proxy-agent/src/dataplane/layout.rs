@@ -18,8 +18,12 @@ pub fn check_or_record(pin_dir: &Path, detach_hint: &str) -> Result<()> {
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default();
     let recorded = entries.iter().find_map(|n| n.strip_prefix(LAYOUT_PREFIX).map(|v| v.parse::<u32>().unwrap_or(0)));
-    let has_maps =
-        entries.iter().any(|n| !n.starts_with(LAYOUT_PREFIX) && n != "links" && n != super::links::GUARD_LINKS);
+    let has_maps = entries.iter().any(|n| {
+        !n.starts_with(LAYOUT_PREFIX)
+            && n != "links"
+            && n != super::links::GUARD_LINKS
+            && !super::guard_attach::is_mark(n)
+    });
     let found = match recorded {
         Some(v) => Some(v),
         None if has_maps => Some(0),

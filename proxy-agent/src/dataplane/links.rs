@@ -7,7 +7,8 @@
 //! `proxy-agent detach` takes the data plane off.
 //!
 //! The egress guard (a TC program on the egress of the same interfaces,
-//! attached through TCX, kernel 6.6 or later) is pinned the same way at
+//! attached through TCX where the kernel has it, else as a clsact/cls_bpf
+//! filter: `guard_attach`) is, under TCX, pinned the same way at
 //! `<bpffs>/egress-links/<interface>`, adopted the same way, and taken off
 //! by the same `detach`: the node's own ICMP errors naming a shard stay
 //! dropped while no agent runs.
@@ -18,6 +19,8 @@ use std::{
 };
 
 use anyhow::{Context, Result};
+
+use super::guard_attach::{self, GuardKind};
 use aya::programs::{
     links::{FdLink, PinnedLink},
     tc::{SchedClassifierLink, TcAttachOptions},
@@ -43,6 +46,7 @@ pub fn guard_pin(pin_dir: &Path, interface: &str) -> PathBuf {
 pub fn unpin(pin_dir: &Path, interface: &str) {
     let _ = fs::remove_file(link_pin(pin_dir, interface));
     let _ = fs::remove_file(guard_pin(pin_dir, interface));
+    guard_attach::remove_clsact(pin_dir, interface);
 }
 
 /// How an interface got the program.
@@ -103,7 +107,15 @@ pub fn attach_or_adopt(prog: &mut Xdp, pin_dir: &Path, interface: &str, mode: Xd
 /// Runs the egress guard `prog` on `interface`'s egress: in the pinned
 /// TCX link if there is one (atomic replace), else in a new TCX link, last
 /// of the interface's TCX programs, that is then pinned.
-pub fn guard_or_adopt(prog: &mut SchedClassifier, pin_dir: &Path, interface: &str) -> Result<Attachment> {
+pub fn guard_or_adopt(
+    prog: &mut SchedClassifier,
+    pin_dir: &Path,
+    interface: &str,
+    kind: GuardKind,
+) -> Result<Attachment> {
+    if kind == GuardKind::Clsact {
+        return guard_attach::clsact_or_adopt(prog, pin_dir, interface);
+    }
     let pin = guard_pin(pin_dir, interface);
     let adopted = adopt_pinned(&pin, "egress guard", |fd| {
         let link = SchedClassifierLink::try_from(fd).context("not a TCX link")?;
@@ -119,6 +131,12 @@ pub fn guard_or_adopt(prog: &mut SchedClassifier, pin_dir: &Path, interface: &st
     pin_new(&pin, FdLink::try_from(link).context("the egress guard's TCX link is not a BPF link")?)
 }
 
+/// Whether `interface` has the egress guard from these pins (a TCX link
+/// pin or a clsact filter's mark).
+pub fn guarded(pin_dir: &Path, interface: &str) -> bool {
+    guard_pin(pin_dir, interface).exists() || pin_dir.join(guard_attach::CLSACT_MARKS).join(interface).exists()
+}
+
 /// The interfaces with a pinned link (XDP, egress guard or both).
 pub fn pinned(pin_dir: &Path) -> Vec<String> {
     let names = |folder: &str| -> Vec<String> {
@@ -128,6 +146,7 @@ pub fn pinned(pin_dir: &Path) -> Vec<String> {
     };
     let mut out = names("links");
     out.extend(names(GUARD_LINKS));
+    out.extend(guard_attach::marked(pin_dir));
     out.sort();
     out.dedup();
     out
@@ -147,6 +166,7 @@ pub fn detach_all(pin_dir: &Path) -> Result<Vec<String>> {
                 _ => {}
             }
         }
+        guard_attach::remove_clsact(pin_dir, name);
     }
     Ok(names)
 }

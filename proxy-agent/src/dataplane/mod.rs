@@ -9,6 +9,8 @@ pub mod batch;
 pub mod clock;
 pub mod ebpf_object;
 pub mod fake_maps;
+pub mod guard_attach;
+pub mod kernel_probe;
 pub mod layout;
 pub mod links;
 pub mod map_writer;
@@ -84,6 +86,8 @@ pub struct Dataplane {
     /// Interfaces running only the egress guard (a game node's uplink).
     guarded: Vec<String>,
     pin_dir: PathBuf,
+    /// How the egress guard attaches here (probed once, kept in the pins).
+    guard_kind: guard_attach::GuardKind,
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
@@ -174,6 +178,9 @@ impl Dataplane {
 
     /// As `load_sized`, with the XDP object given.
     pub fn load_object(pin_dir: &Path, sizes: TableSizes, object: &[u8]) -> Result<(Self, Tables)> {
+        if let Some(line) = kernel_probe::below_floor() {
+            bail!(line);
+        }
         prepare_pin_dir(pin_dir)?;
         layout::check_or_record(pin_dir, &format!("--bpffs {}", pin_dir.display()))?;
         sizes.check_pinned(pin_dir)?;
@@ -181,6 +188,7 @@ impl Dataplane {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .override_global(proxy_common::JIFFY_NS, &jiffy_ns, false)
+            .override_global(proxy_common::XDP_BYTES_HELPERS, &(kernel_probe::xdp_bytes_helpers() as u8), false)
             .map_max_entries(names::SESSIONS, sizes.sessions)
             .map_max_entries(names::PENDING, sizes.pending)
             .map_max_entries(names::SESSION_CACHE, session_cache_sets()?)
@@ -197,11 +205,32 @@ impl Dataplane {
             .with_context(|| format!("the object has no program {}", programs::EGRESS_GUARD))?
             .try_into()?;
         guard.load().with_context(|| format!("the kernel refused program {}", programs::EGRESS_GUARD))?;
+        let guard_kind = guard_attach::choose(pin_dir, guard)?;
         let tables = Tables::take(&mut ebpf)?;
         Ok((
-            Self { ebpf, links: Vec::new(), attached: Vec::new(), guarded: Vec::new(), pin_dir: pin_dir.to_path_buf() },
+            Self {
+                ebpf,
+                links: Vec::new(),
+                attached: Vec::new(),
+                guarded: Vec::new(),
+                pin_dir: pin_dir.to_path_buf(),
+                guard_kind,
+            },
             tables,
         ))
+    }
+
+    /// How the egress guard attaches on this kernel and these pins.
+    pub fn guard_kind(&self) -> guard_attach::GuardKind {
+        self.guard_kind
+    }
+
+    /// Attaches the guard as `kind` from now on and records it: for the
+    /// tests of the clsact path on a kernel that has TCX.
+    pub fn force_guard_kind(&mut self, kind: guard_attach::GuardKind) -> Result<()> {
+        guard_attach::record(&self.pin_dir, kind)?;
+        self.guard_kind = kind;
+        Ok(())
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -270,7 +299,7 @@ impl Dataplane {
             }
             let guard: &mut SchedClassifier =
                 self.ebpf.program_mut(programs::EGRESS_GUARD).expect("checked at load").try_into()?;
-            match links::guard_or_adopt(guard, &self.pin_dir, name) {
+            match links::guard_or_adopt(guard, &self.pin_dir, name, self.guard_kind) {
                 Ok(links::Attachment::New) => created.push(links::guard_pin(&self.pin_dir, name)),
                 Ok(links::Attachment::Adopted) => {}
                 Err(e) => {
@@ -289,7 +318,7 @@ impl Dataplane {
     pub fn guard(&mut self, name: &str) -> Result<links::Attachment> {
         let guard: &mut SchedClassifier =
             self.ebpf.program_mut(programs::EGRESS_GUARD).expect("checked at load").try_into()?;
-        let how = links::guard_or_adopt(guard, &self.pin_dir, name)
+        let how = links::guard_or_adopt(guard, &self.pin_dir, name, self.guard_kind)
             .with_context(|| format!("attaching the egress guard (TC) to `{name}`"))?;
         self.guarded.push(name.to_string());
         Ok(how)
@@ -309,6 +338,33 @@ impl Dataplane {
         let link = prog.attach(iface, XdpMode::Driver).with_context(|| format!("attaching XDP_PASS to {iface}"))?;
         self.links.push(link);
         Ok(())
+    }
+
+    /// Attaches the test helper `tc_seen` (counts, then passes on) to the
+    /// egress of `iface`, after everything there, the way this kernel
+    /// attaches the guard: for the tests of the guard's place in a chain.
+    pub fn attach_tc_seen(&mut self, iface: &str) -> Result<()> {
+        use aya::programs::{tc::TcAttachOptions, LinkOrder, TcAttachType};
+        let prog: &mut SchedClassifier =
+            self.ebpf.program_mut("tc_seen").context("the object has no program tc_seen")?.try_into()?;
+        if prog.fd().is_err() {
+            prog.load().context("loading tc_seen")?;
+        }
+        let options = match self.guard_kind {
+            guard_attach::GuardKind::Tcx => TcAttachOptions::TcxOrder(LinkOrder::last()),
+            guard_attach::GuardKind::Clsact => {
+                let _ = aya::programs::tc::qdisc_add_clsact(iface);
+                TcAttachOptions::Netlink(aya::programs::tc::NlOptions { priority: 60_000, ..Default::default() })
+            }
+        };
+        prog.attach_with_options(iface, TcAttachType::Egress, options).context("attaching tc_seen")?;
+        Ok(())
+    }
+
+    /// What `tc_seen` counted.
+    pub fn tc_seen(&self) -> Result<u64> {
+        let map: aya::maps::Array<_, u64> = self.ebpf.map("TC_SEEN").context("no map TC_SEEN")?.try_into()?;
+        Ok(map.get(&0, 0)?)
     }
 
     /// Forgets interfaces that no longer exist (a deleted pod's veth took its

@@ -23,6 +23,7 @@ use crate::config::XdpModeName;
 
 pub struct RedirectTargets {
     map: HashMap<MapData, u32, u32>,
+    pin_dir: std::path::PathBuf,
     /// Shards named as reached through an interface that refuses, by name.
     named: BTreeMap<String, String>,
     /// Whether the failure to read the kernel's answer was already logged.
@@ -34,14 +35,14 @@ impl RedirectTargets {
         let map = tables::open_pin(pin_dir, REDIRECT_REFUSED)?
             .try_into()
             .with_context(|| format!("{REDIRECT_REFUSED} is not a hash of u32 to u32"))?;
-        Ok(Self { map, named: BTreeMap::new(), unreadable_logged: false })
+        Ok(Self { map, pin_dir: pin_dir.to_path_buf(), named: BTreeMap::new(), unreadable_logged: false })
     }
 
     /// Brings the map to what the kernel says now, and names the shards
     /// (name, address) whose route in `table` (`/proc/net/route`) leaves
     /// by a marked interface.
     pub fn sync(&mut self, mode: XdpModeName, shards: &[(String, Ipv4Addr)], table: &str) {
-        let refusing = match refusing(mode) {
+        let refusing = match refusing(mode, &self.pin_dir) {
             Ok(r) => {
                 self.unreadable_logged = false;
                 r
@@ -108,9 +109,41 @@ impl RedirectTargets {
 
 /// The interfaces of this namespace that take no redirected frames, as far
 /// as `mode` cares.
-fn refusing(mode: XdpModeName) -> Result<BTreeSet<u32>> {
+fn refusing(mode: XdpModeName, pin_dir: &Path) -> Result<BTreeSet<u32>> {
     if mode == XdpModeName::Skb {
         return Ok(BTreeSet::new());
     }
+    if !xdp_features::reported() {
+        return Ok(without_own_xdp(pin_dir));
+    }
     Ok(xdp_features::devices()?.into_iter().filter(|d| !d.takes_redirects()).map(|d| d.ifindex).collect())
+}
+
+/// Below Linux 6.3 the kernel reports no XDP features: the conservative
+/// rule. Every interface of this namespace counts as refusing except those
+/// running this agent's XDP program (a pinned link): a driver takes
+/// redirected frames at least while it runs XDP itself, and an interface
+/// without it may drop them silently. Packets to shards behind the others
+/// go through the kernel's forwarding: slower, never lost.
+fn without_own_xdp(pin_dir: &Path) -> BTreeSet<u32> {
+    // if_nameindex, not /sys/class/net: sysfs shows the namespace it was
+    // mounted in, the call the caller's.
+    let mut out = BTreeSet::new();
+    // SAFETY: if_nameindex returns an array ended by a zero entry, freed below.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return out;
+        }
+        let mut at = list;
+        while (*at).if_index != 0 {
+            let name = std::ffi::CStr::from_ptr((*at).if_name).to_string_lossy();
+            if !super::links::link_pin(pin_dir, &name).exists() {
+                out.insert((*at).if_index);
+            }
+            at = at.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    out
 }

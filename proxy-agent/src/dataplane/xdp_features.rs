@@ -40,6 +40,13 @@ impl Device {
     }
 }
 
+/// Whether this kernel reports XDP features at all (the `netdev` family,
+/// Linux 6.3). Without it `devices` fails and callers apply the
+/// conservative rule instead (`redirect_targets`).
+pub fn reported() -> bool {
+    Socket::open().and_then(|s| s.netdev_family()).is_ok()
+}
+
 /// Every device of this network namespace, with its XDP features.
 pub fn devices() -> Result<Vec<Device>> {
     let sock = Socket::open()?;

@@ -1,4 +1,4 @@
-//! The shards' own answers to `r`, `c` and `o`, read during health probes,
+//! The shards' own answers to `r`, `c`, `d` and `o`, read during health probes,
 //! from which the cluster's answers are merged. Parsers follow the query
 //! protocol (SAMP.md); anything malformed is ignored.
 
@@ -11,6 +11,17 @@ pub struct ShardAnswers {
     pub clients: Option<Vec<(String, i32)>>,
     /// The raw body of its `o` answer (open.mp only).
     pub openmp: Option<Vec<u8>>,
+    /// Its `d` answer (SA:MP 0.3.7 only; open.mp answers none).
+    pub detail: Option<Vec<DetailRow>>,
+}
+
+/// One player of a `d` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetailRow {
+    pub id: u8,
+    pub name: String,
+    pub score: i32,
+    pub ping: u32,
 }
 
 /// The body of a reply to `request` (its 11-byte header echoed), if it is one.
@@ -54,6 +65,25 @@ pub fn parse_clients(b: &[u8]) -> Option<Vec<(String, i32)>> {
     Some(out)
 }
 
+/// A `d` body: u16 count, then count x (u8 id, u8 len + name, i32 score,
+/// u32 ping).
+pub fn parse_detail(b: &[u8]) -> Option<Vec<DetailRow>> {
+    let count = u16::from_le_bytes([*b.first()?, *b.get(1)?]) as usize;
+    let mut at = 2;
+    let mut out = Vec::with_capacity(count.min(1000));
+    for _ in 0..count {
+        let id = *b.get(at)?;
+        let len = *b.get(at + 1)? as usize;
+        let name = String::from_utf8_lossy(b.get(at + 2..at + 2 + len)?).into_owned();
+        at += 2 + len;
+        let score = i32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?);
+        let ping = u32::from_le_bytes(b.get(at + 4..at + 8)?.try_into().ok()?);
+        at += 8;
+        out.push(DetailRow { id, name, score, ping });
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -66,5 +96,9 @@ mod tests {
         let clients = [1, 0, 2, b'C', b'J', 7, 0, 0, 0];
         assert_eq!(parse_clients(&clients), Some(vec![("CJ".into(), 7)]));
         assert_eq!(parse_clients(&clients[..8]), None);
+        let detail = [1, 0, 4, 2, b'C', b'J', 7, 0, 0, 0, 30, 0, 0, 0];
+        let row = DetailRow { id: 4, name: "CJ".into(), score: 7, ping: 30 };
+        assert_eq!(parse_detail(&detail), Some(vec![row]));
+        assert_eq!(parse_detail(&detail[..13]), None);
     }
 }

@@ -230,7 +230,9 @@ async fn attempt(shard: SocketAddrV4, deadline: Instant, nonce: u32, ask: Ask) -
         return Attempt::Done(ProbeOutcome::Silent);
     }
     let ping = query(shard, b'p', &nonce.to_le_bytes());
-    let [info, rules, clients, openmp] = [b'i', b'r', b'c', b'o'].map(|op| query(shard, op, &[]));
+    // `d` is SA:MP 0.3.7's alone: never waited for (open.mp answers no `d`,
+    // and 0.3.7 no `o`, so its probe runs to the deadline and `d` is in).
+    let [info, rules, clients, openmp, detail] = [b'i', b'r', b'c', b'o', b'd'].map(|op| query(shard, op, &[]));
     let started = Instant::now();
     match socket.send(&ping).await {
         Err(e) if refused(&e) => return Attempt::Refused,
@@ -257,7 +259,7 @@ async fn attempt(shard: SocketAddrV4, deadline: Instant, nonce: u32, ask: Ask) -
         }
         if !rest_sent && (alive || Instant::now() >= started + PING_HEAD_START) {
             rest_sent = true;
-            for q in [&info, &rules, &clients, &openmp] {
+            for q in [&info, &rules, &clients, &openmp, &detail] {
                 match socket.send(q).await {
                     Ok(_) => {}
                     Err(e) if refused(&e) && !alive => return Attempt::Refused,
@@ -284,6 +286,8 @@ async fn attempt(shard: SocketAddrV4, deadline: Instant, nonce: u32, ask: Ask) -
                     answers.clients = answers::parse_clients(b);
                 } else if let Some(b) = answers::body(reply, &openmp) {
                     answers.openmp = Some(b.to_vec());
+                } else if let Some(b) = answers::body(reply, &detail) {
+                    answers.detail = answers::parse_detail(b);
                 }
             }
         }

@@ -98,8 +98,22 @@ pub struct ShardConfig {
     pub seed: u32,
 }
 
-/// Serves on `socket` (bound to the shard's port) until stopped.
+/// Which server the shard plays. They differ in their queries: open.mp
+/// answers `o` and no `d`; SA:MP 0.3.7 answers `d` (the detailed player
+/// list) and no `o`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    OpenMp,
+    Samp037,
+}
+
+/// Serves on `socket` (bound to the shard's port) until stopped, as open.mp.
 pub fn spawn(socket: UdpSocket, cfg: ShardConfig) -> ShardHandle {
+    spawn_as(socket, cfg, Server::OpenMp)
+}
+
+/// As `spawn`, playing `server`.
+pub fn spawn_as(socket: UdpSocket, cfg: ShardConfig, server: Server) -> ShardHandle {
     let stop = Arc::new(AtomicBool::new(false));
     let mute = Arc::new(AtomicBool::new(false));
     let stats = Arc::new(Mutex::new(ShardStats { name: cfg.name.clone(), ..Default::default() }));
@@ -108,7 +122,7 @@ pub fn spawn(socket: UdpSocket, cfg: ShardConfig) -> ShardHandle {
         let (stop, mute, stats) = (stop.clone(), mute.clone(), stats.clone());
         std::thread::Builder::new()
             .name(format!("shard-{name}"))
-            .spawn(move || serve(socket, cfg, &stop, &mute, &stats))
+            .spawn(move || serve(socket, cfg, server, &stop, &mute, &stats))
             .expect("spawning a shard thread")
     };
     ShardHandle { name, stop, mute, stats, thread: Some(thread) }
@@ -120,7 +134,14 @@ fn cookie_for(seed: u32, client: &SocketAddrV4) -> u16 {
     (h >> 16) as u16
 }
 
-fn serve(socket: UdpSocket, cfg: ShardConfig, stop: &AtomicBool, mute: &AtomicBool, stats: &Mutex<ShardStats>) {
+fn serve(
+    socket: UdpSocket,
+    cfg: ShardConfig,
+    server: Server,
+    stop: &AtomicBool,
+    mute: &AtomicBool,
+    stats: &Mutex<ShardStats>,
+) {
     let port = socket.local_addr().map(|a| a.port()).unwrap_or(7777);
     socket.set_read_timeout(Some(Duration::from_millis(50))).expect("read timeout");
     let started = Instant::now();
@@ -136,10 +157,77 @@ fn serve(socket: UdpSocket, cfg: ShardConfig, stop: &AtomicBool, mute: &AtomicBo
             continue;
         }
         let data = &buf[..n];
-        let reply = handle(data, from, port, &cfg, &mut plain, stats, started);
+        let reply = if samp::is_query(data) {
+            query(data, &cfg, server, stats)
+        } else {
+            handle(data, from, port, &cfg, &mut plain, stats, started)
+        };
         if let Some(reply) = reply {
             let _ = socket.send_to(&reply, from);
         }
+    }
+}
+
+/// A query's answer, as the server `server` gives it.
+fn query(data: &[u8], cfg: &ShardConfig, server: Server, stats: &Mutex<ShardStats>) -> Option<Vec<u8>> {
+    let mut st = stats.lock().unwrap();
+    st.queries += 1;
+    let players = st.connected_players() as u16;
+    match data[10] {
+        b'i' => Some(
+            Info {
+                password: false,
+                players,
+                max_players: cfg.max_players,
+                hostname: format!("shard {}", cfg.name),
+                gamemode: "simulated".into(),
+                language: "en".into(),
+            }
+            .reply(data),
+        ),
+        b'p' if data.len() >= 15 => Some(data[..15].to_vec()),
+        b'c' => {
+            // Players named after their port, score = game packets echoed.
+            let mut out = data[..samp::QUERY_HEADER_LEN].to_vec();
+            let connected: Vec<_> = st.clients.iter().filter(|(_, c)| c.connected).collect();
+            out.extend_from_slice(&(connected.len() as u16).to_le_bytes());
+            for (addr, c) in connected {
+                let name = format!("p{}", addr.rsplit(':').next().unwrap_or("0"));
+                out.push(name.len() as u8);
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(&(c.packets as i32).to_le_bytes());
+            }
+            Some(out)
+        }
+        // An open.mp shard's extension answer: the same on every shard.
+        b'o' if server == Server::OpenMp => {
+            let mut out = data[..samp::QUERY_HEADER_LEN].to_vec();
+            out.extend_from_slice(b"\x01sim-open.mp");
+            Some(out)
+        }
+        // SA:MP 0.3.7's detailed list: id, name, score, ping.
+        b'd' if server == Server::Samp037 => {
+            let mut out = data[..samp::QUERY_HEADER_LEN].to_vec();
+            let connected: Vec<_> = st.clients.iter().filter(|(_, c)| c.connected).collect();
+            out.extend_from_slice(&(connected.len() as u16).to_le_bytes());
+            for (id, (addr, c)) in connected.into_iter().enumerate() {
+                let name = format!("p{}", addr.rsplit(':').next().unwrap_or("0"));
+                out.push(id as u8);
+                out.push(name.len() as u8);
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(&(c.packets as i32).to_le_bytes());
+                out.extend_from_slice(&20u32.to_le_bytes());
+            }
+            Some(out)
+        }
+        b'r' => {
+            let mut out = data[..samp::QUERY_HEADER_LEN].to_vec();
+            out.extend_from_slice(&1u16.to_le_bytes());
+            out.extend_from_slice(&[5, b's', b'h', b'a', b'r', b'd', cfg.name.len() as u8]);
+            out.extend_from_slice(cfg.name.as_bytes());
+            Some(out)
+        }
+        _ => None,
     }
 }
 
@@ -153,51 +241,6 @@ fn handle(
     started: Instant,
 ) -> Option<Vec<u8>> {
     let mut st = stats.lock().unwrap();
-    if samp::is_query(data) {
-        st.queries += 1;
-        let players = st.connected_players() as u16;
-        return match data[10] {
-            b'i' => Some(
-                Info {
-                    password: false,
-                    players,
-                    max_players: cfg.max_players,
-                    hostname: format!("shard {}", cfg.name),
-                    gamemode: "simulated".into(),
-                    language: "en".into(),
-                }
-                .reply(data),
-            ),
-            b'p' if data.len() >= 15 => Some(data[..15].to_vec()),
-            b'c' => {
-                // Players named after their port, score = game packets echoed.
-                let mut out = data[..samp::QUERY_HEADER_LEN].to_vec();
-                let connected: Vec<_> = st.clients.iter().filter(|(_, c)| c.connected).collect();
-                out.extend_from_slice(&(connected.len() as u16).to_le_bytes());
-                for (addr, c) in connected {
-                    let name = format!("p{}", addr.rsplit(':').next().unwrap_or("0"));
-                    out.push(name.len() as u8);
-                    out.extend_from_slice(name.as_bytes());
-                    out.extend_from_slice(&(c.packets as i32).to_le_bytes());
-                }
-                Some(out)
-            }
-            // An open.mp shard's extension answer: the same on every shard.
-            b'o' => {
-                let mut out = data[..samp::QUERY_HEADER_LEN].to_vec();
-                out.extend_from_slice(b"\x01sim-open.mp");
-                Some(out)
-            }
-            b'r' => {
-                let mut out = data[..samp::QUERY_HEADER_LEN].to_vec();
-                out.extend_from_slice(&1u16.to_le_bytes());
-                out.extend_from_slice(&[5, b's', b'h', b'a', b'r', b'd', cfg.name.len() as u8]);
-                out.extend_from_slice(cfg.name.as_bytes());
-                Some(out)
-            }
-            _ => None,
-        };
-    }
     let Some(len) = samp::unscramble(data, port, plain) else {
         st.bad_checksum += 1;
         return None;
