@@ -38,6 +38,12 @@ pub const MINIMUM: &str = "5.12";
 /// or None when every required feature is there. Checked before the agent
 /// touches any interface or pin.
 pub fn below_floor() -> Option<String> {
+    // Without the right to make BPF objects (no CAP_BPF, say) every probe
+    // fails and says nothing about the kernel: the load that follows fails
+    // with the real reason (Operation not permitted) instead.
+    if !may_probe() {
+        return None;
+    }
     let missing = REQUIRED.iter().find(|r| !(r.present)())?;
     Some(format!(
         "this kernel ({release}) lacks {what} (Linux {since}); the proxy needs Linux {MINIMUM} or later \
@@ -77,6 +83,16 @@ pub fn xdp_bytes_helpers() -> bool {
 /// the feature, so the fallbacks are tested on this machine's kernel too.
 pub fn pretend_absent(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| v == "1")
+}
+
+/// Whether this process may make the objects the probes make: an array
+/// map and the plainest XDP program (`r0 = XDP_PASS; exit`), which every
+/// kernel with XDP loads.
+fn may_probe() -> bool {
+    const BPF_MOV64_IMM: u8 = 0xb7;
+    const BPF_EXIT: u8 = 0x95;
+    let pass = [insn(BPF_MOV64_IMM, 0, 0, 0, 2), insn(BPF_EXIT, 0, 0, 0, 0)];
+    is_map_supported(aya::maps::MapType::Array).unwrap_or(false) && load_xdp(&pass).is_ok()
 }
 
 fn ring_buffer() -> bool {
