@@ -111,7 +111,17 @@ pub fn run_kernel(kernel: &str, targets: &[&str]) -> Result<Outcome, String> {
         .args(["--exec", &format!("bash {}", out_dir.join("guest.sh").display())])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .status()
+        // A pipe, copied to ours: qemu reopens its stderr by path
+        // (/proc/self/fd/2) as a file, which would truncate a log file that
+        // our stderr is redirected to (`cargo xtask test > log 2>&1`).
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            if let Some(mut err) = child.stderr.take() {
+                std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::stderr()));
+            }
+            child.wait()
+        })
         .map_err(|e| format!("starting vng: {e}"))?;
     let seconds = t0.elapsed().as_secs_f64();
     let mut outcome = Outcome {
