@@ -43,6 +43,20 @@ pub fn pod_ip(pod: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 21 + pod as u8, 2)
 }
 
+/// The frontend and shards of an agent config where pod `p` is shard
+/// `s{p+1}` with `roles[p]`, each with `capacity` slots.
+pub fn pods_shards_yaml(roles: &[&str], capacity: u32) -> String {
+    let mut y = format!("frontends:\n  - name: play\n    address: {VIP}:{PORT}\nshards:\n");
+    for (p, role) in roles.iter().enumerate() {
+        y.push_str(&format!(
+            "  - name: s{}\n    address: {}\n    capacity: {capacity}\n    role: {role}\n",
+            p + 1,
+            pod_ip(p)
+        ));
+    }
+    y
+}
+
 pub fn game_ip(game: usize) -> Ipv4Addr {
     Ipv4Addr::new(198, 18, 2 + game as u8, 2)
 }
@@ -176,14 +190,6 @@ impl DsrTopology {
 
     /// The shards of a config: pod `p` is shard `s{p+1}`, with its role.
     pub fn shards_yaml(&self, roles: &[&str]) -> String {
-        let mut y = format!("frontends:\n  - name: play\n    address: {VIP}:{PORT}\nshards:\n");
-        for (p, role) in roles.iter().enumerate() {
-            y.push_str(&format!(
-                "  - name: s{}\n    address: {}\n    capacity: 100\n    role: {role}\n",
-                p + 1,
-                pod_ip(p)
-            ));
-        }
-        y
+        pods_shards_yaml(roles, 100)
     }
 }

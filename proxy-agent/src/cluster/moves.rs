@@ -200,7 +200,8 @@ impl Cluster {
         self.move_groups(from, target, players)
     }
 
-    fn pick_target(&self, from: usize, players: usize, loads: &Loads) -> Result<usize, ControlError> {
+    /// Where `failover` without `--to` sends shard `from`'s players, or why nowhere.
+    pub fn pick_target(&self, from: usize, players: usize, loads: &Loads) -> Result<usize, ControlError> {
         let candidates = self.failover_candidates(from, loads);
         failover_policy::pick_target(players, &candidates).map(|(target, _)| target).map_err(|why| {
             let roomiest = match why {

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc::UnboundedSender, oneshot};
 
 use super::Owner;
 use crate::{
-    cluster::failover_policy::{self, FailoverDecision, ParkReason},
+    cluster::failover_policy::{self, FailoverDecision},
     control::{error::ControlError, protocol::Request, views::Reply, ControlReply},
     decide::{self, Decision, Round},
     events::EventKind,
@@ -233,10 +233,14 @@ impl Owner {
                 let from = self.cluster.shard(shard).ok()?;
                 let to = match to {
                     Some(t) => t.clone(),
-                    None => match self.pick_for_operator(from) {
-                        Ok(t) => t,
-                        Err(e) => return Some(Err(e)),
-                    },
+                    None => {
+                        let loads = self.cluster.loads();
+                        let players = self.cluster.players_on(from, &loads);
+                        match self.cluster.pick_target(from, players, &loads) {
+                            Ok(t) => self.cluster.cfg.shards[t].name.clone(),
+                            Err(e) => return Some(Err(e)),
+                        }
+                    }
                 };
                 Decision::MoveShard { from: shard.clone(), to, why: "asked by an operator".into() }
             }
@@ -250,25 +254,6 @@ impl Owner {
             _ => return None,
         };
         Some(Ok(d))
-    }
-
-    fn pick_for_operator(&self, from: usize) -> Result<String, ControlError> {
-        let loads = self.cluster.loads();
-        let players = self.cluster.players_on(from, &loads);
-        let candidates = self.cluster.failover_candidates(from, &loads);
-        match failover_policy::pick_target(players, &candidates) {
-            Ok((t, _)) => Ok(self.cluster.cfg.shards[t].name.clone()),
-            Err(ParkReason::NoRoom { roomiest }) => Err(ControlError::NoFailoverTarget {
-                from: self.cluster.cfg.shards[from].name.clone(),
-                players,
-                roomiest,
-            }),
-            Err(_) => Err(ControlError::NoFailoverTarget {
-                from: self.cluster.cfg.shards[from].name.clone(),
-                players,
-                roomiest: 0,
-            }),
-        }
     }
 
     pub(super) fn decider_view(&self) -> Option<crate::control::views::CoordinatorView> {

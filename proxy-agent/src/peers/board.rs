@@ -118,12 +118,6 @@ impl Board {
         f(&mut self.inner.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
-    pub fn expect(&self, addr: SocketAddrV4) {
-        self.with(|i| {
-            i.outbound.entry(addr).or_default();
-        });
-    }
-
     pub fn out_connected(&self, addr: SocketAddrV4, name: &str) {
         self.with(|i| {
             let o = i.outbound.entry(addr).or_default();

@@ -177,7 +177,6 @@ pub async fn spawn(
     let settings = Arc::new(settings);
     let mut tasks = vec![tokio::spawn(inbound::serve(listener, settings.clone(), owner.clone(), board.clone()))];
     for &addr in &settings.dial {
-        board.expect(addr);
         let link = outbound::Link { addr, settings: settings.clone(), outbox: outbox.clone(), board: board.clone() };
         tasks.push(tokio::spawn(link.run(owner.clone())));
     }

@@ -79,27 +79,16 @@ impl Link {
         log::info!("peer {} ({}): connected; sending {} sessions", keys.peer, self.addr, snapshot.len());
         let mut in_flight = InFlight::new();
         let sessions = snapshot.len();
-        let mut bytes = 0;
-        for chunk in snapshot.chunks(FRAME_RECORDS) {
-            let (seq, n) = send(&mut writer, chunk).await?;
-            in_flight.push_back((seq, began, false));
-            bytes += n;
-        }
+        let bytes = send_all(&mut writer, &snapshot, began, false, &mut in_flight).await?;
         let end = [Record::SnapshotEnd { sessions: sessions as u32 }];
-        let (seq, n) = send(&mut writer, &end).await?;
-        in_flight.push_back((seq, began, true));
-        self.board.sent(self.addr, sessions, bytes + n, changes.len());
+        let ended = send_all(&mut writer, &end, began, true, &mut in_flight).await?;
+        self.board.sent(self.addr, sessions, bytes + ended, changes.len());
         let mut keepalive = tokio::time::interval(KEEPALIVE);
         loop {
             tokio::select! {
                 batch = changes.recv() => match batch {
                     Ok(batch) => {
-                        let mut bytes = 0;
-                        for chunk in batch.records.chunks(FRAME_RECORDS) {
-                            let (seq, n) = send(&mut writer, chunk).await?;
-                            in_flight.push_back((seq, batch.made, false));
-                            bytes += n;
-                        }
+                        let bytes = send_all(&mut writer, &batch.records, batch.made, false, &mut in_flight).await?;
                         self.board.sent(self.addr, batch.records.len(), bytes, changes.len());
                     }
                     Err(RecvError::Lagged(n)) => {
@@ -137,6 +126,25 @@ impl Link {
             }
         }
     }
+}
+
+/// Sends records in frames of at most `FRAME_RECORDS`, each noted in flight
+/// as made at `made` (`ends_snapshot` for the snapshot's last); returns the
+/// bytes on the wire.
+async fn send_all<W: tokio::io::AsyncWrite + Unpin>(
+    w: &mut Writer<W>,
+    records: &[Record],
+    made: Instant,
+    ends_snapshot: bool,
+    in_flight: &mut InFlight,
+) -> Result<usize, String> {
+    let mut bytes = 0;
+    for chunk in records.chunks(FRAME_RECORDS) {
+        let (seq, n) = send(w, chunk).await?;
+        in_flight.push_back((seq, made, ends_snapshot));
+        bytes += n;
+    }
+    Ok(bytes)
 }
 
 /// Sends one frame of records: its seq and its bytes on the wire.

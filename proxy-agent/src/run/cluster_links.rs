@@ -19,18 +19,20 @@ use crate::{
 
 /// What the loops start with, once the owner runs.
 pub struct Ends {
-    peers: Option<(peers::Settings, peers::Outbox, Arc<peers::Board>)>,
-    asks: Option<UnboundedReceiver<(u64, Decision)>>,
+    peers: Option<PeerEnds>,
+    /// This agent's name in the decider row, and the owner's decisions to append.
+    asks: Option<(String, UnboundedReceiver<(u64, Decision)>)>,
 }
 
 /// The owner's ends of the peer links and the decider, when configured.
 pub fn make(cfg: &Validated) -> (Option<PeerLinks>, Option<DeciderLink>, Ends) {
     let (peer_links, peers) = peer_links(cfg);
+    // The coordinator needs peers (checked): the decider row names the node.
+    let me = peer_links.as_ref().map(|l| l.node.clone()).unwrap_or_default();
     let (decider, asks) = match &cfg.raw.coordinator {
         Some(_) => {
             let (tx, rx) = unbounded_channel();
-            let me = cfg.raw.peers.as_ref().map(|p| p.node_name()).unwrap_or_default();
-            (Some(DeciderLink { me, asks: tx }), Some(rx))
+            (Some(DeciderLink { me: me.clone(), asks: tx }), Some((me, rx)))
         }
         None => (None, None),
     };
@@ -40,8 +42,7 @@ pub fn make(cfg: &Validated) -> (Option<PeerLinks>, Option<DeciderLink>, Ends) {
 /// Binds the peer port and starts the links and the decider's loops.
 pub async fn spawn(cfg: &Validated, owner: &OwnerHandle, ends: Ends) -> Result<Vec<(&'static str, JoinHandle<()>)>> {
     let mut tasks = Vec::new();
-    if let (Some(c), Some(asks)) = (&cfg.raw.coordinator, ends.asks) {
-        let me = cfg.raw.peers.as_ref().map(|p| p.node_name()).unwrap_or_default();
+    if let (Some(c), Some((me, asks))) = (&cfg.raw.coordinator, ends.asks) {
         tasks.push(("decider", spawn_decider(c, me, owner, asks)?));
     }
     if let Some((settings, outbox, board)) = ends.peers {
@@ -103,12 +104,13 @@ fn peer_links(cfg: &Validated) -> (Option<PeerLinks>, Option<PeerEnds>) {
     let node = p.node_name();
     let outbox = peers::Outbox::new();
     let join_timeout = Duration::from_millis(p.join_timeout_ms);
-    let board = Arc::new(peers::Board::new(join_timeout.max(peers::SILENCE), &p.others()));
+    let dial = p.others();
+    let board = Arc::new(peers::Board::new(join_timeout.max(peers::SILENCE), &dial));
     let settings = peers::Settings {
         me: node.clone(),
         secret: cfg.raw.node_secret().unwrap_or_default().into_bytes(),
         listen: p.listen,
-        dial: p.others(),
+        dial,
     };
     log::info!("peers: this node is {node}; listening on {}, dialing {:?}", p.listen, settings.dial);
     let links = PeerLinks { node, outbox: outbox.clone(), board: board.clone(), join_timeout };

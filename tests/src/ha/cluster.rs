@@ -55,7 +55,7 @@ impl HaCluster {
     /// Shards with `roles` (one per pod), game agents, and ingress agents on
     /// every ingress node; returns once every ingress agent is ready.
     pub fn start(net: &MultiIngress, roles: &[&str], capacity: u32, extra: &str) -> Result<HaCluster> {
-        let shards_yaml = net.shards_yaml(roles).replace("capacity: 100", &format!("capacity: {capacity}"));
+        let shards_yaml = net.shards_yaml(roles, capacity);
         let shards = (0..roles.len())
             .map(|p| {
                 let cfg = ShardConfig { name: format!("s{}", p + 1), max_players: 1000, seed: 3000 + p as u32 };

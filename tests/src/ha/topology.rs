@@ -238,16 +238,8 @@ impl MultiIngress {
     }
 
     /// The shards of an agent config: pod `p` is shard `s{p+1}`.
-    pub fn shards_yaml(&self, roles: &[&str]) -> String {
-        let mut y = format!("frontends:\n  - name: play\n    address: {VIP}:{PORT}\nshards:\n");
-        for (p, role) in roles.iter().enumerate() {
-            y.push_str(&format!(
-                "  - name: s{}\n    address: {}\n    capacity: 100\n    role: {role}\n",
-                p + 1,
-                pod_ip(p)
-            ));
-        }
-        y
+    pub fn shards_yaml(&self, roles: &[&str], capacity: u32) -> String {
+        crate::dsr::pods_shards_yaml(roles, capacity)
     }
 
     /// Names of every namespace of this topology.
