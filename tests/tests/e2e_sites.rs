@@ -11,94 +11,18 @@ use std::{
 
 use proxy_agent::protocol::Request;
 use tests::{
-    agent::Agent,
     packet::Udp,
     scenario::wait_for,
     sim::{
         player::{self, PlayerConfig, Players},
-        shard::{self, ShardConfig, ShardHandle},
         wire,
     },
-    sites::{self, counter, Shard, SitesTopology, SyncPlayer, INTERNET_HOST, REMOTE_WAN, STRANGER, TUNNEL_PORT},
+    sites::{self, counter, Bed, Shard, SitesTopology, SyncPlayer, INTERNET_HOST, REMOTE_WAN, STRANGER, TUNNEL_PORT},
     topology::PORT,
 };
 
-/// A running pair of sites: the topology, the simulated shards, the agents.
-struct Bed {
-    t: SitesTopology,
-    ingress: Agent,
-    remote: Option<Agent>,
-    /// Local shards (`l1`, `l2`), then remote ones (`far1`, `far2`).
-    sims: Vec<ShardHandle>,
-}
-
-/// `locals` and `fars` shard namespaces with their simulated shards, the
-/// ingress agent with `shards`, and the remote agent when `remote`.
 fn start(locals: usize, fars: usize, shards: &[Shard], mtu: Option<u32>, remote: bool) -> Bed {
-    let t = SitesTopology::build(locals, fars, 8).unwrap();
-    // The shards run before the agents probe them.
-    let mut sims = Vec::new();
-    for i in 0..locals {
-        let cfg = ShardConfig { name: format!("l{}", i + 1), max_players: 1000, seed: 3000 + i as u32 };
-        sims.push(shard::spawn(t.local_socket(i).unwrap(), cfg));
-    }
-    for i in 0..fars {
-        let cfg = ShardConfig { name: format!("far{}", i + 1), max_players: 1000, seed: 4000 + i as u32 };
-        sims.push(shard::spawn(t.far_socket(i).unwrap(), cfg));
-    }
-    let shared = sites::shared_yaml(shards, mtu);
-    // The remote node first: the ingress's first probes then find it.
-    let remote = remote.then(|| Agent::start(&t.remote, &t.remote_yaml(&shared)).unwrap());
-    let ingress = Agent::start(&t.ingress, &t.ingress_yaml(&shared)).unwrap();
-    Bed { t, ingress, remote, sims }
-}
-
-impl Bed {
-    fn remote(&self) -> &Agent {
-        self.remote.as_ref().expect("a remote agent")
-    }
-
-    fn sim(&self, name: &str) -> &ShardHandle {
-        self.sims.iter().find(|s| s.name == name).unwrap()
-    }
-
-    fn health(&self, shard: &str) -> String {
-        let st = self.ingress.request(&Request::Status).unwrap();
-        let s = st["shards"].as_array().unwrap().iter().find(|s| s["name"] == shard).cloned();
-        s.map(|s| s["health"].as_str().unwrap_or("").to_string()).unwrap_or_default()
-    }
-
-    fn wait_up(&self, shards: &[&str]) {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !shards.iter().all(|s| self.health(s) == "up") {
-            if Instant::now() > deadline {
-                let remote = self.remote.as_ref().map(|r| r.log_text()).unwrap_or_default();
-                panic!(
-                    "shards {shards:?} not up within 15 s: status {}\nWAN {}\ningress log:\n{}\nremote log:\n{remote}",
-                    self.ingress.request(&Request::Status).unwrap(),
-                    self.t.wan_counters(),
-                    self.ingress.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Connects `n` step-by-step players (each within 10 s).
-    fn sync_players(&self, n: usize) -> Vec<SyncPlayer> {
-        let vip = self.t.vip();
-        let socks = self.t.player_sockets(n).unwrap();
-        socks.into_iter().map(|s| SyncPlayer::connect(s, vip, Duration::from_secs(10)).unwrap()).collect()
-    }
-
-    fn drain(&self, shard: &str, on: bool) {
-        let req = if on { Request::Drain { shard: shard.into() } } else { Request::Undrain { shard: shard.into() } };
-        self.ingress.request(&req).unwrap();
-    }
-
-    fn counters(&self, agent: &Agent, names: &[&str]) -> String {
-        names.iter().map(|n| format!("{n}={}", counter(agent, n))).collect::<Vec<_>>().join(" ")
-    }
+    Bed::start(locals, fars, shards, mtu, remote).unwrap()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -135,6 +59,12 @@ fn plain_rewriting_to_a_remote_shard_dies_at_the_wan() {
     let st = b.sim("far1").stats();
     assert!(st.clients.is_empty() && st.handshake_ms.is_empty(), "a rewritten packet reached far1: {:?}", st.clients);
     println!("plain rewriting: {rewritten} player packets rewritten to far1, {dropped} dropped by BCP 38 at the WAN");
+    // The control: with BCP 38 lifted for the players the same path plays,
+    // so the filter (not the topology) was what stopped them.
+    b.t.allow_from_ingress(sites::PLAYERS_PREFIX).unwrap();
+    let mut p = b.sync_players(1).unwrap().remove(0);
+    let (_, echo) = p.ping(60, Duration::from_secs(1)).unwrap().expect("an echo over the lifted path");
+    assert_eq!((echo.shard.as_str(), echo.seen), ("far1", p.local));
 }
 
 #[test]
@@ -142,7 +72,7 @@ fn tunnelled_players_play_on_the_remote_shards_and_nothing_crosses_the_wan_in_th
     let b = start(0, 2, &[Shard::far(0, "active"), Shard::far(1, "active")], None, true);
     b.wait_up(&["far1", "far2"]);
     const PINGS: usize = 20;
-    let mut players = b.sync_players(8);
+    let mut players = b.sync_players(8).unwrap();
     for p in &mut players {
         for i in 0..PINGS {
             let (_, echo) = p
@@ -320,7 +250,7 @@ fn received(players: &Players) -> u64 {
 fn an_oversized_packet_is_dropped_not_fragmented() {
     let b = start(0, 1, &[Shard::far(0, "active")], Some(600), true);
     b.wait_up(&["far1"]);
-    let mut p = b.sync_players(1).remove(0);
+    let mut p = b.sync_players(1).unwrap().remove(0);
     let small = |p: &mut SyncPlayer| {
         for _ in 0..5 {
             assert!(p.ping(60, Duration::from_secs(1)).unwrap().is_some(), "a small packet was lost");
@@ -351,15 +281,7 @@ fn round_trip_through_the_tunnel_beside_the_direct_path() {
     b.wait_up(&["far1", "far2", "l1"]);
     b.t.allow_from_ingress(sites::PLAYERS_PREFIX).unwrap();
     let names = ["far1", "far2", "l1"];
-    let mut players = Vec::new();
-    for (i, want) in names.iter().enumerate() {
-        for other in names.iter().filter(|n| *n != want) {
-            b.drain(other, true);
-        }
-        b.drain(want, false);
-        let sock = b.t.player_sockets(i + 1).unwrap().pop().unwrap();
-        players.push(SyncPlayer::connect(sock, b.t.vip(), Duration::from_secs(10)).unwrap());
-    }
+    let mut players: Vec<_> = names.iter().enumerate().map(|(i, n)| b.player_on(n, &names, i).unwrap()).collect();
     const N: usize = 300;
     let mut rtts = vec![Vec::with_capacity(N); names.len()];
     for _ in 0..N {

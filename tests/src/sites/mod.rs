@@ -20,19 +20,16 @@
 //! 198.18.32.0/20, internet 198.18.48.0/20.
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket},
-    time::{Duration, Instant},
+    net::{Ipv4Addr, SocketAddrV4, UdpSocket},
+    time::Duration,
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use proxy_agent::dataplane::Dataplane;
-use proxy_common::samp;
 
 use crate::{
-    agent::Agent,
     netns::{veth, NetNs},
     pins::PinDir,
-    sim::wire::{self, Echo},
     topology::{PORT, VIP},
 };
 
@@ -368,79 +365,5 @@ impl SitesTopology {
     }
 }
 
-/// A data-plane counter of `agent` by its `proxy_common::Counter` name, so
-/// the tests name the feature's counters without a compile-time dependency.
-pub fn counter(agent: &Agent, name: &str) -> u64 {
-    let c = proxy_common::Counter::ALL
-        .iter()
-        .find(|c| c.name() == name)
-        .unwrap_or_else(|| panic!("proxy_common::Counter has no `{name}`: is the sites feature merged?"));
-    agent.tables().expect("the agent's pinned maps").counter(*c).expect("reading a counter")
-}
-
-/// A player driven step by step: it handshakes like the client, then sends
-/// one game packet at a time and waits for its echo. For exact accounting
-/// and round trips.
-pub struct SyncPlayer {
-    pub sock: UdpSocket,
-    pub server: SocketAddrV4,
-    pub local: SocketAddrV4,
-    seq: u32,
-}
-
-impl SyncPlayer {
-    /// Handshakes with `server` (retrying every 300 ms) for up to `timeout`.
-    pub fn connect(sock: UdpSocket, server: SocketAddrV4, timeout: Duration) -> Result<SyncPlayer> {
-        let SocketAddr::V4(local) = sock.local_addr()? else { bail!("an IPv4 socket") };
-        sock.set_read_timeout(Some(Duration::from_millis(300)))?;
-        let deadline = Instant::now() + timeout;
-        let mut buf = [0u8; 2048];
-        let mut msg = wire::handshake_request(0, server.port()).to_vec();
-        while Instant::now() < deadline {
-            sock.send_to(&msg, server)?;
-            let Ok((n, from)) = sock.recv_from(&mut buf) else { continue };
-            if from != SocketAddr::V4(server) {
-                continue;
-            }
-            match buf[0] {
-                samp::ID_OPEN_CONNECTION_COOKIE if n == 3 => {
-                    let cookie = u16::from_le_bytes([buf[1], buf[2]]);
-                    msg = wire::handshake_request(cookie ^ samp::COOKIE_XOR, server.port()).to_vec();
-                }
-                samp::ID_OPEN_CONNECTION_REPLY => return Ok(SyncPlayer { sock, server, local, seq: 0 }),
-                _ => {}
-            }
-        }
-        bail!("{local} did not connect to {server} within {timeout:?}")
-    }
-
-    /// Sends one game packet of `size` filler bytes and waits up to
-    /// `timeout` for its echo: the round trip, the echo, and whether the
-    /// reply came from the server's address.
-    pub fn ping(&mut self, size: usize, timeout: Duration) -> Result<Option<(Duration, Echo)>> {
-        self.seq += 1;
-        let t0 = Instant::now();
-        self.sock.send_to(&wire::game_packet(self.seq, size, self.server.port()), self.server)?;
-        let mut buf = [0u8; 2048];
-        while t0.elapsed() < timeout {
-            self.sock.set_read_timeout(Some((timeout - t0.elapsed()).max(Duration::from_millis(1))))?;
-            let Ok((n, from)) = self.sock.recv_from(&mut buf) else { continue };
-            match Echo::decode(&buf[..n]) {
-                Some(e) if e.seq == self.seq => {
-                    if from != SocketAddr::V4(self.server) {
-                        bail!("an echo for {} came from {from}, not {}", self.local, self.server);
-                    }
-                    return Ok(Some((t0.elapsed(), e)));
-                }
-                _ => {}
-            }
-        }
-        Ok(None)
-    }
-}
-
-/// The median of some durations, in microseconds.
-pub fn median_us(mut v: Vec<Duration>) -> f64 {
-    v.sort();
-    v.get(v.len() / 2).map_or(f64::NAN, |d| d.as_secs_f64() * 1e6)
-}
+mod run;
+pub use run::{counter, median_us, Bed, SyncPlayer};
