@@ -11,7 +11,7 @@
 //!   cargo xtask fuzz [--packets N --seed S]  random and mutated frames through the program
 //!   cargo xtask bench WHAT        build, then a benchmark: fastpath | migrate |
 //!                                 failover | agent [--baseline-agent PATH] | query |
-//!                                 memory | e2e [--rate N --repeats N --seconds S]
+//!                                 memory | e2e [--rate N --repeats N --seconds S] | sites
 //!   cargo xtask bench smoke       build, then every benchmark with its smallest
 //!                                 settings (a few seconds each); `test` ends with it
 
@@ -192,6 +192,7 @@ const SMOKE: &[(&str, &str)] = &[
     ("failover", "--runs 1 --api-delays-ms 50 --players 5"),
     ("agent", "--sessions 250 --runs 3 --idle-seconds 0.5 --idle-timeout-ms 1000"),
     ("query", "--calls 20 --seconds 1 --rate 2000"),
+    ("sites", "--pings 5 --runs 1 --players 3"),
     ("memory", "--sessions 4096 --agent-sessions 2000 --idle-timeout-ms 1000"),
     (
         "e2e",
@@ -306,7 +307,7 @@ fn remove_leftovers(pid: u32) -> Vec<String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(task) = args.first() else {
-        return fail("usage: cargo xtask build-ebpf | build | test [--kernel V] | kernels [V...] | demo [--seconds N --players N] | bench fastpath|migrate|failover|agent|query|memory|e2e|smoke | fuzz [--packets N --seed S]");
+        return fail("usage: cargo xtask build-ebpf | build | test [--kernel V] | kernels [V...] | demo [--seconds N --players N] | bench fastpath|migrate|failover|agent|query|memory|e2e|sites|smoke | fuzz [--packets N --seed S]");
     };
     let rest = &args[1..];
     let result = match task.as_str() {

@@ -2,6 +2,8 @@
 //!
 //! `cargo xtask bench migrate`: see `migrate` below.
 //!
+//! `cargo xtask bench sites`: see `sites.rs`.
+//!
 //! `cargo xtask bench fastpath`: per-packet cost of the data plane through
 //! BPF_PROG_TEST_RUN, beside a bare XDP_PASS program measured in the same run.
 //!
@@ -53,6 +55,7 @@ mod failover;
 mod ingress;
 mod memory;
 mod query;
+mod sites;
 
 #[derive(Parser)]
 struct Cli {
@@ -135,6 +138,8 @@ enum What {
     /// Several ingress nodes: replication lag, CPU and bytes per change, a
     /// rejoining node's snapshot, an ingress node's death, the coordinator's takeover.
     Ingress(ingress::IngressArgs),
+    /// Shards in another data centre: tunnel vs direct round trip, cross-site failover.
+    Sites(sites::SitesArgs),
     /// Time to apply migrations of 1, 100 and 1000 sessions and of a whole group.
     Migrate {
         /// Runs per size; the median is printed.
@@ -562,6 +567,7 @@ fn main() -> Result<()> {
         }
         What::E2e(args) => e2e::e2e(&args),
         What::Ingress(args) => ingress::run(&args),
+        What::Sites(args) => sites::run(&args),
         What::Failover { runs, api_delays_ms, players, reconnect_ms } => {
             failover::matrix(runs, &api_delays_ms)?;
             println!();
