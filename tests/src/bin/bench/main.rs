@@ -56,6 +56,7 @@ mod ingress;
 mod memory;
 mod query;
 mod sites;
+mod tunnel;
 
 #[derive(Parser)]
 struct Cli {
@@ -348,7 +349,10 @@ fn fastpath(calls: u32, spread: usize) -> Result<()> {
         println!("  programs NOT held in the dispatcher (SAMP_BENCH_NO_HOLD): each test run re-adds them");
     }
     println!("{:<29} {:<6} {:>7} {:>9} {:>7} {:>9}", "path", "method", "ns", "XDP_PASS", "ratio", "added ns");
-    for r in [hit_warm, ret_warm, hit_arm, ret_arm, hit_cold, ret_cold, few, spread_row, ret_spread, place_cold] {
+    // Shards in another site (issue 22): cold rows beside a plain hit in the same bed.
+    let tunnel_rows = tunnel::rows(calls)?;
+    let rows = [hit_warm, ret_warm, hit_arm, ret_arm, hit_cold, ret_cold, few, spread_row, ret_spread, place_cold];
+    for r in rows.into_iter().chain(tunnel_rows) {
         println!(
             "{:<29} {:<6} {:>7} {:>9} {:>6.2}x {:>9}",
             r.name,
