@@ -57,7 +57,9 @@ pub fn far_ip(i: usize) -> Ipv4Addr {
 }
 
 /// The WAN router's rules: BCP 38 per site-facing interface, and counters
-/// of what crosses between the two sites.
+/// of what crosses between the two sites. (`plain_udp` follows `return`s:
+/// written as `udp sport != 5555 udp dport != 5555`, nft merges the two
+/// into one 4-byte compare, which any other source port passes.)
 const WAN_NFT: &str = "table ip wan {
   counter ing_spoofed {}
   counter far_spoofed {}
@@ -81,8 +83,10 @@ const WAN_NFT: &str = "table ip wan {
   chain forward_sites {
     type filter hook forward priority 0; policy accept;
     iifname { \"r-ing\", \"r-far\" } oifname { \"r-ing\", \"r-far\" } udp dport 5555 counter name tunnel_udp
-    iifname { \"r-ing\", \"r-far\" } oifname { \"r-ing\", \"r-far\" } udp sport != 5555 udp dport != 5555 counter name plain_udp
     iifname \"r-ing\" oifname \"r-far\" udp dport 7777 counter name plain_to_far
+    udp dport 5555 return
+    udp sport 5555 return
+    iifname { \"r-ing\", \"r-far\" } oifname { \"r-ing\", \"r-far\" } meta l4proto udp counter name plain_udp
   }
 }
 ";
