@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::super::{
     AgonesFrontend, Config, ConfigError, Frontend, FrontendConfig, QueryConfig, Role, Shard, ShardConfig, ShardSource,
-    MAX_SHARD_CAPACITY,
+    SiteConfig, MAX_SHARD_CAPACITY,
 };
 use super::{Checker, PathPart};
 use PathPart::{Index as I, Key as K};
@@ -165,7 +165,7 @@ impl Checker<'_> {
         }
         let mut shards: Vec<Shard> = Vec::new();
         for (i, sh) in raw.shards.iter().enumerate() {
-            let shard = self.check_shard(i, sh, frontends, &shards)?;
+            let shard = self.check_shard(i, sh, frontends, &shards, &raw.sites)?;
             shards.push(shard);
         }
         Ok(shards)
@@ -178,6 +178,7 @@ impl Checker<'_> {
         sh: &ShardConfig,
         frontends: &[Frontend],
         shards: &[Shard],
+        sites: &[SiteConfig],
     ) -> Result<Shard, ConfigError> {
         let at = |f| [K("shards"), I(i), K(f)];
         check_name(self.error(&at("name"), "", ""), &sh.name)?;
@@ -204,6 +205,7 @@ impl Checker<'_> {
             capacity: sh.capacity,
             role: sh.role,
             source: ShardSource::File,
+            site: self.shard_site(i, sh, sites)?,
         })
     }
 
@@ -301,7 +303,7 @@ impl Checker<'_> {
     }
 }
 
-fn check_name(template: ConfigError, name: &str) -> Result<(), ConfigError> {
+pub(super) fn check_name(template: ConfigError, name: &str) -> Result<(), ConfigError> {
     let ok =
         !name.is_empty() && name.len() <= 63 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {
