@@ -84,9 +84,22 @@ pub fn placement(
                 .map(|(i, s)| Candidate { name: &s.name, group: ids[i].home_group, weight: weight(i) })
                 .collect();
             candidates.sort_by(|a, b| a.name.cmp(b.name));
+            prefer_site(cfg, fe, &mut candidates);
             (fe_ids[fe], placement::fill(&candidates, PLACEMENT_SLOTS as usize))
         })
         .collect()
+}
+
+/// With `prefer_site` on frontend `fe`, the other sites' shards get no new
+/// players while a preferred shard has room.
+fn prefer_site(cfg: &Validated, fe: usize, candidates: &mut [Candidate<'_>]) {
+    let Some(preferred) = cfg.frontends[fe].prefer_site else { return };
+    let site_of = |name: &str| cfg.shards.iter().find(|s| s.name == name).and_then(|s| s.site);
+    if candidates.iter().any(|c| c.weight > 0 && site_of(c.name) == preferred) {
+        for c in candidates.iter_mut().filter(|c| site_of(c.name) != preferred) {
+            c.weight = 0;
+        }
+    }
 }
 
 /// Builds the plan for `cfg` with frontend `i` at `fe_ids[i]` and shard `i`
@@ -245,6 +258,26 @@ shards:
         let peers: Vec<u32> = plan.tunnel_peers.iter().map(|(p, _)| *p).collect();
         assert_eq!(peers, vec![a([198, 18, 60, 1]), a([198, 18, 60, 2])]);
         assert!(plan.tunnel_peers.iter().all(|(_, t)| t.local_addr == a([198, 18, 70, 2]) && t.site == 0));
+    }
+
+    #[test]
+    fn a_preferred_site_takes_every_new_player_while_it_has_room() {
+        let text = SITES.replace("7777}]", "7777, prefer_site: far}]");
+        let cfg = crate::config::parse("t", &text).unwrap();
+        let groups = |weights: [u32; 2]| {
+            let rows = placement(&cfg, &[0], &ids(), |i| weights[i]);
+            let mut g = rows[0].1.clone();
+            g.sort_unstable();
+            g.dedup();
+            g
+        };
+        assert_eq!(groups([10, 10]), vec![2], "only `away` (site far) while it has room");
+        assert_eq!(groups([10, 0]), vec![1], "full: the others take them");
+        let local = crate::config::parse("t", &SITES.replace("7777}]", "7777, prefer_site: local}]")).unwrap();
+        let rows = placement(&local, &[0], &ids(), |_| 10);
+        assert!(rows[0].1.iter().all(|&g| g == 1));
+        let wrong = crate::config::parse("t", &SITES.replace("7777}]", "7777, prefer_site: mars}]"));
+        assert!(wrong.unwrap_err().to_string().contains("no site named `mars`; fix: use one of: far, or `local`"));
     }
 
     #[test]

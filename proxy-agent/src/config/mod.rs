@@ -266,6 +266,11 @@ pub struct FrontendConfig {
     /// Shards discovered from Agones GameServers (besides any listed).
     #[serde(default)]
     pub agones: Option<AgonesFrontend>,
+    /// New players go to shards of this site (a `sites` name, or `local`
+    /// for shards without a site) while any of them has room; to the
+    /// others only when none has. Absent: every site alike.
+    #[serde(default)]
+    pub prefer_site: Option<String>,
 }
 
 /// A frontend's face in the server browser (answers to `i` and `r`).
@@ -398,6 +403,9 @@ pub struct Frontend {
     pub address: SocketAddrV4,
     pub query: QueryConfig,
     pub agones: Option<AgonesFrontend>,
+    /// `Some(None)`: prefer shards without a site (`local`); `Some(Some(i))`:
+    /// prefer site `i`; `None`: no preference.
+    pub prefer_site: Option<Option<usize>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

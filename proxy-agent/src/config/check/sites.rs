@@ -2,9 +2,12 @@
 
 use std::collections::HashSet;
 
-use super::super::{Config, ConfigError, Frontend, NodeRole, ShardConfig, SiteConfig};
+use super::super::{Config, ConfigError, Frontend, FrontendConfig, NodeRole, ShardConfig, SiteConfig};
 use super::{topology::check_name, Checker, PathPart};
 use PathPart::{Index as I, Key as K};
+
+/// What `prefer_site` calls the shards without a site.
+const LOCAL: &str = "local";
 
 /// The shortest path MTU a site may have: IPv4's minimum datagram.
 const MIN_MTU: u16 = 576;
@@ -16,6 +19,13 @@ impl Checker<'_> {
         for (i, site) in raw.sites.iter().enumerate() {
             let at = |f| [K("sites"), I(i), K(f)];
             check_name(self.error(&at("name"), "", ""), &site.name)?;
+            if site.name == LOCAL {
+                return Err(self.error(
+                    &at("name"),
+                    "`local` names the shards without a site",
+                    "give the site another name",
+                ));
+            }
             if !names.insert(site.name.as_str()) {
                 return Err(self.error(
                     &at("name"),
@@ -87,6 +97,27 @@ impl Checker<'_> {
                 "remove `sites:` here: the ingress nodes tunnel to other sites, a game node sends its replies straight",
             )),
             _ => Ok(()),
+        }
+    }
+
+    /// Frontend `i`'s `prefer_site`: `local` or a site's index.
+    pub(super) fn preferred_site(
+        &self,
+        i: usize,
+        fe: &FrontendConfig,
+        sites: &[SiteConfig],
+    ) -> Result<Option<Option<usize>>, ConfigError> {
+        match fe.prefer_site.as_deref() {
+            None => Ok(None),
+            Some(LOCAL) => Ok(Some(None)),
+            Some(name) => match sites.iter().position(|s| s.name == name) {
+                Some(index) => Ok(Some(Some(index))),
+                None => Err(self.error(
+                    &[K("frontends"), I(i), K("prefer_site")],
+                    format!("no site named `{name}`"),
+                    format!("{}, or `{LOCAL}` for the shards without a site", known_sites(sites)),
+                )),
+            },
         }
     }
 

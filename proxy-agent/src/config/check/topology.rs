@@ -63,14 +63,20 @@ impl Checker<'_> {
         }
         let mut frontends: Vec<Frontend> = Vec::new();
         for (i, fe) in raw.frontends.iter().enumerate() {
-            let frontend = self.check_frontend(i, fe, &frontends)?;
+            let frontend = self.check_frontend(i, fe, &frontends, &raw.sites)?;
             frontends.push(frontend);
         }
         Ok(frontends)
     }
 
     /// Frontend `i`, against the ones before it.
-    fn check_frontend(&self, i: usize, fe: &FrontendConfig, frontends: &[Frontend]) -> Result<Frontend, ConfigError> {
+    fn check_frontend(
+        &self,
+        i: usize,
+        fe: &FrontendConfig,
+        frontends: &[Frontend],
+        sites: &[SiteConfig],
+    ) -> Result<Frontend, ConfigError> {
         let at = |f| [K("frontends"), I(i), K(f)];
         check_name(self.error(&at("name"), "", ""), &fe.name)?;
         if frontends.iter().any(|f| f.name == fe.name) {
@@ -85,7 +91,8 @@ impl Checker<'_> {
         if let Some(agones) = &fe.agones {
             self.check_agones(i, agones)?;
         }
-        Ok(Frontend { name: fe.name.clone(), address, query: fe.query.clone(), agones: fe.agones.clone() })
+        let prefer_site = self.preferred_site(i, fe, sites)?;
+        Ok(Frontend { name: fe.name.clone(), address, query: fe.query.clone(), agones: fe.agones.clone(), prefer_site })
     }
 
     /// The public address of frontend `i`: IPv4, a port, unicast, its own.
