@@ -28,6 +28,7 @@ pub mod owner;
 pub mod peers;
 pub mod query;
 pub mod run;
+pub mod sites;
 
 pub use control::protocol;
 pub use dataplane::{batch, tables};

@@ -60,6 +60,18 @@ counters! {
     SessionEventLost => "session_event_lost", "Session events the agent's ring buffer had no room for (its next scan repairs the index)";
     DropShardIcmp => "drop_shard_icmp", "ICMP errors about a player's packet to a shard (port unreachable when its process is gone), on their way to the player: they carry the shard's own address";
     DropEgressShardIcmp => "drop_egress_shard_icmp", "ICMP errors this node's own kernel sent towards a player about its packet to a shard (host unreachable while a lost shard's neighbour fails), dropped on egress by the TC guard: they quote the shard's own address";
+    TunnelEncap => "tunnel_encap", "Player packets encapsulated to the remote node of their shard's site";
+    TunnelDecapShard => "tunnel_decap_shard", "Remote node: tunnelled player packets decapsulated and sent to their shard";
+    TunnelEncapReply => "tunnel_encap_reply", "Remote node: shard replies encapsulated back to the player's ingress node";
+    TunnelDecapReply => "tunnel_decap_reply", "Tunnelled shard replies decapsulated (then rewritten to come from the VIP)";
+    PassTunnelAgent => "pass_tunnel_agent", "Tunnel packets for this node's agent (probes through the tunnel, heartbeats), passed up";
+    DropTunnelForeign => "drop_tunnel_foreign", "Tunnel packets from an address that is no configured peer: a forged one would claim any player's address";
+    DropTunnelMalformed => "drop_tunnel_malformed", "Tunnel packets whose inner packet is not a whole UDP/IPv4 datagram";
+    DropTunnelNotShard => "drop_tunnel_not_shard", "Tunnel packets whose inner packet is to or from no shard of the peer's site";
+    DropTunnelTooBig => "drop_tunnel_too_big", "Packets whose encapsulation would exceed the tunnel's path MTU: dropped, never fragmented";
+    DropTunnelNoNeigh => "drop_tunnel_no_neigh", "Packets for a tunnel whose next hop is not resolved yet (the agents' probes and heartbeats keep it resolved)";
+    DropTunnelNoRoom => "drop_tunnel_no_room", "Packets the driver left no headroom to encapsulate in";
+    DropTunnelNoReturn => "drop_tunnel_no_return", "Remote node: shard replies to a player no ingress node sent here lately";
 }
 
 /// Number of counters.

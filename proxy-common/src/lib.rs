@@ -88,6 +88,9 @@ pub mod maps {
     pub const PEERS: &str = "PEERS";
     pub const PEERS_IN_USE: &str = "PEERS_IN_USE";
     pub const REDIRECT_REFUSED: &str = "REDIRECT_REFUSED";
+    pub const SITES: &str = "SITES";
+    pub const TUNNEL_PEERS: &str = "TUNNEL_PEERS";
+    pub const RETURN_VIA: &str = "RETURN_VIA";
 }
 
 /// Program names in the object.
@@ -272,6 +275,10 @@ pub const PORT_FRONTEND: u16 = 1;
 /// `FRONTENDS` instead of trusting `PortEntry::vip`.
 pub const PORT_SHARED: u16 = 2;
 
+/// `PortEntry::flags`: this node's tunnel endpoint listens on this port at
+/// `PortEntry::vip` (see [`Tunnel`]).
+pub const PORT_TUNNEL: u16 = 4;
+
 /// Value of `PORTS`, indexed by the UDP port as it stands in the header: a
 /// cheap array test that rejects most foreign traffic and, for the usual one
 /// frontend per port, resolves the frontend without a hash lookup.
@@ -294,6 +301,64 @@ pub struct NextHop {
     /// Cache-clock time (see [`JIFFY_NS`]) after which the FIB is asked
     /// again; 0 = empty.
     pub expires_ns: u64,
+}
+
+/// Sites (`SITES` slots): ids `1..MAX_SITES`; 0 = this node's own network.
+pub const MAX_SITES: u32 = 64;
+/// Nodes at the other end of this node's tunnels (`TUNNEL_PEERS`).
+pub const MAX_TUNNEL_PEERS: u32 = 64;
+/// Players a remote node remembers the ingress node of (`RETURN_VIA`, an LRU).
+pub const MAX_RETURN_VIA: u32 = 262_144;
+/// The outer headers of a tunnelled packet: IPv4 (no options) and UDP.
+pub const TUNNEL_OVERHEAD: u16 = 28;
+/// The default UDP port of the tunnels.
+pub const DEFAULT_TUNNEL_PORT: u16 = 5555;
+
+/// One end of a tunnel as the data plane sends to it: the value of `SITES`
+/// (indexed by site id; on an ingress node, the site's remote node) and of
+/// `TUNNEL_PEERS` (keyed by the peer's address: every node this one accepts
+/// tunnel packets from; on a remote node, the ingress nodes). The
+/// encapsulation is FOU, which is GUE variant 1: outer IPv4 (don't
+/// fragment) and UDP, then the inner IPv4 packet unchanged.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Tunnel {
+    /// The other end's address (network order); 0 = none.
+    pub peer_addr: u32,
+    /// This node's address towards it: the outer source.
+    pub local_addr: u32,
+    /// The other end's tunnel port (network order).
+    pub port: u16,
+    /// The path MTU between the two: an outer packet longer is dropped.
+    pub mtu: u16,
+    /// On an ingress node, the site the peer serves (its shards' `site`);
+    /// on a remote node 0.
+    pub site: u32,
+}
+
+/// Value of the per-CPU `BACKEND_NEXTHOP`: a backend's cached route. For a
+/// shard in another site the hop is the tunnel's (towards its remote node)
+/// and `tunnel` is that site's, copied, so a hit reads no other map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct BackendHop {
+    pub hop: NextHop,
+    /// The shard address the hop was found for: a backend id given to
+    /// another shard never uses the old one's route.
+    pub shard_addr: u32,
+    pub _pad: u32,
+    /// `peer_addr` 0 = plain routing.
+    pub tunnel: Tunnel,
+}
+
+/// Key of `RETURN_VIA`: a player as a remote node sees it (the inner
+/// packet's source).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct PlayerAddr {
+    pub addr: u32,
+    pub port: u16,
+    pub _pad: u16,
 }
 
 /// A client's next hop in the return path's cache.
@@ -453,7 +518,9 @@ pub const SHARD_DRAINED: u32 = 1;
 pub struct Backend {
     /// Shard IPv4, network order. 0 = unused slot: never routes.
     pub addr: u32,
-    pub _pad: u32,
+    /// The site (`SITES` index) the shard sits in: 0 = this node's own
+    /// network (reached by plain routing), else through that site's tunnel.
+    pub site: u32,
 }
 
 /// Value of `REVERSE` (keyed by a shard's IPv4, network order): what the shard's
@@ -516,4 +583,8 @@ mod pod {
     unsafe impl aya::Pod for QuerySource {}
     // SAFETY: as above.
     unsafe impl aya::Pod for CacheSet {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for Tunnel {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for PlayerAddr {}
 }

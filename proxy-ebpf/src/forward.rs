@@ -14,7 +14,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup, bpf_get_smp_processor_id, bpf_redirect},
     programs::XdpContext,
 };
-use proxy_common::{csum, NextHop, CLIENT_ROUTE_SETS, CLIENT_ROUTE_WAYS, NEXTHOP_TTL_NS};
+use proxy_common::{csum, BackendHop, NextHop, Tunnel, CLIENT_ROUTE_SETS, CLIENT_ROUTE_WAYS, NEXTHOP_TTL_NS};
 
 use crate::{
     cache,
@@ -48,20 +48,29 @@ pub enum Via {
 #[derive(Clone, Copy)]
 pub struct Route {
     pub via: Via,
-    ifindex: u32,
+    pub ifindex: u32,
     /// Destination then source MAC, as in the Ethernet header.
-    macs: [u8; 12],
+    pub macs: [u8; 12],
+    /// The tunnel the packet goes through (`peer_addr` 0: none): the route
+    /// is then the one towards the tunnel's other end.
+    pub tunnel: Tunnel,
 }
 
 impl Route {
     #[inline(always)]
     fn interface(ifindex: u32, macs: [u8; 12]) -> Self {
-        Route { via: Via::Interface, ifindex, macs }
+        Route { via: Via::Interface, ifindex, macs, tunnel: Tunnel::default() }
     }
 
     #[inline(always)]
     fn only(via: Via) -> Self {
-        Route { via, ifindex: 0, macs: [0; 12] }
+        Route { via, ifindex: 0, macs: [0; 12], tunnel: Tunnel::default() }
+    }
+
+    /// True when the packet must be encapsulated for a tunnel.
+    #[inline(always)]
+    pub fn is_tunnel(&self) -> bool {
+        self.tunnel.peer_addr != 0
     }
 
     /// Not ours to forward: the destination is local or unreachable.
@@ -75,15 +84,31 @@ impl Route {
 /// `src`/`dst` are the new addresses.
 #[inline(always)]
 pub fn route(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32) -> Route {
+    // SAFETY: `ip` was bounds-checked when parsed.
+    let tos = unsafe { (*pkt.ip).tos };
+    lookup(ctx, Flow { sport: pkt.src_port(), dport: pkt.dst_port(), tot_len: pkt.ip_len(), tos }, src, dst)
+}
+
+/// What the FIB is told of a UDP packet besides its addresses.
+#[derive(Clone, Copy)]
+pub struct Flow {
+    pub sport: u16,
+    pub dport: u16,
+    pub tot_len: u16,
+    pub tos: u8,
+}
+
+/// The FIB's route for a UDP packet `src` -> `dst`.
+#[inline(always)]
+pub fn lookup(ctx: &XdpContext, flow: Flow, src: u32, dst: u32) -> Route {
     // SAFETY: FibParams is plain old data; all-zero is a valid request.
     let mut p: FibParams = unsafe { mem::zeroed() };
     p.family = AF_INET;
     p.l4_protocol = IPPROTO_UDP;
-    p.sport = pkt.src_port();
-    p.dport = pkt.dst_port();
-    p.__bindgen_anon_1.tot_len = pkt.ip_len();
-    // SAFETY: `ip` was bounds-checked when parsed.
-    p.__bindgen_anon_2.tos = unsafe { (*pkt.ip).tos };
+    p.sport = flow.sport;
+    p.dport = flow.dport;
+    p.__bindgen_anon_1.tot_len = flow.tot_len;
+    p.__bindgen_anon_2.tos = flow.tos;
     p.__bindgen_anon_3.ipv4_src = src;
     p.__bindgen_anon_4.ipv4_dst = dst;
     // SAFETY: the context pointer is valid for the program's run.
@@ -132,14 +157,19 @@ pub fn icmp_is_local(ctx: &XdpContext, src: u32, dst: u32, tos: u8, tot_len: u16
 /// `now` is the cache clock (`cache::clock_ns`), as are the expiries.
 #[inline(always)]
 fn cached(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32, now: u64, slot: Option<*mut NextHop>) -> (Route, bool) {
-    if let Some(nh) = slot {
-        // SAFETY: a per-CPU map value; XDP is not preempted on this CPU.
-        let nh = unsafe { &*nh };
-        if nh.ifindex != 0 && nh.expires_ns > now {
-            return (Route::interface(nh.ifindex, nh.macs), false);
-        }
+    if let Some(hit) = fresh_hop(slot, now) {
+        return (hit, false);
     }
     (route(ctx, pkt, src, dst), true)
+}
+
+/// The cached hop in `slot` while it is fresh.
+#[inline(always)]
+fn fresh_hop(slot: Option<*mut NextHop>, now: u64) -> Option<Route> {
+    let nh = slot?;
+    // SAFETY: a per-CPU map value; XDP is not preempted on this CPU.
+    let nh = unsafe { &*nh };
+    (nh.ifindex != 0 && nh.expires_ns > now).then(|| Route::interface(nh.ifindex, nh.macs))
 }
 
 fn to_cache(route: &Route, now: u64) -> Option<NextHop> {
@@ -153,18 +183,51 @@ fn to_cache(route: &Route, now: u64) -> Option<NextHop> {
     }
 }
 
-/// The route to a backend's shard, through the per-CPU per-backend cache.
+/// The route to a backend's shard `dst`, through the per-CPU per-backend
+/// cache: for a shard in another site, the route to its site's remote node,
+/// with the tunnel.
 #[inline(always)]
 pub fn route_to_backend(ctx: &XdpContext, pkt: &Packet, backend_id: u32, dst: u32, now: u64) -> Route {
     let slot = BACKEND_NEXTHOP.get_ptr_mut(backend_id);
-    let (route, fresh) = cached(ctx, pkt, pkt.src_addr(), dst, now, slot);
-    if fresh {
-        if let (Some(slot), Some(nh)) = (slot, to_cache(&route, now)) {
-            // SAFETY: as in `cached`.
-            unsafe { *slot = nh };
+    if let Some(slot) = slot {
+        // SAFETY: a per-CPU map value; XDP is not preempted on this CPU.
+        let cached = unsafe { &*slot };
+        if cached.shard_addr == dst {
+            if let Some(mut hit) = fresh_hop(Some(&cached.hop as *const NextHop as *mut NextHop), now) {
+                hit.tunnel = cached.tunnel;
+                return hit;
+            }
         }
     }
+    let route = match maps::backend(backend_id).and_then(|b| maps::site(b.site)) {
+        Some(tunnel) => {
+            let flow = Flow { sport: flow_port(pkt), dport: tunnel.port, tot_len: pkt.ip_len() + 28, tos: 0 };
+            let mut r = lookup(ctx, flow, tunnel.local_addr, tunnel.peer_addr);
+            r.tunnel = tunnel;
+            r
+        }
+        None => route(ctx, pkt, pkt.src_addr(), dst),
+    };
+    if let (Some(slot), Some(hop)) = (slot, to_cache(&route, now)) {
+        // SAFETY: as above.
+        unsafe { *slot = BackendHop { hop, shard_addr: dst, _pad: 0, tunnel: route.tunnel } };
+    }
     route
+}
+
+/// The outer UDP source port of a player's tunnelled packets (and its
+/// shard's replies): a hash of the player's address and port in
+/// 49152..=65535, so routers between the sites spread the flows over their
+/// paths as they would the players' own, and one player's stay on one path.
+#[inline(always)]
+pub fn flow_port(pkt: &Packet) -> u16 {
+    flow_port_of(pkt.src_addr(), pkt.src_port())
+}
+
+#[inline(always)]
+pub fn flow_port_of(addr: u32, port: u16) -> u16 {
+    let h = (addr ^ ((port as u32) << 16)).wrapping_mul(0x9e37_79b1);
+    (0xc000 | (h >> 18)) as u16
 }
 
 /// The route back to a client, through this CPU's partition of
@@ -173,7 +236,13 @@ pub fn route_to_backend(ctx: &XdpContext, pkt: &Packet, backend_id: u32, dst: u3
 /// its own way, else an empty or expired one, else the one its hash picks.
 #[inline(always)]
 pub fn route_to_client(ctx: &XdpContext, pkt: &Packet, src: u32, now: u64) -> Route {
-    let dst = pkt.dst_addr();
+    route_to_addr(ctx, pkt, src, pkt.dst_addr(), now)
+}
+
+/// As `route_to_client`, to `dst` instead of the packet's destination (a
+/// remote node's route to an ingress node, for a reply it encapsulates).
+#[inline(always)]
+pub fn route_to_addr(ctx: &XdpContext, pkt: &Packet, src: u32, dst: u32, now: u64) -> Route {
     // Shifted up, so sequential addresses spread over the sets.
     let hash = cache::spread((dst as u64) << 24);
     // SAFETY: a plain helper call (inlined by the verifier).
@@ -262,7 +331,37 @@ pub enum Sent {
 /// and none of the redirect path's per-packet work in the driver.
 #[inline(always)]
 pub fn rewrite_and_send(ctx: &XdpContext, pkt: &Packet, which: Addr, new: u32, route: &Route) -> Sent {
-    // SAFETY: `eth`, `ip` and `udp` were bounds-checked when parsed.
+    let ours = route.via == Via::Interface;
+    rewrite(pkt, which, new, ours);
+    if !ours {
+        // Local and Unroutable were handled by the caller before
+        // rewriting; passing them up is the safe default should that
+        // ever change.
+        return Sent::Passed;
+    }
+    // SAFETY: `eth` was bounds-checked when parsed.
+    unsafe { *(pkt.eth as *mut [u8; 12]) = route.macs };
+    Sent::Redirected(send_out(ctx, route.ifindex))
+}
+
+/// XDP_TX when `ifindex` is the interface the frame came in on, else a
+/// redirect (an invalid ifindex makes the helper return XDP_ABORTED).
+#[inline(always)]
+pub fn send_out(ctx: &XdpContext, ifindex: u32) -> u32 {
+    // SAFETY: the context pointer is valid for the program's run.
+    if ifindex == unsafe { (*ctx.ctx).ingress_ifindex } {
+        return xdp_action::XDP_TX;
+    }
+    // SAFETY: a plain helper call.
+    unsafe { bpf_redirect(ifindex, 0) as u32 }
+}
+
+/// Rewrites one IPv4 address of the packet and its TTL as `rewrite_and_send`
+/// describes: `ours` when this program sends the packet on (the TTL loses
+/// one), else the kernel forwards it (and takes the one off).
+#[inline(always)]
+pub fn rewrite(pkt: &Packet, which: Addr, new: u32, ours: bool) {
+    // SAFETY: `ip` and `udp` were bounds-checked when parsed.
     unsafe {
         let ip = &mut *pkt.ip;
         let field = match which {
@@ -279,34 +378,18 @@ pub fn rewrite_and_send(ctx: &XdpContext, pkt: &Packet, which: Addr, new: u32, r
             Addr::Src => 0,
         };
         let old_ttl = ip.ttl;
-        match route.via {
-            Via::Interface => {
-                *(pkt.eth as *mut [u8; 12]) = route.macs;
-                // The caller checked TTL > 1; most packets just lose one.
-                let ttl_change = if old_ttl > floor {
-                    ip.ttl = old_ttl - 1;
-                    csum::TTL_DECREMENT
-                } else {
-                    ip.ttl = floor;
-                    ttl_delta(old_ttl, floor)
-                };
-                ip.check = csum::apply(check, delta + ttl_change).to_ne_bytes();
-                // SAFETY: the context pointer is valid for the program's run.
-                if route.ifindex == (*ctx.ctx).ingress_ifindex {
-                    return Sent::Redirected(xdp_action::XDP_TX);
-                }
-                // An invalid ifindex makes the helper return XDP_ABORTED.
-                Sent::Redirected(bpf_redirect(route.ifindex, 0) as u32)
-            }
-            // Local and Unroutable were handled by the caller before
-            // rewriting; passing them up is the safe default should that
-            // ever change.
-            Via::Kernel | Via::Local | Via::Unroutable => {
-                // The kernel's forwarding takes one off.
-                ip.ttl = old_ttl.max(floor.saturating_add(1));
-                ip.check = csum::apply(check, delta + ttl_delta(old_ttl, ip.ttl)).to_ne_bytes();
-                Sent::Passed
-            }
-        }
+        let ttl_change = if !ours {
+            // The kernel's forwarding takes one off.
+            ip.ttl = old_ttl.max(floor.saturating_add(1));
+            ttl_delta(old_ttl, ip.ttl)
+        } else if old_ttl > floor {
+            // The caller checked TTL > 1; most packets just lose one.
+            ip.ttl = old_ttl - 1;
+            csum::TTL_DECREMENT
+        } else {
+            ip.ttl = floor;
+            ttl_delta(old_ttl, floor)
+        };
+        ip.check = csum::apply(check, delta + ttl_change).to_ne_bytes();
     }
 }

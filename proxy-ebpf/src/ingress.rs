@@ -16,6 +16,7 @@ use crate::{
     parse::{ptr_at, Packet, PAYLOAD_OFF},
     query,
     stats::{self, verdict, Direction},
+    tunnel,
 };
 
 /// What the first bytes of the payload say about the datagram.
@@ -170,6 +171,11 @@ fn towards(ctx: &XdpContext, pkt: &Packet, backend_id: u32, addr: u32, clock: u6
         return Err(verdict(Counter::PassTtl, xdp_action::XDP_PASS));
     }
     let route = forward::route_to_backend(ctx, pkt, backend_id, addr, clock);
+    if route.is_tunnel() {
+        // A shard in another site: sent inside the site's tunnel or not at all.
+        let tunnel = route.tunnel;
+        return tunnel::fits(pkt, &tunnel, route).map(|route| Next { backend_id, addr, route });
+    }
     if route.is_dead_end() {
         // No route to the shard (or it is an address of this node): drop
         // before touching the packet.
@@ -182,6 +188,11 @@ fn towards(ctx: &XdpContext, pkt: &Packet, backend_id: u32, addr: u32, clock: u6
 #[inline(always)]
 fn send(ctx: &XdpContext, pkt: &Packet, next: Next) -> u32 {
     stats::backend_packet(next.backend_id, pkt.ip_len() as u64, Direction::ToShard);
+    if next.route.is_tunnel() {
+        forward::rewrite(pkt, Addr::Dst, next.addr, true);
+        let action = tunnel::push(ctx, pkt, &next.route, forward::flow_port(pkt));
+        return verdict(Counter::TunnelEncap, action);
+    }
     match forward::rewrite_and_send(ctx, pkt, Addr::Dst, next.addr, &next.route) {
         Sent::Redirected(action) => verdict(Counter::IngressRedirect, action),
         Sent::Passed => verdict(Counter::IngressPassNeigh, xdp_action::XDP_PASS),

@@ -12,7 +12,8 @@
 //! (shard ICMP errors), `query`
 //! (the cluster's answers to the server browser), `reply`
 //! (shard -> player), `forward` (FIB + redirect), `stats` (counters), `events`
-//! (session changes for the agent), `egress` (the TC egress guard), `maps`.
+//! (session changes for the agent), `egress` (the TC egress guard), `maps`,
+//! `tunnel` (shards in other sites: encapsulation both ways).
 #![no_std]
 #![no_main]
 // Compare-and-swap for the pacer and the query budget (see `atomic`).
@@ -35,6 +36,7 @@ mod parse;
 mod query;
 mod reply;
 mod stats;
+mod tunnel;
 
 use aya_ebpf::{
     bindings::xdp_action,
@@ -55,12 +57,22 @@ pub fn samp_proxy(ctx: XdpContext) -> u32 {
         Parsed::Pass(counter) => return stats::verdict(counter, xdp_action::XDP_PASS),
         Parsed::Drop(counter) => return stats::verdict(counter, xdp_action::XDP_DROP),
     };
-    if let Some(frontend) = maps::frontend_for(pkt.dst_addr(), pkt.dst_port()) {
-        return ingress::handle(&ctx, &pkt, frontend);
+    if let Some(entry) = maps::port_entry(pkt.dst_port()) {
+        if maps::is_tunnel_endpoint(entry, pkt.dst_addr()) {
+            return tunnel::receive(&ctx, &pkt);
+        }
+        if let Some(frontend) = maps::frontend_at(entry, pkt.dst_addr(), pkt.dst_port()) {
+            return ingress::handle(&ctx, &pkt, frontend);
+        }
     }
     if maps::is_frontend_port(pkt.src_port()) {
         if let Some(rev) = cache::reverse(pkt.src_addr()) {
-            return reply::handle(&ctx, &pkt, rev);
+            // No VIP: a shard of this remote node, whose replies go back
+            // through the tunnel they came by.
+            if rev.vip == 0 {
+                return tunnel::reply_out(&ctx, &pkt, rev);
+            }
+            return reply::handle(&ctx, &pkt, rev, reply::Arrived::Plain);
         }
     }
     stats::verdict(Counter::PassNotOurs, xdp_action::XDP_PASS)

@@ -7,24 +7,38 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use proxy_common::{
-    counters::COUNTER_SLOTS, Backend, BackendStats, CacheSet, ClientRouteSet, Frontend, FrontendKey, Group, Meter,
-    NextHop, PortEntry, QueryAnswer, QuerySettings, QuerySource, Reverse, ReverseCache, Session, SessionKey,
-    ShardState, CLIENT_ROUTE_SETS, MAX_BACKENDS, MAX_FRONTENDS, MAX_GROUPS, MAX_PEERS, MAX_PENDING, MAX_QUERY_SOURCES,
-    MAX_REFUSING_INTERFACES, MAX_SESSIONS, PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED, QUERY_SLOTS, SESSION_CACHE_SETS, SESSION_EVENTS_BYTES,
+    counters::COUNTER_SLOTS, Backend, BackendHop, BackendStats, CacheSet, ClientRouteSet, Frontend, FrontendKey, Group, Meter,
+    PlayerAddr, PortEntry, QueryAnswer, QuerySettings, QuerySource, Reverse, ReverseCache, Session, SessionKey,
+    ShardState, Tunnel, CLIENT_ROUTE_SETS, MAX_BACKENDS, MAX_FRONTENDS, MAX_GROUPS, MAX_PEERS, MAX_PENDING, MAX_QUERY_SOURCES,
+    MAX_REFUSING_INTERFACES, MAX_RETURN_VIA, MAX_SESSIONS, MAX_SITES, MAX_TUNNEL_PEERS, PLACEMENT_SLOTS, PORT_FRONTEND, PORT_SHARED, PORT_TUNNEL, QUERY_SLOTS, SESSION_CACHE_SETS, SESSION_EVENTS_BYTES,
 };
 
 /// UDP port (header byte order) -> frontend hint; see `PortEntry`.
 #[map]
 pub static PORTS: Array<PortEntry> = Array::pinned(65_536, 0);
 
-/// Next hop per backend, per CPU: the hit path skips the FIB while fresh.
 /// What `tc_seen` (a test helper) counted; not pinned, not the agent's.
 #[map]
 pub static TC_SEEN: Array<u64> = Array::with_max_entries(1, 0);
 
+/// Next hop per backend, per CPU: the hit path skips the FIB while fresh.
 /// A cache, rebuilt from the FIB on demand, so never pinned.
 #[map]
-pub static BACKEND_NEXTHOP: PerCpuArray<NextHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+pub static BACKEND_NEXTHOP: PerCpuArray<BackendHop> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+/// `SITES[site]`: the tunnel to a site's remote node (ingress nodes).
+#[map]
+pub static SITES: Array<Tunnel> = Array::pinned(MAX_SITES, 0);
+
+/// Every node this one accepts tunnel packets from, by its address: a
+/// tunnel packet from any other source is dropped.
+#[map]
+pub static TUNNEL_PEERS: HashMap<u32, Tunnel> = HashMap::pinned(MAX_TUNNEL_PEERS, 0);
+
+/// Remote nodes: the ingress node each player's packets last came through,
+/// where its shard's replies go back. Pinned: a restarted agent keeps it.
+#[map]
+pub static RETURN_VIA: LruHashMap<PlayerAddr, u32> = LruHashMap::pinned(MAX_RETURN_VIA, 0);
 
 /// Next hop per client address for the return path (see `cache`): one
 /// partition of `CLIENT_ROUTE_SETS` sets per CPU; the agent sizes it to the
@@ -134,11 +148,24 @@ pub static SHARD_REFUSED_AT: Array<u64> = Array::with_max_entries(MAX_BACKENDS, 
 #[map]
 pub static BACKEND_STATS: PerCpuArray<BackendStats> = PerCpuArray::pinned(MAX_BACKENDS, 0);
 
-/// The frontend a packet to `vip:port` is for, if any. One array read for
-/// the common case; the hash only when several frontends share the port.
+/// `PORTS[port]`.
 #[inline(always)]
-pub fn frontend_for(vip: u32, port: u16) -> Option<Frontend> {
-    let entry = PORTS.get(port as u32)?;
+pub fn port_entry(port: u16) -> Option<&'static PortEntry> {
+    PORTS.get(port as u32)
+}
+
+/// True when `entry` (PORTS of a packet's destination port) says the packet
+/// is for this node's tunnel endpoint at `dst`.
+#[inline(always)]
+pub fn is_tunnel_endpoint(entry: &PortEntry, dst: u32) -> bool {
+    entry.flags & PORT_TUNNEL != 0 && entry.vip == dst
+}
+
+/// The frontend a packet to `vip:port` is for, if any, given `PORTS[port]`.
+/// One array read for the common case; the hash only when several
+/// frontends share the port.
+#[inline(always)]
+pub fn frontend_at(entry: &PortEntry, vip: u32, port: u16) -> Option<Frontend> {
     if entry.flags & PORT_FRONTEND == 0 {
         return None;
     }
@@ -205,4 +232,20 @@ pub fn backend(id: u32) -> Option<Backend> {
 #[inline(always)]
 pub fn placement(frontend_id: u32, slot: u32) -> u32 {
     PLACEMENT.get(frontend_id * PLACEMENT_SLOTS + slot).copied().unwrap_or(0)
+}
+
+/// A tunnel peer by address.
+#[inline(always)]
+pub fn tunnel_peer(addr: u32) -> Option<Tunnel> {
+    // SAFETY: as for `frontend`.
+    unsafe { TUNNEL_PEERS.get(&addr).copied() }
+}
+
+/// A site's tunnel; `None` for site 0 or an empty slot.
+#[inline(always)]
+pub fn site(id: u32) -> Option<Tunnel> {
+    match SITES.get(id) {
+        Some(t) if id != 0 && t.peer_addr != 0 => Some(*t),
+        _ => None,
+    }
 }

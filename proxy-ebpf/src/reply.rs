@@ -13,23 +13,39 @@ use crate::{
     stats::{self, verdict, Direction},
 };
 
+/// How a shard's reply reached this node.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Arrived {
+    /// From the shard's network, as it left the shard.
+    Plain,
+    /// Out of a tunnel from the shard's site: whatever is not rewritten
+    /// and sent is dropped, since passed on it would carry the shard's
+    /// address (and the agent's own probes never come this way).
+    Tunnelled,
+}
+
 #[inline(always)]
-pub fn handle(ctx: &XdpContext, pkt: &Packet, rev: Reverse) -> u32 {
+pub fn handle(ctx: &XdpContext, pkt: &Packet, rev: Reverse, arrived: Arrived) -> u32 {
+    // Everything the kernel is left to deal with when the reply came plain.
+    let untouched = |counter| match arrived {
+        Arrived::Plain => verdict(counter, xdp_action::XDP_PASS),
+        Arrived::Tunnelled => verdict(Counter::DropTunnelNotShard, xdp_action::XDP_DROP),
+    };
     if pkt.src_port() != rev.port {
-        return verdict(Counter::PassNotOurs, xdp_action::XDP_PASS);
+        return untouched(Counter::PassNotOurs);
     }
     // An answer to another proxy node's health probe (a game node forwards
     // it unchanged): the prober must see the shard's own address.
     if maps::is_peer(pkt.dst_addr()) {
-        return verdict(Counter::PassReplyLocal, xdp_action::XDP_PASS);
+        return untouched(Counter::PassReplyLocal);
     }
     if forward::ttl_expiring(pkt) {
-        return verdict(Counter::PassTtl, xdp_action::XDP_PASS);
+        return untouched(Counter::PassTtl);
     }
     let route = forward::route_to_client(ctx, pkt, rev.vip, cache::clock_ns());
     match route.via {
         // A reply to a socket on this host (the agent's health probe): leave it be.
-        Via::Local => return verdict(Counter::PassReplyLocal, xdp_action::XDP_PASS),
+        Via::Local => return untouched(Counter::PassReplyLocal),
         Via::Unroutable => return verdict(Counter::DropUnroutable, xdp_action::XDP_DROP),
         _ => {}
     }

@@ -74,6 +74,14 @@ struct Recorder {
 }
 
 impl Recorder {
+    /// A string every field of this path parses.
+    fn any_str(&self) -> &'static str {
+        match IP_FIELDS.iter().any(|f| self.path.ends_with(&format!(".{f}"))) {
+            true => ANY_IP,
+            false => ANY_STR,
+        }
+    }
+
     fn child(&self, path: String) -> Self {
         Recorder { path, seen: self.seen.clone() }
     }
@@ -82,6 +90,9 @@ impl Recorder {
 /// What any string-like field gets: parses as a `SocketAddr`, a
 /// `SocketAddrV4`, a `PathBuf` and a `String` alike.
 const ANY_STR: &str = "192.0.2.1:7777";
+/// What the recorder gives fields that are a bare IPv4 address.
+const ANY_IP: &str = "192.0.2.1";
+const IP_FIELDS: [&str; 3] = ["remote_node", "ingress_nodes[]", "source"];
 
 impl<'de> de::Deserializer<'de> for Recorder {
     type Error = DeError;
@@ -126,10 +137,10 @@ impl<'de> de::Deserializer<'de> for Recorder {
         v.visit_char('a')
     }
     fn deserialize_str<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_str(ANY_STR)
+        v.visit_str(self.any_str())
     }
     fn deserialize_string<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        v.visit_str(ANY_STR)
+        v.visit_str(self.any_str())
     }
     fn deserialize_bytes<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
         v.visit_bytes(ANY_STR.as_bytes())
@@ -289,6 +300,12 @@ fn metrics_text() -> String {
     use proxy_agent::control::views::{KubernetesView, ShardView, StatusView};
     let mut st = StatusView::default();
     st.shards.push(ShardView { name: "s1".into(), rtt_ms: Some(1.0), ..Default::default() });
+    st.shards.push(ShardView {
+        name: "far1".into(),
+        rtt_ms: Some(9.0),
+        site: Some("far".into()),
+        ..Default::default()
+    });
     let mut k = KubernetesView::default();
     k.pool_ready.insert("play".into(), 1);
     st.agent.kubernetes = Some(k);

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashSet};
 use serde::{Deserialize, Serialize};
 
 use super::gameserver::{annotation, GameServer};
-use crate::config::{Frontend, Role, Shard, ShardSource, Validated, MAX_SHARD_CAPACITY};
+use crate::config::{Frontend, Role, Shard, ShardSource, Validated, MAX_SHARD_CAPACITY, SITE_LABEL};
 
 /// A GameServer that should be a shard but cannot be one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,7 +67,7 @@ pub fn discover(cfg: &Validated, all: &GameServers) -> Discovery {
             if gs.state != "Allocated" || !gs.has_labels(&agones.labels) {
                 continue;
             }
-            match as_shard(fi, fe, gs, &mut taken_names, &mut taken_addrs) {
+            match as_shard(fi, fe, gs, &mut taken_names, &mut taken_addrs).and_then(|s| in_site(cfg, fe, gs, s)) {
                 Ok(shard) => d.shards.push(shard),
                 Err(unusable) => d.unusable.push(unusable),
             }
@@ -129,7 +129,29 @@ fn as_shard<'a>(
         capacity: cap.unwrap_or(MAX_SHARD_CAPACITY),
         role: Role::Active,
         source: ShardSource::GameServer { namespace: gs.namespace.clone(), capped: cap.is_some() },
+        site: None,
     })
+}
+
+/// `shard` in the site its GameServer's label `samp-proxy.dev/site` names
+/// (none without the label), or why it cannot be used.
+fn in_site(cfg: &Validated, fe: &Frontend, gs: &GameServer, mut shard: Shard) -> Result<Shard, Unusable> {
+    let Some(name) = gs.labels.get(SITE_LABEL).or_else(|| gs.annotations.get(SITE_LABEL)) else {
+        return Ok(shard);
+    };
+    match cfg.sites.iter().position(|s| &s.name == name) {
+        Some(i) => {
+            shard.site = Some(i);
+            Ok(shard)
+        }
+        None => Err(Unusable {
+            frontend: fe.name.clone(),
+            namespace: gs.namespace.clone(),
+            name: gs.name.clone(),
+            problem: format!("its label `{SITE_LABEL}: {name}` names no site of the config"),
+            fix: "add the site under `sites:` (its remote node and ingress nodes), or correct the label".into(),
+        }),
+    }
 }
 
 /// The desired cluster: the file's config with `discovered` shards added

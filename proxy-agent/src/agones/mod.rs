@@ -73,9 +73,9 @@ pub fn spawn(
         cfg.frontends.iter().filter_map(|f| f.agones.as_ref().map(|a| a.namespace.clone())).collect();
     namespaces.sort();
     namespaces.dedup();
-    // A game node follows the GameServers to know its local shards; only
-    // ingress agents decide, so it never joins the election.
-    let elect = cfg.raw.role != crate::config::NodeRole::Return;
+    // A game node (or a remote node) follows the GameServers to know its
+    // local shards; only ingress agents decide, so it never joins the election.
+    let elect = cfg.raw.role.decides();
     tokio::spawn(run(k, namespaces, elect, owner, rx))
 }
 

@@ -57,6 +57,10 @@ pub fn shards(shards: &[ShardView]) {
             groups.join(",")
         );
     }
+    for x in shards.iter().filter(|x| x.site.is_some()) {
+        let rtt = x.rtt_ms.map_or("no answer yet".to_string(), |ms| format!("probe round trip {ms:.1} ms"));
+        println!("{} sits in site {} (through its tunnel): {rtt}", x.name, x.site.as_deref().unwrap_or(""));
+    }
 }
 
 pub fn sessions(list: &[SessionView]) {

@@ -59,6 +59,7 @@ impl Cluster {
         for (port, entry) in &plan.ports {
             t.write_port(*port, *entry)?;
         }
+        t.write_tunnels(&plan.sites, &plan.tunnel_peers)?;
         let keep: HashSet<FrontendKey> = plan.frontends.iter().map(|(k, _)| *k).collect();
         let stale: Vec<FrontendKey> = t.frontend_keys()?.into_iter().filter(|k| !keep.contains(k)).collect();
         for key in stale {

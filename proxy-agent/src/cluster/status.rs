@@ -60,6 +60,7 @@ impl Cluster {
                     }
                     .into(),
                     rtt_ms: health.and_then(|h| h.rtt_ms),
+                    site: s.site.map(|i| self.cfg.sites[i].name.clone()),
                     reported_players: health.and_then(|h| h.players),
                     parked: parked(&s.name),
                     players: load.players(),

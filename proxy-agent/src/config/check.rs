@@ -10,6 +10,7 @@ use super::{
 use PathPart::{Index as I, Key as K};
 
 mod peers;
+mod sites;
 mod topology;
 
 pub(super) struct Checker<'a> {
@@ -37,9 +38,11 @@ impl Checker<'_> {
         self.check_peers(&raw)?;
         self.check_coordinator(&raw)?;
         let frontends = self.check_frontends(&raw)?;
+        self.check_sites(&raw, &frontends)?;
         let shards = self.check_shards(&raw, &frontends)?;
         self.check_every_frontend_served(&frontends, &shards)?;
-        Ok(Validated { raw, frontends, shards })
+        let sites = raw.sites.clone();
+        Ok(Validated { raw, frontends, shards, sites })
     }
 
     /// Interfaces, bpffs and the control socket.
@@ -61,6 +64,7 @@ impl Checker<'_> {
             }
         }
         if raw.interfaces.is_empty() && raw.role != NodeRole::Return {
+            // A remote node too: its WAN side and its shards' side.
             return Err(self.error(
                 &[K("interfaces")],
                 "no interface to attach to",

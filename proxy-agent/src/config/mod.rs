@@ -5,7 +5,6 @@
 //! attached, so a bad file changes nothing.
 
 use std::{
-    fmt,
     net::{Ipv4Addr, SocketAddrV4},
     path::{Path, PathBuf},
 };
@@ -13,9 +12,14 @@ use std::{
 use serde::Deserialize;
 
 mod check;
+mod error;
 mod lines;
+mod sites;
 
+use error::syntax_error;
+pub use error::ConfigError;
 pub use lines::PathPart;
+pub use sites::{source_towards, Encapsulation, SiteConfig, SITE_LABEL};
 
 /// Most players a SA:MP / open.mp server can hold.
 pub const MAX_SHARD_CAPACITY: u32 = 1000;
@@ -34,6 +38,14 @@ pub struct Config {
     /// local shards' interfaces are found from the routes and may be left out.
     #[serde(default)]
     pub interfaces: Vec<String>,
+    /// `remote` nodes: the site (in `sites`) whose shards sit beside this
+    /// node; it takes their players' packets out of the tunnel and puts
+    /// their replies in.
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Other data centres, whose shards are reached through a tunnel.
+    #[serde(default)]
+    pub sites: Vec<SiteConfig>,
     /// `return` nodes: the ingress agents (their `metrics_listen`), told of
     /// every player a local shard accepted; their addresses also mark the
     /// shards' answers to health probes, which keep the shard's address.
@@ -221,6 +233,17 @@ pub enum NodeRole {
     Both,
     Ingress,
     Return,
+    /// Beside the shards of another site (`site`): decapsulates their
+    /// players' packets and encapsulates their replies.
+    Remote,
+}
+
+impl NodeRole {
+    /// True for the nodes that take players in, probe the shards and
+    /// decide: not a game node (`return`) nor a remote node.
+    pub fn decides(self) -> bool {
+        matches!(self, NodeRole::Both | NodeRole::Ingress)
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
@@ -243,6 +266,11 @@ pub struct FrontendConfig {
     /// Shards discovered from Agones GameServers (besides any listed).
     #[serde(default)]
     pub agones: Option<AgonesFrontend>,
+    /// New players go to shards of this site (a `sites` name, or `local`
+    /// for shards without a site) while any of them has room; to the
+    /// others only when none has. Absent: every site alike.
+    #[serde(default)]
+    pub prefer_site: Option<String>,
 }
 
 /// A frontend's face in the server browser (answers to `i` and `r`).
@@ -293,6 +321,10 @@ pub struct ShardConfig {
     pub capacity: u32,
     #[serde(default)]
     pub role: Role,
+    /// The site (in `sites`) the shard sits in; absent, it is reached by
+    /// plain routing.
+    #[serde(default)]
+    pub site: Option<String>,
 }
 
 fn default_bpffs() -> PathBuf {
@@ -333,7 +365,7 @@ impl Config {
     pub fn xdp_mode(&self) -> XdpModeName {
         self.xdp_mode_set.unwrap_or(match self.role {
             NodeRole::Return => XdpModeName::Skb,
-            NodeRole::Both | NodeRole::Ingress => XdpModeName::Driver,
+            NodeRole::Both | NodeRole::Ingress | NodeRole::Remote => XdpModeName::Driver,
         })
     }
 
@@ -360,6 +392,9 @@ pub struct Validated {
     pub raw: Config,
     pub frontends: Vec<Frontend>,
     pub shards: Vec<Shard>,
+    /// `raw.sites`, with each `source` filled in by [`load`] (the kernel's
+    /// choice where the file leaves it out).
+    pub sites: Vec<SiteConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -368,6 +403,9 @@ pub struct Frontend {
     pub address: SocketAddrV4,
     pub query: QueryConfig,
     pub agones: Option<AgonesFrontend>,
+    /// `Some(None)`: prefer shards without a site (`local`); `Some(Some(i))`:
+    /// prefer site `i`; `None`: no preference.
+    pub prefer_site: Option<Option<usize>>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -379,6 +417,8 @@ pub struct Shard {
     pub capacity: u32,
     pub role: Role,
     pub source: ShardSource,
+    /// Index into `Validated::sites`; `None` = reached by plain routing.
+    pub site: Option<usize>,
 }
 
 /// Where a shard comes from.
@@ -404,40 +444,23 @@ impl Validated {
         self.frontends.iter().any(|f| f.agones.is_some())
     }
 
+    /// The site id of shard `i` in the data plane (`SITES`): its index + 1,
+    /// 0 for plain routing.
+    pub fn site_id(&self, site: Option<usize>) -> u32 {
+        site.map_or(0, |i| i as u32 + 1)
+    }
+
+    /// The site this remote node serves (its index in `sites`).
+    pub fn own_site(&self) -> Option<usize> {
+        let name = self.raw.site.as_ref()?;
+        self.sites.iter().position(|s| &s.name == name)
+    }
+
     /// The Kubernetes settings in force (defaults when the block is absent).
     pub fn kubernetes(&self) -> KubernetesConfig {
         self.raw.kubernetes.clone().unwrap_or_default()
     }
 }
-
-/// A config mistake: where it is and how to fix it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    pub file: String,
-    pub line: Option<usize>,
-    pub field: String,
-    pub problem: String,
-    pub fix: String,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "config {}", self.file)?;
-        if let Some(line) = self.line {
-            write!(f, " line {line}")?;
-        }
-        if !self.field.is_empty() {
-            write!(f, ": `{}`", self.field)?;
-        }
-        write!(f, ": {}", self.problem)?;
-        if !self.fix.is_empty() {
-            write!(f, "; fix: {}", self.fix)?;
-        }
-        Ok(())
-    }
-}
-
-impl std::error::Error for ConfigError {}
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Validated, ConfigError> {
@@ -449,36 +472,13 @@ pub fn load(path: &Path) -> Result<Validated, ConfigError> {
         problem: format!("cannot read the file: {e}"),
         fix: "pass an existing, readable YAML file with --config".into(),
     })?;
-    parse(&file, &text)
+    let mut cfg = parse(&file, &text)?;
+    sites::resolve_sources(&file, &mut cfg)?;
+    Ok(cfg)
 }
 
 /// Parses and validates config text; `file` names it in errors.
 pub fn parse(file: &str, text: &str) -> Result<Validated, ConfigError> {
     let raw: Config = serde_yaml::from_str(text).map_err(|e| syntax_error(file, &e))?;
     check::Checker { file, text }.check(raw)
-}
-
-fn syntax_error(file: &str, e: &serde_yaml::Error) -> ConfigError {
-    let message = e.to_string();
-    // serde_yaml appends " at line L column C"; we print the line ourselves.
-    let problem = match message.find(" at line ") {
-        Some(i) => message[..i].to_string(),
-        None => message.clone(),
-    };
-    let field = problem
-        .split_once(": ")
-        .filter(|(path, _)| !path.contains(' '))
-        .map(|(path, _)| path.to_string())
-        .unwrap_or_default();
-    let problem = if field.is_empty() { problem } else { problem[field.len() + 2..].to_string() };
-    let fix = if problem.contains("unknown field") {
-        "remove or correct the field; the README's config reference lists every field".into()
-    } else if problem.contains("missing field") {
-        "add the field; the README's config reference shows an example".into()
-    } else if problem.contains("unknown variant") {
-        "use one of the values the message lists".into()
-    } else {
-        "check the YAML syntax and types at that line".into()
-    };
-    ConfigError { file: file.into(), line: e.location().map(|l| l.line()), field, problem, fix }
 }

@@ -57,6 +57,10 @@ pub struct ShardView {
     /// Why a discovered shard is down for good (its GameServer left).
     #[serde(default)]
     pub departed: Option<String>,
+    /// The site it sits in (reached through that site's tunnel); `None`:
+    /// this node's own network.
+    #[serde(default)]
+    pub site: Option<String>,
 }
 
 /// Packets and IPv4 bytes forwarded to and from one shard.

@@ -12,7 +12,7 @@
 use anyhow::Result;
 use proxy_common::{
     Backend, BackendStats, Counter, Frontend, FrontendKey, Group, Meter, PortEntry, QueryAnswer, QuerySettings,
-    Reverse, Session, SessionKey, ShardState,
+    Reverse, Session, SessionKey, ShardState, Tunnel,
 };
 
 pub use super::tables::Scan;
@@ -109,6 +109,11 @@ pub trait MapWriter {
     /// (each a whole, valid session) and says how many. The session cache
     /// is voided afterwards either way.
     fn upsert_sessions(&mut self, entries: &[(SessionKey, Session)]) -> Result<()>;
+
+    /// Makes SITES hold `sites` (every other slot empty) and TUNNEL_PEERS
+    /// hold `peers` (every other key removed), each entry a single update:
+    /// a site or peer that stays is never missing in between.
+    fn write_tunnels(&mut self, sites: &[(u32, Tunnel)], peers: &[(u32, Tunnel)]) -> Result<()>;
 
     /// Voids every entry of the data plane's session cache (a bump of
     /// SESSION_CACHE_GENERATION).

@@ -12,7 +12,7 @@ use aya::{
 };
 use proxy_common::{
     maps as names, Backend, BackendStats, Counter, Frontend, FrontendKey, Group, Meter, PortEntry, QueryAnswer,
-    QuerySettings, Reverse, Session, SessionKey, ShardState, PLACEMENT_SLOTS,
+    QuerySettings, Reverse, Session, SessionKey, ShardState, Tunnel, MAX_SITES, PLACEMENT_SLOTS,
 };
 
 use super::{batch, map_writer::MapWriter};
@@ -34,6 +34,8 @@ pub struct Tables {
     pub query_settings: Array<MapData, QuerySettings>,
     pub session_cache_generation: Array<MapData, u32>,
     pub peers: HashMap<MapData, u32, u32>,
+    pub sites: Array<MapData, Tunnel>,
+    pub tunnel_peers: HashMap<MapData, u32, Tunnel>,
 }
 
 /// One untyped map from a loaded object or a pin.
@@ -126,6 +128,8 @@ impl Tables {
             query_settings: typed(s, names::QUERY_SETTINGS)?,
             session_cache_generation: typed(s, names::SESSION_CACHE_GENERATION)?,
             peers: typed(s, names::PEERS)?,
+            sites: typed(s, names::SITES)?,
+            tunnel_peers: typed(s, names::TUNNEL_PEERS)?,
         })
     }
 
@@ -315,6 +319,24 @@ impl Tables {
     pub fn write_port(&mut self, port: u16, entry: PortEntry) -> Result<()> {
         self.ports.set(port as u32, entry, 0).with_context(|| format!("writing PORTS[{port}]"))
     }
+
+    pub fn write_tunnels(&mut self, sites: &[(u32, Tunnel)], peers: &[(u32, Tunnel)]) -> Result<()> {
+        for id in 1..MAX_SITES {
+            let tunnel = sites.iter().find(|(s, _)| *s == id).map(|(_, t)| *t).unwrap_or_default();
+            if self.sites.get(&id, 0).context("reading SITES")? != tunnel {
+                self.sites.set(id, tunnel, 0).with_context(|| format!("writing SITES[{id}]"))?;
+            }
+        }
+        for (addr, tunnel) in peers {
+            self.tunnel_peers.insert(addr, tunnel, 0).context("writing TUNNEL_PEERS")?;
+        }
+        let stale: Vec<u32> =
+            self.tunnel_peers.keys().filter_map(|k| k.ok()).filter(|k| !peers.iter().any(|(a, _)| a == k)).collect();
+        for addr in stale {
+            self.tunnel_peers.remove(&addr).context("removing from TUNNEL_PEERS")?;
+        }
+        Ok(())
+    }
 }
 
 /// The kernel's maps behind the seam: each method is the inherent one above.
@@ -404,6 +426,9 @@ impl MapWriter for Tables {
     }
     fn void_session_cache(&mut self) -> Result<()> {
         Tables::void_session_cache(self)
+    }
+    fn write_tunnels(&mut self, sites: &[(u32, Tunnel)], peers: &[(u32, Tunnel)]) -> Result<()> {
+        Tables::write_tunnels(self, sites, peers)
     }
     fn promote(&mut self, key: &SessionKey, session: Session) -> Result<()> {
         Tables::promote(self, key, session)

@@ -27,12 +27,24 @@ use tokio::{
     time::{timeout_at, Instant},
 };
 
-use crate::config::HealthConfig;
+use crate::{
+    config::HealthConfig,
+    sites::{TunnelChannel, TunnelSocket, Via},
+};
 
 /// Who to probe and how.
 pub struct ProbePlan {
-    pub targets: Vec<(String, SocketAddrV4)>,
+    pub targets: Vec<Target>,
     pub health: HealthConfig,
+}
+
+/// One shard to probe: its name, its game address, and the tunnel to its
+/// site when it sits in another one (the probe takes the players' path).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub name: String,
+    pub addr: SocketAddrV4,
+    pub via: Option<Via>,
 }
 
 /// What the probe loop needs of the cluster's owner: the plan of each
@@ -70,11 +82,11 @@ pub async fn probe_loop(owner: impl HealthOwner, urgent: UnboundedReceiver<Urgen
     while let Some(plan) = owner.probe_plan().await {
         let started = Instant::now();
         let mut probes = tokio::task::JoinSet::new();
-        for (name, addr) in plan.targets {
+        for t in plan.targets {
             nonce = next_nonce(nonce);
             let wait = Duration::from_millis(plan.health.timeout_ms);
             let n = nonce;
-            probes.spawn(async move { (name, probe(addr, wait, n).await) });
+            probes.spawn(async move { (t.name, probe_asking(t.addr, t.via.as_ref(), wait, n, Ask::Everything).await) });
         }
         owner.health_round(probes.join_all().await);
         tokio::time::sleep_until(started + Duration::from_millis(plan.health.interval_ms)).await;
@@ -91,6 +103,7 @@ fn next_nonce(n: u32) -> u32 {
 pub struct UrgentProbe {
     pub shard: String,
     pub addr: SocketAddrV4,
+    pub via: Option<Via>,
     /// `health.timeout_ms`.
     pub wait: Duration,
 }
@@ -109,7 +122,7 @@ async fn urgent_probes(owner: impl HealthOwner, mut asks: UnboundedReceiver<Urge
         nonce = next_nonce(nonce);
         let (owner, in_flight, n) = (owner.clone(), in_flight.clone(), nonce);
         tokio::spawn(async move {
-            let outcome = ping(ask.addr, ask.wait, n).await;
+            let outcome = probe_asking(ask.addr, ask.via.as_ref(), ask.wait, n, Ask::Ping).await;
             in_flight.lock().unwrap_or_else(|e| e.into_inner()).remove(&ask.shard);
             log::debug!("urgent probe of {} ({}): {}", ask.shard, ask.addr, outcome.label());
             if outcome == ProbeOutcome::Refused {
@@ -185,24 +198,24 @@ enum Ask {
 /// `i`, `r`, `c` and `o`, and waits for them within `wait` (a shard that
 /// never answers `o`, as SA:MP 0.3.7, just ends the wait then).
 pub async fn probe(shard: SocketAddrV4, wait: Duration, nonce: u32) -> ProbeOutcome {
-    probe_asking(shard, wait, nonce, Ask::Everything).await
+    probe_asking(shard, None, wait, nonce, Ask::Everything).await
 }
 
 /// Pings a shard once (with the same confirmation of a refusal).
 pub async fn ping(shard: SocketAddrV4, wait: Duration, nonce: u32) -> ProbeOutcome {
-    probe_asking(shard, wait, nonce, Ask::Ping).await
+    probe_asking(shard, None, wait, nonce, Ask::Ping).await
 }
 
-async fn probe_asking(shard: SocketAddrV4, wait: Duration, nonce: u32, ask: Ask) -> ProbeOutcome {
+async fn probe_asking(shard: SocketAddrV4, via: Option<&Via>, wait: Duration, nonce: u32, ask: Ask) -> ProbeOutcome {
     let deadline = Instant::now() + wait;
-    match attempt(shard, deadline, nonce, ask).await {
+    match attempt(shard, via, deadline, nonce, ask).await {
         Attempt::Done(outcome) => outcome,
         Attempt::Refused => {
             // Confirm from a new socket (a new port): an error left over on
             // the first one, or one stray ICMP, cannot confirm itself.
             tokio::time::sleep(CONFIRM_AFTER).await;
             let deadline = deadline.max(Instant::now() + CONFIRM_AFTER);
-            match attempt(shard, deadline, next_nonce(nonce), Ask::Ping).await {
+            match attempt(shard, via, deadline, next_nonce(nonce), Ask::Ping).await {
                 Attempt::Refused => ProbeOutcome::Refused,
                 Attempt::Done(outcome) => outcome,
             }
@@ -220,15 +233,50 @@ fn refused(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::ConnectionRefused
 }
 
+/// Where a probe's queries go: a connected UDP socket of its own, or a
+/// channel through the tunnel to the shard's site.
+enum Link {
+    Direct(UdpSocket),
+    Tunnel(TunnelChannel),
+}
+
+impl Link {
+    async fn open(shard: SocketAddrV4, via: Option<&Via>) -> io::Result<Link> {
+        match via {
+            None => {
+                let socket = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).await?;
+                socket.connect(shard).await?;
+                Ok(Link::Direct(socket))
+            }
+            Some(v) => {
+                Ok(Link::Tunnel(TunnelSocket::shared(v.source, v.remote.port()).await?.channel(v.remote, shard)))
+            }
+        }
+    }
+
+    async fn send(&self, data: &[u8]) -> io::Result<usize> {
+        match self {
+            Link::Direct(s) => s.send(data).await,
+            Link::Tunnel(t) => t.send(data).await,
+        }
+    }
+
+    async fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Link::Direct(s) => s.recv(buf).await,
+            Link::Tunnel(t) => t.recv(buf).await,
+        }
+    }
+}
+
 /// One socket's probe. A connected UDP socket gets the shard's ICMP port
-/// unreachable as ECONNREFUSED, on a receive or the next send.
-async fn attempt(shard: SocketAddrV4, deadline: Instant, nonce: u32, ask: Ask) -> Attempt {
-    let Ok(socket) = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)).await else {
+/// unreachable as ECONNREFUSED, on a receive or the next send; through a
+/// tunnel no refusal comes back (the remote node drops ICMP that names a
+/// shard), so a dead remote shard is found by its missed probes.
+async fn attempt(shard: SocketAddrV4, via: Option<&Via>, deadline: Instant, nonce: u32, ask: Ask) -> Attempt {
+    let Ok(mut socket) = Link::open(shard, via).await else {
         return Attempt::Done(ProbeOutcome::Silent);
     };
-    if socket.connect(shard).await.is_err() {
-        return Attempt::Done(ProbeOutcome::Silent);
-    }
     let ping = query(shard, b'p', &nonce.to_le_bytes());
     // `d` is SA:MP 0.3.7's alone: never waited for (open.mp answers no `d`,
     // and 0.3.7 no `o`, so its probe runs to the deadline and `d` is in).

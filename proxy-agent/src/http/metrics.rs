@@ -118,7 +118,7 @@ fn shards(r: &Scrape, st: &StatusView) -> prometheus::Result<()> {
         let drained = if s.drained { "true" } else { "false" };
         info.with_label_values(&[n, s.role.as_str(), drained]).set(1.0);
     }
-    Ok(())
+    super::site_metrics::sites(r, st)
 }
 
 /// The agent's own counts: probes, events, reloads, expiry, readiness.

@@ -8,6 +8,7 @@ mod form;
 mod metrics;
 pub mod node;
 mod peer_metrics;
+mod site_metrics;
 pub mod transfer;
 
 use std::{convert::Infallible, net::IpAddr, time::Duration};

@@ -9,8 +9,9 @@ use super::{msg::Msg, Owner};
 use crate::{
     control::protocol::Request,
     events::EventKind,
-    health::{ProbeOutcome, ProbePlan},
+    health::{ProbeOutcome, ProbePlan, Target},
     leases::mover::LeaseOutcome,
+    sites::Via,
 };
 
 impl Owner {
@@ -92,7 +93,11 @@ impl Owner {
         let targets = c
             .shards
             .iter()
-            .map(|s| (s.name.clone(), SocketAddrV4::new(s.address, c.frontends[s.frontend].address.port())))
+            .map(|s| Target {
+                name: s.name.clone(),
+                addr: SocketAddrV4::new(s.address, c.frontends[s.frontend].address.port()),
+                via: Via::of(c, s.site),
+            })
             .collect();
         let _ = reply.send(ProbePlan { targets, health: c.raw.health.clone() });
     }

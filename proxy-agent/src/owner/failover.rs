@@ -12,7 +12,6 @@ use crate::{
         Command,
     },
     cluster::failover_policy::{self, AgonesSituation, FailoverDecision, ParkReason, Reason, Situation},
-    config::NodeRole,
     control::views::MoveReport,
     events::EventKind,
 };
@@ -31,7 +30,7 @@ impl Owner {
         let agones = self.agones_situation(i);
         let loads = self.cluster.loads();
         let candidates = self.cluster.failover_candidates(i, &loads);
-        let follower_only = self.cluster.cfg.raw.role == NodeRole::Return;
+        let follower_only = !self.cluster.cfg.raw.role.decides();
         let decision = failover_policy::decide(&Situation { players, follower_only, agones, candidates: &candidates });
         let why = agones
             .filter(|a| !a.leading)

@@ -131,6 +131,7 @@ impl Owner {
             let _ = urgent.send(UrgentProbe {
                 shard: s.name.clone(),
                 addr: SocketAddrV4::new(s.address, c.cfg.frontends[s.frontend].address.port()),
+                via: crate::sites::Via::of(&c.cfg, s.site),
                 wait: Duration::from_millis(c.cfg.raw.health.timeout_ms),
             });
             probed += 1;

@@ -35,6 +35,7 @@ use crate::{
     owner::{self, Links, NodeLinks, OwnerHandle},
     protocol::Request,
     query::{self, QueryOwner},
+    sites,
 };
 
 /// The agent's async tasks, aborted and joined at shutdown.
@@ -146,7 +147,9 @@ pub async fn run(config_path: &Path, xdp_object: Option<&Path>) -> Result<()> {
         tasks.adopt(name, task);
     }
     spawn_node_side(&mut tasks, &cfg, &owner, probes_or_reports)?;
-    spawn_responder(&mut tasks, &cfg, &owner, responder, responder_counts);
+    if cfg.raw.role.decides() {
+        spawn_responder(&mut tasks, &cfg, &owner, responder, responder_counts);
+    }
     if let Some(listener) = metrics {
         tasks.spawn("http", http::serve(listener, owner.clone(), shard_api(&cfg)));
     }
@@ -186,6 +189,9 @@ fn shard_api(cfg: &Validated) -> http::ShardApi {
 /// reports read.
 enum NodeEnds {
     Ingress(tokio::sync::mpsc::UnboundedReceiver<health::UrgentProbe>),
+    /// A remote node probes nothing (the ingress agents probe its shards
+    /// through the tunnel) and greets the ingress nodes instead.
+    Remote,
     Return {
         answered: tokio::sync::mpsc::UnboundedReceiver<Vec<crate::cluster::answered::Answered>>,
         refused: tokio::sync::mpsc::UnboundedReceiver<Vec<String>>,
@@ -199,7 +205,11 @@ fn node_links(cfg: &Validated) -> (NodeLinks, NodeEnds) {
         (NodeLinks::Return { answered, refused }, NodeEnds::Return { answered: answered_rx, refused: refused_rx })
     } else {
         let (urgent_probes, urgent_rx) = unbounded_channel();
-        (NodeLinks::Ingress { urgent_probes }, NodeEnds::Ingress(urgent_rx))
+        let ends = match cfg.raw.role {
+            NodeRole::Remote => NodeEnds::Remote,
+            _ => NodeEnds::Ingress(urgent_rx),
+        };
+        (NodeLinks::Ingress { urgent_probes }, ends)
     }
 }
 
@@ -210,6 +220,11 @@ fn node_links(cfg: &Validated) -> (NodeLinks, NodeEnds) {
 fn spawn_node_side(tasks: &mut Tasks, cfg: &Validated, owner: &OwnerHandle, ends: NodeEnds) -> Result<()> {
     match ends {
         NodeEnds::Ingress(urgent) => tasks.spawn("health probes", health::probe_loop(owner.clone(), urgent)),
+        NodeEnds::Remote => {
+            let site = cfg.own_site().map(|i| cfg.sites[i].clone()).context("a remote node names no site")?;
+            let greet = sites::heartbeat::run(site.remote_node, site.port, site.ingress_nodes, site.name);
+            tasks.spawn("heartbeat", greet);
+        }
         NodeEnds::Return { answered, refused } => {
             let secret = cfg.raw.node_secret().context(
                 "a return node needs the node secret: set `node_secret` (the ingress agents' own) or SAMP_PROXY_NODE_SECRET",

@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::super::{
     AgonesFrontend, Config, ConfigError, Frontend, FrontendConfig, QueryConfig, Role, Shard, ShardConfig, ShardSource,
-    MAX_SHARD_CAPACITY,
+    SiteConfig, MAX_SHARD_CAPACITY,
 };
 use super::{Checker, PathPart};
 use PathPart::{Index as I, Key as K};
@@ -63,14 +63,20 @@ impl Checker<'_> {
         }
         let mut frontends: Vec<Frontend> = Vec::new();
         for (i, fe) in raw.frontends.iter().enumerate() {
-            let frontend = self.check_frontend(i, fe, &frontends)?;
+            let frontend = self.check_frontend(i, fe, &frontends, &raw.sites)?;
             frontends.push(frontend);
         }
         Ok(frontends)
     }
 
     /// Frontend `i`, against the ones before it.
-    fn check_frontend(&self, i: usize, fe: &FrontendConfig, frontends: &[Frontend]) -> Result<Frontend, ConfigError> {
+    fn check_frontend(
+        &self,
+        i: usize,
+        fe: &FrontendConfig,
+        frontends: &[Frontend],
+        sites: &[SiteConfig],
+    ) -> Result<Frontend, ConfigError> {
         let at = |f| [K("frontends"), I(i), K(f)];
         check_name(self.error(&at("name"), "", ""), &fe.name)?;
         if frontends.iter().any(|f| f.name == fe.name) {
@@ -85,7 +91,8 @@ impl Checker<'_> {
         if let Some(agones) = &fe.agones {
             self.check_agones(i, agones)?;
         }
-        Ok(Frontend { name: fe.name.clone(), address, query: fe.query.clone(), agones: fe.agones.clone() })
+        let prefer_site = self.preferred_site(i, fe, sites)?;
+        Ok(Frontend { name: fe.name.clone(), address, query: fe.query.clone(), agones: fe.agones.clone(), prefer_site })
     }
 
     /// The public address of frontend `i`: IPv4, a port, unicast, its own.
@@ -165,7 +172,7 @@ impl Checker<'_> {
         }
         let mut shards: Vec<Shard> = Vec::new();
         for (i, sh) in raw.shards.iter().enumerate() {
-            let shard = self.check_shard(i, sh, frontends, &shards)?;
+            let shard = self.check_shard(i, sh, frontends, &shards, &raw.sites)?;
             shards.push(shard);
         }
         Ok(shards)
@@ -178,6 +185,7 @@ impl Checker<'_> {
         sh: &ShardConfig,
         frontends: &[Frontend],
         shards: &[Shard],
+        sites: &[SiteConfig],
     ) -> Result<Shard, ConfigError> {
         let at = |f| [K("shards"), I(i), K(f)];
         check_name(self.error(&at("name"), "", ""), &sh.name)?;
@@ -204,6 +212,7 @@ impl Checker<'_> {
             capacity: sh.capacity,
             role: sh.role,
             source: ShardSource::File,
+            site: self.shard_site(i, sh, sites)?,
         })
     }
 
@@ -301,7 +310,7 @@ impl Checker<'_> {
     }
 }
 
-fn check_name(template: ConfigError, name: &str) -> Result<(), ConfigError> {
+pub(super) fn check_name(template: ConfigError, name: &str) -> Result<(), ConfigError> {
     let ok =
         !name.is_empty() && name.len() <= 63 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
     if ok {

@@ -169,6 +169,9 @@ impl MapWriter for FaultyMaps {
     fn void_session_cache(&mut self) -> Result<()> {
         self.gated(|m, g| m.void_session_cache(g))
     }
+    fn write_tunnels(&mut self, sites: &[(u32, Tunnel)], peers: &[(u32, Tunnel)]) -> Result<()> {
+        self.maps.write_tunnels(sites, peers)
+    }
     fn promote(&mut self, key: &SessionKey, session: Session) -> Result<()> {
         self.gated(|m, g| m.promote(g, key, session))
     }

@@ -24,23 +24,25 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt,
-    hash::Hash,
     net::Ipv4Addr,
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use proxy_common::{
     maps as names,
     net::{addr_from_map, port_from_map},
     Backend, BackendStats, Counter, Frontend, FrontendKey, Group, Meter, PortEntry, QueryAnswer, QuerySettings,
-    Reverse, Session, SessionKey, ShardState, MAX_BACKENDS, MAX_FRONTENDS, MAX_GROUPS, PLACEMENT_SLOTS, QUERY_SLOTS,
+    Reverse, Session, SessionKey, ShardState, Tunnel, MAX_BACKENDS, MAX_FRONTENDS, MAX_GROUPS, PLACEMENT_SLOTS,
+    QUERY_SLOTS,
 };
 
 use super::{map_writer::MapWriter, tables::Scan, TableSizes};
+use store::{insert, remove, session_order, set, sorted_sessions};
 
 mod dump;
 mod faulty;
+mod store;
 
 pub use dump::Dump;
 pub use faulty::{Fault, FaultyMaps};
@@ -63,6 +65,9 @@ fn open(_: &'static str) -> Result<()> {
 /// Every map the cluster model reads or writes.
 struct Maps {
     sizes: TableSizes,
+    /// SITES and TUNNEL_PEERS, as last written.
+    sites: Vec<(u32, Tunnel)>,
+    tunnel_peers: Vec<(u32, Tunnel)>,
     frontends: HashMap<FrontendKey, Frontend>,
     ports: Vec<PortEntry>,
     placement: Vec<u32>,
@@ -80,44 +85,12 @@ struct Maps {
     session_cache_generation: u32,
 }
 
-/// One array slot, as the kernel's array update: past the end is E2BIG.
-fn set<T>(array: &mut [T], name: &str, index: u32, value: T) -> Result<()> {
-    let len = array.len();
-    let slot = array
-        .get_mut(index as usize)
-        .ok_or_else(|| anyhow!("{name} has {len} entries, index {index} is past the end (E2BIG)"))?;
-    *slot = value;
-    Ok(())
-}
-
-/// One hash entry, as the kernel's hash update with BPF_ANY: a new key in a
-/// full map is E2BIG.
-fn insert<K: Hash + Eq, V>(map: &mut HashMap<K, V>, name: &str, capacity: u32, key: K, value: V) -> Result<()> {
-    if !map.contains_key(&key) && map.len() >= capacity as usize {
-        bail!("{name} is full ({capacity} entries) (E2BIG)");
-    }
-    map.insert(key, value);
-    Ok(())
-}
-
-fn remove<K: Hash + Eq, V>(map: &mut HashMap<K, V>, name: &str, key: &K) -> Result<()> {
-    map.remove(key).map(|_| ()).ok_or_else(|| anyhow!("{name} has no such key (ENOENT)"))
-}
-
-fn session_order(k: &SessionKey) -> (u16, u32, u16) {
-    (k.frontend, u32::from_be_bytes(addr_from_map(k.client_addr)), port_from_map(k.client_port))
-}
-
-fn sorted_sessions(map: &HashMap<SessionKey, Session>) -> Vec<(SessionKey, Session)> {
-    let mut all: Vec<_> = map.iter().map(|(k, v)| (*k, *v)).collect();
-    all.sort_unstable_by_key(|(k, _)| session_order(k));
-    all
-}
-
 impl Maps {
     fn new(sizes: TableSizes) -> Self {
         Self {
             sizes,
+            sites: Vec::new(),
+            tunnel_peers: Vec::new(),
             frontends: HashMap::new(),
             ports: vec![PortEntry::default(); PORTS],
             placement: vec![0; (MAX_FRONTENDS * PLACEMENT_SLOTS) as usize],
@@ -483,6 +456,11 @@ impl MapWriter for FakeMaps {
     }
     fn void_session_cache(&mut self) -> Result<()> {
         self.lock().void_session_cache(&mut open)
+    }
+    fn write_tunnels(&mut self, sites: &[(u32, Tunnel)], peers: &[(u32, Tunnel)]) -> Result<()> {
+        let mut m = self.lock();
+        (m.sites, m.tunnel_peers) = (sites.to_vec(), peers.to_vec());
+        Ok(())
     }
     fn promote(&mut self, key: &SessionKey, session: Session) -> Result<()> {
         self.lock().promote(&mut open, key, session)

@@ -73,7 +73,7 @@ fn a_dump_is_stable_text_of_the_non_empty_maps() {
     let vip = addr_to_map([198, 18, 100, 1]);
     maps.write_frontend(FrontendKey { vip, port: port_to_map(7777), _pad: 0 }, Frontend { id: 0, _pad: 0 }).unwrap();
     maps.write_group(1, Group { backend: 1, epoch: 3 }).unwrap();
-    maps.write_backend(1, Backend { addr: addr_to_map([198, 18, 50, 1]), _pad: 0 }).unwrap();
+    maps.write_backend(1, Backend { addr: addr_to_map([198, 18, 50, 1]), site: 0 }).unwrap();
     maps.write_placement(0, None, &[1, 1, 0, 1]).unwrap();
     maps.insert_session(false, key(2), seen(5)).unwrap();
     maps.insert_session(false, key(1), seen(5)).unwrap();

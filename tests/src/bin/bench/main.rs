@@ -259,7 +259,7 @@ fn fastpath(calls: u32, spread: usize) -> Result<()> {
 
     // Established hit: a known player whose shard (bent: at the VIP) is resolved.
     bed.session(CLIENT, 50000, GROUP_C, false);
-    bed.tables.backends.set(GROUP_C, Backend { addr: vip, _pad: 0 }, 0)?;
+    bed.tables.backends.set(GROUP_C, Backend { addr: vip, site: 0 }, 0)?;
     let mut hit = Udp::new(CLIENT, 50000, VIP, PORT, &game_packet());
     hit.ttl = 255;
     let hit = hit.frame();
