@@ -14,7 +14,7 @@ use aya_ebpf::{
     helpers::generated::{bpf_fib_lookup, bpf_get_smp_processor_id, bpf_redirect},
     programs::XdpContext,
 };
-use proxy_common::{csum, BackendHop, NextHop, Tunnel, CLIENT_ROUTE_SETS, CLIENT_ROUTE_WAYS, NEXTHOP_TTL_NS};
+use proxy_common::{csum, NextHop, Tunnel, CLIENT_ROUTE_SETS, CLIENT_ROUTE_WAYS, NEXTHOP_TTL_NS};
 
 use crate::{
     cache,
@@ -209,8 +209,12 @@ pub fn route_to_backend(ctx: &XdpContext, pkt: &Packet, backend_id: u32, dst: u3
         None => route(ctx, pkt, pkt.src_addr(), dst),
     };
     if let (Some(slot), Some(hop)) = (slot, to_cache(&route, now)) {
+        // Field by field: a whole value built first would cost stack.
         // SAFETY: as above.
-        unsafe { *slot = BackendHop { hop, shard_addr: dst, _pad: 0, tunnel: route.tunnel } };
+        let cached = unsafe { &mut *slot };
+        cached.hop = hop;
+        cached.shard_addr = dst;
+        cached.tunnel = route.tunnel;
     }
     route
 }

@@ -173,8 +173,8 @@ fn towards(ctx: &XdpContext, pkt: &Packet, backend_id: u32, addr: u32, clock: u6
     let route = forward::route_to_backend(ctx, pkt, backend_id, addr, clock);
     if route.is_tunnel() {
         // A shard in another site: sent inside the site's tunnel or not at all.
-        let tunnel = route.tunnel;
-        return tunnel::fits(pkt, &tunnel, route).map(|route| Next { backend_id, addr, route });
+        tunnel::fits(pkt, &route.tunnel, &route)?;
+        return Ok(Next { backend_id, addr, route });
     }
     if route.is_dead_end() {
         // No route to the shard (or it is an address of this node): drop

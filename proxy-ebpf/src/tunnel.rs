@@ -175,10 +175,10 @@ pub fn reply_out(ctx: &XdpContext, pkt: &Packet, rev: Reverse) -> u32 {
         return verdict(Counter::DropUnroutable, xdp_action::XDP_DROP);
     }
     let route = forward::route_to_addr(ctx, pkt, peer.local_addr, peer.peer_addr, cache::clock_ns());
-    let mut route = match fits(pkt, &peer, route) {
-        Ok(route) => route,
-        Err(action) => return action,
-    };
+    if let Err(action) = fits(pkt, &peer, &route) {
+        return action;
+    }
+    let mut route = route;
     route.tunnel = peer;
     // The inner packet loses one TTL here, as at any router.
     forward::rewrite(pkt, Addr::Src, pkt.src_addr(), true);
@@ -187,15 +187,15 @@ pub fn reply_out(ctx: &XdpContext, pkt: &Packet, rev: Reverse) -> u32 {
     push(ctx, pkt, &route, flow)
 }
 
-/// The route, when a packet of `pkt`'s size fits `tunnel` and the route
-/// can be sent on by this program; else the verdict.
+/// Ok when a packet of `pkt`'s size fits `tunnel` and `route` can be sent
+/// on by this program; else the verdict.
 #[inline(always)]
-pub fn fits(pkt: &Packet, tunnel: &Tunnel, route: Route) -> Result<Route, u32> {
+pub fn fits(pkt: &Packet, tunnel: &Tunnel, route: &Route) -> Result<(), u32> {
     if pkt.ip_len() as u32 + TUNNEL_OVERHEAD as u32 > tunnel.mtu as u32 {
         return Err(verdict(Counter::DropTunnelTooBig, xdp_action::XDP_DROP));
     }
     match route.via {
-        Via::Interface => Ok(route),
+        Via::Interface => Ok(()),
         // Passed up, a packet from this node's own address is a martian to
         // its kernel: the next hop must be resolved (the agents' probes and
         // heartbeats keep it so).
@@ -220,29 +220,34 @@ pub fn push(ctx: &XdpContext, pkt: &Packet, route: &Route, flow: u16) -> u32 {
         return verdict(Counter::DropTunnelNoRoom, xdp_action::XDP_DROP);
     };
     let t = &route.tunnel;
-    let mut h = [0u8; OUTER_LEN];
+    // Written in place, field by field: a copy built on the stack first
+    // would cost the 6.1 verifier's stack limit (512 bytes for all frames).
+    // SAFETY: bounds-checked by `ptr_at`.
+    let h = unsafe { &mut *head };
     h[..12].copy_from_slice(&route.macs);
     h[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
-    h[14..34].copy_from_slice(&ipv4_header(tos, inner_len + TUNNEL_OVERHEAD, t.local_addr, t.peer_addr));
+    write_ipv4_header(&mut h[14..34], tos, inner_len + TUNNEL_OVERHEAD, t.local_addr, t.peer_addr);
     h[34..36].copy_from_slice(&flow.to_be_bytes());
     h[36..38].copy_from_slice(&t.port.to_ne_bytes());
     h[38..40].copy_from_slice(&(inner_len + 8).to_be_bytes());
-    // h[40..42]: UDP checksum 0, as FOU sends: the inner packet has its own.
-    // SAFETY: bounds-checked by `ptr_at`.
-    unsafe { *head = h };
+    // UDP checksum 0, as FOU sends: the inner packet has its own.
+    h[40..42].copy_from_slice(&[0, 0]);
     forward::send_out(ctx, route.ifindex)
 }
 
-/// An outer IPv4 header: don't fragment, TTL 64, UDP, its checksum.
+/// An outer IPv4 header into `h` (20 bytes): don't fragment, TTL 64, UDP,
+/// its checksum.
 #[inline(always)]
-fn ipv4_header(tos: u8, total: u16, src: u32, dst: u32) -> [u8; 20] {
-    let mut h = [0u8; 20];
+fn write_ipv4_header(h: &mut [u8], tos: u8, total: u16, src: u32, dst: u32) {
     h[0] = 0x45;
     h[1] = tos;
     h[2..4].copy_from_slice(&total.to_be_bytes());
+    h[4..6].copy_from_slice(&[0, 0]);
     h[6] = 0x40;
+    h[7] = 0;
     h[8] = 64;
     h[9] = IPPROTO_UDP;
+    h[10..12].copy_from_slice(&[0, 0]);
     h[12..16].copy_from_slice(&src.to_ne_bytes());
     h[16..20].copy_from_slice(&dst.to_ne_bytes());
     let mut sum = 0u32;
@@ -254,5 +259,4 @@ fn ipv4_header(tos: u8, total: u16, src: u32, dst: u32) -> [u8; 20] {
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     h[10..12].copy_from_slice(&(!(sum as u16)).to_ne_bytes());
-    h
 }
