@@ -19,5 +19,6 @@ pub mod pins;
 pub mod raw;
 pub mod scenario;
 pub mod sim;
+pub mod soak;
 pub mod tables;
 pub mod topology;
