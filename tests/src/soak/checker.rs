@@ -243,7 +243,8 @@ impl Checker {
             self.figures.moves_told += 1;
             // Told again on the way (a whole-shard move of where it was
             // going), or a shard on its way died: any of those targets.
-            let mut allowed = allowed_targets(told, &p.local, &m.from, m.trigger_ms, at);
+            let since = m.reconnect_ms.saturating_sub(TOLD_WINDOW_MS);
+            let mut allowed = allowed_targets(told, &p.local, &m.from, since, at);
             allowed.insert(to.clone());
             let died = allowed.iter().chain([&m.from]).any(|s| death_applies(deaths, s, m.trigger_ms, at).is_some());
             if !allowed.contains(b) && !died {

@@ -38,8 +38,9 @@ pub struct Faults {
     pub skipped: std::collections::BTreeMap<String, u64>,
     /// Problems the runner itself saw (the agents never saw a death, ...).
     pub broken: Vec<String>,
-    /// Withdrawals due: (when, node).
-    pub withdraw_at: Vec<(u64, usize)>,
+    /// A withdrawal under way: its own thread, so nothing the main loop
+    /// does (a blocked database call, an agent's start) delays it.
+    pub withdrawing: Option<std::thread::JoinHandle<Result<()>>>,
 }
 
 fn count(map: &mut std::collections::BTreeMap<String, u64>, kind: Kind) {
@@ -109,19 +110,6 @@ impl Faults {
         h.note(format!("fault end   {f}"));
     }
 
-    /// Withdrawals that are due.
-    pub fn tick(&mut self, c: &mut Cluster, h: &History) {
-        let now = clock_ms();
-        let due: Vec<usize> = self.withdraw_at.iter().filter(|(t, _)| *t <= now).map(|&(_, n)| n).collect();
-        self.withdraw_at.retain(|(t, _)| *t > now);
-        for n in due {
-            h.note(format!("router withdraws in{}'s next hop", n + 1));
-            if let Err(e) = c.net.withdraw(n) {
-                self.broken.push(format!("withdrawing in{}: {e:#}", n + 1));
-            }
-        }
-    }
-
     fn kill_shard(&mut self, c: &mut Cluster, h: &History, f: &Fault) -> Result<bool> {
         let alive: Vec<usize> = (0..self.dead.len()).filter(|&p| self.dead[p].is_none()).collect();
         let p = alive[(f.pick % alive.len() as u64) as usize];
@@ -172,16 +160,15 @@ impl Faults {
         c.ingress_up[n] = false;
         let _ = c.ingress[n].kill();
         c.net.kill_node(n)?;
-        self.withdraw_at.push((clock_ms() + WITHDRAW_MS, n));
+        self.withdrawing = Some(withdraw_later(c, n, h));
         Ok(true)
     }
 
     fn ingress_return(&mut self, c: &mut Cluster, h: &History, f: &Fault) -> Result<()> {
         let n = (f.pick % c.ingress.len() as u64) as usize;
-        // A withdrawal still due happens first.
-        if let Some(i) = self.withdraw_at.iter().position(|&(_, m)| m == n) {
-            self.withdraw_at.remove(i);
-            c.net.withdraw(n)?;
+        // The withdrawal is done first.
+        if let Some(w) = self.withdrawing.take() {
+            w.join().map_err(|_| anyhow::anyhow!("the withdrawal thread panicked"))??;
         }
         c.net.net.revive_node(n)?;
         c.ingress[n].restart(&c.net.net.ingress[n])?;
@@ -239,6 +226,34 @@ impl Faults {
         }
         Ok(())
     }
+}
+
+/// The router withdraws node `n`'s next hop `WITHDRAW_MS` after its death,
+/// as BGP or BFD would: the group is the survivors (one node is down at a
+/// time). `announce` later puts every member back.
+fn withdraw_later(c: &Cluster, n: usize, h: &History) -> std::thread::JoinHandle<Result<()>> {
+    let router = c.net.net.router.name.clone();
+    let survivors: Vec<String> = (0..c.ingress.len()).filter(|&i| i != n).map(|i| (i + 1).to_string()).collect();
+    let h = h.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(WITHDRAW_MS));
+        // `ha::ecmp`'s group 100; next hop i + 1 is ingress node i.
+        let group = survivors.join("/");
+        crate::netns::sh(std::process::Command::new("ip").args([
+            "-n",
+            &router,
+            "nexthop",
+            "replace",
+            "id",
+            "100",
+            "group",
+            &group,
+            "type",
+            "resilient",
+        ]))?;
+        h.note(format!("router withdraws in{}'s next hop", n + 1));
+        Ok(())
+    })
 }
 
 fn object_args() -> Vec<String> {

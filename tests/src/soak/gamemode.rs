@@ -14,7 +14,11 @@ use std::{
 
 use proxy_agent::leases::Acquire;
 
-use super::{cluster::Cluster, history::History, population::PlayerRec};
+use super::{
+    cluster::{Cluster, LEASE_SECONDS},
+    history::History,
+    population::PlayerRec,
+};
 use crate::sim::clock_ms;
 
 /// A gamemode logs out a player missing this long (SA:MP's player timeout
@@ -170,18 +174,17 @@ pub fn renew(c: &Cluster, gm: &Gamemode, h: &History) {
     }
 }
 
-/// Live leases per dead shard, and accounts leased on two shards.
-pub type LeaseFacts = (Vec<(String, u64)>, Vec<String>);
-
-/// The lease facts, read from the database (None while it does not answer).
-pub fn lease_facts(c: &Cluster, dead: &[String]) -> Option<LeaseFacts> {
+/// The lease facts, read from the database off the main loop (nothing
+/// while it does not answer): no shard dead longer than a lease holds a
+/// live lease, and no account is leased on two shards. What breaks goes to
+/// the gamemode's `broken`.
+pub fn check_leases(c: &Cluster, gm: &Gamemode, long_dead: Vec<String>) {
     use mysql_async::prelude::Queryable;
-    let leases = c.leases.clone();
-    let dead = dead.to_vec();
-    c.rt.block_on(async move {
+    let (leases, gm) = (c.leases.clone(), gm.clone());
+    c.rt.spawn(async move {
         let work = async {
             let mut per = Vec::new();
-            for d in dead {
+            for d in long_dead {
                 per.push((d.clone(), leases.live_leases(&d).await.ok()?));
             }
             let mut conn = leases.pool().get_conn().await.ok()?;
@@ -194,6 +197,13 @@ pub fn lease_facts(c: &Cluster, dead: &[String]) -> Option<LeaseFacts> {
                 .ok()?;
             Some((per, twice))
         };
-        tokio::time::timeout(CALL_DEADLINE, work).await.ok().flatten()
-    })
+        let Ok(Some((per, twice))) = tokio::time::timeout(CALL_DEADLINE, work).await else { return };
+        let mut g = gm.lock().unwrap();
+        for (shard, n) in per.into_iter().filter(|(_, n)| *n > 0) {
+            g.broken.push(format!("{shard} has been dead over {LEASE_SECONDS} s and still holds {n} live leases"));
+        }
+        if !twice.is_empty() {
+            g.broken.push(format!("accounts leased on two shards at once: {twice:?}"));
+        }
+    });
 }

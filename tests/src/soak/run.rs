@@ -173,7 +173,6 @@ impl Run {
                 broke_at = None;
                 self.break_it()?;
             }
-            self.faults.tick(&mut self.c, &self.h);
             self.pop.tick(&self.c, &self.h, now)?;
             if now >= gm_at {
                 gm_at = now + 500;
@@ -220,7 +219,7 @@ impl Run {
 
     /// No lease of a shard dead longer than a lease outlives it, and no
     /// account is leased on two shards.
-    fn lease_facts(&mut self) {
+    fn lease_facts(&self) {
         let now = clock_ms();
         let long_dead: Vec<String> = self
             .h
@@ -229,16 +228,7 @@ impl Run {
             .filter(|d| d.to_ms.is_none() && now > d.from_ms + (LEASE_SECONDS as u64 + 4) * 1000)
             .map(|d| d.shard.clone())
             .collect();
-        let Some((per, twice)) = gamemode::lease_facts(&self.c, &long_dead) else { return };
-        for (shard, n) in per {
-            if n > 0 {
-                self.broken
-                    .push(format!("{shard} has been dead over {LEASE_SECONDS} s and still holds {n} live leases"));
-            }
-        }
-        if !twice.is_empty() {
-            self.broken.push(format!("accounts leased on two shards at once: {twice:?}"));
-        }
+        gamemode::check_leases(&self.c, &self.gm, long_dead);
     }
 
     fn resources(&mut self) {
