@@ -23,9 +23,11 @@ pub fn soak(args: &[String]) -> Result<(), String> {
             "--minutes" => minutes = value.parse().map_err(|_| format!("--minutes {value}: a number"))?,
             "--seconds" => minutes = value.parse::<u64>().map_err(|_| format!("--seconds {value}: a number"))? / 60,
             "--seed" | "--players" | "--break" => {}
-            other => return Err(format!(
+            other => {
+                return Err(format!(
                 "unknown soak option {other}; use --minutes N, --seconds N, --seed S, --players N, --break return-path"
-            )),
+            ))
+            }
         }
     }
     let limit = Duration::from_secs(minutes.max(1) * 60) + MARGIN;
