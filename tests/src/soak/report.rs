@@ -130,7 +130,14 @@ fn sessions_agree(r: &Run) -> Vec<String> {
                 .collect();
             for (who, on) in &players {
                 if routes.get(who) != Some(on) {
-                    wrong.push(format!("in{} routes {who} to {:?}, its echoes come from {on}", i + 1, routes.get(who)));
+                    let raw: Vec<&serde_json::Value> =
+                        v.as_array().into_iter().flatten().filter(|s| s["client"] == who.as_str()).collect();
+                    wrong.push(format!(
+                        "in{} routes {who} to {:?} ({raw:?}), its echoes come from {on} (joined at {} ms)",
+                        i + 1,
+                        routes.get(who),
+                        joined_at(r, who)
+                    ));
                 }
             }
         }
@@ -140,6 +147,10 @@ fn sessions_agree(r: &Run) -> Vec<String> {
         }
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+fn joined_at(r: &Run, who: &str) -> u64 {
+    r.pop.roster.lock().unwrap().iter().find(|p| p.local == who).map_or(0, |p| p.joined_ms)
 }
 
 /// The verdict and the figures.
