@@ -143,6 +143,12 @@ fn sessions_agree(r: &Run) -> Vec<String> {
         }
         if wrong.is_empty() || Instant::now() > deadline {
             wrong.truncate(10);
+            if !wrong.is_empty() {
+                for (i, a) in r.c.live() {
+                    let st = status(a);
+                    wrong.push(format!("in{} peers: {} totals: {}", i + 1, st["agent"]["peers"], st["totals"]));
+                }
+            }
             return wrong;
         }
         std::thread::sleep(Duration::from_millis(300));
