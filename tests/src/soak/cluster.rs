@@ -26,7 +26,9 @@ pub const NODES: usize = 2;
 /// Pod `p` runs on game node `POD_GAME[p]`; shard `s{p+1}` with `ROLES[p]`.
 pub const POD_GAME: [usize; 5] = [0, 1, 0, 1, 0];
 pub const ROLES: [&str; 5] = ["active", "active", "active", "standby", "standby"];
-pub const CAPACITY: u32 = 300;
+/// Room for every player of a run on one shard: failovers merge groups, and
+/// a failover that fits nowhere is parked (correctly), not a fault of the soak's.
+pub const CAPACITY: u32 = 1000;
 pub const SHARD_SECRET: &str = "soak-shard-secret-0123456789";
 pub const LEASE_SECONDS: u32 = 8;
 /// Player addresses in the client namespace.
