@@ -20,5 +20,6 @@ pub mod raw;
 pub mod scenario;
 pub mod sim;
 pub mod sites;
+pub mod soak;
 pub mod tables;
 pub mod topology;

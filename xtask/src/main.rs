@@ -9,6 +9,9 @@
 //!   cargo xtask kernels [V...]    build, then the kernel matrix (or some of it)
 //!   cargo xtask demo [ARGS]       build, then the namespace demo
 //!   cargo xtask fuzz [--packets N --seed S]  random and mutated frames through the program
+//!   cargo xtask soak [--minutes N --seed S]  build, then the whole cluster under a seeded
+//!                                 fault schedule, checked by an independent checker
+//!                                 (--seconds N, --players N, --break return-path; see soak.rs)
 //!   cargo xtask bench WHAT        build, then a benchmark: fastpath | migrate |
 //!                                 failover | agent [--baseline-agent PATH] | query |
 //!                                 memory | e2e [--rate N --repeats N --seconds S] | sites
@@ -16,6 +19,7 @@
 //!                                 settings (a few seconds each); `test` ends with it
 
 mod kernels;
+mod soak;
 
 use std::{
     path::{Path, PathBuf},
@@ -307,7 +311,7 @@ fn remove_leftovers(pid: u32) -> Vec<String> {
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(task) = args.first() else {
-        return fail("usage: cargo xtask build-ebpf | build | test [--kernel V] | kernels [V...] | demo [--seconds N --players N] | bench fastpath|migrate|failover|agent|query|memory|e2e|sites|smoke | fuzz [--packets N --seed S]");
+        return fail("usage: cargo xtask build-ebpf | build | test [--kernel V] | kernels [V...] | demo [--seconds N --players N] | bench fastpath|migrate|failover|agent|query|memory|e2e|sites|smoke | fuzz [--packets N --seed S] | soak [--minutes N --seed S]");
     };
     let rest = &args[1..];
     let result = match task.as_str() {
@@ -349,7 +353,10 @@ fn main() -> ExitCode {
             .and_then(|_| build_user())
             .and_then(|_| run(Command::new(bin("bench")).args(rest).env("PROXY_AGENT_BIN", bin("proxy-agent")))),
         "fuzz" => build_ebpf().and_then(|_| fuzz(rest)),
-        other => Err(format!("unknown task `{other}`; tasks: build-ebpf, build, test, kernels, demo, bench, fuzz")),
+        "soak" => build_ebpf().and_then(|_| build_user()).and_then(|_| soak::soak(rest)),
+        other => {
+            Err(format!("unknown task `{other}`; tasks: build-ebpf, build, test, kernels, demo, bench, fuzz, soak"))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

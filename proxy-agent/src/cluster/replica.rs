@@ -89,6 +89,10 @@ impl Cluster {
             let g = self.group(group);
             let epoch = if r.moving { !g.epoch } else { g.epoch };
             if known.is_some_and(|k| !k.pending && k.group() == group && k.epoch() == epoch) {
+                // A peer holds the player: it is not idle here either (a
+                // node back from a restart would otherwise expire, at its
+                // first scan, every player its peers' snapshot confirmed).
+                self.peer_seen.insert(*key, now);
                 report.unchanged += 1;
                 continue;
             }

@@ -128,6 +128,10 @@ impl Owner {
                         continue;
                     };
                     if rep.stamps.get(&key).is_some_and(|mine| *mine >= r.stamp) {
+                        // Older than ours, yet the peer holds the player.
+                        if self.cluster.index.get(&key).is_some() {
+                            self.cluster.peer_seen.insert(key, now);
+                        }
                         rep.stale += 1;
                         continue;
                     }

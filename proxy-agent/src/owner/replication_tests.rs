@@ -217,3 +217,18 @@ fn nodes_that_list_shards_in_another_order_place_newcomers_alike() {
     assert!(ta.iter().any(|s| s == "s1") && ta.iter().any(|s| s == "s2"), "both actives take newcomers");
     assert_eq!(ta, tb, "the same slot sends a newcomer to the same shard on both nodes");
 }
+
+#[test]
+fn a_peer_record_of_a_player_held_here_counts_as_a_sign_of_life() {
+    // A node back from a restart holds its players from its pins, with the
+    // last-packet times of before; its peer's snapshot (unchanged or older
+    // for it) must keep them from its first idle scan (found by the soak,
+    // issue 23).
+    let (mut a, mut b) = (node("a", A), node("b", B));
+    a.bed.seat("s1", 2);
+    b.hear("a", a.bed.owner.peer_snapshot());
+    b.bed.owner.cluster.peer_seen.clear();
+    b.hear("a", a.bed.owner.peer_snapshot());
+    assert_eq!(b.bed.owner.peers_view().unwrap().records_stale, 2);
+    assert_eq!(b.bed.owner.cluster.peer_seen.len(), 2, "both players count as seen by a peer");
+}

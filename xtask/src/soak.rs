@@ -1,0 +1,62 @@
+//! `cargo xtask soak [--minutes N | --seconds N] [--seed S] [--players N]
+//! [--break return-path]`: the soak binary (tests/src/bin/soak.rs) in its
+//! own process group, stopped past its time plus a margin; whatever it
+//! leaves (namespaces, pins, shard statistics) is removed afterwards.
+
+use std::{
+    os::unix::process::CommandExt,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use super::{bin, remove_leftovers, signal_group};
+
+/// Past its own length plus this, a soak is stopped.
+const MARGIN: Duration = Duration::from_secs(600);
+
+pub fn soak(args: &[String]) -> Result<(), String> {
+    let mut minutes = 3u64;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{a} needs a value"))?;
+        match a.as_str() {
+            "--minutes" => minutes = value.parse().map_err(|_| format!("--minutes {value}: a number"))?,
+            "--seconds" => minutes = value.parse::<u64>().map_err(|_| format!("--seconds {value}: a number"))? / 60,
+            "--seed" | "--players" | "--break" => {}
+            other => {
+                return Err(format!(
+                "unknown soak option {other}; use --minutes N, --seconds N, --seed S, --players N, --break return-path"
+            ))
+            }
+        }
+    }
+    let limit = Duration::from_secs(minutes.max(1) * 60) + MARGIN;
+    let mut cmd = Command::new(bin("soak"));
+    cmd.args(args).env("PROXY_AGENT_BIN", bin("proxy-agent")).process_group(0);
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+    let pid = child.id();
+    let t0 = Instant::now();
+    let result = loop {
+        match child.try_wait() {
+            Ok(Some(status)) if status.success() => break Ok(()),
+            Ok(Some(status)) => break Err(format!("soak: {status} (the report above says what broke)")),
+            Ok(None) if t0.elapsed() > limit => {
+                signal_group(pid, "KILL");
+                let _ = child.wait();
+                break Err(format!("soak still running after {} s: stopped", limit.as_secs()));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(200)),
+            Err(e) => break Err(format!("waiting for the soak: {e}")),
+        }
+    };
+    signal_group(pid, "KILL");
+    let mut left = remove_leftovers(pid);
+    let stats = std::env::temp_dir().join(format!("samp-soak-{pid}"));
+    if std::fs::remove_dir_all(&stats).is_ok() {
+        left.push(format!("{}", stats.display()));
+    }
+    if !left.is_empty() {
+        eprintln!("xtask: soak left behind (now removed): {}", left.join(", "));
+    }
+    result
+}
