@@ -98,8 +98,10 @@ pub struct Flow {
     pub tos: u8,
 }
 
-/// The FIB's route for a UDP packet `src` -> `dst`.
-#[inline(always)]
+/// The FIB's route for a UDP packet `src` -> `dst`. A function of its own
+/// (a BPF-to-BPF call, only on a next-hop cache miss): inlined at each of
+/// its call sites, its 64-byte parameter block took stack in every copy.
+#[inline(never)]
 pub fn lookup(ctx: &XdpContext, flow: Flow, src: u32, dst: u32) -> Route {
     // SAFETY: FibParams is plain old data; all-zero is a valid request.
     let mut p: FibParams = unsafe { mem::zeroed() };

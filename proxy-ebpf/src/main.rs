@@ -51,18 +51,36 @@ use crate::parse::Parsed;
 pub fn samp_proxy(ctx: XdpContext) -> u32 {
     #[cfg(feature = "rebuilt-variant")]
     aya_log_ebpf::trace!(&ctx, "rebuilt variant");
-    let pkt = match parse::parse(&ctx) {
+    // The reply path has this one call site, plain or out of a tunnel.
+    match steer(&ctx) {
+        Steered::Done(action) => action,
+        Steered::Reply(pkt, rev, arrived) => reply::handle(&ctx, &pkt, rev, arrived),
+    }
+}
+
+/// Where a frame goes: dealt with, or a shard's reply for the reply path.
+enum Steered {
+    Done(u32),
+    Reply(parse::Packet, proxy_common::Reverse, reply::Arrived),
+}
+
+#[inline(always)]
+fn steer(ctx: &XdpContext) -> Steered {
+    let pkt = match parse::parse(ctx) {
         Parsed::Udp(pkt) => pkt,
-        Parsed::Icmp(ip) => return icmp::handle(&ctx, ip),
-        Parsed::Pass(counter) => return stats::verdict(counter, xdp_action::XDP_PASS),
-        Parsed::Drop(counter) => return stats::verdict(counter, xdp_action::XDP_DROP),
+        Parsed::Icmp(ip) => return Steered::Done(icmp::handle(ctx, ip)),
+        Parsed::Pass(counter) => return Steered::Done(stats::verdict(counter, xdp_action::XDP_PASS)),
+        Parsed::Drop(counter) => return Steered::Done(stats::verdict(counter, xdp_action::XDP_DROP)),
     };
     if let Some(entry) = maps::port_entry(pkt.dst_port()) {
         if maps::is_tunnel_endpoint(entry, pkt.dst_addr()) {
-            return tunnel::receive(&ctx, &pkt);
+            return match tunnel::receive(ctx, &pkt) {
+                tunnel::Received::Done(action) => Steered::Done(action),
+                tunnel::Received::Reply(inner, rev) => Steered::Reply(inner, rev, reply::Arrived::Tunnelled),
+            };
         }
         if let Some(frontend) = maps::frontend_at(entry, pkt.dst_addr(), pkt.dst_port()) {
-            return ingress::handle(&ctx, &pkt, frontend);
+            return Steered::Done(ingress::handle(ctx, &pkt, frontend));
         }
     }
     if maps::is_frontend_port(pkt.src_port()) {
@@ -70,12 +88,12 @@ pub fn samp_proxy(ctx: XdpContext) -> u32 {
             // No VIP: a shard of this remote node, whose replies go back
             // through the tunnel they came by.
             if rev.vip == 0 {
-                return tunnel::reply_out(&ctx, &pkt, rev);
+                return Steered::Done(tunnel::reply_out(ctx, &pkt, rev));
             }
-            return reply::handle(&ctx, &pkt, rev, reply::Arrived::Plain);
+            return Steered::Reply(pkt, rev, reply::Arrived::Plain);
         }
     }
-    stats::verdict(Counter::PassNotOurs, xdp_action::XDP_PASS)
+    Steered::Done(stats::verdict(Counter::PassNotOurs, xdp_action::XDP_PASS))
 }
 
 /// TC on the egress of every interface `samp_proxy` runs on: no ICMP

@@ -26,7 +26,6 @@ use crate::{
     forward::{self, Addr, Route, Sent, Via},
     maps::{self, RETURN_VIA},
     parse::{self, ptr_at, Packet, Parsed, IP_MF_OR_OFFSET, PAYLOAD_OFF},
-    reply,
     stats::{self, verdict},
 };
 
@@ -43,21 +42,33 @@ struct Inner {
     dport: u16,
 }
 
+/// What became of a tunnel packet.
+pub enum Received {
+    /// Dealt with here: the verdict.
+    Done(u32),
+    /// A shard's reply, decapsulated (the frame is now the inner packet):
+    /// the caller sends it on by the reply path, `Arrived::Tunnelled`. One
+    /// call site of the reply path keeps it inlined once (the 6.1 verifier
+    /// counts every inlined copy's stack).
+    Reply(Packet, Reverse),
+}
+
 /// A UDP packet to this node's tunnel endpoint.
 #[inline(always)]
-pub fn receive(ctx: &XdpContext, pkt: &Packet) -> u32 {
+pub fn receive(ctx: &XdpContext, pkt: &Packet) -> Received {
+    let done = |counter, action| Received::Done(verdict(counter, action));
     let Some(peer) = maps::tunnel_peer(pkt.src_addr()) else {
-        return verdict(Counter::DropTunnelForeign, xdp_action::XDP_DROP);
+        return done(Counter::DropTunnelForeign, xdp_action::XDP_DROP);
     };
     let Some(inner) = inner(ctx, pkt) else {
-        return verdict(Counter::DropTunnelMalformed, xdp_action::XDP_DROP);
+        return done(Counter::DropTunnelMalformed, xdp_action::XDP_DROP);
     };
     if inner.dst == pkt.dst_addr() {
-        return verdict(Counter::PassTunnelAgent, xdp_action::XDP_PASS);
+        return done(Counter::PassTunnelAgent, xdp_action::XDP_PASS);
     }
     if let Some(rev) = cache::reverse(inner.dst) {
         if rev.vip == 0 && rev.port == inner.dport {
-            return to_shard(ctx, pkt, &inner);
+            return Received::Done(to_shard(ctx, pkt, &inner));
         }
     }
     if let Some(rev) = cache::reverse(inner.src) {
@@ -66,7 +77,7 @@ pub fn receive(ctx: &XdpContext, pkt: &Packet) -> u32 {
             return from_shard(ctx, rev);
         }
     }
-    verdict(Counter::DropTunnelNotShard, xdp_action::XDP_DROP)
+    done(Counter::DropTunnelNotShard, xdp_action::XDP_DROP)
 }
 
 /// The inner packet, when it is one whole UDP/IPv4 datagram without
@@ -146,15 +157,16 @@ fn remember_ingress(inner: &Inner, ingress: u32) {
     }
 }
 
-/// An ingress node: a shard's reply from another site, sent to the player
-/// from the VIP (or dropped: never passed on with the shard's address).
+/// An ingress node: a shard's reply from another site, decapsulated for
+/// the reply path, which sends it to the player from the VIP (or drops it:
+/// never passed on with the shard's address).
 #[inline(always)]
-fn from_shard(ctx: &XdpContext, rev: Reverse) -> u32 {
+fn from_shard(ctx: &XdpContext, rev: Reverse) -> Received {
     let Some(pkt) = decapsulate(ctx) else {
-        return verdict(Counter::DropTunnelMalformed, xdp_action::XDP_DROP);
+        return Received::Done(verdict(Counter::DropTunnelMalformed, xdp_action::XDP_DROP));
     };
     stats::count(Counter::TunnelDecapReply);
-    reply::handle(ctx, &pkt, rev, reply::Arrived::Tunnelled)
+    Received::Reply(pkt, rev)
 }
 
 /// A remote node: a reply of one of its shards (`REVERSE` with no VIP),
