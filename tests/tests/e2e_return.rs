@@ -79,6 +79,15 @@ fn replies_go_straight_from_the_game_nodes_to_the_players() {
     assert!(generic.contains("xdpgeneric"), "game2 attaches as generic XDP by default: {generic}");
     let native = topo.games[0].ip(&["link", "show", "p-s1"]).unwrap();
     assert!(native.contains("xdp ") && !native.contains("xdpgeneric"), "game1 attaches natively: {native}");
+    // Both active shards answer their probes before players join: placement
+    // weighs shards by the room their answers report, and on a loaded CI
+    // machine s1's first answer came late and every player landed on s2.
+    wait_for("s1 and s2 up on the ingress", Duration::from_secs(30), || {
+        let st = ingress.request(&Request::Status).unwrap();
+        ["s1", "s2"].iter().all(|name| {
+            st["shards"].as_array().unwrap().iter().any(|s| s["name"] == *name && s["health"] == "up")
+        })
+    });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut cfg = PlayerConfig::new(SocketAddrV4::new(VIP, PORT), Duration::from_secs(300));
     cfg.reconnect_after = Duration::from_millis(1500);
