@@ -5,7 +5,7 @@
 //! its own), we pass the (already rewritten) packet up and the kernel
 //! forwards it. Only a FIB lookup asks, so the hit path pays nothing.
 
-use core::mem;
+use core::mem::{self, MaybeUninit};
 
 use aya_ebpf::{
     bindings::{
@@ -17,7 +17,7 @@ use aya_ebpf::{
 use proxy_common::{csum, NextHop, Tunnel, CLIENT_ROUTE_SETS, CLIENT_ROUTE_WAYS, NEXTHOP_TTL_NS};
 
 use crate::{
-    cache,
+    cache, frames,
     maps::{self, BACKEND_NEXTHOP, CLIENT_ROUTES},
     parse::Packet,
 };
@@ -62,11 +62,6 @@ impl Route {
         Route { via: Via::Interface, ifindex, macs, tunnel: Tunnel::default() }
     }
 
-    #[inline(always)]
-    fn only(via: Via) -> Self {
-        Route { via, ifindex: 0, macs: [0; 12], tunnel: Tunnel::default() }
-    }
-
     /// True when the packet must be encapsulated for a tunnel.
     #[inline(always)]
     pub fn is_tunnel(&self) -> bool {
@@ -98,13 +93,14 @@ pub struct Flow {
     pub tos: u8,
 }
 
-/// The FIB's route for a UDP packet `src` -> `dst`. A function of its own
-/// (a BPF-to-BPF call, only on a next-hop cache miss): inlined at each of
-/// its call sites, its 64-byte parameter block took stack in every copy.
+/// The FIB's route for a UDP packet `src` -> `dst`. A BPF-to-BPF call
+/// (only on a next-hop cache miss): inlined at each of its call sites, its
+/// 64-byte parameter block took stack in every copy. Its frame is that
+/// block and little more, and it zeroes nothing by `memset` (see `frames`).
 #[inline(never)]
 pub fn lookup(ctx: &XdpContext, flow: Flow, src: u32, dst: u32) -> Route {
-    // SAFETY: FibParams is plain old data; all-zero is a valid request.
-    let mut p: FibParams = unsafe { mem::zeroed() };
+    let mut block = MaybeUninit::<FibParams>::uninit();
+    let p = frames::zeroed_in_place(&mut block);
     p.family = AF_INET;
     p.l4_protocol = IPPROTO_UDP;
     p.sport = flow.sport;
@@ -117,29 +113,34 @@ pub fn lookup(ctx: &XdpContext, flow: Flow, src: u32, dst: u32) -> Route {
     let ingress = unsafe { (*ctx.ctx).ingress_ifindex };
     p.ifindex = ingress;
     // SAFETY: `p` is a valid, initialised parameter block of the right size.
-    let rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, &mut p as *mut _, mem::size_of::<FibParams>() as i32, 0) };
-    match rc as u32 {
-        BPF_FIB_LKUP_RET_SUCCESS => {
-            if p.ifindex != ingress && maps::refuses_redirects(p.ifindex) {
-                return Route::only(Via::Kernel);
-            }
-            let mut macs = [0; 12];
-            macs[..6].copy_from_slice(&p.dmac);
-            macs[6..].copy_from_slice(&p.smac);
-            Route::interface(p.ifindex, macs)
-        }
-        BPF_FIB_LKUP_RET_NO_NEIGH => Route::only(Via::Kernel),
-        BPF_FIB_LKUP_RET_NOT_FWDED => Route::only(Via::Local),
-        _ => Route::only(Via::Unroutable),
-    }
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, p as *mut _, mem::size_of::<FibParams>() as i32, 0) };
+    let via = match rc as u32 {
+        // The map key is read where it is, in the parameter block.
+        BPF_FIB_LKUP_RET_SUCCESS if p.ifindex != ingress && maps::refuses_redirects_at(&p.ifindex) => Via::Kernel,
+        BPF_FIB_LKUP_RET_SUCCESS => Via::Interface,
+        BPF_FIB_LKUP_RET_NO_NEIGH => Via::Kernel,
+        BPF_FIB_LKUP_RET_NOT_FWDED => Via::Local,
+        _ => Via::Unroutable,
+    };
+    // `ifindex` and the MACs mean something only for `Via::Interface`;
+    // otherwise they are what the FIB left in the (zeroed) block.
+    let mut macs = [0; 12];
+    macs[..6].copy_from_slice(&p.dmac);
+    macs[6..].copy_from_slice(&p.smac);
+    let zero = frames::hidden_zero();
+    let tunnel = Tunnel { peer_addr: zero, local_addr: zero, port: zero as u16, mtu: zero as u16, site: zero };
+    Route { via, ifindex: p.ifindex, macs, tunnel }
 }
 
+const _: () = assert!(frames::check_words::<FibParams>());
+
 /// True when the FIB hands an ICMP packet from `src` to `dst` to this host
-/// (a local destination, or forwarding off): a socket here gets it.
-#[inline(always)]
+/// (a local destination, or forwarding off): a socket here gets it. A call
+/// of its own, built as `lookup` is.
+#[inline(never)]
 pub fn icmp_is_local(ctx: &XdpContext, src: u32, dst: u32, tos: u8, tot_len: u16) -> bool {
-    // SAFETY: FibParams is plain old data; all-zero is a valid request.
-    let mut p: FibParams = unsafe { mem::zeroed() };
+    let mut block = MaybeUninit::<FibParams>::uninit();
+    let p = frames::zeroed_in_place(&mut block);
     p.family = AF_INET;
     p.l4_protocol = IPPROTO_ICMP;
     p.__bindgen_anon_1.tot_len = tot_len;
@@ -149,7 +150,7 @@ pub fn icmp_is_local(ctx: &XdpContext, src: u32, dst: u32, tos: u8, tot_len: u16
     // SAFETY: the context pointer is valid for the program's run.
     p.ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     // SAFETY: `p` is a valid, initialised parameter block of the right size.
-    let rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, &mut p as *mut _, mem::size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, p as *mut _, mem::size_of::<FibParams>() as i32, 0) };
     rc as u32 == BPF_FIB_LKUP_RET_NOT_FWDED
 }
 

@@ -28,6 +28,7 @@ mod cache;
 mod egress;
 mod events;
 mod forward;
+mod frames;
 mod icmp;
 mod ingress;
 mod maps;

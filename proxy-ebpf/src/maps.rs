@@ -192,9 +192,9 @@ pub fn frontend(key: &FrontendKey) -> Option<Frontend> {
 /// True when `ifindex` takes no redirected frames now. Looked up only on a
 /// FIB lookup (a next-hop cache miss).
 #[inline(always)]
-pub fn refuses_redirects(ifindex: u32) -> bool {
+pub fn refuses_redirects_at(ifindex: &u32) -> bool {
     // SAFETY: only the presence of the key is read.
-    unsafe { REDIRECT_REFUSED.get(&ifindex).is_some() }
+    unsafe { REDIRECT_REFUSED.get(ifindex).is_some() }
 }
 
 /// True when `addr` is one of the proxy's own nodes.

@@ -31,8 +31,11 @@ impl Token {
 }
 
 /// A slot for one more handshake to backend `id` now, or `None` when the
-/// pacer holds it back (GCRA with compare-and-swap).
-#[inline(always)]
+/// pacer holds it back (GCRA with compare-and-swap). A BPF-to-BPF call
+/// (only handshakes come here): inlined, its unrolled retries kept the
+/// ingress path's values in spill slots, and 6.1 refused the program's
+/// stack (see `frames`).
+#[inline(never)]
 pub fn admit(id: u32) -> Option<Token> {
     let unmetered = Token { tat: core::ptr::null_mut(), interval_ns: 0 };
     let Some(m) = METER.get_ptr_mut(id) else {

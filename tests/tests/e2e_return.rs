@@ -84,9 +84,9 @@ fn replies_go_straight_from_the_game_nodes_to_the_players() {
     // machine s1's first answer came late and every player landed on s2.
     wait_for("s1 and s2 up on the ingress", Duration::from_secs(30), || {
         let st = ingress.request(&Request::Status).unwrap();
-        ["s1", "s2"].iter().all(|name| {
-            st["shards"].as_array().unwrap().iter().any(|s| s["name"] == *name && s["health"] == "up")
-        })
+        ["s1", "s2"]
+            .iter()
+            .all(|name| st["shards"].as_array().unwrap().iter().any(|s| s["name"] == *name && s["health"] == "up"))
     });
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let mut cfg = PlayerConfig::new(SocketAddrV4::new(VIP, PORT), Duration::from_secs(300));
