@@ -221,9 +221,17 @@ pub fn fits(pkt: &Packet, tunnel: &Tunnel, route: &Route) -> Result<(), u32> {
 /// the outer UDP source port.
 #[inline(always)]
 pub fn push(ctx: &XdpContext, pkt: &Packet, route: &Route, flow: u16) -> u32 {
-    let inner_len = pkt.ip_len();
     // SAFETY: `ip` was bounds-checked when parsed.
     let tos = unsafe { (*pkt.ip).tos };
+    // The packet's pointers die with the head's move: only numbers go on.
+    wrap(ctx, route, pkt.ip_len(), tos, flow)
+}
+
+/// `push`'s work, a BPF-to-BPF call of its own: inlined, it held the
+/// ingress path's values in spill slots through the deepest stretch of the
+/// program's frame (see `frames`).
+#[inline(never)]
+fn wrap(ctx: &XdpContext, route: &Route, inner_len: u16, tos: u8, flow: u16) -> u32 {
     // SAFETY: the helper checks the new start against the headroom.
     if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(TUNNEL_OVERHEAD as i32)) } != 0 {
         return verdict(Counter::DropTunnelNoRoom, xdp_action::XDP_DROP);

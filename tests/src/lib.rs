@@ -21,5 +21,6 @@ pub mod scenario;
 pub mod sim;
 pub mod sites;
 pub mod soak;
+pub mod stack_budget;
 pub mod tables;
 pub mod topology;

@@ -18,8 +18,11 @@
 //!   cargo xtask bench smoke       build, then every benchmark with its smallest
 //!                                 settings (a few seconds each); `test` ends with it
 
+mod bounded;
 mod kernels;
 mod soak;
+
+use bounded::Ended;
 
 use std::{
     path::{Path, PathBuf},
@@ -241,34 +244,15 @@ fn bench_smoke() -> Result<(), String> {
 }
 
 fn smoke_one(what: &str, args: &str) -> Result<(), String> {
-    use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(bin("bench"));
-    cmd.arg(what).args(args.split_whitespace()).env("PROXY_AGENT_BIN", bin("proxy-agent")).process_group(0);
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
-    let pid = child.id();
-    let t0 = Instant::now();
-    let result = loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => break Ok(()),
-            Ok(Some(status)) => break Err(format!("exited with {status}")),
-            Ok(None) if t0.elapsed() > SMOKE_LIMIT => {
-                // SIGTERM first (e2e tears its bed down on it), then SIGKILL.
-                signal_group(pid, "TERM");
-                let grace = Instant::now();
-                while grace.elapsed() < Duration::from_secs(10) && matches!(child.try_wait(), Ok(None)) {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                signal_group(pid, "KILL");
-                let _ = child.wait();
-                break Err(format!("still running after {} s: stopped", SMOKE_LIMIT.as_secs()));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => break Err(format!("waiting for it: {e}")),
-        }
+    cmd.arg(what).args(args.split_whitespace()).env("PROXY_AGENT_BIN", bin("proxy-agent"));
+    let (pid, ended) = bounded::run_bounded(cmd, SMOKE_LIMIT, Duration::from_secs(10))?;
+    let result = match ended {
+        Ended::Exited(status) if status.success() => Ok(()),
+        Ended::Exited(status) => Err(format!("exited with {status}")),
+        Ended::TimedOut => Err(format!("still running after {} s: stopped", SMOKE_LIMIT.as_secs())),
     };
-    // Whatever is left of its process group (an agent it started) goes too.
-    signal_group(pid, "KILL");
-    let left = remove_leftovers(pid);
+    let left = bounded::remove_leftovers(pid);
     if left.is_empty() {
         return result;
     }
@@ -277,35 +261,6 @@ fn smoke_one(what: &str, args: &str) -> Result<(), String> {
         Ok(()) => note,
         Err(e) => format!("{e}; {note}"),
     })
-}
-
-fn signal_group(pid: u32, signal: &str) {
-    let _ = Command::new("kill")
-        .args([&format!("-{signal}"), "--", &format!("-{pid}")])
-        .stderr(std::process::Stdio::null())
-        .status();
-}
-
-/// Removes the namespaces and bpffs pins the bench with `pid` made
-/// (`sampx-PID-...`, tests/src/netns.rs and pins.rs), returning their names.
-fn remove_leftovers(pid: u32) -> Vec<String> {
-    let prefix = format!("sampx-{pid}-");
-    let mut left = Vec::new();
-    let out = Command::new("ip").args(["netns", "list"]).output().map(|o| o.stdout).unwrap_or_default();
-    for name in String::from_utf8_lossy(&out).lines().filter_map(|l| l.split_whitespace().next()) {
-        if name.starts_with(&prefix) {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-            left.push(format!("namespace {name}"));
-        }
-    }
-    for entry in std::fs::read_dir("/sys/fs/bpf").into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(&prefix) {
-            let _ = std::fs::remove_dir_all(entry.path()).or_else(|_| std::fs::remove_file(entry.path()));
-            left.push(format!("pins /sys/fs/bpf/{name}"));
-        }
-    }
-    left
 }
 
 fn main() -> ExitCode {

@@ -3,13 +3,12 @@
 //! own process group, stopped past its time plus a margin; whatever it
 //! leaves (namespaces, pins, shard statistics) is removed afterwards.
 
-use std::{
-    os::unix::process::CommandExt,
-    process::Command,
-    time::{Duration, Instant},
-};
+use std::{process::Command, time::Duration};
 
-use super::{bin, remove_leftovers, signal_group};
+use super::{
+    bin,
+    bounded::{remove_leftovers, run_bounded, Ended},
+};
 
 /// Past its own length plus this, a soak is stopped.
 const MARGIN: Duration = Duration::from_secs(600);
@@ -32,24 +31,13 @@ pub fn soak(args: &[String]) -> Result<(), String> {
     }
     let limit = Duration::from_secs(minutes.max(1) * 60) + MARGIN;
     let mut cmd = Command::new(bin("soak"));
-    cmd.args(args).env("PROXY_AGENT_BIN", bin("proxy-agent")).process_group(0);
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
-    let pid = child.id();
-    let t0 = Instant::now();
-    let result = loop {
-        match child.try_wait() {
-            Ok(Some(status)) if status.success() => break Ok(()),
-            Ok(Some(status)) => break Err(format!("soak: {status} (the report above says what broke)")),
-            Ok(None) if t0.elapsed() > limit => {
-                signal_group(pid, "KILL");
-                let _ = child.wait();
-                break Err(format!("soak still running after {} s: stopped", limit.as_secs()));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(200)),
-            Err(e) => break Err(format!("waiting for the soak: {e}")),
-        }
+    cmd.args(args).env("PROXY_AGENT_BIN", bin("proxy-agent"));
+    let (pid, ended) = run_bounded(cmd, limit, Duration::from_secs(10))?;
+    let result = match ended {
+        Ended::Exited(status) if status.success() => Ok(()),
+        Ended::Exited(status) => Err(format!("soak: {status} (the report above says what broke)")),
+        Ended::TimedOut => Err(format!("soak still running after {} s: stopped", limit.as_secs())),
     };
-    signal_group(pid, "KILL");
     let mut left = remove_leftovers(pid);
     let stats = std::env::temp_dir().join(format!("samp-soak-{pid}"));
     if std::fs::remove_dir_all(&stats).is_ok() {
