@@ -22,10 +22,14 @@ pub struct Unusable {
 }
 
 /// A failover the decider recorded: `target` now serves `dead`'s players.
+/// `on` is the uid of the GameServer the record is on: the same two names
+/// can meet again in a later failover when a name comes back on a new
+/// object, and that is a decision of its own, not one already applied.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Decision {
     pub dead: String,
     pub target: String,
+    pub on: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -58,10 +62,10 @@ pub fn discover(cfg: &Validated, all: &GameServers) -> Discovery {
             // The decider's records, on the frontend's GameServers.
             if gs.has_labels(&agones.labels) {
                 for dead in gs.serves() {
-                    d.decisions.push(Decision { dead, target: gs.name.clone() });
+                    d.decisions.push(Decision { dead, target: gs.name.clone(), on: gs.uid.clone() });
                 }
                 if let Some(to) = gs.annotations.get(annotation::MOVED_TO) {
-                    d.decisions.push(Decision { dead: gs.name.clone(), target: to.clone() });
+                    d.decisions.push(Decision { dead: gs.name.clone(), target: to.clone(), on: gs.uid.clone() });
                 }
             }
             if gs.state != "Allocated" || !gs.has_labels(&agones.labels) {
@@ -190,7 +194,7 @@ mod tests {
             addresses.push(json!({"type": "PodIP", "address": ip}));
         }
         let obj = json!({
-            "metadata": {"name": name, "namespace": "game",
+            "metadata": {"name": name, "namespace": "game", "uid": format!("uid-{name}"),
                 "labels": labels.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
                 "annotations": ann.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>()},
             "spec": {"ports": [{"name": "default", "containerPort": port}]},
@@ -260,5 +264,21 @@ mod tests {
         assert_eq!(pairs, [("gone", "static-1"), ("old-1", "new"), ("old-2", "new")]);
         let composed = compose(&cfg(), &d.shards);
         assert_eq!(composed.shards.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["static-1", "new"]);
+    }
+
+    /// The soak's seed 10: s6 -> s7 was applied, both were replaced by
+    /// new objects of the same names, and s6 -> s7 happened again. The
+    /// second record is on another GameServer: a decision not yet applied.
+    #[test]
+    fn the_same_names_on_a_new_gameserver_are_a_new_decision() {
+        let record = |uid: &str| {
+            let mut s7 = gs("s7", "Allocated", Some("198.18.2.7"), 7777, &[FE], &[(annotation::SERVES, "s6")]);
+            s7.uid = uid.into();
+            discover(&cfg(), &GameServers::from([("game".to_string(), vec![s7])])).decisions
+        };
+        let (first, again) = (record("first-object"), record("second-object"));
+        assert_eq!((first[0].dead.as_str(), first[0].target.as_str()), ("s6", "s7"));
+        assert_eq!((again[0].dead.as_str(), again[0].target.as_str()), ("s6", "s7"));
+        assert_ne!(first[0], again[0], "a new object's record is a decision of its own");
     }
 }

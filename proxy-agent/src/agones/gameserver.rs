@@ -28,6 +28,9 @@ pub mod annotation {
 pub struct GameServer {
     pub namespace: String,
     pub name: String,
+    /// `metadata.uid`: a name may come back on a new object (deleted and
+    /// made again), a uid never (empty when the API gave none).
+    pub uid: String,
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     /// `status.state`: Scheduled, RequestReady, Ready, Reserved, Allocated,
@@ -65,6 +68,7 @@ impl GameServer {
         GameServer {
             namespace: namespace.into(),
             name: name.into(),
+            uid: meta["uid"].as_str().unwrap_or_default().to_string(),
             labels: strings(&meta["labels"]),
             annotations: strings(&meta["annotations"]),
             state: status["state"].as_str().unwrap_or_default().to_string(),

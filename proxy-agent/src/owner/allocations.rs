@@ -64,7 +64,10 @@ impl Owner {
         };
         let decision = failover_policy::after_allocation(players, Some(to), &[]);
         if self.apply_failover(from, players, decision, Some(format!("allocated in {ms:.0} ms"))) == Some(to) {
-            self.agones.applied.insert(Decision { dead: dead.into(), target: gs.name.clone() });
+            // The allocation's answer carries no uid: the watch's copy of
+            // the same object does (the record lands on it).
+            let on = self.gameserver(&gs.name).map(|g| g.uid.clone()).unwrap_or_default();
+            self.agones.applied.insert(Decision { dead: dead.into(), target: gs.name.clone(), on });
             self.record(
                 &gs.namespace,
                 &gs.name,
@@ -78,7 +81,9 @@ impl Owner {
     /// Records a fallback so the other replicas make the same move: on the
     /// target's GameServer, else on the dead shard's.
     pub(super) fn record_fallback(&mut self, dead: &str, to: &str) {
-        self.agones.applied.insert(Decision { dead: dead.into(), target: to.into() });
+        // Keyed like the record discovery will read back (see `Decision`).
+        let on = self.gameserver(to).or_else(|| self.gameserver(dead)).map(|g| g.uid.clone()).unwrap_or_default();
+        self.agones.applied.insert(Decision { dead: dead.into(), target: to.into(), on });
         if let Some(gs) = self.gameserver(to) {
             let value = with_name(gs.annotations.get(annotation::SERVES), dead);
             self.record(&gs.namespace.clone(), to, annotation::SERVES, value, format!("serves {dead}"));

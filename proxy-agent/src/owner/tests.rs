@@ -176,6 +176,7 @@ fn gameserver(name: &str, state: &str, last_octet: u8) -> GameServer {
     GameServer {
         namespace: "game".into(),
         name: name.into(),
+        uid: format!("uid-{name}"),
         labels,
         annotations: BTreeMap::new(),
         state: state.into(),
