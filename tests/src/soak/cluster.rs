@@ -1,8 +1,10 @@
 //! The whole cluster of the soak, built from the harness's pieces: two
 //! ingress nodes behind an ECMP router (`ha::ecmp`), two game nodes with
-//! direct server return (a `return` agent each), five shard processes in
-//! pods (three active, two standby), and the MariaDB that is both the
-//! decisions' coordinator and the account leases' store.
+//! direct server return (a `return` agent each), seven shard processes in
+//! pods (five listed: three active, two standby; two GameServers of the
+//! stand-in Agones API, `super::agones`, in the same frontend), and the
+//! MariaDB that is the account leases' store (and the coordinator's, which
+//! an Agones frontend leaves to the Kubernetes Lease).
 
 use std::{net::SocketAddrV4, time::Duration};
 
@@ -10,7 +12,7 @@ use anyhow::{Context, Result};
 use proxy_agent::leases::{LeaseConfig, LeaseStore};
 use tokio::runtime::Runtime;
 
-use super::shards::ShardProc;
+use super::{agones::Agones, shards::ShardProc};
 use crate::{
     agent::{agent_bin, Agent},
     dsr::pod_ip,
@@ -23,8 +25,9 @@ use crate::{
 };
 
 pub const NODES: usize = 2;
-/// Pod `p` runs on game node `POD_GAME[p]`; shard `s{p+1}` with `ROLES[p]`.
-pub const POD_GAME: [usize; 5] = [0, 1, 0, 1, 0];
+/// Pod `p` runs on game node `POD_GAME[p]`; shard `s{p+1}`, listed with
+/// `ROLES[p]`, or past them a GameServer (`agones::PODS`).
+pub const POD_GAME: [usize; 7] = [0, 1, 0, 1, 0, 1, 0];
 pub const ROLES: [&str; 5] = ["active", "active", "active", "standby", "standby"];
 /// Room for every player of a run on one shard: failovers merge groups, and
 /// a failover that fits nowhere is parked (correctly), not a fault of the soak's.
@@ -44,6 +47,7 @@ pub struct Cluster {
     pub ingress_up: Vec<bool>,
     pub rt: Runtime,
     pub leases: LeaseStore,
+    pub agones: Agones,
 }
 
 pub fn shard_name(p: usize) -> String {
@@ -70,20 +74,42 @@ impl Cluster {
         let shards = (0..POD_GAME.len())
             .map(|p| ShardProc::spawn(&net.net.pods[p], &shard_name(p)))
             .collect::<Result<Vec<_>>>()?;
-        let shards_yaml = net.net.shards_yaml(&ROLES, CAPACITY);
+        // One frontend: the listed shards and the Agones GameServers.
+        let shards_yaml = net.net.shards_yaml(&ROLES, CAPACITY).replacen(
+            "\nshards:\n",
+            &format!("\n{}shards:\n", Agones::frontend_yaml()),
+            1,
+        );
+        let every_ns: Vec<_> = net.net.ingress.iter().chain(&net.net.games).collect();
+        let agones = Agones::start(&every_ns)?;
         let reports: Vec<String> = (0..NODES).map(|n| format!("{}:{METRICS_PORT}", ingress_ip(n))).collect();
-        let game_yaml =
-            format!("role: return\ningress_agents: [{}]\nnode_secret: {SECRET}\n{shards_yaml}", reports.join(", "));
-        let games = net.net.games.iter().map(|g| Agent::start(g, &game_yaml)).collect::<Result<Vec<_>>>()?;
+        let games = net
+            .net
+            .games
+            .iter()
+            .enumerate()
+            .map(|(g, ns)| {
+                let yaml = format!(
+                    "role: return\ningress_agents: [{}]\nnode_secret: {SECRET}\n{}{shards_yaml}",
+                    reports.join(", "),
+                    agones.yaml(ns, &format!("game{}", g + 1))
+                );
+                Agent::start(ns, &yaml)
+            })
+            .collect::<Result<Vec<_>>>()?;
         let extra = ingress_extra(&db);
         let ingress = (0..NODES)
-            .map(|i| Agent::start(&net.net.ingress[i], &ingress_yaml(i, NODES, &shards_yaml, &extra)))
+            .map(|i| {
+                let ns = &net.net.ingress[i];
+                let extra = format!("{extra}{}", agones.yaml(ns, &format!("in{}", i + 1)));
+                Agent::start(ns, &ingress_yaml(i, NODES, &shards_yaml, &extra))
+            })
             .collect::<Result<Vec<_>>>()?;
         migrate_schema(&ingress[0])?;
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
         let cfg = LeaseConfig { database: Some(db.url()), lease_seconds: LEASE_SECONDS, connect_timeout_ms: 2000 };
         let leases = rt.block_on(LeaseStore::connect(&cfg)).context("the gamemodes' lease store")?;
-        let c = Cluster { net, db, shards, games, ingress, ingress_up: vec![true; NODES], rt, leases };
+        let c = Cluster { net, db, shards, games, ingress, ingress_up: vec![true; NODES], rt, leases, agones };
         c.wait_ready(Duration::from_secs(60))?;
         Ok(c)
     }

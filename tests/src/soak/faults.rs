@@ -11,6 +11,7 @@ use anyhow::{Context, Result};
 use proxy_agent::protocol::Request;
 
 use super::{
+    agones::is_gameserver,
     cluster::{shard_name, status, Cluster, ROLES},
     history::{History, Told},
     schedule::{Fault, Kind},
@@ -70,6 +71,12 @@ impl Faults {
             Kind::HandshakeFlood | Kind::QueryFlood => super::hostile::flood(c, h, f.kind).map(|_| true),
             Kind::HostileControl => super::hostile::control(c, h, f),
             Kind::HostilePeer => super::hostile::peer(c, h, f),
+            Kind::KubeOutage => {
+                let cut = f.pick % 2 == 0;
+                h.note(format!("Kubernetes API {}", if cut { "cuts every connection" } else { "goes silent" }));
+                c.agones.outage(true, cut);
+                Ok(true)
+            }
             _ => Ok(false),
         };
         let started = match r {
@@ -101,6 +108,10 @@ impl Faults {
                 Ok(())
             }
             Kind::Partition => partition(c, false),
+            Kind::KubeOutage => {
+                c.agones.outage(false, false);
+                Ok(())
+            }
             _ => Ok(()),
         };
         match r {
@@ -111,7 +122,22 @@ impl Faults {
     }
 
     fn kill_shard(&mut self, c: &mut Cluster, h: &History, f: &Fault) -> Result<bool> {
-        let alive: Vec<usize> = (0..self.dead.len()).filter(|&p| self.dead[p].is_none()).collect();
+        let unhealthy = f.kind == Kind::GameServerUnhealthy;
+        // A GameServer's health check fails only on a GameServer that has one.
+        let candidate = |p: usize| {
+            self.dead[p].is_none()
+                && (!unhealthy
+                    || is_gameserver(p) && matches!(c.agones.state(p).as_deref(), Some("Allocated" | "Ready")))
+        };
+        let mut alive: Vec<usize> = (0..self.dead.len()).filter(|&p| candidate(p)).collect();
+        // Agones' health check hits a GameServer with players first, when
+        // one has them: the fresh-shard failover is what it is there for.
+        if unhealthy && alive.iter().any(|&p| c.agones.state(p).as_deref() == Some("Allocated")) {
+            alive.retain(|&p| c.agones.state(p).as_deref() == Some("Allocated"));
+        }
+        if alive.is_empty() {
+            return Ok(false);
+        }
         let p = alive[(f.pick % alive.len() as u64) as usize];
         let name = shard_name(p);
         match f.kind {
@@ -123,10 +149,21 @@ impl Faults {
                 h.died(&name, "SIGSTOP, hung");
                 c.shards[p].hang();
             }
+            Kind::GameServerUnhealthy => {
+                // Agones marks it and takes the pod away.
+                h.died(&name, "GameServer Unhealthy, pod gone");
+                c.agones.unhealthy(p)?;
+                c.shards[p].kill();
+            }
             _ => {
                 h.died(&name, "host silent");
                 silence(&c.net.net.pods[p], true)?;
             }
+        }
+        // A dead pool GameServer fails Agones' health check before anyone
+        // allocates it; an allocated one is left to the agents' probes.
+        if is_gameserver(p) && c.agones.state(p).as_deref() == Some("Ready") {
+            c.agones.unhealthy(p)?;
         }
         self.dead[p] = Some(f.kind);
         Ok(true)
@@ -146,6 +183,10 @@ impl Faults {
                 c.shards[p].kill();
                 c.shards[p].start(&c.net.net.pods[p])?;
             }
+        }
+        // The Fleet's replacement: a fresh GameServer in the pool.
+        if is_gameserver(p) {
+            c.agones.replace(p)?;
         }
         h.revived(&name);
         Ok(())
@@ -375,11 +416,16 @@ fn wait_moved_off(c: &Cluster, shard: &str, timeout: Duration) -> std::result::R
             .map(|(i, a)| {
                 let st = status(a);
                 let s = st["shards"].as_array().and_then(|v| v.iter().find(|s| s["name"] == shard).cloned());
-                s.map(|s| format!("in{}: {} players {}", i + 1, s["health"], s["players"])).unwrap_or_default()
+                s.map(|s| format!("in{}: {} players {}", i + 1, s["health"], s["players"]))
+                    .unwrap_or_else(|| format!("in{}: not a shard", i + 1))
             })
             .collect();
-        // After a failover the dead shard keeps only a fresh, empty home group.
-        if views.iter().all(|v| v.ends_with("\"down\" players 0")) {
+        // After a failover the dead shard keeps only a fresh, empty home
+        // group; a GameServer that left (or a pool one) is no shard at all.
+        let off = |v: &String| {
+            v.ends_with("\"down\" players 0") || v.ends_with("\"departed\" players 0") || v.ends_with("not a shard")
+        };
+        if views.iter().all(off) {
             return Ok(());
         }
         if Instant::now() > deadline {

@@ -4,6 +4,7 @@
 //! checker judges what the players and shards saw.
 //!
 //! - [`cluster`]: the namespaces, agents, shard processes and MariaDB;
+//! - [`agones`]: the GameServers among the shards, the stand-in API server;
 //! - [`schedule`]: the seed's PRNG and the faults it draws;
 //! - [`faults`], [`hostile`]: carrying the faults out;
 //! - [`population`], [`gamemode`]: players joining, playing, crossing city
@@ -12,6 +13,7 @@
 //! - [`checker`]: the invariants, from the simulators' own records;
 //! - [`run`]: the main loop; [`report`]: the figures and the verdict.
 
+pub mod agones;
 pub mod checker;
 pub mod cluster;
 pub mod faults;

@@ -216,6 +216,17 @@ fn figures(r: &Run, ch: &Checker, broken: usize) -> String {
         f.moves_death
     );
     out += &format!("  dead shards' groups {}: {:?}\n", f.groups, ch.groups_summary());
+    // Clients each shard ever accepted, over its incarnations: both kinds
+    // of shard took players.
+    let mut served: std::collections::BTreeMap<String, usize> = Default::default();
+    for (shard, _, stats) in super::shards::all_stats() {
+        *served.entry(shard).or_default() += stats.clients.values().filter(|c| c.connected).count();
+    }
+    out += &format!(
+        "  players each shard accepted: {}; fresh GameServers allocated by Agones (the stand-in): {}\n",
+        served.iter().map(|(s, n)| format!("{s} {n}")).collect::<Vec<_>>().join(", "),
+        r.c.agones.allocations()
+    );
     out += &format!(
         "  leases: logins {}, refused {}, logouts {}, renewals {}, database calls failed {}\n",
         g.logins, g.refused, g.logouts, g.renewals, g.db_errors

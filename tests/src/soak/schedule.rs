@@ -6,7 +6,7 @@
 //! group's recovery window is over before the next dies), one ingress node
 //! is down at a time (and never while the ingress nodes are partitioned: a
 //! node that comes back must reach a peer for its snapshot), and the
-//! database has one fault at a time.
+//! database and the Kubernetes API have one fault at a time each.
 
 use std::fmt;
 
@@ -59,10 +59,14 @@ pub enum Kind {
     QueryFlood,
     HostileControl,
     HostilePeer,
+    /// The Kubernetes API cut (every connection closed) or silent.
+    KubeOutage,
+    /// Agones' health check gives up on a GameServer: `Unhealthy`.
+    GameServerUnhealthy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 19] = [
         Kind::ShardKill,
         Kind::ShardHang,
         Kind::ShardSilent,
@@ -80,6 +84,8 @@ impl Kind {
         Kind::QueryFlood,
         Kind::HostileControl,
         Kind::HostilePeer,
+        Kind::KubeOutage,
+        Kind::GameServerUnhealthy,
     ];
 
     /// Relative weight in the draw.
@@ -93,17 +99,17 @@ impl Kind {
     }
 
     pub fn kills_a_shard(self) -> bool {
-        matches!(self, Kind::ShardKill | Kind::ShardHang | Kind::ShardSilent)
+        matches!(self, Kind::ShardKill | Kind::ShardHang | Kind::ShardSilent | Kind::GameServerUnhealthy)
     }
 
     /// How long it lasts, drawn (ms); 0 for a one-shot fault.
     fn duration(self, rng: &mut Rng) -> u64 {
         match self {
-            Kind::ShardKill | Kind::ShardHang | Kind::ShardSilent => rng.range(6_000, 14_000),
+            k if k.kills_a_shard() => rng.range(6_000, 14_000),
             Kind::IngressDeath => rng.range(4_000, 12_000),
             Kind::Drain => rng.range(4_000, 12_000),
             Kind::DbFreeze => rng.range(2_000, 8_000),
-            Kind::Partition => rng.range(3_000, 9_000),
+            Kind::Partition | Kind::KubeOutage => rng.range(3_000, 9_000),
             _ => 0,
         }
     }
@@ -155,6 +161,7 @@ struct Busy {
     ingress: u64,
     partition: u64,
     db: u64,
+    kube: u64,
 }
 
 impl Busy {
@@ -168,6 +175,7 @@ impl Busy {
             Kind::Partition if t < self.ingress => return false,
             Kind::Partition => &mut self.partition,
             Kind::DbFreeze | Kind::DbRestart => &mut self.db,
+            Kind::KubeOutage => &mut self.kube,
             _ => return true,
         };
         if t < *slot {
