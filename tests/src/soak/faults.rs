@@ -72,7 +72,7 @@ impl Faults {
             Kind::HostileControl => super::hostile::control(c, h, f),
             Kind::HostilePeer => super::hostile::peer(c, h, f),
             Kind::KubeOutage => {
-                let cut = f.pick % 2 == 0;
+                let cut = f.pick.is_multiple_of(2);
                 h.note(format!("Kubernetes API {}", if cut { "cuts every connection" } else { "goes silent" }));
                 c.agones.outage(true, cut);
                 Ok(true)
