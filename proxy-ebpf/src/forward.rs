@@ -132,8 +132,6 @@ pub fn lookup(ctx: &XdpContext, flow: Flow, src: u32, dst: u32) -> Route {
     Route { via, ifindex: p.ifindex, macs, tunnel }
 }
 
-const _: () = assert!(frames::check_words::<FibParams>());
-
 /// True when the FIB hands an ICMP packet from `src` to `dst` to this host
 /// (a local destination, or forwarding off): a socket here gets it. A call
 /// of its own, built as `lookup` is.

@@ -12,21 +12,17 @@ use core::mem::{self, MaybeUninit};
 /// compiler cannot fold into a `memset` call.
 #[inline(always)]
 pub fn zeroed_in_place<T>(block: &mut MaybeUninit<T>) -> &mut T {
+    // Whole words cover a `T` exactly.
+    const { assert!(mem::size_of::<T>() % 4 == 0 && mem::align_of::<T>() >= 4) };
     let words = block.as_mut_ptr() as *mut u32;
     for i in 0..mem::size_of::<T>() / 4 {
-        // SAFETY: in bounds (whole words of the block); callers' types
-        // are 4-aligned with a size that is a multiple of 4 (asserted by
-        // `check_words`).
+        // SAFETY: in bounds (whole words of the block), 4-aligned
+        // (asserted above).
         unsafe { core::ptr::write_volatile(words.add(i), 0) };
     }
     // SAFETY: every byte was written; callers' types are plain old data,
     // for which all-zero is valid.
     unsafe { block.assume_init_mut() }
-}
-
-/// True when `zeroed_in_place` covers a `T` exactly (for a const assert).
-pub const fn check_words<T>() -> bool {
-    mem::size_of::<T>() % 4 == 0 && mem::align_of::<T>() >= 4
 }
 
 /// A zero the compiler cannot see through: fields set from it are plain

@@ -13,15 +13,11 @@
 use anyhow::Result;
 
 use crate::{
+    agones::{FLEET_LABEL, FRONTEND_LABEL, LEASE_NS, NS},
     dsr::pod_ip,
     kube_api::{GameServerSpec, KubeApi, Reachability},
     netns::NetNs,
 };
-
-pub const NS: &str = "game";
-pub const FRONTEND_LABEL: (&str, &str) = ("samp-proxy.dev/frontend", "play");
-pub const FLEET_LABEL: (&str, &str) = ("agones.dev/fleet", "soak-shards");
-const LEASE_NS: &str = "samp-proxy";
 
 /// Pods whose shards are GameServers, with their first state.
 pub const PODS: [(usize, &str); 2] = [(5, "Allocated"), (6, "Ready")];
