@@ -1,5 +1,5 @@
 //! `cargo xtask soak [--minutes N | --seconds N] [--seed S] [--players N]
-//! [--break return-path]`: the soak binary (tests/src/bin/soak.rs) in its
+//! [--break return-path|split-group]`: the soak binary (tests/src/bin/soak.rs) in its
 //! own process group, stopped past its time plus a margin; whatever it
 //! leaves (namespaces, pins, shard statistics) is removed afterwards.
 
@@ -24,7 +24,7 @@ pub fn soak(args: &[String]) -> Result<(), String> {
             "--seed" | "--players" | "--break" => {}
             other => {
                 return Err(format!(
-                "unknown soak option {other}; use --minutes N, --seconds N, --seed S, --players N, --break return-path"
+                "unknown soak option {other}; use --minutes N, --seconds N, --seed S, --players N, --break return-path|split-group"
             ))
             }
         }

@@ -22,7 +22,7 @@ struct Args {
     /// Players that stay the whole run; waves of others come and go.
     #[arg(long, default_value_t = 40)]
     players: usize,
-    /// A deliberately broken behaviour (the checker's self-test): return-path.
+    /// A deliberately broken behaviour (the checker's self-test): return-path or split-group.
     #[arg(long = "break")]
     breakage: Option<Break>,
 }

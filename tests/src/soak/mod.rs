@@ -33,6 +33,11 @@ pub enum Break {
     /// programs detached): its pods' replies reach players from the node's
     /// own address, not the public one.
     ReturnPath,
+    /// A failover that splits a group: the harness kills the busiest
+    /// listed active shard and, behind the checker's back (nothing in the
+    /// ledger), migrates half of its players to another active shard while
+    /// the agents fail the rest over to a standby.
+    SplitGroup,
 }
 
 impl std::str::FromStr for Break {
@@ -40,7 +45,8 @@ impl std::str::FromStr for Break {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "return-path" => Ok(Break::ReturnPath),
-            other => Err(format!("unknown breakage `{other}`; use return-path")),
+            "split-group" => Ok(Break::SplitGroup),
+            other => Err(format!("unknown breakage `{other}`; use return-path or split-group")),
         }
     }
 }

@@ -13,16 +13,17 @@ use std::{
 };
 
 use anyhow::Result;
+use proxy_agent::protocol::Request;
 
 use super::{
     checker::Checker,
-    cluster::{Cluster, LEASE_SECONDS},
+    cluster::{shard_name, Cluster, LEASE_SECONDS, ROLES},
     faults::{self, Faults},
     gamemode::{self, Gamemode},
     history::History,
     population::{Population, Roster},
     report::{self, Outcome, Resources},
-    schedule::{self, Fault},
+    schedule::{self, Fault, Kind},
     shards::all_stats,
     Break, Options,
 };
@@ -252,8 +253,35 @@ impl Run {
                 anyhow::ensure!(out.status.success(), "detach: {}", String::from_utf8_lossy(&out.stderr));
                 self.h.note("BREAK: game1's return path taken away (agent stopped, programs detached)");
             }
+            Some(Break::SplitGroup) => self.split_a_group()?,
             None => {}
         }
+        Ok(())
+    }
+
+    /// The busiest listed active shard dies and half its players are
+    /// migrated to another active shard, unrecorded: its group arrives on
+    /// two shards (the standby the agents pick and the migration's).
+    fn split_a_group(&mut self) -> Result<()> {
+        let playing = self.playing();
+        let on = |p: usize| playing.iter().filter(|(_, s)| *s == shard_name(p)).count();
+        let actives: Vec<usize> = (0..ROLES.len()).filter(|&p| ROLES[p] == "active").collect();
+        let dead = *actives.iter().max_by_key(|&&p| on(p)).expect("listed actives");
+        anyhow::ensure!(on(dead) >= 2, "no active shard has two players to split");
+        let to = *actives.iter().find(|&&p| p != dead).expect("two listed actives");
+        let half: Vec<String> =
+            playing.iter().filter(|(_, s)| *s == shard_name(dead)).map(|(c, _)| c.clone()).step_by(2).collect();
+        self.h.died(&shard_name(dead), "SIGKILL");
+        self.c.shards[dead].kill();
+        self.faults.dead[dead] = Some(Kind::ShardKill);
+        let req = Request::Migrate { clients: half.clone(), from: None, to: shard_name(to) };
+        faults::ask_any(&self.c, &req)?;
+        self.h.note(format!(
+            "BREAK: {} killed and {} of its players migrated to {} behind the checker's back",
+            shard_name(dead),
+            half.len(),
+            shard_name(to)
+        ));
         Ok(())
     }
 
